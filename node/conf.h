@@ -1,0 +1,141 @@
+/* conf: loads the libconfig file given with -c and every conf.d/ *.conf beside
+ * it (name order), merges them, validates every directive and resolves
+ * per-domain settings against the "*" defaults. A struct conf is immutable
+ * once loaded; a reload builds a new one and swaps it in. */
+#ifndef PGMTA_CONF_H
+#define PGMTA_CONF_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONF_UNLIMITED UINT32_MAX
+
+/* A rate such as "100/h": count messages per period_ms. count ==
+ * CONF_UNLIMITED means "unlimited". */
+struct conf_rate {
+    uint32_t count;
+    uint32_t period_ms;
+};
+
+/* smtp-pattern-list entry (issue: traffic shaping). */
+enum conf_pattern_action { CONF_PATTERN_BACKOFF, CONF_PATTERN_BOUNCE_RCPT, CONF_PATTERN_DEFER_QUEUE };
+struct conf_pattern {
+    char *regex; /* POSIX extended, case-insensitive, matched on the reply text */
+    enum conf_pattern_action action;
+};
+
+/* Settings of one domain entry, already merged with "*" (every field set). */
+struct conf_domain {
+    char *name;           /* "*" or a lower-case domain */
+    char *route;          /* "host:port" bypassing MX, or NULL */
+    uint32_t max_smtp_out;
+    struct conf_rate max_msg_rate;
+    struct conf_rate max_connect_rate;
+    uint32_t max_msg_per_connection;
+    uint32_t max_rcpt_per_message;
+    uint64_t retry_after_ms;     /* first retry delay; doubles per attempt */
+    uint64_t max_retry_after_ms; /* cap of the backoff */
+    uint64_t bounce_after_ms;
+    bool use_starttls;
+    bool require_starttls;
+    bool tls_verify;
+    uint64_t connect_timeout_ms;
+    uint64_t command_timeout_ms; /* greeting, EHLO, MAIL, RCPT, RSET, QUIT */
+    uint64_t data_timeout_ms;    /* final "." reply */
+    struct conf_rate backoff_max_msg_rate;
+    uint64_t backoff_retry_after_ms;
+    uint64_t backoff_to_normal_after_ms;
+    struct conf_pattern *patterns;
+    size_t npatterns;
+    char *mx_rollup; /* rollup name or NULL */
+    int line;        /* where the entry was defined, 0 for built-in defaults */
+    char *file;
+};
+
+struct conf_vmta {
+    char *name;
+    char *smtp_source_host; /* IP address to bind, or NULL */
+    char *helo;             /* HELO/EHLO name, or NULL for node-name/host name */
+};
+
+struct conf_vmta_pool {
+    char *name;
+    char **members; /* vmta names */
+    size_t nmembers;
+};
+
+struct conf_pipe {
+    char *name;
+    uint32_t processes;
+};
+
+struct conf_dkim {
+    char *domain;
+    char *selector;
+    char *key_file;
+};
+
+struct conf_bimi {
+    char *domain;
+    char *selector;
+};
+
+struct conf {
+    char *path; /* the main file */
+    char *node_name;
+    char *database_url;
+    uint32_t database_connections;
+    char **dns_servers; /* "ip" or "ip:port"; empty: /etc/resolv.conf */
+    size_t ndns_servers;
+    uint64_t dns_timeout_ms;
+    char **listen_smtp;
+    size_t nlisten_smtp;
+    char *listen_http; /* NULL: no HTTP API */
+    char *http_token;
+    uint32_t smtp_port;
+    struct conf_pipe *pipes;
+    size_t npipes;
+    char *default_pipe;
+    struct conf_vmta *vmtas;
+    size_t nvmtas;
+    struct conf_vmta_pool *vmta_pools;
+    size_t nvmta_pools;
+    struct conf_domain *domains; /* domains[0] is always "*" */
+    size_t ndomains;
+    struct conf_dkim *dkim;
+    size_t ndkim;
+    struct conf_bimi *bimi;
+    size_t nbimi;
+    bool generate_bounces;
+    uint64_t lease_ms;         /* how long a claim is valid */
+    uint64_t poll_interval_ms; /* upper bound of the idle poll backoff */
+    uint64_t shutdown_timeout_ms;
+    char *log_level;
+};
+
+/* Loads PATH plus conf.d/ *.conf beside it. On error returns NULL and writes
+ * "file:line: reason" into err. */
+struct conf *conf_load(const char *path, char *err, size_t errlen);
+void conf_free(struct conf *c);
+
+/* Effective settings for DOMAIN (lower case): the exact entry, else a
+ * wildcard entry "*.parent" (longest match), else "*". Never NULL. */
+const struct conf_domain *conf_domain_lookup(const struct conf *c, const char *domain);
+const struct conf_vmta *conf_vmta_lookup(const struct conf *c, const char *name);
+const struct conf_pipe *conf_pipe_lookup(const struct conf *c, const char *name);
+
+/* Prints the merged effective configuration in libconfig syntax, in a stable
+ * order (used by pgmtad --check and golden tests). */
+void conf_dump(const struct conf *c, FILE *out);
+
+/* Value parsers shared with the rest of the node (0 on success, -1 on error).
+ * Durations: "30", "30s", "10m", "4d12h", "1h30m", "500ms"; a bare number is
+ * seconds. Rates: "100/h", "10/m", "5/s", "1000/d", "unlimited", "20/10m". */
+int conf_parse_duration(const char *s, uint64_t *ms);
+int conf_parse_rate(const char *s, struct conf_rate *out);
+/* Formats back into the shortest canonical form ("4d12h", "600/h"). */
+void conf_format_duration(uint64_t ms, char *out, size_t outlen);
+void conf_format_rate(const struct conf_rate *r, char *out, size_t outlen);
+
+#endif

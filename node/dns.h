@@ -1,0 +1,73 @@
+/* dns: asynchronous MX and address resolution with c-ares, driven by the
+ * node's libevent loop (c-ares sockets watched with libevent events; c-ares
+ * timeouts with one libevent timer). Results are cached by TTL. */
+#ifndef PGMTA_DNS_H
+#define PGMTA_DNS_H
+
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum dns_status {
+    DNS_OK = 0,
+    DNS_NXDOMAIN,  /* the domain does not exist: bounce 5.1.2 */
+    DNS_NULL_MX,   /* RFC 7505 "MX 0 .": bounce 5.1.10 */
+    DNS_NO_HOSTS,  /* MX/A lookups succeeded but gave no usable address: bounce 5.1.2 */
+    DNS_TEMPFAIL,  /* SERVFAIL, timeout, refused: retry later (4.4.3) */
+};
+
+struct dns_addr {
+    struct sockaddr_storage sa; /* port set to the requested port */
+    socklen_t salen;
+};
+
+struct dns_host {
+    char *name;           /* MX exchange (or the domain itself for A/AAAA fallback, or route host) */
+    uint16_t preference;
+    struct dns_addr *addrs;
+    size_t naddrs;
+};
+
+/* Hosts in the order to try: preference ascending, random order among equal
+ * preferences (shuffled per lookup, also for cached answers). At most
+ * DNS_MAX_HOSTS hosts and DNS_MAX_ADDRS addresses per host are kept. */
+#define DNS_MAX_HOSTS 16
+#define DNS_MAX_ADDRS 8
+struct dns_result {
+    enum dns_status status;
+    char *error; /* human-readable reason when status != DNS_OK */
+    struct dns_host *hosts;
+    size_t nhosts;
+};
+
+struct dns;
+struct dns_request;
+
+/* servers: "ip" or "ip:port" or "[v6]:port"; nservers == 0 uses
+ * /etc/resolv.conf. Returns NULL and fills err on a bad server string. */
+struct dns *dns_new(struct event_base *base, const char *const *servers, size_t nservers,
+                    uint64_t timeout_ms, char *err, size_t errlen);
+void dns_free(struct dns *d); /* cancels outstanding requests (no callbacks) */
+
+/* The callback owns nothing: result is valid only during the call. */
+typedef void (*dns_cb)(const struct dns_result *result, void *arg);
+
+/* Resolves the delivery hosts of DOMAIN: MX records (preference order), each
+ * MX host's A and AAAA records; no MX -> the domain's own A/AAAA (implicit
+ * MX); null MX -> DNS_NULL_MX. port is stored in every address. May call cb
+ * before returning (cache hit). Returns a handle for dns_cancel, or NULL if
+ * cb was already called. */
+struct dns_request *dns_resolve_mx(struct dns *d, const char *domain, uint16_t port, dns_cb cb,
+                                   void *arg);
+/* Resolves one host name or IP literal (A/AAAA) for a configured route. */
+struct dns_request *dns_resolve_host(struct dns *d, const char *host, uint16_t port, dns_cb cb,
+                                     void *arg);
+/* The callback will not be called. */
+void dns_cancel(struct dns_request *r);
+
+/* Drops every cached answer (tests, reload). */
+void dns_cache_clear(struct dns *d);
+
+#endif

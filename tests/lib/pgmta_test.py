@@ -1,0 +1,273 @@
+"""Shared fixtures for pgmta's integration tests.
+
+Every fixture starts a real server on a free loopback port and cleans up after
+itself, so a test can run twice in a row and in parallel with others:
+
+  PgServer    a private PostgreSQL 15 cluster (initdb once per build tree,
+              copied per test; run as the `postgres` user when we are root)
+  free_port   a free TCP port on a loopback address
+  Proc        a background process with its output in a log file
+
+DNS (dnsserver.py) and SMTP sinks (sink.py) live beside this file.
+"""
+import atexit
+import fcntl
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+SOURCE_DIR = os.environ.get("PGMTA_SOURCE_DIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD_DIR = os.environ.get("PGMTA_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+PG_BIN = os.environ.get("PGMTA_PG_BIN", "/usr/lib/postgresql/15/bin")
+PGMTA = os.path.join(BUILD_DIR, "admin", "pgmta")
+PGMTAD = os.path.join(BUILD_DIR, "node", "pgmtad")
+
+
+def tool(name):
+    """Path of a test helper program built from tests/tools/NAME.c."""
+    return os.path.join(BUILD_DIR, "tests", name)
+
+
+def free_port(host="127.0.0.1"):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
+    """Polls pred() until it returns a true value; returns it or fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+_cleanups = []
+
+
+def _cleanup_all():
+    while _cleanups:
+        fn = _cleanups.pop()
+        try:
+            fn()
+        except Exception as e:  # cleanup must go on
+            print("cleanup failed: %s" % e, file=sys.stderr)
+
+
+atexit.register(_cleanup_all)
+
+
+def _on_signal(signum, frame):
+    _cleanup_all()
+    os._exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _on_signal)
+
+
+def tmpdir(prefix="pgmta-test-"):
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    _cleanups.append(lambda: shutil.rmtree(d, ignore_errors=True))
+    return d
+
+
+class Proc:
+    """A background process whose stdout+stderr go to a log file."""
+
+    def __init__(self, argv, log_path, env=None, cwd=None, user=None):
+        self.argv = argv
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        if user and os.geteuid() == 0:
+            argv = ["runuser", "-u", user, "--"] + list(argv)
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                  env=full_env, cwd=cwd, start_new_session=True)
+        _cleanups.append(self.stop)
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.p.pid, sig)
+
+    def kill9(self):
+        """SIGKILL the process group (the process and any children)."""
+        if self.alive():
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.p.wait()
+
+    def stop(self, timeout=10):
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self.log.close() if not self.log.closed else None
+        return self.p.returncode
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+def _pg_user():
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def _as_pg_user(argv):
+    u = _pg_user()
+    return (["runuser", "-u", u, "--"] + argv) if u else argv
+
+
+def _chown_pg(path):
+    u = _pg_user()
+    if u:
+        pw = pwd.getpwnam(u)
+        for root, dirs, files in os.walk(path):
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+            for f in files:
+                os.chown(os.path.join(root, f), pw.pw_uid, pw.pw_gid)
+
+
+def _template_cluster():
+    """initdb once per build tree; later clusters are copies of it."""
+    base = os.path.join(BUILD_DIR, "test-pg-template")
+    lock_path = base + ".lock"
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(base, "PG_VERSION")):
+            shutil.rmtree(base, ignore_errors=True)
+            os.makedirs(base)
+            os.chmod(base, 0o700)
+            _chown_pg(base)
+            subprocess.run(_as_pg_user([os.path.join(PG_BIN, "initdb"), "-D", base,
+                                        "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                                        "--locale=C.UTF-8", "--no-sync"]),
+                           check=True, stdout=subprocess.DEVNULL)
+    return base
+
+
+class PgServer:
+    """A private PostgreSQL on 127.0.0.1:<free port> with database `pgmta`."""
+
+    def __init__(self, migrate=True, settings=None):
+        self.dir = tmpdir("pgmta-pg-")
+        self.data = os.path.join(self.dir, "data")
+        shutil.copytree(_template_cluster(), self.data, symlinks=True)
+        os.chmod(self.data, 0o700)
+        self.port = free_port()
+        conf = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": "'%s'" % self.dir,
+            "fsync": "off",  # test clusters only: durability is not under test here
+            "max_connections": "200",
+            "shared_buffers": "128MB",
+            "max_locks_per_transaction": "256",
+            "log_min_messages": "warning",
+        }
+        conf.update(settings or {})
+        with open(os.path.join(self.data, "postgresql.auto.conf"), "a") as f:
+            for k, v in conf.items():
+                f.write("%s = %s\n" % (k, v))
+        _chown_pg(self.dir)
+        self.log_path = os.path.join(self.dir, "postgres.log")
+        self.start()
+        _cleanups.append(self.stop)
+        self.admin_dsn = "postgresql://postgres@127.0.0.1:%d/postgres" % self.port
+        self.psql_admin("CREATE DATABASE pgmta")
+        self.dsn = "postgresql://postgres@127.0.0.1:%d/pgmta" % self.port
+        if migrate:
+            self.migrate()
+
+    def pg_ctl(self, *args):
+        return subprocess.run(_as_pg_user([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data,
+                                           "-l", self.log_path, "-w", "-t", "30"] + list(args)),
+                              check=True, stdout=subprocess.DEVNULL)
+
+    def start(self):
+        self.pg_ctl("start")
+
+    def stop(self, mode="fast"):
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self.pg_ctl("stop", "-m", mode)
+
+    def restart(self, mode="immediate"):
+        self.pg_ctl("restart", "-m", mode)
+
+    def migrate(self):
+        r = subprocess.run([PGMTA, "migrate", "--db", self.dsn], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AssertionError("pgmta migrate failed: %s%s" % (r.stdout, r.stderr))
+        return r
+
+    def psql_admin(self, sql):
+        return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.admin_dsn,
+                               "-c", sql], check=True, capture_output=True, text=True)
+
+    def psql(self, sql, dsn=None, check=True):
+        """Runs SQL with psql; returns the CompletedProcess (unaligned, tuples only)."""
+        return subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                               dsn or self.dsn, "-c", sql], check=check,
+                              capture_output=True, text=True)
+
+    def connect(self, dsn=None, autocommit=True):
+        import psycopg2
+        c = psycopg2.connect(dsn or self.dsn)
+        c.autocommit = autocommit
+        _cleanups.append(lambda: c.closed or c.close())
+        return c
+
+    def query(self, sql, args=None):
+        """One-shot query on a fresh autocommit connection; returns all rows."""
+        c = self.connect()
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall() if cur.description else []
+        finally:
+            c.close()
+
+    def scalar(self, sql, args=None):
+        rows = self.query(sql, args)
+        return rows[0][0] if rows else None
+
+    def role_dsn(self, role, password="secret"):
+        """DSN logging in as ROLE (created with LOGIN and this password if needed)."""
+        self.query("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) "
+                   "THEN EXECUTE format('CREATE ROLE %%I LOGIN', %s); END IF; END$$",
+                   (role + "_login", role + "_login"))
+        self.query("GRANT %s TO %s" % (role, role + "_login"))
+        return "postgresql://%s_login@127.0.0.1:%d/pgmta" % (role, self.port)
+
+
+def main():
+    """unittest.main with verbose output; used as the entry point of every test file."""
+    unittest.main(verbosity=2)
