@@ -1,0 +1,366 @@
+/* main: startup of pgmtad and its root process.
+ *
+ * Parses the command line, loads the configuration (--check prints it and
+ * exits), then runs the root process's event loop: it owns the signals
+ * (SIGCHLD, SIGTERM, SIGINT, SIGHUP as libevent signal events), the current
+ * configuration, the supervisor of the pipe processes (pipe.c) and the
+ * root's row in mta.node (one non-blocking connection, db.c). Reloads build a new configuration and
+ * swap it in only when it loads cleanly. */
+#include <getopt.h>
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "conf.h"
+#include "db.h"
+#include "log.h"
+#include "pipe.h"
+#include "util.h"
+#include "worker.h"
+
+#define CONF_ERR_LEN 1024
+#define ROOT_HEARTBEAT_MS 5000
+#define ROOT_DB_STOP_WAIT_MS 3000
+
+struct root {
+    struct event_base *base;
+    struct conf *conf; /* owned; replaced on a successful reload */
+    struct pipe_sup *sup;
+    struct event *signals[4];
+    bool stopping;
+    struct db *db; /* the root's own connection, NULL without database.url */
+    long long node_id;
+    struct event *heartbeat;
+};
+
+static void
+usage(FILE *out)
+{
+    fprintf(out, "usage: pgmtad -c FILE [--check] [--foreground]\n"
+                 "       pgmtad -V | --version\n"
+                 "       pgmtad -h | --help\n"
+                 "\n"
+                 "  -c, --config FILE  configuration file (conf.d/ *.conf beside it is read too)\n"
+                 "      --check        validate the configuration, print the merged result, exit\n"
+                 "      --foreground   stay in the foreground (the default; logs go to stderr)\n"
+                 "  -V, --version      print the version\n"
+                 "  -h, --help         this text\n");
+}
+
+/* The config's log-level applies unless PGMTA_LOG_LEVEL overrides it. */
+static void
+apply_log_level(const struct conf *conf)
+{
+    if (getenv("PGMTA_LOG_LEVEL") || !conf->log_level)
+        return;
+    if (log_level_parse(conf->log_level, &log_threshold) != 0)
+        log_warn("root event=log-level-unknown log-level=\"%s\"", conf->log_level);
+}
+
+/* Registers the node once at startup. This is the root's only database
+ * access and it happens before the event loop runs, so blocking here is
+ * acceptable (bounded by connect_timeout). The root does not heartbeat: that
+ * needs a non-blocking connection in the loop; the pipe processes keep their
+ * own database sessions alive. A failure is logged, never fatal: the
+ * database may come later and the pipes reconnect by themselves. */
+/* ---- the root's row in mta.node ----
+ * The root registers itself (pipe NULL), heartbeats every
+ * ROOT_HEARTBEAT_MS and marks itself stopped on exit, through one
+ * non-blocking connection (db.c) driven by the root's event loop. The
+ * database being away is never fatal: db.c reconnects by itself and the
+ * root registers as soon as the connection is ready. */
+
+/* First line of a libpq message: log records are one line each. */
+static const char *
+first_line(const char *msg, char *out, size_t outlen)
+{
+    size_t n = msg ? strcspn(msg, "\r\n") : 0;
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, msg ? msg : "", n);
+    out[n] = '\0';
+    return out;
+}
+
+static void
+root_db_registered(const PGresult *res, void *arg)
+{
+    struct root *r = arg;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        r->node_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        log_info("root event=registered node=%s id=%lld", r->conf->node_name, r->node_id);
+    } else {
+        char msg[256];
+        log_warn("root event=register-failed node=%s error=\"%s\"", r->conf->node_name,
+                 res ? first_line(PQresultErrorMessage(res), msg, sizeof msg)
+                     : "no database connection");
+    }
+}
+
+static void
+root_db_ready(struct db *db, void *arg)
+{
+    struct root *r = arg;
+    if (r->node_id != 0 || r->stopping)
+        return;
+    char pid[16], host[256];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
+    const char *values[5] = {r->conf->node_name, NULL, "0", pid, host};
+    db_exec(db, "node_register", 5, values, NULL, NULL, 0, root_db_registered, r);
+}
+
+static void
+root_db_heartbeat_done(const PGresult *res, void *arg)
+{
+    (void)arg;
+    char msg[256];
+    if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
+        log_warn("root event=heartbeat-failed error=\"%s\"",
+                 first_line(PQresultErrorMessage(res), msg, sizeof msg));
+}
+
+static void
+root_db_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct root *r = arg;
+    if (r->node_id == 0 || !r->db || !db_ready(r->db))
+        return;
+    char id[32];
+    snprintf(id, sizeof id, "%lld", r->node_id);
+    const char *values[1] = {id};
+    db_exec(r->db, "node_heartbeat", 1, values, NULL, NULL, 0, root_db_heartbeat_done, r);
+}
+
+static void
+root_db_start(struct root *r)
+{
+    if (!r->conf->database_url)
+        return;
+    r->db = db_new(r->base, r->conf->database_url, "pgmtad-root");
+    db_prepare(r->db, "node_register", "SELECT mta.node_register($1, $2, $3::int, $4::int, $5)", 5);
+    db_prepare(r->db, "node_heartbeat", "SELECT mta.node_heartbeat($1::bigint)", 1);
+    db_prepare(r->db, "node_stop", "SELECT mta.node_stop($1::bigint)", 1);
+    db_set_ready_cb(r->db, root_db_ready, r);
+    db_connect(r->db);
+    r->heartbeat = event_new(r->base, -1, EV_PERSIST, root_db_heartbeat, r);
+    struct timeval tv = {ROOT_HEARTBEAT_MS / 1000, (ROOT_HEARTBEAT_MS % 1000) * 1000};
+    evtimer_add(r->heartbeat, &tv);
+}
+
+static void
+root_db_stopped(const PGresult *res, void *arg)
+{
+    struct root *r = arg;
+    char msg[256];
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+        log_warn("root event=stop-unrecorded error=\"%s\"",
+                 res ? first_line(PQresultErrorMessage(res), msg, sizeof msg)
+                     : "no database connection");
+    event_base_loopbreak(r->base);
+}
+
+/* Marks the root stopped in mta.node, then leaves the loop; a database that
+ * does not answer within ROOT_DB_STOP_WAIT_MS is not waited for. */
+static void
+root_db_stop_and_exit(struct root *r)
+{
+    if (r->heartbeat)
+        evtimer_del(r->heartbeat);
+    char id[32];
+    snprintf(id, sizeof id, "%lld", r->node_id);
+    const char *values[1] = {id};
+    if (r->node_id == 0 || !r->db || !db_ready(r->db) ||
+        db_exec(r->db, "node_stop", 1, values, NULL, NULL, 0, root_db_stopped, r) < 0) {
+        event_base_loopbreak(r->base);
+        return;
+    }
+    struct timeval tv = {ROOT_DB_STOP_WAIT_MS / 1000, (ROOT_DB_STOP_WAIT_MS % 1000) * 1000};
+    event_base_loopexit(r->base, &tv);
+}
+
+static void
+root_stopped(void *arg)
+{
+    struct root *r = arg;
+    log_info("root event=children-stopped");
+    root_db_stop_and_exit(r);
+}
+
+static void
+root_stop(struct root *r, const char *why)
+{
+    if (r->stopping) {
+        log_info("root event=already-stopping signal=%s", why);
+        return;
+    }
+    r->stopping = true;
+    uint64_t kill_after = r->conf->shutdown_timeout_ms + PIPE_KILL_GRACE_MS;
+    log_info("root event=stopping signal=%s children=%zu kill_after=%llums", why,
+             pipe_sup_running(r->sup), (unsigned long long)kill_after);
+    /* Root services (SMTP injection listener, HTTP API) stop accepting here,
+     * before the pipes go. */
+    pipe_sup_stop(r->sup, kill_after, root_stopped, r);
+}
+
+static void
+root_reload(struct root *r)
+{
+    if (r->stopping)
+        return;
+    char err[CONF_ERR_LEN] = "";
+    struct conf *fresh = conf_load(r->conf->path, err, sizeof err);
+    if (!fresh) {
+        log_error("root event=reload-failed keeping=old error=\"%s\"", err);
+        return;
+    }
+    struct conf *old = r->conf;
+    r->conf = fresh;
+    apply_log_level(fresh);
+    /* Root services get the new configuration here. */
+    pipe_sup_apply(r->sup, fresh, true);
+    conf_free(old);
+    log_info("root event=reloaded path=%s pipes=%zu", fresh->path, fresh->npipes);
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct root *r = arg;
+    switch (sig) {
+    case SIGCHLD:
+        pipe_sup_reap(r->sup);
+        break;
+    case SIGTERM:
+        root_stop(r, "SIGTERM");
+        break;
+    case SIGINT:
+        root_stop(r, "SIGINT");
+        break;
+    case SIGHUP:
+        log_info("root event=reload signal=SIGHUP");
+        root_reload(r);
+        break;
+    default:
+        break;
+    }
+}
+
+static int
+root_run(struct conf *conf)
+{
+    log_set_ident("pgmtad[root]");
+    apply_log_level(conf);
+    /* Writes to vanished peers must return EPIPE, not kill the root. */
+    signal(SIGPIPE, SIG_IGN);
+
+    struct root r = {.conf = conf};
+    r.base = event_base_new();
+    if (!r.base) {
+        log_error("root event=event-base-failed");
+        conf_free(conf);
+        return 1;
+    }
+    static const int sigs[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP};
+    for (size_t i = 0; i < 4; i++) {
+        r.signals[i] = evsignal_new(r.base, sigs[i], signal_cb, &r);
+        PGMTA_ASSERT(r.signals[i] != NULL);
+        PGMTA_ASSERT(evsignal_add(r.signals[i], NULL) == 0);
+    }
+
+    log_info("root event=starting version=%s node=%s config=%s pipes=%zu", PGMTA_VERSION,
+             conf->node_name ? conf->node_name : "-", conf->path, conf->npipes);
+    /* SIGCHLD is watched before the first fork, so no exit goes unseen. */
+    r.sup = pipe_sup_new(r.base, worker_run);
+    pipe_sup_apply(r.sup, conf, false);
+    /* After the first fork: the children do not inherit the connection. */
+    root_db_start(&r);
+
+    /* Root services start here: the SMTP injection listener (listen.smtp) and
+     * the HTTP API and dashboard (listen.http). They run in this event loop;
+     * nothing in it may block. */
+
+    event_base_dispatch(r.base);
+
+    pipe_sup_free(r.sup);
+    if (r.heartbeat)
+        event_free(r.heartbeat);
+    db_free(r.db);
+    for (size_t i = 0; i < 4; i++)
+        event_free(r.signals[i]);
+    event_base_free(r.base);
+    log_info("root event=exit status=0");
+    conf_free(r.conf);
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    enum { OPT_CHECK = 256, OPT_FOREGROUND };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, OPT_CHECK},
+        {"foreground", no_argument, NULL, OPT_FOREGROUND},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    bool check = false;
+    int c;
+    log_set_ident("pgmtad");
+    while ((c = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case OPT_CHECK:
+            check = true;
+            break;
+        case OPT_FOREGROUND:
+            break; /* the only mode: supervision belongs to systemd or the caller */
+        case 'V':
+            printf("pgmtad %s\n", PGMTA_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        if (!path)
+            fprintf(stderr, "pgmtad: -c FILE is required\n");
+        else
+            fprintf(stderr, "pgmtad: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    char err[CONF_ERR_LEN] = "";
+    struct conf *conf = conf_load(path, err, sizeof err);
+    if (!conf) {
+        fprintf(stderr, "%s\n", err[0] ? err : "configuration could not be loaded");
+        return 2;
+    }
+    if (check) {
+        conf_dump(conf, stdout);
+        conf_free(conf);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    return root_run(conf);
+}
