@@ -271,3 +271,75 @@ class PgServer:
 def main():
     """unittest.main with verbose output; used as the entry point of every test file."""
     unittest.main(verbosity=2)
+
+
+class Pgmtad:
+    """A pgmtad node started with a generated configuration.
+
+    `domains` is a list of libconfig group bodies (strings) appended after the
+    "*" defaults; `extra` is appended to the main file verbatim; `conf_d` maps
+    file names to contents written into conf.d/ beside the main file.
+    """
+
+    def __init__(self, pg, dns=None, name="node-a", domains=(), extra="", conf_d=None,
+                 defaults="", pipes=None, env=None, start=True):
+        self.dir = tmpdir("pgmta-node-")
+        self.name = name
+        self.conf_path = os.path.join(self.dir, "pgmta.conf")
+        servers = '[ "%s" ]' % dns.server_arg if dns else "[ ]"
+        pipes = pipes or '( { name = "transactional"; processes = 1; }, ' \
+                         '{ name = "bulk"; processes = 1; } )'
+        doms = ['{ name = "*"; retry-after = "2s"; max-retry-after = "4s"; ' +
+                'connect-timeout = "3s"; command-timeout = "5s"; data-timeout = "10s"; ' +
+                defaults + ' }'] + list(domains)
+        text = ('node-name = "%s";\n'
+                'database = { url = "%s"; connections = 2; };\n'
+                'dns = { servers = %s; timeout = "2s"; };\n'
+                'pipes = %s;\n'
+                'default-pipe = "bulk";\n'
+                'poll-interval = "200ms";\n'
+                'lease-time = "60s";\n'
+                'shutdown-timeout = "10s";\n'
+                'domains = (\n  %s\n);\n%s\n') % (name, pg.dsn, servers, pipes,
+                                                   ",\n  ".join(doms), extra)
+        with open(self.conf_path, "w") as f:
+            f.write(text)
+        if conf_d:
+            os.makedirs(os.path.join(self.dir, "conf.d"), exist_ok=True)
+            for fname, body in conf_d.items():
+                with open(os.path.join(self.dir, "conf.d", fname), "w") as f:
+                    f.write(body)
+        self.env = env or {}
+        self.proc = None
+        if start:
+            self.start()
+
+    def start(self):
+        self.proc = Proc([PGMTAD, "-c", self.conf_path],
+                         os.path.join(self.dir, "pgmtad.log"), env=self.env)
+        return self
+
+    def stop(self, timeout=30):
+        return self.proc.stop(timeout) if self.proc else None
+
+    def kill9(self):
+        self.proc.kill9()
+
+    def log(self):
+        return self.proc.output() if self.proc else ""
+
+
+def acct_counts(pg):
+    """{type: count} of mta.acct."""
+    return dict(pg.query("SELECT type, count(*) FROM mta.acct GROUP BY type"))
+
+
+def wait_queue_empty(pg, timeout=60, node=None):
+    """Waits until mta.recipients is empty; on timeout shows the node log."""
+    try:
+        return wait_for(lambda: pg.scalar("SELECT count(*) = 0 FROM mta.recipients"),
+                        timeout=timeout, what="the queue to drain")
+    except AssertionError:
+        if node is not None:
+            print(node.log()[-5000:], file=sys.stderr)
+        raise

@@ -1,0 +1,22 @@
+# Sourced by tests/run and admin/quickstart: installs the Debian packages
+# pgmta needs to build, run and test, when some are missing. No-op otherwise.
+pgmta_install_deps() {
+    local packages=(build-essential cmake pkg-config libevent-dev libc-ares-dev libconfig-dev
+                    libpq-dev libssl-dev libcmocka-dev postgresql-15 postgresql-client-15
+                    postfix dnsmasq-base swaks python3 python3-psycopg2 openssl procps
+                    iproute2 util-linux)
+    local missing=() p
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q
+    # postfix is wanted for smtp-sink and smtp-source only: leave it unconfigured.
+    echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}

@@ -1,0 +1,452 @@
+/* db: asynchronous libpq connection in pipeline mode, driven by libevent.
+ *
+ * The db owns its PGconn, the libevent events on its socket, the list of
+ * statements to prepare, and a FIFO of requests in flight. A request is
+ * owned by the FIFO until its callback has returned. Statement preparation
+ * uses the same FIFO (internal requests without callback), so a request
+ * queued right after connecting is sent after the PREPAREs it needs. */
+#include "db.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+enum db_state { DB_DISCONNECTED, DB_CONNECTING, DB_READY };
+
+struct db_stmt {
+    char *name;
+    char *sql;
+    int nparams;
+    struct db_stmt *next;
+};
+
+struct db_req {
+    db_cb cb;
+    void *arg;
+    PGresult *res;
+    bool internal; /* PREPARE during connection set-up */
+    struct db_req *next;
+};
+
+struct db {
+    struct event_base *base;
+    char *url;
+    char *name;
+    enum db_state state;
+    PGconn *conn;
+    struct event *ev_read;
+    struct event *ev_write;
+    struct event *ev_timer; /* reconnect backoff and connect timeout */
+    int sock;
+    struct db_stmt *stmts;
+    struct db_req *head, *tail;
+    unsigned pending;
+    unsigned backoff_ms;
+    db_ready_cb ready_cb;
+    void *ready_arg;
+};
+
+static void db_on_io(evutil_socket_t fd, short what, void *arg);
+static void db_on_timer(evutil_socket_t fd, short what, void *arg);
+static void db_fail(struct db *db, const char *why);
+
+struct db *
+db_new(struct event_base *base, const char *url, const char *name)
+{
+    struct db *db = xcalloc(1, sizeof *db);
+    db->base = base;
+    db->url = xstrdup(url);
+    db->name = xstrdup(name);
+    db->sock = -1;
+    db->backoff_ms = 250;
+    db->ev_timer = evtimer_new(base, db_on_timer, db);
+    return db;
+}
+
+void
+db_set_ready_cb(struct db *db, db_ready_cb cb, void *arg)
+{
+    db->ready_cb = cb;
+    db->ready_arg = arg;
+}
+
+void
+db_prepare(struct db *db, const char *stmt, const char *sql, int nparams)
+{
+    struct db_stmt *s = xcalloc(1, sizeof *s);
+    s->name = xstrdup(stmt);
+    s->sql = xstrdup(sql);
+    s->nparams = nparams;
+    s->next = db->stmts;
+    db->stmts = s;
+}
+
+bool
+db_ready(const struct db *db)
+{
+    return db->state == DB_READY;
+}
+
+unsigned
+db_pending(const struct db *db)
+{
+    return db->pending;
+}
+
+static void
+db_unwatch(struct db *db)
+{
+    if (db->ev_read) {
+        event_free(db->ev_read);
+        db->ev_read = NULL;
+    }
+    if (db->ev_write) {
+        event_free(db->ev_write);
+        db->ev_write = NULL;
+    }
+    db->sock = -1;
+}
+
+/* (Re)creates the socket events when libpq's socket changed. */
+static void
+db_watch(struct db *db)
+{
+    int sock = PQsocket(db->conn);
+    if (sock == db->sock && db->ev_read)
+        return;
+    db_unwatch(db);
+    db->sock = sock;
+    db->ev_read = event_new(db->base, sock, EV_READ | EV_PERSIST, db_on_io, db);
+    db->ev_write = event_new(db->base, sock, EV_WRITE, db_on_io, db);
+}
+
+static void
+db_push(struct db *db, struct db_req *r)
+{
+    r->next = NULL;
+    if (db->tail)
+        db->tail->next = r;
+    else
+        db->head = r;
+    db->tail = r;
+    db->pending++;
+}
+
+static struct db_req *
+db_pop(struct db *db)
+{
+    struct db_req *r = db->head;
+    if (!r)
+        return NULL;
+    db->head = r->next;
+    if (!db->head)
+        db->tail = NULL;
+    db->pending--;
+    return r;
+}
+
+static void
+db_flush(struct db *db)
+{
+    int r = PQflush(db->conn);
+    if (r < 0) {
+        db_fail(db, PQerrorMessage(db->conn));
+        return;
+    }
+    if (r == 1)
+        event_add(db->ev_write, NULL);
+}
+
+static int
+db_send_prepare(struct db *db, const struct db_stmt *s)
+{
+    if (!PQsendPrepare(db->conn, s->name, s->sql, s->nparams, NULL) || !PQpipelineSync(db->conn))
+        return -1;
+    struct db_req *r = xcalloc(1, sizeof *r);
+    r->internal = true;
+    db_push(db, r);
+    return 0;
+}
+
+static void
+db_connected(struct db *db)
+{
+    PQsetnonblocking(db->conn, 1);
+    if (!PQenterPipelineMode(db->conn)) {
+        db_fail(db, "cannot enter pipeline mode");
+        return;
+    }
+    for (struct db_stmt *s = db->stmts; s; s = s->next) {
+        if (db_send_prepare(db, s) < 0) {
+            db_fail(db, PQerrorMessage(db->conn));
+            return;
+        }
+    }
+    evtimer_del(db->ev_timer);
+    db->state = DB_READY;
+    db->backoff_ms = 250;
+    event_add(db->ev_read, NULL);
+    db_flush(db);
+    log_info("db=%s event=connected prepared=%u", db->name, db->pending);
+    if (db->state == DB_READY && db->ready_cb)
+        db->ready_cb(db, db->ready_arg);
+}
+
+static void
+db_poll_connect(struct db *db)
+{
+    PostgresPollingStatusType st = PQconnectPoll(db->conn);
+    switch (st) {
+    case PGRES_POLLING_OK:
+        db_watch(db);
+        db_connected(db);
+        return;
+    case PGRES_POLLING_FAILED:
+        db_fail(db, PQerrorMessage(db->conn));
+        return;
+    case PGRES_POLLING_READING:
+        db_watch(db);
+        event_del(db->ev_write);
+        event_add(db->ev_read, NULL);
+        return;
+    case PGRES_POLLING_WRITING:
+        db_watch(db);
+        event_del(db->ev_read);
+        event_add(db->ev_write, NULL);
+        return;
+    default:
+        return;
+    }
+}
+
+void
+db_connect(struct db *db)
+{
+    if (db->state != DB_DISCONNECTED)
+        return;
+    /* TCP keepalives so that PostgreSQL and we both notice a dead peer
+     * within about a minute; the URL may override them. */
+    const char *keys[] = {"keepalives",          "keepalives_idle", "keepalives_interval",
+                          "keepalives_count",    "application_name", "connect_timeout",
+                          "dbname",              NULL};
+    const char *vals[] = {"1", "10", "5", "3", db->name, "10", db->url, NULL};
+    db->conn = PQconnectStartParams(keys, vals, 1);
+    if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
+        db_fail(db, db->conn ? PQerrorMessage(db->conn) : "out of memory");
+        return;
+    }
+    db->state = DB_CONNECTING;
+    struct timeval tv = {10, 0};
+    evtimer_add(db->ev_timer, &tv);
+    db_poll_connect(db);
+}
+
+/* Completes every pending request with NULL, drops the connection and
+ * schedules a reconnect. */
+static void
+db_fail(struct db *db, const char *why)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", why ? why : "");
+    for (char *p = msg; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
+    bool was_ready = db->state == DB_READY;
+    db_unwatch(db);
+    if (db->conn) {
+        PQfinish(db->conn);
+        db->conn = NULL;
+    }
+    db->state = DB_DISCONNECTED;
+    struct timeval tv = {db->backoff_ms / 1000, (db->backoff_ms % 1000) * 1000};
+    evtimer_add(db->ev_timer, &tv);
+    log_warn("db=%s event=%s error=\"%s\" retry_in=%ums", db->name,
+             was_ready ? "connection-lost" : "connect-failed", msg, db->backoff_ms);
+    db->backoff_ms = db->backoff_ms * 2 > 10000 ? 10000 : db->backoff_ms * 2;
+    struct db_req *r;
+    while ((r = db_pop(db))) {
+        if (r->res)
+            PQclear(r->res);
+        if (r->cb)
+            r->cb(NULL, r->arg);
+        free(r);
+    }
+}
+
+static void
+db_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct db *db = arg;
+    if (db->state == DB_CONNECTING) {
+        db_fail(db, "connect timeout");
+        return;
+    }
+    if (db->state == DB_DISCONNECTED)
+        db_connect(db);
+}
+
+static void
+db_complete(struct db *db)
+{
+    struct db_req *r = db_pop(db);
+    if (r->internal) {
+        if (r->res && PQresultStatus(r->res) != PGRES_COMMAND_OK)
+            log_error("db=%s event=prepare-failed error=\"%s\"", db->name,
+                      PQresultErrorMessage(r->res));
+    } else if (r->cb) {
+        r->cb(r->res, r->arg);
+    }
+    if (r->res)
+        PQclear(r->res);
+    free(r);
+}
+
+static void
+db_read(struct db *db)
+{
+    if (!PQconsumeInput(db->conn)) {
+        db_fail(db, PQerrorMessage(db->conn));
+        return;
+    }
+    while (db->head && db->state == DB_READY) {
+        if (PQisBusy(db->conn))
+            break;
+        PGresult *res = PQgetResult(db->conn);
+        if (!res)
+            continue; /* end of one query's results; its sync follows */
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            db_complete(db);
+            continue;
+        }
+        if (!db->head->res)
+            db->head->res = res;
+        else
+            PQclear(res);
+    }
+    if (db->state == DB_READY && PQstatus(db->conn) == CONNECTION_BAD)
+        db_fail(db, PQerrorMessage(db->conn));
+}
+
+static void
+db_on_io(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    struct db *db = arg;
+    if (db->state == DB_CONNECTING) {
+        db_poll_connect(db);
+        return;
+    }
+    if (db->state != DB_READY)
+        return;
+    if (what & EV_WRITE)
+        db_flush(db);
+    if (db->state == DB_READY && (what & EV_READ))
+        db_read(db);
+}
+
+int
+db_exec(struct db *db, const char *stmt, int nparams, const char *const *values,
+        const int *lengths, const int *formats, int result_format, db_cb cb, void *arg)
+{
+    if (db->state != DB_READY)
+        return -1;
+    if (!PQsendQueryPrepared(db->conn, stmt, nparams, values, lengths, formats, result_format) ||
+        !PQpipelineSync(db->conn)) {
+        log_warn("db=%s event=send-failed stmt=%s error=\"%s\"", db->name, stmt,
+                 PQerrorMessage(db->conn));
+        return -1;
+    }
+    struct db_req *r = xcalloc(1, sizeof *r);
+    r->cb = cb;
+    r->arg = arg;
+    db_push(db, r);
+    db_flush(db);
+    return 0;
+}
+
+void
+db_free(struct db *db)
+{
+    if (!db)
+        return;
+    struct db_req *r;
+    db->state = DB_DISCONNECTED;
+    while ((r = db_pop(db))) {
+        if (r->res)
+            PQclear(r->res);
+        if (r->cb)
+            r->cb(NULL, r->arg);
+        free(r);
+    }
+    db_unwatch(db);
+    if (db->conn)
+        PQfinish(db->conn);
+    event_free(db->ev_timer);
+    while (db->stmts) {
+        struct db_stmt *s = db->stmts;
+        db->stmts = s->next;
+        free(s->name);
+        free(s->sql);
+        free(s);
+    }
+    free(db->url);
+    free(db->name);
+    free(db);
+}
+
+static uint64_t
+db_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+long long
+db_get_int8(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
+        return 0;
+    return (long long)db_be64((const unsigned char *)PQgetvalue(res, row, col));
+}
+
+int
+db_get_int4(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 4)
+        return 0;
+    uint32_t v;
+    memcpy(&v, PQgetvalue(res, row, col), 4);
+    return (int)ntohl(v);
+}
+
+long long
+db_get_timestamptz_us(const PGresult *res, int row, int col)
+{
+    /* PostgreSQL's epoch is 2000-01-01, 946684800 s after Unix's. */
+    return db_get_int8(res, row, col) + 946684800LL * 1000000LL;
+}
+
+void
+db_array_append_text(struct buf *b, const char *s)
+{
+    if (!s) {
+        buf_puts(b, "NULL");
+        return;
+    }
+    buf_append(b, "\"", 1);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            buf_append(b, "\\", 1);
+        buf_append(b, p, 1);
+    }
+    buf_append(b, "\"", 1);
+}

@@ -1,0 +1,1104 @@
+/* worker: one pipe process. Scheduling by destination queue (DESIGN §4.4):
+ * a timer asks the database which queues of this pipe have ready work;
+ * for each, up to max-smtp-out delivery sessions are started. A session
+ * claims a batch of recipients of its queue (one statement, leased with a
+ * fencing token, committed), resolves the destination, delivers over one
+ * SMTP connection, finishes the batch with one statement that checks the
+ * tokens, and claims the next batch for the same connection until
+ * max-msg-per-connection or the queue is empty. No transaction is open
+ * while SMTP or DNS I/O is in progress.
+ *
+ * The worker owns its event loop, database connections, resolver, the local
+ * queue table and the sessions. A session owns its claimed batch (copied out
+ * of the PGresult) and its SMTP client. Sessions are freed at the end of a
+ * loop turn, never inside a callback of something they own. */
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bounce.h"
+#include "db.h"
+#include "dns.h"
+#include "log.h"
+#include "smtp_client.h"
+#include "util.h"
+
+/* Recipients claimed per statement at most (also bounded by
+ * max-msg-per-connection). */
+#define WORKER_BATCH_MAX 100
+/* Delivery sessions per process at most. */
+#define WORKER_MAX_SESSIONS 512
+/* Sessions started per queue per scheduler tick (ramp-up). */
+#define WORKER_START_PER_TICK 4
+#define WORKER_FAST_POLL_MS 20
+#define WORKER_HEARTBEAT_MS 5000
+
+enum sess_state { S_CLAIM, S_RESOLVE, S_SEND, S_FINISH, S_FINISH_WAIT, S_DONE };
+static const char *const sess_state_names[] = {"claim",  "resolve",     "send",
+                                               "finish", "finish-wait", "done"};
+
+struct wqueue {
+    char *domain;
+    char *vmta;
+    char *name; /* "domain" or "domain/vmta" */
+    unsigned active;
+    struct wqueue *next;
+};
+
+struct rcpt {
+    long long id;
+    long long token;
+    long long message_id;
+    char *rcpt;
+    int attempt;
+    long long queued_at_us;
+    /* outcome */
+    char type; /* 'd', 'b', 't' */
+    char status[16];
+    char *diag;
+    const char *bounce_cat;
+    long long retry_at_us;
+};
+
+struct msg {
+    long long message_id;
+    char *mail_from;
+    char *envid;
+    unsigned char *content;
+    size_t content_len;
+    size_t first; /* index of its first recipient in the batch */
+    size_t nrcpts;
+    const char **rcpt_ptrs;
+};
+
+struct worker;
+
+struct session {
+    uint64_t id;
+    struct worker *w;
+    struct wqueue *q;
+    const struct conf_domain *dom;
+    enum sess_state state;
+    struct smtp_client *smtp;
+    struct dns_request *dnsreq;
+    struct event *ev_retry;
+    unsigned sent;
+    bool usable;
+    struct rcpt *rcpts;
+    size_t nrcpts;
+    struct msg *msgs;
+    size_t nmsgs;
+    char *dsn_mta;
+    char *source_ip;
+    char *dest_ip;
+    char *tls_protocol;
+    char *tls_cipher;
+    long long lease_until_us;
+    bool db_pending; /* a claim or finish is in flight: its callback frees an ended session */
+    struct session *next;
+};
+
+struct worker {
+    struct event_base *base;
+    struct conf *conf;
+    struct conf **old_confs;
+    size_t nold_confs;
+    char *pipe;
+    unsigned index;
+    char *node_label; /* "node-name/pipe/index" for accounting */
+    long long node_id;
+    struct db **dbs;
+    size_t ndbs;
+    size_t rr;
+    struct dns *dns;
+    struct event *ev_tick;
+    struct event *ev_heartbeat;
+    struct event *ev_deadline;
+    struct event *ev_signals[3];
+    uint64_t poll_ms;
+    bool tick_inflight;
+    bool stopping;
+    bool exiting;
+    struct wqueue *queues;
+    struct session *sessions;
+    unsigned nsessions;
+    uint64_t next_session_id;
+    int exit_status;
+};
+
+static void session_claim(struct session *s);
+static void session_finish(struct session *s);
+static void session_end(struct session *s);
+static void worker_schedule_tick(struct worker *w, uint64_t ms);
+static void worker_maybe_exit(struct worker *w);
+
+static long long
+now_us(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (long long)tv.tv_sec * 1000000LL + tv.tv_usec;
+}
+
+static struct db *
+worker_db(struct worker *w)
+{
+    for (size_t i = 0; i < w->ndbs; i++) {
+        struct db *db = w->dbs[(w->rr + i) % w->ndbs];
+        if (db_ready(db)) {
+            w->rr = (w->rr + i + 1) % w->ndbs;
+            return db;
+        }
+    }
+    return NULL;
+}
+
+static void
+session_set_state(struct session *s, enum sess_state st)
+{
+    log_trace("session=%llu queue=%s event=state from=%s to=%s", (unsigned long long)s->id,
+              s->q->name, sess_state_names[s->state], sess_state_names[st]);
+    s->state = st;
+}
+
+/* ---- batch memory ---- */
+
+static void
+session_clear_batch(struct session *s)
+{
+    for (size_t i = 0; i < s->nrcpts; i++) {
+        free(s->rcpts[i].rcpt);
+        free(s->rcpts[i].diag);
+    }
+    free(s->rcpts);
+    s->rcpts = NULL;
+    s->nrcpts = 0;
+    for (size_t i = 0; i < s->nmsgs; i++) {
+        free(s->msgs[i].mail_from);
+        free(s->msgs[i].envid);
+        free(s->msgs[i].content);
+        free(s->msgs[i].rcpt_ptrs);
+    }
+    free(s->msgs);
+    s->msgs = NULL;
+    s->nmsgs = 0;
+    free(s->dsn_mta);
+    free(s->source_ip);
+    free(s->dest_ip);
+    free(s->tls_protocol);
+    free(s->tls_cipher);
+    s->dsn_mta = s->source_ip = s->dest_ip = s->tls_protocol = s->tls_cipher = NULL;
+}
+
+static void
+session_destroy(struct session *s)
+{
+    struct worker *w = s->w;
+    session_clear_batch(s);
+    if (s->ev_retry)
+        event_free(s->ev_retry);
+    free(s);
+    worker_maybe_exit(w);
+}
+
+static void
+session_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_destroy(arg);
+}
+
+/* Called first in every database callback of a session: false when the
+ * session ended meanwhile (it is freed here, and the result ignored). */
+static bool
+session_db_returned(struct session *s)
+{
+    s->db_pending = false;
+    if (s->state != S_DONE)
+        return true;
+    session_destroy(s);
+    return false;
+}
+
+/* Unlinks the session and frees it at the end of this loop turn. */
+static void
+session_end(struct session *s)
+{
+    struct worker *w = s->w;
+    if (s->state == S_DONE)
+        return;
+    session_set_state(s, S_DONE);
+    if (s->dnsreq) {
+        dns_cancel(s->dnsreq);
+        s->dnsreq = NULL;
+    }
+    if (s->ev_retry)
+        evtimer_del(s->ev_retry);
+    if (s->smtp) {
+        if (s->usable)
+            smtp_client_quit(s->smtp);
+        else
+            smtp_client_free(s->smtp);
+        s->smtp = NULL;
+    }
+    for (struct session **pp = &w->sessions; *pp; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    w->nsessions--;
+    s->q->active--;
+    if (s->db_pending)
+        return; /* freed by the database callback */
+    struct timeval zero = {0, 0};
+    event_base_once(w->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
+}
+
+/* ---- outcomes ---- */
+
+static void
+rcpt_set(struct rcpt *r, char type, const char *status, const char *diag, const char *cat)
+{
+    r->type = type;
+    snprintf(r->status, sizeof r->status, "%s", status ? status : "");
+    free(r->diag);
+    r->diag = xstrdup(diag ? diag : "");
+    r->bounce_cat = cat;
+}
+
+/* A transient failure: retry with exponential backoff and jitter, or
+ * bounce with 4.4.7 once bounce-after has passed since queueing. */
+static void
+rcpt_transient(struct session *s, struct rcpt *r, const char *status, const char *diag)
+{
+    const struct conf_domain *d = s->dom;
+    long long now = now_us();
+    long long expire = r->queued_at_us + (long long)d->bounce_after_ms * 1000LL;
+    if (now >= expire) {
+        char *text = xasprintf("message expired after %llus in queue; last error: %s",
+                               (unsigned long long)(d->bounce_after_ms / 1000), diag);
+        rcpt_set(r, 'b', "4.4.7", text, "message-expired");
+        free(text);
+        return;
+    }
+    uint64_t delay = d->retry_after_ms;
+    for (int i = 1; i < r->attempt && delay < d->max_retry_after_ms; i++)
+        delay *= 2;
+    if (delay > d->max_retry_after_ms)
+        delay = d->max_retry_after_ms;
+    /* +-20% jitter so that retries of one burst do not arrive together. */
+    double jitter = 0.8 + 0.4 * ((double)random() / (double)RAND_MAX);
+    long long retry = now + (long long)((double)delay * jitter) * 1000LL;
+    if (retry > expire)
+        retry = expire;
+    rcpt_set(r, 't', status, diag, NULL);
+    r->retry_at_us = retry;
+}
+
+static void
+rcpt_permanent(struct rcpt *r, int code, const char *status, const char *diag)
+{
+    rcpt_set(r, 'b', status, diag, bounce_category(code, status, diag));
+}
+
+/* Applies one failure to every recipient of the batch. */
+static void
+session_fail_all(struct session *s, bool permanent, int code, const char *status,
+                 const char *diag)
+{
+    for (size_t i = 0; i < s->nrcpts; i++) {
+        if (permanent)
+            rcpt_permanent(&s->rcpts[i], code, status, diag);
+        else
+            rcpt_transient(s, &s->rcpts[i], status, diag);
+    }
+}
+
+/* ---- finish ---- */
+
+static void
+append_ts(struct buf *b, long long us)
+{
+    time_t t = (time_t)(us / 1000000LL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    buf_printf(b, "\"%04d-%02d-%02d %02d:%02d:%02d.%06lld+00\"", tm.tm_year + 1900,
+               tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us % 1000000LL);
+}
+
+static void session_on_finished(const PGresult *res, void *arg);
+
+static void
+session_retry_finish_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_finish(arg);
+}
+
+static void
+session_finish(struct session *s)
+{
+    struct worker *w = s->w;
+    session_set_state(s, S_FINISH);
+    enum { F_IDS, F_TOKENS, F_TYPES, F_RETRY, F_STATUS, F_DIAG, F_MTA, F_CAT, F_SRC, F_DST,
+           F_TLSP, F_TLSC, F_N };
+    struct buf a[F_N];
+    for (int i = 0; i < F_N; i++) {
+        buf_init(&a[i]);
+        buf_puts(&a[i], "{");
+    }
+    for (size_t i = 0; i < s->nrcpts; i++) {
+        struct rcpt *r = &s->rcpts[i];
+        if (i > 0)
+            for (int k = 0; k < F_N; k++)
+                buf_puts(&a[k], ",");
+        bool d = r->type == 'd';
+        buf_printf(&a[F_IDS], "%lld", r->id);
+        buf_printf(&a[F_TOKENS], "%lld", r->token);
+        buf_printf(&a[F_TYPES], "%c", r->type);
+        if (r->type == 't')
+            append_ts(&a[F_RETRY], r->retry_at_us);
+        else
+            buf_puts(&a[F_RETRY], "NULL");
+        db_array_append_text(&a[F_STATUS], r->status);
+        db_array_append_text(&a[F_DIAG], r->diag);
+        db_array_append_text(&a[F_MTA], s->dsn_mta);
+        db_array_append_text(&a[F_CAT], r->type == 'b' ? r->bounce_cat : NULL);
+        db_array_append_text(&a[F_SRC], s->source_ip);
+        db_array_append_text(&a[F_DST], s->dest_ip);
+        db_array_append_text(&a[F_TLSP], d ? s->tls_protocol : NULL);
+        db_array_append_text(&a[F_TLSC], d ? s->tls_cipher : NULL);
+    }
+    for (int i = 0; i < F_N; i++)
+        buf_puts(&a[i], "}");
+    char node[32];
+    snprintf(node, sizeof node, "%lld", w->node_id);
+    const char *values[15] = {node,
+                              w->node_label,
+                              a[F_IDS].data,
+                              a[F_TOKENS].data,
+                              a[F_TYPES].data,
+                              a[F_RETRY].data,
+                              a[F_STATUS].data,
+                              a[F_DIAG].data,
+                              a[F_MTA].data,
+                              a[F_CAT].data,
+                              a[F_SRC].data,
+                              a[F_DST].data,
+                              a[F_TLSP].data,
+                              a[F_TLSC].data,
+                              w->conf->generate_bounces ? "true" : "false"};
+    struct db *db = worker_db(w);
+    int rc = db ? db_exec(db, "finish", 15, values, NULL, NULL, 0, session_on_finished, s) : -1;
+    for (int i = 0; i < F_N; i++)
+        buf_free(&a[i]);
+    if (rc == 0)
+        s->db_pending = true;
+    else
+        session_on_finished(NULL, s);
+}
+
+static void
+session_on_finished(const PGresult *res, void *arg)
+{
+    struct session *s = arg;
+    struct worker *w = s->w;
+    if (!session_db_returned(s))
+        return;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        /* Keep the outcome and try again while our leases are valid: the
+         * database may be restarting. After that, the leases expire and the
+         * recipients are delivered again (a duplicate, never a loss). */
+        long long left = s->lease_until_us - now_us();
+        log_warn("session=%llu queue=%s event=finish-failed error=\"%s\" lease_left_ms=%lld",
+                 (unsigned long long)s->id, s->q->name,
+                 res ? PQresultErrorMessage(res) : "no database connection", left / 1000);
+        if (left <= 1000000) {
+            session_end(s);
+            return;
+        }
+        session_set_state(s, S_FINISH_WAIT);
+        if (!s->ev_retry)
+            s->ev_retry = evtimer_new(w->base, session_retry_finish_cb, s);
+        struct timeval tv = {1, 0};
+        evtimer_add(s->ev_retry, &tv);
+        return;
+    }
+    long long finished = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    size_t counts[3] = {0, 0, 0};
+    for (size_t i = 0; i < s->nrcpts; i++)
+        counts[s->rcpts[i].type == 'd' ? 0 : s->rcpts[i].type == 'b' ? 1 : 2]++;
+    log_info("session=%llu queue=%s event=finished rcpts=%zu delivered=%zu bounced=%zu "
+             "deferred=%zu fenced=%lld",
+             (unsigned long long)s->id, s->q->name, s->nrcpts, counts[0], counts[1], counts[2],
+             (long long)s->nrcpts - finished);
+    session_clear_batch(s);
+    if (s->smtp && s->usable && !w->stopping && s->sent < s->dom->max_msg_per_connection)
+        session_claim(s);
+    else
+        session_end(s);
+}
+
+/* ---- SMTP ---- */
+
+static char *
+fmt_diag(const struct smtp_rcpt_result *r)
+{
+    /* PowerMTA style: "smtp;550 5.1.1 user unknown", one line. */
+    char *d = r->code ? xasprintf("smtp;%d %s", r->code, r->reply ? r->reply : "")
+                      : xasprintf("%s", r->reply ? r->reply : "");
+    for (char *p = d; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    return d;
+}
+
+static void
+session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *results,
+                 const struct smtp_conn_info *info, bool usable, void *arg)
+{
+    (void)c;
+    struct session *s = arg;
+    s->usable = usable;
+    if (info->host || info->ip)
+        s->dsn_mta = xasprintf("%s (%s)", info->host ? info->host : "", info->ip ? info->ip : "");
+    s->source_ip = info->source_ip ? xstrdup(info->source_ip) : NULL;
+    s->dest_ip = info->ip ? xstrdup(info->ip) : NULL;
+    s->tls_protocol = info->tls_protocol ? xstrdup(info->tls_protocol) : NULL;
+    s->tls_cipher = info->tls_cipher ? xstrdup(info->tls_cipher) : NULL;
+    for (size_t m = 0; m < s->nmsgs; m++) {
+        struct msg *msg = &s->msgs[m];
+        for (size_t k = 0; k < msg->nrcpts; k++) {
+            const struct smtp_rcpt_result *rr = &results[m][k];
+            struct rcpt *r = &s->rcpts[msg->first + k];
+            char *diag = fmt_diag(rr);
+            const char *status = rr->status && *rr->status ? rr->status : NULL;
+            switch (rr->outcome) {
+            case SMTP_DELIVERED:
+                rcpt_set(r, 'd', status ? status : "2.0.0", diag, NULL);
+                break;
+            case SMTP_PERMANENT:
+                rcpt_permanent(r, rr->code, status ? status : "5.0.0", diag);
+                break;
+            case SMTP_TRANSIENT:
+                rcpt_transient(s, r, status ? status : "4.0.0", diag);
+                break;
+            }
+            free(diag);
+        }
+    }
+    s->sent += (unsigned)s->nmsgs;
+    if (!usable) {
+        smtp_client_free(s->smtp);
+        s->smtp = NULL;
+    }
+    session_finish(s);
+}
+
+static void
+session_send(struct session *s)
+{
+    session_set_state(s, S_SEND);
+    struct smtp_message *m = xcalloc(s->nmsgs, sizeof *m);
+    for (size_t i = 0; i < s->nmsgs; i++) {
+        struct msg *msg = &s->msgs[i];
+        m[i].mail_from = msg->mail_from;
+        m[i].envid = msg->envid;
+        m[i].rcpts = msg->rcpt_ptrs;
+        m[i].nrcpts = msg->nrcpts;
+        m[i].content = msg->content;
+        m[i].content_len = msg->content_len;
+        for (size_t k = 0; k < msg->content_len; k++) {
+            if (msg->content[k] & 0x80) {
+                m[i].eightbit = true;
+                break;
+            }
+        }
+        bool utf8 = false;
+        for (const char *p = msg->mail_from; *p; p++)
+            utf8 |= (*p & 0x80) != 0;
+        for (size_t k = 0; k < msg->nrcpts; k++)
+            for (const char *p = msg->rcpt_ptrs[k]; *p; p++)
+                utf8 |= (*p & 0x80) != 0;
+        m[i].smtputf8 = utf8;
+    }
+    /* The client keeps the array until the batch callback. */
+    smtp_client_send(s->smtp, m, s->nmsgs, session_on_batch, s);
+    free(m);
+}
+
+static bool
+parse_source(const char *ip, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        *len = sizeof *in4;
+        return true;
+    }
+    if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        *len = sizeof *in6;
+        return true;
+    }
+    return false;
+}
+
+static void
+session_on_dns(const struct dns_result *res, void *arg)
+{
+    struct session *s = arg;
+    struct worker *w = s->w;
+    s->dnsreq = NULL;
+    switch (res->status) {
+    case DNS_OK:
+        break;
+    case DNS_NXDOMAIN:
+    case DNS_NO_HOSTS: {
+        char *diag = xasprintf("dns;%s", res->error ? res->error : "no such domain");
+        session_fail_all(s, true, 550, "5.1.2", diag);
+        free(diag);
+        session_finish(s);
+        return;
+    }
+    case DNS_NULL_MX: {
+        char *diag = xasprintf("dns;%s", res->error ? res->error : "domain accepts no mail (null MX)");
+        session_fail_all(s, true, 556, "5.1.10", diag);
+        free(diag);
+        session_finish(s);
+        return;
+    }
+    case DNS_TEMPFAIL:
+    default: {
+        char *diag = xasprintf("dns;%s", res->error ? res->error : "temporary DNS failure");
+        session_fail_all(s, false, 451, "4.4.3", diag);
+        free(diag);
+        session_finish(s);
+        return;
+    }
+    }
+    const struct conf *conf = w->conf;
+    const struct conf_vmta *vmta = s->q->vmta[0] ? conf_vmta_lookup(conf, s->q->vmta) : NULL;
+    struct sockaddr_storage src;
+    socklen_t srclen = 0;
+    bool have_src = vmta && vmta->smtp_source_host &&
+                    parse_source(vmta->smtp_source_host, &src, &srclen);
+    struct smtp_client_config cfg = {
+        .helo_name = vmta && vmta->helo ? vmta->helo : conf->node_name,
+        .source = have_src ? (const struct sockaddr *)&src : NULL,
+        .source_len = have_src ? srclen : 0,
+        .use_starttls = s->dom->use_starttls,
+        .require_starttls = s->dom->require_starttls,
+        .tls_verify = s->dom->tls_verify,
+        .tls_ca_file = getenv("PGMTA_TLS_CA_FILE"),
+        .connect_timeout_ms = s->dom->connect_timeout_ms,
+        .command_timeout_ms = s->dom->command_timeout_ms,
+        .data_timeout_ms = s->dom->data_timeout_ms,
+        .id = s->q->name,
+    };
+    s->smtp = smtp_client_new(w->base, &cfg, res->hosts, res->nhosts);
+    s->usable = true;
+    session_send(s);
+}
+
+static void
+session_resolve(struct session *s)
+{
+    struct worker *w = s->w;
+    session_set_state(s, S_RESOLVE);
+    const struct conf_domain *d = s->dom;
+    if (d->route) {
+        char host[256];
+        unsigned port = 25;
+        const char *colon = strrchr(d->route, ':');
+        size_t hl = colon ? (size_t)(colon - d->route) : strlen(d->route);
+        if (hl >= sizeof host)
+            hl = sizeof host - 1;
+        memcpy(host, d->route, hl);
+        host[hl] = '\0';
+        if (colon)
+            port = (unsigned)strtoul(colon + 1, NULL, 10);
+        /* strip [] of an IPv6 literal */
+        char *h = host;
+        if (h[0] == '[' && h[strlen(h) - 1] == ']') {
+            h[strlen(h) - 1] = '\0';
+            h++;
+        }
+        s->dnsreq = dns_resolve_host(w->dns, h, (uint16_t)port, session_on_dns, s);
+    } else {
+        s->dnsreq = dns_resolve_mx(w->dns, s->q->domain, (uint16_t)w->conf->smtp_port,
+                                   session_on_dns, s);
+    }
+}
+
+/* ---- claim ---- */
+
+static char *
+col_text(const PGresult *res, int row, int col)
+{
+    if (col < 0 || PQgetisnull(res, row, col))
+        return NULL;
+    return xstrndup(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
+}
+
+static void session_on_claimed(const PGresult *res, void *arg);
+
+static void
+session_claim(struct session *s)
+{
+    struct worker *w = s->w;
+    session_set_state(s, S_CLAIM);
+    unsigned limit = s->dom->max_msg_per_connection - s->sent;
+    if (limit > WORKER_BATCH_MAX)
+        limit = WORKER_BATCH_MAX;
+    char node[32], lim[16], lease[32];
+    snprintf(node, sizeof node, "%lld", w->node_id);
+    snprintf(lim, sizeof lim, "%u", limit);
+    snprintf(lease, sizeof lease, "%llu", (unsigned long long)w->conf->lease_ms);
+    const char *values[6] = {node, w->pipe, s->q->domain, s->q->vmta, lim, lease};
+    struct db *db = worker_db(w);
+    if (!db || db_exec(db, "claim", 6, values, NULL, NULL, 1, session_on_claimed, s) < 0) {
+        session_end(s);
+        return;
+    }
+    s->db_pending = true;
+}
+
+static void
+session_on_claimed(const PGresult *res, void *arg)
+{
+    struct session *s = arg;
+    struct worker *w = s->w;
+    if (!session_db_returned(s))
+        return;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        log_warn("session=%llu queue=%s event=claim-failed error=\"%s\"",
+                 (unsigned long long)s->id, s->q->name,
+                 res ? PQresultErrorMessage(res) : "no database connection");
+        session_end(s);
+        return;
+    }
+    int n = PQntuples(res);
+    if (n == 0) {
+        session_end(s);
+        return;
+    }
+    int c_id = PQfnumber(res, "rcpt_id"), c_tok = PQfnumber(res, "lease_token"),
+        c_mid = PQfnumber(res, "message_id"), c_from = PQfnumber(res, "mail_from"),
+        c_rcpt = PQfnumber(res, "rcpt"), c_content = PQfnumber(res, "content"),
+        c_att = PQfnumber(res, "attempt"), c_envid = PQfnumber(res, "envid"),
+        c_qat = PQfnumber(res, "queued_at");
+    s->rcpts = xcalloc((size_t)n, sizeof *s->rcpts);
+    s->msgs = xcalloc((size_t)n, sizeof *s->msgs);
+    s->lease_until_us = now_us() + (long long)w->conf->lease_ms * 1000LL;
+    /* Rows come ordered by message; consecutive rows of one message become
+     * one SMTP transaction with several RCPTs (max-rcpt-per-message). */
+    struct msg *cur = NULL;
+    for (int i = 0; i < n; i++) {
+        struct rcpt *r = &s->rcpts[s->nrcpts++];
+        r->id = db_get_int8(res, i, c_id);
+        r->token = db_get_int8(res, i, c_tok);
+        r->message_id = db_get_int8(res, i, c_mid);
+        r->rcpt = col_text(res, i, c_rcpt);
+        r->attempt = db_get_int4(res, i, c_att);
+        r->queued_at_us = db_get_timestamptz_us(res, i, c_qat);
+        if (!r->rcpt)
+            r->rcpt = xstrdup("");
+        if (!cur || cur->message_id != r->message_id ||
+            cur->nrcpts >= s->dom->max_rcpt_per_message) {
+            cur = &s->msgs[s->nmsgs++];
+            cur->message_id = r->message_id;
+            cur->mail_from = col_text(res, i, c_from);
+            if (!cur->mail_from)
+                cur->mail_from = xstrdup("");
+            cur->envid = col_text(res, i, c_envid);
+            cur->content_len = (size_t)PQgetlength(res, i, c_content);
+            cur->content = xmalloc(cur->content_len + 1);
+            memcpy(cur->content, PQgetvalue(res, i, c_content), cur->content_len);
+            cur->first = s->nrcpts - 1;
+            cur->rcpt_ptrs = xcalloc((size_t)n, sizeof(char *));
+        }
+        cur->rcpt_ptrs[cur->nrcpts++] = r->rcpt;
+    }
+    log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
+              (unsigned long long)s->id, s->q->name, s->nrcpts, s->nmsgs);
+    if (s->smtp)
+        session_send(s);
+    else
+        session_resolve(s);
+}
+
+/* ---- scheduler ---- */
+
+static struct wqueue *
+worker_queue(struct worker *w, const char *domain, const char *vmta)
+{
+    for (struct wqueue *q = w->queues; q; q = q->next)
+        if (strcmp(q->domain, domain) == 0 && strcmp(q->vmta, vmta) == 0)
+            return q;
+    struct wqueue *q = xcalloc(1, sizeof *q);
+    q->domain = xstrdup(domain);
+    q->vmta = xstrdup(vmta);
+    q->name = vmta[0] ? xasprintf("%s/%s", domain, vmta) : xstrdup(domain);
+    q->next = w->queues;
+    w->queues = q;
+    return q;
+}
+
+static void
+worker_start_session(struct worker *w, struct wqueue *q, const struct conf_domain *dom)
+{
+    struct session *s = xcalloc(1, sizeof *s);
+    s->id = ++w->next_session_id;
+    s->w = w;
+    s->q = q;
+    s->dom = dom;
+    s->state = S_CLAIM;
+    s->next = w->sessions;
+    w->sessions = s;
+    w->nsessions++;
+    q->active++;
+    log_debug("session=%llu queue=%s event=start active=%u", (unsigned long long)s->id, q->name,
+              q->active);
+    session_claim(s);
+}
+
+static void
+worker_on_ready_queues(const PGresult *res, void *arg)
+{
+    struct worker *w = arg;
+    w->tick_inflight = false;
+    if (w->stopping)
+        return;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        if (res)
+            log_warn("pipe=%s event=ready-queues-failed error=\"%s\"", w->pipe,
+                     PQresultErrorMessage(res));
+        worker_schedule_tick(w, w->conf->poll_interval_ms);
+        return;
+    }
+    int n = PQntuples(res);
+    bool started = false;
+    for (int i = 0; i < n && w->nsessions < WORKER_MAX_SESSIONS; i++) {
+        const char *domain = PQgetvalue(res, i, 0);
+        const char *vmta = PQgetvalue(res, i, 1);
+        struct wqueue *q = worker_queue(w, domain, vmta);
+        const struct conf_domain *dom = conf_domain_lookup(w->conf, domain);
+        uint32_t limit = dom->max_smtp_out;
+        for (int k = 0; k < WORKER_START_PER_TICK && q->active < limit &&
+                        w->nsessions < WORKER_MAX_SESSIONS;
+             k++) {
+            worker_start_session(w, q, dom);
+            started = true;
+        }
+    }
+    if (n > 0) {
+        w->poll_ms = WORKER_FAST_POLL_MS;
+    } else {
+        w->poll_ms = w->poll_ms * 2;
+        if (w->poll_ms > w->conf->poll_interval_ms)
+            w->poll_ms = w->conf->poll_interval_ms;
+    }
+    (void)started;
+    worker_schedule_tick(w, w->poll_ms);
+}
+
+static void
+worker_on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    if (w->stopping || w->tick_inflight)
+        return;
+    if (w->node_id == 0) {
+        worker_schedule_tick(w, 200);
+        return;
+    }
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", 1000);
+    const char *values[2] = {w->pipe, lim};
+    struct db *db = worker_db(w);
+    if (!db || db_exec(db, "ready_queues", 2, values, NULL, NULL, 0, worker_on_ready_queues, w) <
+                   0) {
+        worker_schedule_tick(w, 500);
+        return;
+    }
+    w->tick_inflight = true;
+}
+
+static void
+worker_schedule_tick(struct worker *w, uint64_t ms)
+{
+    if (w->stopping)
+        return;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(w->ev_tick, &tv);
+}
+
+/* ---- node registry ---- */
+
+static void
+worker_on_registered(const PGresult *res, void *arg)
+{
+    struct worker *w = arg;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        log_error("pipe=%s event=register-failed error=\"%s\"", w->pipe,
+                  res ? PQresultErrorMessage(res) : "no database connection");
+        return; /* retried on the next ready callback */
+    }
+    w->node_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    log_info("pipe=%s index=%u event=registered node_id=%lld", w->pipe, w->index, w->node_id);
+    worker_schedule_tick(w, 0);
+}
+
+static void
+worker_on_db_ready(struct db *db, void *arg)
+{
+    struct worker *w = arg;
+    if (w->node_id != 0 || w->stopping)
+        return;
+    char idx[16], pid[16], host[256];
+    snprintf(idx, sizeof idx, "%u", w->index);
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
+    const char *values[5] = {w->conf->node_name, w->pipe, idx, pid, host};
+    db_exec(db, "node_register", 5, values, NULL, NULL, 0, worker_on_registered, w);
+}
+
+static void
+worker_on_heartbeat_done(const PGresult *res, void *arg)
+{
+    (void)arg;
+    if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
+        log_warn("event=heartbeat-failed error=\"%s\"", PQresultErrorMessage(res));
+}
+
+static void
+worker_on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    if (w->node_id == 0)
+        return;
+    char node[32];
+    snprintf(node, sizeof node, "%lld", w->node_id);
+    const char *values[1] = {node};
+    struct db *db = worker_db(w);
+    if (db)
+        db_exec(db, "node_heartbeat", 1, values, NULL, NULL, 0, worker_on_heartbeat_done, w);
+}
+
+/* ---- shutdown and reload ---- */
+
+static void
+worker_on_stopped(const PGresult *res, void *arg)
+{
+    struct worker *w = arg;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
+        log_info("pipe=%s index=%u event=stopped released=%s", w->pipe, w->index,
+                 PQgetvalue(res, 0, 0));
+    else
+        log_warn("pipe=%s index=%u event=stop-unrecorded error=\"%s\"", w->pipe, w->index,
+                 res ? PQresultErrorMessage(res) : "no database connection");
+    event_base_loopexit(w->base, NULL);
+}
+
+static void
+worker_exit_now(struct worker *w)
+{
+    if (w->exiting)
+        return;
+    w->exiting = true;
+    char node[32];
+    snprintf(node, sizeof node, "%lld", w->node_id);
+    const char *values[1] = {node};
+    struct db *db = worker_db(w);
+    if (w->node_id == 0 || !db ||
+        db_exec(db, "node_stop", 1, values, NULL, NULL, 0, worker_on_stopped, w) < 0) {
+        event_base_loopexit(w->base, NULL);
+        return;
+    }
+    /* Do not wait for ever for the database. */
+    struct timeval tv = {3, 0};
+    event_base_loopexit(w->base, &tv);
+}
+
+static void
+worker_maybe_exit(struct worker *w)
+{
+    if (w->stopping && w->nsessions == 0)
+        worker_exit_now(w);
+}
+
+static void
+worker_on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    log_warn("pipe=%s index=%u event=shutdown-deadline sessions=%u", w->pipe, w->index,
+             w->nsessions);
+    /* In-flight recipients are released by node_stop (their lease is
+     * cleared), so another node delivers them; a delivery that had already
+     * reached the receiver may be duplicated, never lost. */
+    while (w->sessions)
+        session_end(w->sessions);
+    worker_exit_now(w);
+}
+
+static void
+worker_stop(struct worker *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    evtimer_del(w->ev_tick);
+    log_info("pipe=%s index=%u event=stopping sessions=%u", w->pipe, w->index, w->nsessions);
+    struct timeval tv = {(time_t)(w->conf->shutdown_timeout_ms / 1000),
+                         (suseconds_t)((w->conf->shutdown_timeout_ms % 1000) * 1000)};
+    evtimer_add(w->ev_deadline, &tv);
+    /* Sessions waiting for a claim result finish that batch and stop. */
+    worker_maybe_exit(w);
+}
+
+static void
+worker_reload(struct worker *w)
+{
+    char err[1024];
+    struct conf *c = conf_load(w->conf->path, err, sizeof err);
+    if (!c) {
+        log_error("pipe=%s event=reload-failed error=\"%s\" keeping=old", w->pipe, err);
+        return;
+    }
+    /* Sessions keep pointers into the old configuration: keep it until
+     * exit (reloads are rare). */
+    w->old_confs = xrealloc(w->old_confs, (w->nold_confs + 1) * sizeof *w->old_confs);
+    w->old_confs[w->nold_confs++] = w->conf;
+    w->conf = c;
+    log_info("pipe=%s event=reloaded", w->pipe);
+}
+
+static void
+worker_on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct worker *w = arg;
+    if (sig == SIGHUP)
+        worker_reload(w);
+    else
+        worker_stop(w);
+}
+
+/* ---- statements ---- */
+
+static void
+worker_prepare(struct db *db)
+{
+    db_prepare(db, "node_register", "SELECT mta.node_register($1, $2, $3::int, $4::int, $5)", 5);
+    db_prepare(db, "node_heartbeat", "SELECT mta.node_heartbeat($1::bigint)", 1);
+    db_prepare(db, "node_stop", "SELECT mta.node_stop($1::bigint)", 1);
+    db_prepare(db, "ready_queues", "SELECT domain, vmta FROM mta.ready_queues($1, $2::int)", 2);
+    db_prepare(db, "claim",
+               "SELECT * FROM mta.claim($1::bigint, $2, $3, $4, $5::int, $6::int)", 6);
+    db_prepare(db, "finish",
+               "SELECT mta.finish($1::bigint, $2, $3::bigint[], $4::bigint[], $5::text[], "
+               "$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
+               "$12::text[], $13::text[], $14::text[], $15::bool)",
+               15);
+}
+
+int
+worker_run(struct conf *conf, const char *pipe_name, unsigned index)
+{
+    struct worker *w = xcalloc(1, sizeof *w);
+    srandom((unsigned)(getpid() ^ time(NULL)));
+    signal(SIGPIPE, SIG_IGN);
+    w->base = event_base_new();
+    w->conf = conf;
+    w->pipe = xstrdup(pipe_name);
+    w->index = index;
+    w->node_label = xasprintf("%s/%s/%u", conf->node_name, pipe_name, index);
+    w->poll_ms = WORKER_FAST_POLL_MS;
+    char err[512];
+    w->dns = dns_new(w->base, (const char *const *)conf->dns_servers, conf->ndns_servers,
+                     conf->dns_timeout_ms, err, sizeof err);
+    if (!w->dns) {
+        log_error("pipe=%s event=dns-init-failed error=\"%s\"", pipe_name, err);
+        return 1;
+    }
+    w->ndbs = conf->database_connections ? conf->database_connections : 1;
+    w->dbs = xcalloc(w->ndbs, sizeof *w->dbs);
+    for (size_t i = 0; i < w->ndbs; i++) {
+        char *name = xasprintf("pgmtad-%s-%u-%zu", pipe_name, index, i);
+        w->dbs[i] = db_new(w->base, conf->database_url, name);
+        free(name);
+        worker_prepare(w->dbs[i]);
+        db_set_ready_cb(w->dbs[i], worker_on_db_ready, w);
+        db_connect(w->dbs[i]);
+    }
+    w->ev_tick = evtimer_new(w->base, worker_on_tick, w);
+    w->ev_deadline = evtimer_new(w->base, worker_on_deadline, w);
+    w->ev_heartbeat = event_new(w->base, -1, EV_PERSIST, worker_on_heartbeat, w);
+    struct timeval hb = {WORKER_HEARTBEAT_MS / 1000, 0};
+    evtimer_add(w->ev_heartbeat, &hb);
+    int sigs[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        w->ev_signals[i] = evsignal_new(w->base, sigs[i], worker_on_signal, w);
+        evsignal_add(w->ev_signals[i], NULL);
+    }
+    log_info("pipe=%s index=%u event=started", pipe_name, index);
+
+    event_base_dispatch(w->base);
+
+    w->exiting = true;
+    int status = w->exit_status;
+    log_info("pipe=%s index=%u event=exit status=%d", w->pipe, w->index, status);
+    while (w->sessions)
+        session_end(w->sessions);
+    /* Run the deferred frees. */
+    event_base_loop(w->base, EVLOOP_NONBLOCK);
+    for (size_t i = 0; i < w->ndbs; i++)
+        db_free(w->dbs[i]);
+    free(w->dbs);
+    dns_free(w->dns);
+    for (int i = 0; i < 3; i++)
+        event_free(w->ev_signals[i]);
+    event_free(w->ev_tick);
+    event_free(w->ev_deadline);
+    event_free(w->ev_heartbeat);
+    while (w->queues) {
+        struct wqueue *q = w->queues;
+        w->queues = q->next;
+        free(q->domain);
+        free(q->vmta);
+        free(q->name);
+        free(q);
+    }
+    event_base_free(w->base);
+    for (size_t i = 0; i < w->nold_confs; i++)
+        conf_free(w->old_confs[i]);
+    free(w->old_confs);
+    conf_free(w->conf);
+    free(w->pipe);
+    free(w->node_label);
+    free(w);
+    smtp_client_tls_cleanup();
+    return status;
+}
