@@ -1,0 +1,101 @@
+-- 020_enqueue: mta.enqueue(), the SQL way to submit one message (DESIGN §6).
+-- Everything is checked before anything is written; a failing check raises and
+-- the caller's transaction stores nothing. The message is accepted once the
+-- caller's transaction commits (synchronous_commit stays on).
+--
+-- Lock order, shared with mta.submit: job row, then queue rows in key order,
+-- then new rows. Two enqueues creating the same new job or queue rows
+-- therefore wait for each other instead of deadlocking.
+
+-- The accounting "queue" field: domain, or domain/vmta.
+CREATE OR REPLACE FUNCTION mta.queue_name(p_domain text, p_vmta text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN coalesce(p_vmta, '') = '' THEN p_domain ELSE p_domain || '/' || p_vmta END
+$$;
+
+CREATE OR REPLACE FUNCTION mta.enqueue_bytes(p_mail_from text, p_rcpt_to text[], p_content bytea,
+                                             p_job_id text, p_vmta text, p_pipe text,
+                                             p_envid text, p_priority int,
+                                             p_not_before timestamptz)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_pipe text;
+    v_vmta text;
+    v_domains text[];
+    v_id bigint;
+    v_size int;
+    v_at timestamptz := coalesce(p_not_before, now());
+BEGIN
+    PERFORM mta.check_sender(p_mail_from);
+    IF p_rcpt_to IS NULL OR cardinality(p_rcpt_to) = 0 THEN
+        RAISE EXCEPTION 'rcpt_to is empty: at least one recipient is required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_ndims(p_rcpt_to) > 1 THEN
+        RAISE EXCEPTION 'rcpt_to must be a one-dimensional array'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(p_rcpt_to) > 100000 THEN
+        RAISE EXCEPTION 'rcpt_to has % recipients: at most 100000 per call',
+            cardinality(p_rcpt_to) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(mta.address_domain(u.r, 'rcpt_to[' || u.i || ']') ORDER BY u.i)
+      INTO v_domains
+      FROM unnest(p_rcpt_to) WITH ORDINALITY AS u(r, i);
+    PERFORM mta.check_content(p_content);
+    v_size := octet_length(p_content);
+    v_vmta := mta.check_vmta(p_vmta);
+    v_pipe := mta.resolve_pipe(p_pipe);
+    IF p_priority IS NULL THEN
+        p_priority := 0;
+    END IF;
+
+    IF p_job_id IS NOT NULL THEN
+        INSERT INTO mta.job (job_id) VALUES (p_job_id) ON CONFLICT DO NOTHING;
+    END IF;
+    INSERT INTO mta.queue (pipe, domain, vmta)
+        SELECT DISTINCT v_pipe, d, v_vmta FROM unnest(v_domains) AS d ORDER BY 2
+        ON CONFLICT DO NOTHING;
+    INSERT INTO mta.messages (mail_from, content, size, job_id, envid, vmta, pipe, priority,
+                              message_id_header)
+        VALUES (p_mail_from, p_content, v_size, p_job_id, p_envid, nullif(v_vmta, ''), v_pipe,
+                p_priority, mta.header_message_id(p_content))
+        RETURNING id INTO v_id;
+    WITH r AS (
+        INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id, next_attempt,
+                                    queued_at)
+            SELECT v_id, u.r, u.d, v_vmta, v_pipe, p_job_id, v_at, now()
+              FROM unnest(p_rcpt_to, v_domains) WITH ORDINALITY AS u(r, d, i)
+             ORDER BY u.i
+        RETURNING id, rcpt, domain
+    )
+    INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid, queue,
+                          pipe, message_id, rcpt_id, dlv_size)
+        SELECT 'r', now(), now(), p_mail_from, r.rcpt, nullif(v_vmta, ''), p_job_id, p_envid,
+               mta.queue_name(r.domain, v_vmta), v_pipe, v_id, r.id, v_size
+          FROM r;
+    RETURN v_id;
+END
+$$;
+
+-- Contract (DESIGN §6): the two public overloads. SECURITY DEFINER with a
+-- fixed search_path, so a role with only EXECUTE (mta_inject) can enqueue
+-- without any right on the tables.
+CREATE OR REPLACE FUNCTION mta.enqueue(mail_from text, rcpt_to text[], content bytea,
+                                       job_id text DEFAULT NULL, vmta text DEFAULT NULL,
+                                       pipe text DEFAULT NULL, envid text DEFAULT NULL,
+                                       priority int DEFAULT 0,
+                                       not_before timestamptz DEFAULT now())
+RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT mta.enqueue_bytes($1, $2, $3, $4, $5, $6, $7, $8, $9)
+$$;
+
+-- Text content is stored as its UTF-8 bytes.
+CREATE OR REPLACE FUNCTION mta.enqueue(mail_from text, rcpt_to text[], content text,
+                                       job_id text DEFAULT NULL, vmta text DEFAULT NULL,
+                                       pipe text DEFAULT NULL, envid text DEFAULT NULL,
+                                       priority int DEFAULT 0,
+                                       not_before timestamptz DEFAULT now())
+RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT mta.enqueue_bytes($1, $2, convert_to($3, 'UTF8'), $4, $5, $6, $7, $8, $9)
+$$;

@@ -1,0 +1,129 @@
+-- 030_submit: bulk enqueue through the staging table mta.submit (DESIGN §6).
+--
+--   INSERT INTO mta.submit (mail_from, rcpt_to, content, job_id, vmta, pipe) SELECT ...
+--   COPY mta.submit (mail_from, rcpt_to, content, ...) FROM STDIN
+--
+-- One row is ONE recipient (rcpt_to holds a single address). Rows of the same
+-- statement with equal mail_from, content, job_id, vmta, pipe, envid, priority
+-- and not_before become one message with several recipients, so a campaign with
+-- identical content stores that content once. Optional columns: envid,
+-- priority (default 0), not_before (default now()).
+--
+-- An AFTER ... FOR EACH STATEMENT trigger with a transition table does the
+-- work set-based: checks (a failing row aborts the whole statement, nothing is
+-- stored), then job and queue rows, messages, recipients and 'r' accounting
+-- rows in a few statements, then deletes the staged rows again. There is no
+-- per-row trigger: its call overhead would dominate the cost of COPY.
+
+-- The transition table may be larger than work_mem and then lives in a temp
+-- file, so it is read as few times as possible: once for the checks and the
+-- job and queue keys, twice for the rows themselves (small columns, then the
+-- content of the first row of each message). A bulk loader that sets a large
+-- work_mem in its session (e.g. 256MB) keeps it in memory.
+CREATE OR REPLACE FUNCTION mta.submit_flush() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB' AS $$
+DECLARE
+    v_default text;
+    c record;
+    v text;
+BEGIN
+    SELECT p.name INTO v_default FROM mta.pipes p WHERE p.is_default;
+
+    -- Checks, in one pass. Senders, pipes and vmtas repeat, so their distinct
+    -- values are checked; addresses that the fast test does not accept get
+    -- the full check, which raises with the reason.
+    SELECT array_agg(DISTINCT n.mail_from) AS senders,
+           array_agg(DISTINCT n.pipe) AS pipes,
+           array_agg(DISTINCT n.vmta) AS vmtas,
+           array_agg(n.rcpt_to) FILTER (WHERE NOT coalesce(mta.address_plain(n.rcpt_to), false))
+               AS odd_rcpts,
+           count(*) FILTER (WHERE n.content IS NULL) AS null_content,
+           min(octet_length(n.content)) AS min_size,
+           max(octet_length(n.content)) AS max_size,
+           array_agg(DISTINCT n.job_id) FILTER (WHERE n.job_id IS NOT NULL) AS jobs,
+           array_agg(DISTINCT coalesce(n.pipe, v_default) || E'\x01'
+                              || mta.address_domain_of(n.rcpt_to) || E'\x01'
+                              || coalesce(n.vmta, '')) AS queues
+      INTO c
+      FROM new_rows n;
+    IF c.senders IS NULL THEN
+        RETURN NULL; -- no rows
+    END IF;
+    FOREACH v IN ARRAY c.senders LOOP
+        PERFORM mta.check_sender(v);
+    END LOOP;
+    FOREACH v IN ARRAY c.pipes LOOP
+        PERFORM mta.resolve_pipe(v);
+    END LOOP;
+    FOREACH v IN ARRAY c.vmtas LOOP
+        PERFORM mta.check_vmta(v);
+    END LOOP;
+    IF c.odd_rcpts IS NOT NULL THEN
+        PERFORM mta.address_domain_full(r, 'rcpt_to') FROM unnest(c.odd_rcpts) r;
+    END IF;
+    IF c.null_content > 0 THEN
+        PERFORM mta.check_content(NULL);
+    END IF;
+    IF c.min_size = 0 THEN
+        PERFORM mta.check_content(''::bytea);
+    END IF;
+    IF c.max_size > 67108864 THEN
+        RAISE EXCEPTION 'content is % octets, at most 67108864 (64 MB) allowed', c.max_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- Job and queue rows first, in key order, as mta.enqueue() does.
+    INSERT INTO mta.job (job_id)
+        SELECT j FROM unnest(c.jobs) j ORDER BY 1 ON CONFLICT DO NOTHING;
+    INSERT INTO mta.queue (pipe, domain, vmta)
+        SELECT split_part(k, E'\x01', 1), split_part(k, E'\x01', 2), split_part(k, E'\x01', 3)
+          FROM unnest(c.queues) k ORDER BY 1, 2, 3
+        ON CONFLICT DO NOTHING;
+
+    -- Rows of equal (content, sender, job, vmta, pipe, envid, priority,
+    -- not_before) form one message; its id comes from the first of them.
+    WITH src AS MATERIALIZED (
+        SELECT n.id, n.mail_from, n.rcpt_to, mta.address_domain_of(n.rcpt_to) AS domain,
+               n.job_id, coalesce(n.vmta, '') AS vmta, coalesce(n.pipe, v_default) AS pipe,
+               n.envid, coalesce(n.priority, 0) AS priority,
+               coalesce(n.not_before, now()) AS not_before,
+               octet_length(n.content) AS size, sha256(convert_to(n.content, 'UTF8')) AS h
+          FROM new_rows n
+    ), keyed AS MATERIALIZED (
+        SELECT s.*, min(s.id) OVER (PARTITION BY s.h, s.mail_from, s.job_id, s.vmta, s.pipe,
+                                                 s.envid, s.priority, s.not_before) AS first_id
+          FROM src s
+    ), grp AS MATERIALIZED (
+        SELECT nextval('mta.messages_id_seq') AS message_id, k.*
+          FROM keyed k WHERE k.id = k.first_id
+    ), msg AS (
+        INSERT INTO mta.messages (id, mail_from, content, size, job_id, envid, vmta, pipe,
+                                  priority, message_id_header)
+            SELECT g.message_id, g.mail_from, b.content, g.size, g.job_id, g.envid,
+                   nullif(g.vmta, ''), g.pipe, g.priority, mta.header_message_id(b.content)
+              FROM grp g JOIN new_rows n ON n.id = g.id,
+                   LATERAL (SELECT convert_to(n.content, 'UTF8') AS content) b
+    ), rc AS (
+        INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id, next_attempt,
+                                    queued_at)
+            SELECT g.message_id, k.rcpt_to, k.domain, k.vmta, k.pipe, k.job_id, k.not_before,
+                   now()
+              FROM keyed k JOIN grp g ON g.id = k.first_id
+             ORDER BY k.id
+        RETURNING id, message_id, rcpt, domain, vmta, pipe, job_id
+    ), staged AS (
+        DELETE FROM mta.submit s USING src WHERE s.id = src.id
+    )
+    INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid, queue,
+                          pipe, message_id, rcpt_id, dlv_size)
+        SELECT 'r', now(), now(), g.mail_from, rc.rcpt, nullif(rc.vmta, ''), rc.job_id, g.envid,
+               mta.queue_name(rc.domain, rc.vmta), rc.pipe, rc.message_id, rc.id, g.size
+          FROM rc JOIN grp g ON g.message_id = rc.message_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER submit_flush AFTER INSERT ON mta.submit
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION mta.submit_flush();

@@ -1,0 +1,243 @@
+-- 050_finish: mta.finish(), the end of a delivery attempt for a whole batch of
+-- claimed recipients in one call, and the RFC 3464 bounce (DSN) it may enqueue.
+--
+-- Fencing: a recipient is finished only if its id AND lease_token match; a
+-- late finish after the lease expired and another node claimed the row
+-- changes nothing and writes no accounting. So every recipient gets exactly
+-- one final ('d' or 'b') accounting row.
+
+-- Text usable on one header or DSN field line: control characters become spaces.
+CREATE OR REPLACE FUNCTION mta.one_line(p_text text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT regexp_replace(coalesce(p_text, ''), '[\x01-\x1f\x7f]+', ' ', 'g')
+$$;
+
+-- The RFC 3464 delivery status notification for the bounced recipients
+-- p_rcpts (with their status, diagnostic and remote MTA) of message
+-- p_message_id: multipart/report with a human-readable part, the
+-- message/delivery-status part and the original's headers (text/rfc822-headers).
+CREATE OR REPLACE FUNCTION mta.dsn_content(p_message_id bigint, p_reporting_mta text,
+                                           p_rcpts text[], p_status text[], p_diag text[],
+                                           p_remote_mta text[])
+RETURNS bytea LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    m record;
+    nl constant text := E'\r\n';
+    v_host text;
+    v_boundary text;
+    v_human text := '';
+    v_report text := '';
+    v_status text;
+    v_hdr bytea;
+    v_end int;
+    i int;
+BEGIN
+    SELECT mm.mail_from, mm.envid, mm.created_at, mm.content INTO m
+      FROM mta.messages mm WHERE mm.id = p_message_id;
+    v_host := coalesce(nullif(regexp_replace(coalesce(p_reporting_mta, ''), '[^A-Za-z0-9.-]', '',
+                                             'g'), ''), 'localhost');
+    v_boundary := p_message_id || '.' || md5(random()::text || clock_timestamp()::text) || '/'
+                  || v_host;
+    FOR i IN 1 .. coalesce(cardinality(p_rcpts), 0) LOOP
+        v_status := CASE WHEN p_status[i] ~ '^[245]\.[0-9]{1,3}\.[0-9]{1,3}$' THEN p_status[i]
+                         ELSE '5.0.0' END;
+        v_human := v_human || '<' || mta.one_line(p_rcpts[i]) || '>: '
+                   || mta.one_line(coalesce(nullif(p_diag[i], ''), 'delivery failed')) || nl || nl;
+        v_report := v_report
+            || CASE WHEN p_rcpts[i] ~ '[^\x01-\x7f]' THEN 'Final-Recipient: utf-8; '
+                    ELSE 'Final-Recipient: rfc822; ' END || mta.one_line(p_rcpts[i]) || nl
+            || 'Action: failed' || nl
+            || 'Status: ' || v_status || nl
+            || CASE WHEN coalesce(p_remote_mta[i], '') <> ''
+                    THEN 'Remote-MTA: dns; ' || mta.one_line(p_remote_mta[i]) || nl ELSE '' END
+            || CASE WHEN coalesce(p_diag[i], '') <> ''
+                    THEN 'Diagnostic-Code: smtp; ' || mta.one_line(p_diag[i]) || nl ELSE '' END
+            || nl;
+    END LOOP;
+    -- The original's header section: up to the first empty line, at most 64 KB.
+    v_hdr := substr(m.content, 1, 65536);
+    v_end := position('\x0d0a0d0a'::bytea IN v_hdr);
+    IF v_end > 0 THEN
+        v_hdr := substr(v_hdr, 1, v_end + 1);
+    ELSE
+        v_end := position('\x0a0a'::bytea IN v_hdr);
+        IF v_end > 0 THEN
+            v_hdr := substr(v_hdr, 1, v_end);
+        END IF;
+    END IF;
+    RETURN convert_to(
+        'From: Mail Delivery System <MAILER-DAEMON@' || v_host || '>' || nl
+        || 'To: <' || mta.one_line(m.mail_from) || '>' || nl
+        || 'Subject: Undelivered Mail Returned to Sender' || nl
+        || 'Date: ' || to_char(now() AT TIME ZONE 'UTC', 'Dy, DD Mon YYYY HH24:MI:SS') || ' +0000' || nl
+        || 'Message-ID: <dsn.' || p_message_id || '.'
+        || substr(md5(random()::text), 1, 12) || '@' || v_host || '>' || nl
+        || 'Auto-Submitted: auto-replied' || nl
+        || 'MIME-Version: 1.0' || nl
+        || 'Content-Type: multipart/report; report-type=delivery-status;' || nl
+        || E'\tboundary="' || v_boundary || '"' || nl
+        || nl
+        || 'This is a MIME-encapsulated message.' || nl
+        || nl
+        || '--' || v_boundary || nl
+        || 'Content-Description: Notification' || nl
+        || 'Content-Type: text/plain; charset=utf-8' || nl
+        || nl
+        || 'This is the mail system at host ' || v_host || '.' || nl
+        || nl
+        || 'Your message could not be delivered to one or more recipients.' || nl
+        || nl
+        || v_human
+        || '--' || v_boundary || nl
+        || 'Content-Description: Delivery report' || nl
+        || 'Content-Type: message/delivery-status' || nl
+        || nl
+        || 'Reporting-MTA: dns; ' || v_host || nl
+        || CASE WHEN coalesce(m.envid, '') <> ''
+                THEN 'Original-Envelope-Id: ' || mta.one_line(m.envid) || nl ELSE '' END
+        || 'Arrival-Date: ' || to_char(m.created_at AT TIME ZONE 'UTC', 'Dy, DD Mon YYYY HH24:MI:SS')
+        || ' +0000' || nl
+        || nl
+        || v_report
+        || '--' || v_boundary || nl
+        || 'Content-Description: Undelivered Message Headers' || nl
+        || 'Content-Type: text/rfc822-headers' || nl
+        || nl, 'UTF8')
+        || v_hdr
+        || convert_to(nl || '--' || v_boundary || '--' || nl, 'UTF8');
+END
+$$;
+
+-- Contract: finishes a batch. Per element i: p_types[i] is 'd' (delivered),
+-- 'b' (bounced) or 't' (transient failure, retried at p_retry_at[i]). Arrays
+-- that do not apply may be NULL. Returns the number of recipients whose token
+-- matched. With p_generate_bounces, one DSN per original message with a
+-- non-empty sender is enqueued, from <> to that sender, in the same pipe.
+CREATE OR REPLACE FUNCTION mta.finish(p_node bigint, p_node_name text, p_rcpt_ids bigint[],
+                                      p_tokens bigint[], p_types text[],
+                                      p_retry_at timestamptz[], p_dsn_status text[],
+                                      p_dsn_diag text[], p_dsn_mta text[], p_bounce_cat text[],
+                                      p_source_ip text[], p_dest_ip text[],
+                                      p_tls_protocol text[], p_tls_cipher text[],
+                                      p_generate_bounces bool)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n_final int;
+    n_defer int;
+    b_msg bigint[];
+    b_rcpt text[];
+    b_status text[];
+    b_diag text[];
+    b_mta text[];
+    v_dsn record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(p_types) t WHERE t IS NULL OR t NOT IN ('d', 'b', 't')) THEN
+        RAISE EXCEPTION 'finish: p_types must hold only ''d'', ''b'' or ''t'', got %', p_types
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- Final outcomes: delete the recipient, one accounting row each.
+    WITH f AS (
+        SELECT * FROM unnest(p_rcpt_ids, p_tokens, p_types, p_dsn_status, p_dsn_diag, p_dsn_mta,
+                             p_bounce_cat, p_source_ip, p_dest_ip, p_tls_protocol, p_tls_cipher)
+                   AS f(id, token, type, status, diag, dsn_mta, cat, src_ip, dst_ip, tls_proto,
+                        tls_cipher)
+         WHERE f.type IN ('d', 'b')
+    ), d AS (
+        DELETE FROM mta.recipients r USING f
+         WHERE r.id = f.id AND r.lease_token = f.token
+        RETURNING r.id AS rid, r.message_id, r.rcpt, r.domain, r.vmta, r.pipe, r.job_id,
+                  r.queued_at, r.attempts, f.type, f.status, f.diag, f.dsn_mta, f.cat, f.src_ip,
+                  f.dst_ip, f.tls_proto, f.tls_cipher
+    ), a AS (
+        INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
+                              dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
+                              dlv_size, vmta, job_id, envid, queue, pipe, node, message_id,
+                              attempt, tls_protocol, tls_cipher, rcpt_id)
+            SELECT d.type, now(), d.queued_at, m.mail_from, d.rcpt,
+                   CASE d.type WHEN 'd' THEN 'relayed' ELSE 'failed' END, d.status, d.diag,
+                   d.dsn_mta, d.cat, d.src_ip, d.dst_ip, m.size, nullif(d.vmta, ''), d.job_id,
+                   m.envid, mta.queue_name(d.domain, d.vmta), d.pipe, p_node_name, d.message_id,
+                   d.attempts, d.tls_proto, d.tls_cipher, d.rid
+              FROM d JOIN mta.messages m ON m.id = d.message_id
+            RETURNING type, orig, message_id, rcpt, dsn_status, dsn_diag, dsn_mta
+    )
+    SELECT count(*),
+           array_agg(a.message_id ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
+           array_agg(a.rcpt ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
+           array_agg(a.dsn_status ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
+           array_agg(a.dsn_diag ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
+           array_agg(a.dsn_mta ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> '')
+      INTO n_final, b_msg, b_rcpt, b_status, b_diag, b_mta
+      FROM a;
+
+    -- Transient failures: back to the queue at retry_at, lease cleared.
+    WITH f AS (
+        SELECT * FROM unnest(p_rcpt_ids, p_tokens, p_types, p_retry_at, p_dsn_status, p_dsn_diag,
+                             p_dsn_mta, p_bounce_cat, p_source_ip, p_dest_ip, p_tls_protocol,
+                             p_tls_cipher)
+                   AS f(id, token, type, retry_at, status, diag, dsn_mta, cat, src_ip, dst_ip,
+                        tls_proto, tls_cipher)
+         WHERE f.type = 't'
+    ), u AS (
+        UPDATE mta.recipients r
+           SET next_attempt = coalesce(f.retry_at, now()), owner = NULL, lease_until = NULL,
+               lease_token = NULL, last_error = f.diag
+          FROM f
+         WHERE r.id = f.id AND r.lease_token = f.token
+        RETURNING r.id AS rid, r.message_id, r.rcpt, r.domain, r.vmta, r.pipe, r.job_id,
+                  r.queued_at, r.attempts, f.status, f.diag, f.dsn_mta, f.cat, f.src_ip,
+                  f.dst_ip, f.tls_proto, f.tls_cipher
+    ), a AS (
+        INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
+                              dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
+                              dlv_size, vmta, job_id, envid, queue, pipe, node, message_id,
+                              attempt, tls_protocol, tls_cipher, rcpt_id)
+            SELECT 't', now(), u.queued_at, m.mail_from, u.rcpt, 'delayed', u.status, u.diag,
+                   u.dsn_mta, u.cat, u.src_ip, u.dst_ip, m.size, nullif(u.vmta, ''), u.job_id,
+                   m.envid, mta.queue_name(u.domain, u.vmta), u.pipe, p_node_name,
+                   u.message_id, u.attempts, u.tls_proto, u.tls_cipher, u.rid
+              FROM u JOIN mta.messages m ON m.id = u.message_id
+            RETURNING 1
+    ), x AS (
+        -- The queues' last error: one row per queue, skipped when unchanged and
+        -- fresh or when another node is writing it (SKIP LOCKED: it is only
+        -- information, never worth a wait or a deadlock).
+        SELECT DISTINCT ON (u.pipe, u.domain, u.vmta) u.pipe, u.domain, u.vmta, u.diag
+          FROM u ORDER BY u.pipe, u.domain, u.vmta
+    ), l AS (
+        SELECT q.pipe, q.domain, q.vmta, x.diag
+          FROM mta.queue q JOIN x ON q.pipe = x.pipe AND q.domain = x.domain AND q.vmta = x.vmta
+         WHERE q.last_error IS DISTINCT FROM x.diag OR q.last_error_at IS NULL
+            OR q.last_error_at < now() - interval '10 seconds'
+           FOR UPDATE OF q SKIP LOCKED
+    ), qu AS (
+        UPDATE mta.queue q SET last_error = l.diag, last_error_at = now()
+          FROM l WHERE q.pipe = l.pipe AND q.domain = l.domain AND q.vmta = l.vmta
+    )
+    SELECT count(*) INTO n_defer FROM a;
+
+    IF p_generate_bounces AND b_msg IS NOT NULL THEN
+        FOR v_dsn IN
+            SELECT g.message_id, m.mail_from, m.pipe,
+                   array_agg(g.rcpt ORDER BY g.i) AS rcpts,
+                   array_agg(g.status ORDER BY g.i) AS status,
+                   array_agg(g.diag ORDER BY g.i) AS diag,
+                   array_agg(g.mta ORDER BY g.i) AS mta
+              FROM unnest(b_msg, b_rcpt, b_status, b_diag, b_mta) WITH ORDINALITY
+                   AS g(message_id, rcpt, status, diag, mta, i)
+              JOIN mta.messages m ON m.id = g.message_id
+             WHERE m.mail_from <> ''
+             GROUP BY g.message_id, m.mail_from, m.pipe
+             ORDER BY g.message_id
+        LOOP
+            PERFORM mta.enqueue_bytes('', ARRAY[v_dsn.mail_from],
+                                      mta.dsn_content(v_dsn.message_id, p_node_name,
+                                                      v_dsn.rcpts, v_dsn.status, v_dsn.diag,
+                                                      v_dsn.mta),
+                                      NULL, NULL, v_dsn.pipe, NULL, 0, now());
+        END LOOP;
+    END IF;
+    RETURN n_final + n_defer;
+END
+$$;

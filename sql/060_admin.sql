@@ -1,0 +1,176 @@
+-- 060_admin: steering (pause, resume, delete) and housekeeping (purging
+-- delivered messages and empty queues, daily accounting partitions).
+--
+-- Queue arguments: the domain is matched lower-cased; p_vmta NULL means every
+-- queue of the domain (all virtual MTAs, all pipes), '' the queue without a
+-- virtual MTA, anything else that virtual MTA.
+
+-- Pauses queues: they leave mta.ready_queues() and cannot be claimed. A queue
+-- that does not exist yet is created paused (in every pipe), so mail for it
+-- waits from the first message on. Returns the number of queue rows paused.
+CREATE OR REPLACE FUNCTION mta.pause_queue(p_domain text, p_vmta text DEFAULT NULL)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int;
+BEGIN
+    UPDATE mta.queue SET paused = true
+     WHERE domain = lower(p_domain) AND (p_vmta IS NULL OR vmta = p_vmta);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        INSERT INTO mta.queue (pipe, domain, vmta, paused)
+            SELECT p.name, lower(p_domain), mta.check_vmta(p_vmta), true
+              FROM mta.pipes p ORDER BY 1
+            ON CONFLICT (pipe, domain, vmta) DO UPDATE SET paused = true;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mta.resume_queue(p_domain text, p_vmta text DEFAULT NULL)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int;
+BEGIN
+    UPDATE mta.queue SET paused = false
+     WHERE domain = lower(p_domain) AND (p_vmta IS NULL OR vmta = p_vmta) AND paused;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mta.pause_job(p_job text)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO mta.job (job_id, paused) VALUES (p_job, true)
+    ON CONFLICT (job_id) DO UPDATE SET paused = true
+$$;
+
+CREATE OR REPLACE FUNCTION mta.resume_job(p_job text)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE mta.job SET paused = false WHERE job_id = p_job AND paused
+$$;
+
+-- Deletes recipients (leased ones too: the node's finish then no longer
+-- matches its token and records nothing), each with a final 'b' accounting
+-- row. Returns the number deleted.
+CREATE OR REPLACE FUNCTION mta.delete_recipients_where(p_domain text, p_vmta text, p_job text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    WITH d AS (
+        DELETE FROM mta.recipients r
+         WHERE (p_domain IS NULL
+                OR (r.pipe, r.domain, r.vmta) IN (
+                       SELECT q.pipe, q.domain, q.vmta FROM mta.queue q
+                        WHERE q.domain = lower(p_domain) AND (p_vmta IS NULL OR q.vmta = p_vmta)))
+           AND (p_job IS NULL OR r.job_id = p_job)
+        RETURNING r.*
+    )
+    INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
+                          dsn_diag, bounce_cat, dlv_size, vmta, job_id, envid, queue, pipe,
+                          message_id, attempt, rcpt_id)
+        SELECT 'b', now(), d.queued_at, m.mail_from, d.rcpt, 'failed', '5.0.0',
+               'deleted by administrator', 'other', m.size, nullif(d.vmta, ''), d.job_id,
+               m.envid, mta.queue_name(d.domain, d.vmta), d.pipe, d.message_id, d.attempts, d.id
+          FROM d JOIN mta.messages m ON m.id = d.message_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mta.delete_queue(p_domain text, p_vmta text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT mta.delete_recipients_where(coalesce(p_domain, ''), p_vmta, NULL)
+$$;
+
+-- Scans the recipients table (there is no index on job_id: it would cost every
+-- enqueue and finish for an operation that is rare).
+CREATE OR REPLACE FUNCTION mta.delete_job(p_job text)
+RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_job IS NULL THEN 0
+                ELSE mta.delete_recipients_where(NULL, NULL, p_job) END
+$$;
+
+-- Deletes up to p_batch messages that no recipient (queued or quarantined)
+-- refers to any more, oldest first. Returns the number deleted; call again
+-- while it returns p_batch. A message and its recipients are committed
+-- together, so a message being enqueued is never seen without its recipients.
+CREATE OR REPLACE FUNCTION mta.purge_messages(p_batch int DEFAULT 10000)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int;
+BEGIN
+    DELETE FROM mta.messages m
+     WHERE m.id IN (
+           SELECT mm.id FROM mta.messages mm
+            WHERE NOT EXISTS (SELECT 1 FROM mta.recipients r WHERE r.message_id = mm.id)
+              AND NOT EXISTS (SELECT 1 FROM mta.quarantine q WHERE q.message_id = mm.id)
+            ORDER BY mm.id
+            LIMIT p_batch
+              FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Deletes queue rows that have no recipients, are not paused and carry no
+-- backoff, so mta.ready_queues() does not probe dead queues forever. Enqueue
+-- inserts queue rows with ON CONFLICT DO NOTHING, which takes no row lock, so
+-- a concurrent enqueue could be about to add recipients to a queue row we
+-- delete. The SHARE ROW EXCLUSIVE table lock waits for those enqueues to
+-- commit and holds new ones back for the few milliseconds of the delete; if
+-- it is not granted within a second (a long bulk load), nothing is purged
+-- this time. Returns the number of queue rows deleted, -1 if skipped.
+CREATE OR REPLACE FUNCTION mta.purge_queues()
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s' AS $$
+DECLARE
+    n int;
+BEGIN
+    BEGIN
+        LOCK TABLE mta.queue IN SHARE ROW EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN -1;
+    END;
+    DELETE FROM mta.queue q
+     WHERE NOT q.paused AND NOT q.backoff
+       AND NOT EXISTS (SELECT 1 FROM mta.recipients r
+                        WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Creates the missing daily (UTC) partitions of mta.acct from yesterday to
+-- days_ahead days ahead; returns how many it created. `pgmta migrate` calls
+-- it, and nodes call it once a day so that a partition always exists before
+-- its day starts. A day whose rows already went to the default partition is
+-- skipped (its rows are not moved). Old partitions are dropped by the
+-- operator (DROP TABLE mta.acct_YYYYMMDD), never deleted row by row.
+CREATE OR REPLACE FUNCTION mta.acct_ensure_partitions(days_ahead int DEFAULT 7)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s' AS $$
+DECLARE
+    d date;
+    v_name text;
+    v_from timestamptz;
+    v_to timestamptz;
+    n int := 0;
+BEGIN
+    FOR d IN SELECT generate_series((now() AT TIME ZONE 'UTC')::date - 1,
+                                    (now() AT TIME ZONE 'UTC')::date + days_ahead,
+                                    interval '1 day')::date LOOP
+        v_name := 'acct_' || to_char(d, 'YYYYMMDD');
+        CONTINUE WHEN to_regclass('mta.' || v_name) IS NOT NULL;
+        v_from := d::timestamp AT TIME ZONE 'UTC';
+        v_to := (d + 1)::timestamp AT TIME ZONE 'UTC';
+        CONTINUE WHEN EXISTS (SELECT 1 FROM mta.acct_default a
+                               WHERE a.time_logged >= v_from AND a.time_logged < v_to);
+        EXECUTE format('CREATE TABLE mta.%I PARTITION OF mta.acct FOR VALUES FROM (%L) TO (%L)',
+                       v_name, v_from, v_to);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;

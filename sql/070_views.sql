@@ -1,0 +1,81 @@
+-- 070_views: the views for psql, the command line and the HTTP API (DESIGN §6,
+-- contract names and columns). In the views a queue without a virtual MTA has
+-- vmta NULL (the tables store '').
+--
+-- Counting is done when the view is read (one pass over the recipients of each
+-- queue); nothing on the enqueue or delivery path maintains counters.
+
+-- One row per queue. ready: next_attempt has come (including expired leases,
+-- which are claimable again); in_flight: leased and the lease still runs;
+-- deferred: waiting for a later attempt. next_attempt: the earliest attempt
+-- not in flight. connections is filled in by the connection-slot code later
+-- (from pg_locks); 0 until then.
+CREATE OR REPLACE VIEW mta.queues AS
+SELECT q.domain,
+       nullif(q.vmta, '') AS vmta,
+       q.pipe,
+       coalesce(s.queued, 0) AS queued,
+       coalesce(s.ready, 0) AS ready,
+       coalesce(s.deferred, 0) AS deferred,
+       coalesce(s.in_flight, 0) AS in_flight,
+       s.oldest,
+       s.next_attempt,
+       q.paused,
+       q.backoff,
+       0::bigint AS connections,
+       q.last_error
+  FROM mta.queue q
+  LEFT JOIN LATERAL (
+       SELECT count(*) AS queued,
+              count(*) FILTER (WHERE r.next_attempt <= now()) AS ready,
+              count(*) FILTER (WHERE r.next_attempt > now()
+                                 AND NOT (r.owner IS NOT NULL AND r.lease_until > now()))
+                  AS deferred,
+              count(*) FILTER (WHERE r.owner IS NOT NULL AND r.lease_until > now())
+                  AS in_flight,
+              min(r.queued_at) AS oldest,
+              min(r.next_attempt) FILTER (WHERE NOT (r.owner IS NOT NULL
+                                                     AND r.lease_until > now()))
+                  AS next_attempt
+         FROM mta.recipients r
+        WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta) s ON true;
+
+-- Live SMTP connections cluster-wide; empty until the connection-slot code
+-- (advisory locks, read from pg_locks) provides them.
+CREATE OR REPLACE VIEW mta.connections AS
+SELECT NULL::text AS domain, NULL::text AS vmta, NULL::text AS node, NULL::int AS slot,
+       NULL::timestamptz AS since
+ WHERE false;
+
+-- Node processes; alive: running and a heartbeat within the last 30 seconds.
+CREATE OR REPLACE VIEW mta.nodes AS
+SELECT n.id, n.name, n.pipe, n.process_index, n.pid, n.host, n.started_at, n.heartbeat_at,
+       n.stopped_at, n.state,
+       (n.state = 'running' AND n.heartbeat_at > now() - interval '30 seconds') AS alive
+  FROM mta.node n;
+
+-- One row per job. queued: recipients still in the queue; deferred: those of
+-- them waiting for a retry; delivered/bounced: final accounting rows (through
+-- the partial index acct_job, so asking for one job is cheap; listing every
+-- job reads all of its accounting).
+CREATE OR REPLACE VIEW mta.jobs AS
+SELECT j.job_id,
+       j.paused,
+       coalesce(r.queued, 0) AS queued,
+       coalesce(a.delivered, 0) AS delivered,
+       coalesce(a.bounced, 0) AS bounced,
+       coalesce(r.deferred, 0) AS deferred,
+       j.created_at
+  FROM mta.job j
+  LEFT JOIN (SELECT rr.job_id, count(*) AS queued,
+                    count(*) FILTER (WHERE rr.attempts > 0 AND rr.next_attempt > now()
+                                       AND NOT (rr.owner IS NOT NULL AND rr.lease_until > now()))
+                        AS deferred
+               FROM mta.recipients rr
+              WHERE rr.job_id IS NOT NULL
+              GROUP BY rr.job_id) r ON r.job_id = j.job_id
+  LEFT JOIN (SELECT aa.job_id, count(*) FILTER (WHERE aa.type = 'd') AS delivered,
+                    count(*) FILTER (WHERE aa.type = 'b') AS bounced
+               FROM mta.acct aa
+              WHERE aa.job_id IS NOT NULL AND aa.type IN ('d', 'b')
+              GROUP BY aa.job_id) a ON a.job_id = j.job_id;

@@ -1,0 +1,93 @@
+-- 090_roles: least-privilege roles (DESIGN §6). Group roles without LOGIN;
+-- grant them to login roles. Re-applied by every `pgmta migrate`: it first
+-- takes everything in schema mta away from PUBLIC, then grants exactly this.
+--
+--   mta_inject   enqueue only: EXECUTE mta.enqueue (both overloads), INSERT
+--                (and so COPY) into mta.submit. Cannot read any table, not
+--                even mta.submit.
+--   mta_node     what pgmtad needs: the node functions, enqueue (SMTP
+--                injection), pause/resume (HTTP API), housekeeping, the
+--                views, and the queue's backoff columns.
+--   mta_admin    everything in schema mta.
+--   mta_monitor  SELECT on the views, nothing else.
+--
+-- All API functions are SECURITY DEFINER with a fixed search_path, so the
+-- roles need no rights on the tables behind them.
+--
+-- Other sql/ files may grant their own functions to these roles (e.g. the
+-- shaping functions to mta_node): only PUBLIC's rights are revoked here, so
+-- such grants survive, whichever file comes first.
+--
+-- mta_node's idle_in_transaction_session_timeout applies to sessions that log
+-- in as mta_node itself; role settings are not inherited by member roles, so
+-- set it on the daemon's login role too (or in the daemon's session).
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['mta_inject', 'mta_node', 'mta_admin', 'mta_monitor'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL; -- created meanwhile by a migration of another database
+            END;
+        END IF;
+    END LOOP;
+END
+$$;
+
+ALTER ROLE mta_node SET idle_in_transaction_session_timeout = '30s';
+
+REVOKE ALL ON ALL TABLES IN SCHEMA mta FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA mta FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA mta FROM PUBLIC;
+REVOKE ALL ON SCHEMA mta FROM PUBLIC;
+-- New functions are executable by PUBLIC when created; all sql/ files are
+-- applied in one transaction, so the REVOKE above closes that before commit.
+
+GRANT USAGE ON SCHEMA mta TO mta_inject, mta_node, mta_admin, mta_monitor;
+
+-- mta_inject
+GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text, int, timestamptz),
+                          mta.enqueue(text, text[], bytea, text, text, text, text, int, timestamptz)
+    TO mta_inject;
+GRANT INSERT ON mta.submit TO mta_inject;
+GRANT USAGE ON SEQUENCE mta.submit_id_seq TO mta_inject;
+
+-- mta_node
+GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text, int, timestamptz),
+                          mta.enqueue(text, text[], bytea, text, text, text, text, int, timestamptz),
+                          mta.node_register(text, text, int, int, text),
+                          mta.node_heartbeat(bigint),
+                          mta.node_stop(bigint),
+                          mta.register_pipes(text[], text),
+                          mta.ready_queues(text, int),
+                          mta.claim(bigint, text, text, text, int, int),
+                          mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
+                                     text[], text[], text[], text[], text[], text[], text[],
+                                     text[], bool),
+                          mta.release(bigint, bigint[], bigint[]),
+                          mta.set_aside(bigint[], bigint[], text),
+                          mta.pause_queue(text, text),
+                          mta.resume_queue(text, text),
+                          mta.pause_job(text),
+                          mta.resume_job(text),
+                          mta.purge_messages(int),
+                          mta.purge_queues(),
+                          mta.acct_ensure_partitions(int)
+    TO mta_node;
+GRANT INSERT ON mta.submit TO mta_node;
+GRANT USAGE ON SEQUENCE mta.submit_id_seq TO mta_node;
+GRANT SELECT ON mta.queues, mta.connections, mta.nodes, mta.jobs TO mta_node;
+GRANT SELECT ON mta.queue, mta.pipes, mta.node, mta.job TO mta_node;
+GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO mta_node;
+
+-- mta_admin
+GRANT ALL ON ALL TABLES IN SCHEMA mta TO mta_admin;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA mta TO mta_admin;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA mta TO mta_admin;
+
+-- mta_monitor
+GRANT SELECT ON mta.queues, mta.connections, mta.nodes, mta.jobs TO mta_monitor;
