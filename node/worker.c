@@ -96,6 +96,7 @@ struct session {
     size_t nrcpts;
     struct msg *msgs;
     size_t nmsgs;
+    struct smtp_message *smtp_msgs; /* what the SMTP client reads until its callback */
     char *dsn_mta;
     char *source_ip;
     char *dest_ip;
@@ -125,6 +126,7 @@ struct worker {
     struct event *ev_signals[3];
     uint64_t poll_ms;
     bool tick_inflight;
+    bool registering;
     bool stopping;
     bool exiting;
     struct wqueue *queues;
@@ -190,6 +192,8 @@ session_clear_batch(struct session *s)
     free(s->msgs);
     s->msgs = NULL;
     s->nmsgs = 0;
+    free(s->smtp_msgs);
+    s->smtp_msgs = NULL;
     free(s->dsn_mta);
     free(s->source_ip);
     free(s->dest_ip);
@@ -533,9 +537,9 @@ session_send(struct session *s)
                 utf8 |= (*p & 0x80) != 0;
         m[i].smtputf8 = utf8;
     }
-    /* The client keeps the array until the batch callback. */
+    /* The client reads the array until the batch callback. */
+    s->smtp_msgs = m;
     smtp_client_send(s->smtp, m, s->nmsgs, session_on_batch, s);
-    free(m);
 }
 
 static bool
@@ -855,6 +859,7 @@ static void
 worker_on_registered(const PGresult *res, void *arg)
 {
     struct worker *w = arg;
+    w->registering = false;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         log_error("pipe=%s event=register-failed error=\"%s\"", w->pipe,
                   res ? PQresultErrorMessage(res) : "no database connection");
@@ -869,7 +874,7 @@ static void
 worker_on_db_ready(struct db *db, void *arg)
 {
     struct worker *w = arg;
-    if (w->node_id != 0 || w->stopping)
+    if (w->node_id != 0 || w->stopping || w->registering)
         return;
     char idx[16], pid[16], host[256];
     snprintf(idx, sizeof idx, "%u", w->index);
@@ -878,7 +883,8 @@ worker_on_db_ready(struct db *db, void *arg)
         snprintf(host, sizeof host, "unknown");
     host[sizeof host - 1] = '\0';
     const char *values[5] = {w->conf->node_name, w->pipe, idx, pid, host};
-    db_exec(db, "node_register", 5, values, NULL, NULL, 0, worker_on_registered, w);
+    if (db_exec(db, "node_register", 5, values, NULL, NULL, 0, worker_on_registered, w) == 0)
+        w->registering = true;
 }
 
 static void

@@ -289,9 +289,16 @@ class Pgmtad:
         servers = '[ "%s" ]' % dns.server_arg if dns else "[ ]"
         pipes = pipes or '( { name = "transactional"; processes = 1; }, ' \
                          '{ name = "bulk"; processes = 1; } )'
-        doms = ['{ name = "*"; retry-after = "2s"; max-retry-after = "4s"; ' +
-                'connect-timeout = "3s"; command-timeout = "5s"; data-timeout = "10s"; ' +
-                defaults + ' }'] + list(domains)
+        # Test defaults for "*" (fast retries, short timeouts); `defaults`
+        # ("key = value; ...") overrides or adds to them.
+        star = {"retry-after": '"2s"', "max-retry-after": '"4s"', "connect-timeout": '"3s"',
+                "command-timeout": '"5s"', "data-timeout": '"10s"'}
+        for item in defaults.split(";"):
+            if "=" in item:
+                k, v = item.split("=", 1)
+                star[k.strip()] = v.strip()
+        doms = ['{ name = "*"; ' + " ".join("%s = %s;" % kv for kv in star.items()) + ' }'] + \
+            list(domains)
         text = ('node-name = "%s";\n'
                 'database = { url = "%s"; connections = 2; };\n'
                 'dns = { servers = %s; timeout = "2s"; };\n'
@@ -336,10 +343,44 @@ def acct_counts(pg):
 
 def wait_queue_empty(pg, timeout=60, node=None):
     """Waits until mta.recipients is empty; on timeout shows the node log."""
+    def drained():
+        if node is not None and node.proc and not node.proc.alive():
+            raise AssertionError("pgmtad exited with %s:\n%s" %
+                                 (node.proc.p.returncode, node.log()[-5000:]))
+        return pg.scalar("SELECT count(*) = 0 FROM mta.recipients")
     try:
-        return wait_for(lambda: pg.scalar("SELECT count(*) = 0 FROM mta.recipients"),
-                        timeout=timeout, what="the queue to drain")
+        return wait_for(drained, timeout=timeout, what="the queue to drain")
     except AssertionError:
         if node is not None:
             print(node.log()[-5000:], file=sys.stderr)
         raise
+
+
+def copy_submit(pg, rows, columns=("mail_from", "rcpt_to", "content", "job_id")):
+    """COPY rows (tuples matching columns; content as str) into mta.submit in
+    one statement, CSV format; returns the number of rows sent."""
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for r in rows:
+        w.writerow(["" if v is None else v for v in r])
+    buf.seek(0)
+    c = pg.connect()
+    try:
+        with c.cursor() as cur:
+            cur.copy_expert("COPY mta.submit (%s) FROM STDIN WITH (FORMAT csv)" %
+                            ", ".join(columns), buf)
+    finally:
+        c.close()
+    return len(rows)
+
+
+def make_cert(directory, cn="mx.test"):
+    """Self-signed test certificate and key (openssl CLI); returns (cert, key)."""
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=" + cn, "-days", "1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
