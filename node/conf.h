@@ -5,30 +5,39 @@
 #ifndef PGMTA_CONF_H
 #define PGMTA_CONF_H
 
+#include <regex.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #define CONF_UNLIMITED UINT32_MAX
+/* Longest accepted duration: 10 years of 365 days. */
+#define CONF_DURATION_MAX_MS (3650ULL * 86400000ULL)
 
 /* A rate such as "100/h": count messages per period_ms. count ==
- * CONF_UNLIMITED means "unlimited". */
+ * CONF_UNLIMITED means "unlimited" (then period_ms is 0); otherwise count >= 1
+ * and period_ms >= 1. */
 struct conf_rate {
     uint32_t count;
     uint32_t period_ms;
 };
 
 /* smtp-pattern-list entry (issue: traffic shaping). */
-enum conf_pattern_action { CONF_PATTERN_BACKOFF, CONF_PATTERN_BOUNCE_RCPT, CONF_PATTERN_DEFER_QUEUE };
+enum conf_pattern_action {
+    CONF_PATTERN_BACKOFF,
+    CONF_PATTERN_BOUNCE_RCPT,
+    CONF_PATTERN_DEFER_QUEUE
+};
 struct conf_pattern {
     char *regex; /* POSIX extended, case-insensitive, matched on the reply text */
     enum conf_pattern_action action;
+    regex_t re; /* regex compiled with REG_EXTENDED | REG_ICASE | REG_NOSUB */
 };
 
 /* Settings of one domain entry, already merged with "*" (every field set). */
 struct conf_domain {
-    char *name;           /* "*" or a lower-case domain */
-    char *route;          /* "host:port" bypassing MX, or NULL */
+    char *name;  /* "*" or a lower-case domain */
+    char *route; /* "host:port" bypassing MX, or NULL */
     uint32_t max_smtp_out;
     struct conf_rate max_msg_rate;
     struct conf_rate max_connect_rate;
@@ -115,7 +124,12 @@ struct conf {
 };
 
 /* Loads PATH plus conf.d/ *.conf beside it. On error returns NULL and writes
- * "file:line: reason" into err. */
+ * "file:line: reason" into err (line 0 when the problem concerns the file as
+ * a whole, e.g. it cannot be read). Scalars of later files override earlier
+ * ones; list entries (domains, virtual-mtas, virtual-mta-pools, pipes, dkim,
+ * bimi) with the name of an existing entry extend it field by field, others
+ * are added. Without any pipes entry the pipes are "transactional" and
+ * "bulk" with one process each. */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
 void conf_free(struct conf *c);
 
@@ -124,9 +138,14 @@ void conf_free(struct conf *c);
 const struct conf_domain *conf_domain_lookup(const struct conf *c, const char *domain);
 const struct conf_vmta *conf_vmta_lookup(const struct conf *c, const char *name);
 const struct conf_pipe *conf_pipe_lookup(const struct conf *c, const char *name);
+const struct conf_vmta_pool *conf_vmta_pool_lookup(const struct conf *c, const char *name);
+/* Index of the first smtp-pattern-list entry of D matching TEXT, or -1. */
+int conf_domain_match_pattern(const struct conf_domain *d, const char *text);
 
 /* Prints the merged effective configuration in libconfig syntax, in a stable
- * order (used by pgmtad --check and golden tests). */
+ * order (used by pgmtad --check and golden tests); conf_load reads the output
+ * back to the same configuration. Secrets (database.url, http.token) are
+ * printed as configured. */
 void conf_dump(const struct conf *c, FILE *out);
 
 /* Value parsers shared with the rest of the node (0 on success, -1 on error).

@@ -1,0 +1,360 @@
+/* conf_fields: the table of every directive (name, value type, offset in
+ * struct conf or in a list entry) and the generic operations on values
+ * described by it: free and deep copy. The tables are read-only data. */
+#include "conf_int.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define C_OFF(m) offsetof(struct conf, m)
+#define D_OFF(m) offsetof(struct conf_domain, m)
+
+static const struct field pipe_fields[] = {
+    {.name = "name", .type = F_NAME, .off = offsetof(struct conf_pipe, name), .flags = FL_KEY},
+    {.name = "processes",
+     .type = F_UINT,
+     .off = offsetof(struct conf_pipe, processes),
+     .min = 1,
+     .max = 1024},
+    {0},
+};
+
+static const struct field vmta_fields[] = {
+    {.name = "name", .type = F_NAME, .off = offsetof(struct conf_vmta, name), .flags = FL_KEY},
+    {.name = "smtp-source-host", .type = F_IP, .off = offsetof(struct conf_vmta, smtp_source_host)},
+    {.name = "helo", .type = F_STRING, .off = offsetof(struct conf_vmta, helo)},
+    {0},
+};
+
+const struct field conf_pool_fields[] = {
+    {.name = "name", .type = F_NAME, .off = offsetof(struct conf_vmta_pool, name), .flags = FL_KEY},
+    {.name = "virtual-mtas",
+     .type = F_STRING_LIST,
+     .off = offsetof(struct conf_vmta_pool, members),
+     .count_off = offsetof(struct conf_vmta_pool, nmembers),
+     .flags = FL_REQUIRED},
+    {0},
+};
+
+const struct field conf_domain_fields[] = {
+    {.name = "name", .type = F_DOMAIN, .off = D_OFF(name), .flags = FL_KEY | FL_WILDCARD},
+    {.name = "route", .type = F_ROUTE, .off = D_OFF(route)},
+    {.name = "mx-rollup", .type = F_STRING, .off = D_OFF(mx_rollup)},
+    {.name = "max-smtp-out", .type = F_UINT_UNLIMITED, .off = D_OFF(max_smtp_out), .min = 1},
+    {.name = "max-msg-rate", .type = F_RATE, .off = D_OFF(max_msg_rate)},
+    {.name = "max-connect-rate", .type = F_RATE, .off = D_OFF(max_connect_rate)},
+    {.name = "max-msg-per-connection",
+     .type = F_UINT_UNLIMITED,
+     .off = D_OFF(max_msg_per_connection),
+     .min = 1},
+    {.name = "max-rcpt-per-message",
+     .type = F_UINT,
+     .off = D_OFF(max_rcpt_per_message),
+     .min = 1,
+     .max = 100000},
+    {.name = "retry-after", .type = F_DURATION, .off = D_OFF(retry_after_ms), .flags = FL_NONZERO},
+    {.name = "max-retry-after",
+     .type = F_DURATION,
+     .off = D_OFF(max_retry_after_ms),
+     .flags = FL_NONZERO},
+    {.name = "bounce-after", .type = F_DURATION, .off = D_OFF(bounce_after_ms)},
+    {.name = "use-starttls", .type = F_BOOL, .off = D_OFF(use_starttls)},
+    {.name = "require-starttls", .type = F_BOOL, .off = D_OFF(require_starttls)},
+    {.name = "tls-verify", .type = F_BOOL, .off = D_OFF(tls_verify)},
+    {.name = "connect-timeout",
+     .type = F_DURATION,
+     .off = D_OFF(connect_timeout_ms),
+     .flags = FL_NONZERO},
+    {.name = "command-timeout",
+     .type = F_DURATION,
+     .off = D_OFF(command_timeout_ms),
+     .flags = FL_NONZERO},
+    {.name = "data-timeout",
+     .type = F_DURATION,
+     .off = D_OFF(data_timeout_ms),
+     .flags = FL_NONZERO},
+    {.name = "backoff-max-msg-rate", .type = F_RATE, .off = D_OFF(backoff_max_msg_rate)},
+    {.name = "backoff-retry-after",
+     .type = F_DURATION,
+     .off = D_OFF(backoff_retry_after_ms),
+     .flags = FL_NONZERO},
+    {.name = "backoff-to-normal-after",
+     .type = F_DURATION,
+     .off = D_OFF(backoff_to_normal_after_ms),
+     .flags = FL_NONZERO},
+    {.name = "smtp-pattern-list",
+     .type = F_PATTERNS,
+     .off = D_OFF(patterns),
+     .count_off = D_OFF(npatterns)},
+    {0},
+};
+
+static const struct field dkim_fields[] = {
+    {.name = "domain",
+     .type = F_DOMAIN,
+     .off = offsetof(struct conf_dkim, domain),
+     .flags = FL_KEY},
+    {.name = "selector",
+     .type = F_STRING,
+     .off = offsetof(struct conf_dkim, selector),
+     .flags = FL_KEY},
+    {.name = "key-file",
+     .type = F_STRING,
+     .off = offsetof(struct conf_dkim, key_file),
+     .flags = FL_REQUIRED},
+    {0},
+};
+
+static const struct field bimi_fields[] = {
+    {.name = "domain",
+     .type = F_DOMAIN,
+     .off = offsetof(struct conf_bimi, domain),
+     .flags = FL_KEY},
+    {.name = "selector",
+     .type = F_STRING,
+     .off = offsetof(struct conf_bimi, selector),
+     .flags = FL_REQUIRED},
+    {0},
+};
+
+static const struct list_kind pipe_kind = {K_PIPE, "pipe", sizeof(struct conf_pipe), pipe_fields};
+static const struct list_kind vmta_kind = {K_VMTA, "virtual MTA", sizeof(struct conf_vmta),
+                                           vmta_fields};
+static const struct list_kind pool_kind = {K_POOL, "virtual MTA pool",
+                                           sizeof(struct conf_vmta_pool), conf_pool_fields};
+static const struct list_kind domain_kind = {K_DOMAIN, "domain", sizeof(struct conf_domain),
+                                             conf_domain_fields};
+static const struct list_kind dkim_kind = {K_DKIM, "DKIM key", sizeof(struct conf_dkim),
+                                           dkim_fields};
+static const struct list_kind bimi_kind = {K_BIMI, "BIMI entry", sizeof(struct conf_bimi),
+                                           bimi_fields};
+
+static const struct field database_fields[] = {
+    {.name = "url", .type = F_STRING, .off = C_OFF(database_url)},
+    {.name = "connections",
+     .type = F_UINT,
+     .off = C_OFF(database_connections),
+     .min = 1,
+     .max = 1000},
+    {0},
+};
+
+static const struct field dns_fields[] = {
+    {.name = "servers",
+     .type = F_DNS_LIST,
+     .off = C_OFF(dns_servers),
+     .count_off = C_OFF(ndns_servers)},
+    {.name = "timeout", .type = F_DURATION, .off = C_OFF(dns_timeout_ms), .flags = FL_NONZERO},
+    {0},
+};
+
+static const struct field listen_fields[] = {
+    {.name = "smtp",
+     .type = F_LISTEN_LIST,
+     .off = C_OFF(listen_smtp),
+     .count_off = C_OFF(nlisten_smtp)},
+    {.name = "http", .type = F_LISTEN, .off = C_OFF(listen_http)},
+    {0},
+};
+
+static const struct field http_fields[] = {
+    {.name = "token", .type = F_STRING, .off = C_OFF(http_token)},
+    {0},
+};
+
+const struct field conf_top_fields[] = {
+    {.name = "node-name", .type = F_STRING, .off = C_OFF(node_name)},
+    {.name = "log-level", .type = F_LOG_LEVEL, .off = C_OFF(log_level)},
+    {.name = "database", .type = F_GROUP, .sub = database_fields},
+    {.name = "dns", .type = F_GROUP, .sub = dns_fields},
+    {.name = "listen", .type = F_GROUP, .sub = listen_fields},
+    {.name = "http", .type = F_GROUP, .sub = http_fields},
+    {.name = "smtp-port", .type = F_UINT, .off = C_OFF(smtp_port), .min = 1, .max = 65535},
+    {.name = "generate-bounces", .type = F_BOOL, .off = C_OFF(generate_bounces)},
+    {.name = "lease-time", .type = F_DURATION, .off = C_OFF(lease_ms), .flags = FL_NONZERO},
+    {.name = "poll-interval",
+     .type = F_DURATION,
+     .off = C_OFF(poll_interval_ms),
+     .flags = FL_NONZERO},
+    {.name = "shutdown-timeout", .type = F_DURATION, .off = C_OFF(shutdown_timeout_ms)},
+    {.name = "pipes",
+     .type = F_LIST,
+     .off = C_OFF(pipes),
+     .count_off = C_OFF(npipes),
+     .kind = &pipe_kind},
+    {.name = "default-pipe", .type = F_NAME, .off = C_OFF(default_pipe)},
+    {.name = "virtual-mtas",
+     .type = F_LIST,
+     .off = C_OFF(vmtas),
+     .count_off = C_OFF(nvmtas),
+     .kind = &vmta_kind},
+    {.name = "virtual-mta-pools",
+     .type = F_LIST,
+     .off = C_OFF(vmta_pools),
+     .count_off = C_OFF(nvmta_pools),
+     .kind = &pool_kind},
+    {.name = "domains",
+     .type = F_LIST,
+     .off = C_OFF(domains),
+     .count_off = C_OFF(ndomains),
+     .kind = &domain_kind},
+    {.name = "dkim",
+     .type = F_LIST,
+     .off = C_OFF(dkim),
+     .count_off = C_OFF(ndkim),
+     .kind = &dkim_kind},
+    {.name = "bimi",
+     .type = F_LIST,
+     .off = C_OFF(bimi),
+     .count_off = C_OFF(nbimi),
+     .kind = &bimi_kind},
+    {0},
+};
+
+const char *const conf_pattern_actions[] = {
+    [CONF_PATTERN_BACKOFF] = "backoff",
+    [CONF_PATTERN_BOUNCE_RCPT] = "bounce-rcpt",
+    [CONF_PATTERN_DEFER_QUEUE] = "defer-queue",
+};
+
+void
+conf_strings_free(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
+void
+conf_patterns_free(struct conf_pattern *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(p[i].regex);
+        regfree(&p[i].re);
+    }
+    free(p);
+}
+
+int
+conf_field_index(const struct field *table, const char *name)
+{
+    for (int i = 0; table[i].name; i++)
+        if (strcmp(table[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+/* ---- tables: free, copy --------------------------------------------------- */
+
+void
+conf_fields_free(const struct field *table, void *base)
+{
+    for (const struct field *f = table; f->name; f++) {
+        void *p = CONF_FIELD_PTR(base, f->off);
+        switch (f->type) {
+        case F_STRING:
+        case F_LOG_LEVEL:
+        case F_ROUTE:
+        case F_LISTEN:
+        case F_IP:
+        case F_NAME:
+        case F_DOMAIN:
+            free(*(char **)p);
+            *(char **)p = NULL;
+            break;
+        case F_STRING_LIST:
+        case F_LISTEN_LIST:
+        case F_DNS_LIST:
+            conf_strings_free(*(char ***)p, *(size_t *)CONF_FIELD_PTR(base, f->count_off));
+            *(char ***)p = NULL;
+            *(size_t *)CONF_FIELD_PTR(base, f->count_off) = 0;
+            break;
+        case F_PATTERNS:
+            conf_patterns_free(*(struct conf_pattern **)p,
+                               *(size_t *)CONF_FIELD_PTR(base, f->count_off));
+            *(struct conf_pattern **)p = NULL;
+            *(size_t *)CONF_FIELD_PTR(base, f->count_off) = 0;
+            break;
+        case F_GROUP:
+            conf_fields_free(f->sub, base);
+            break;
+        case F_LIST:
+            conf_list_free(f, base);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+void
+conf_domain_free_fields(struct conf_domain *d)
+{
+    conf_fields_free(conf_domain_fields, d);
+    free(d->file);
+    d->file = NULL;
+}
+
+void
+conf_list_free(const struct field *f, void *base)
+{
+    char *arr = *(char **)CONF_FIELD_PTR(base, f->off);
+    size_t n = *(size_t *)CONF_FIELD_PTR(base, f->count_off);
+    for (size_t i = 0; i < n; i++) {
+        if (f->kind->id == K_DOMAIN)
+            conf_domain_free_fields((struct conf_domain *)(void *)(arr + i * f->kind->elem_size));
+        else
+            conf_fields_free(f->kind->fields, arr + i * f->kind->elem_size);
+    }
+    free(arr);
+    *(char **)CONF_FIELD_PTR(base, f->off) = NULL;
+    *(size_t *)CONF_FIELD_PTR(base, f->count_off) = 0;
+}
+
+/* Deep-copies one scalar field (domain resolution). */
+void
+conf_field_copy(const struct field *f, void *dst, const void *src)
+{
+    void *d = CONF_FIELD_PTR(dst, f->off);
+    const void *s = CONF_FIELD_PTR((void *)(uintptr_t)src, f->off);
+    switch (f->type) {
+    case F_UINT:
+    case F_UINT_UNLIMITED:
+        *(uint32_t *)d = *(const uint32_t *)s;
+        break;
+    case F_DURATION:
+        *(uint64_t *)d = *(const uint64_t *)s;
+        break;
+    case F_RATE:
+        *(struct conf_rate *)d = *(const struct conf_rate *)s;
+        break;
+    case F_BOOL:
+        *(bool *)d = *(const bool *)s;
+        break;
+    case F_STRING:
+    case F_ROUTE:
+    case F_DOMAIN:
+        free(*(char **)d);
+        *(char **)d = *(char *const *)s ? xstrdup(*(char *const *)s) : NULL;
+        break;
+    case F_PATTERNS: {
+        size_t *dn = CONF_FIELD_PTR(dst, f->count_off);
+        size_t sn = *(const size_t *)CONF_FIELD_PTR((void *)(uintptr_t)src, f->count_off);
+        const struct conf_pattern *sp = *(struct conf_pattern *const *)s;
+        conf_patterns_free(*(struct conf_pattern **)d, *dn);
+        struct conf_pattern *np = xcalloc(sn + 1, sizeof *np);
+        for (size_t i = 0; i < sn; i++) {
+            np[i].regex = xstrdup(sp[i].regex);
+            np[i].action = sp[i].action;
+            /* It compiled when it was read; it compiles again. */
+            PGMTA_ASSERT(regcomp(&np[i].re, np[i].regex, CONF_REGEX_FLAGS) == 0);
+        }
+        *(struct conf_pattern **)d = np;
+        *dn = sn;
+        break;
+    }
+    default:
+        PGMTA_ASSERT(!"field type not copyable");
+    }
+}
