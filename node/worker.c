@@ -460,7 +460,8 @@ static char *
 fmt_diag(const struct smtp_rcpt_result *r)
 {
     /* PowerMTA style: "smtp;550 5.1.1 user unknown", one line. */
-    char *d = r->code ? xasprintf("smtp;%d %s", r->code, r->reply ? r->reply : "")
+    /* The reply text carries its code on every line already. */
+    char *d = r->code ? xasprintf("smtp;%s", r->reply ? r->reply : "")
                       : xasprintf("%s", r->reply ? r->reply : "");
     for (char *p = d; *p; p++)
         if (*p == '\n' || *p == '\r')

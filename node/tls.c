@@ -1,0 +1,148 @@
+/* tls: OpenSSL client contexts and the STARTTLS filter for smtp_client.
+ *
+ * This module owns the SSL_CTXs (a short list keyed by CA file, living
+ * until tls_client_cleanup). Each SSL object belongs to the filter
+ * bufferevent created for it (BEV_OPT_CLOSE_ON_FREE), which also owns the
+ * socket bufferevent below it. Certificate checks are off unless asked for:
+ * opportunistic STARTTLS encrypts without verifying (RFC 7435). */
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/util.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "util.h"
+
+struct tls_ctx_entry {
+    char *ca_file; /* NULL: system default paths */
+    SSL_CTX *ctx;
+    struct tls_ctx_entry *next;
+};
+static struct tls_ctx_entry *tls_ctxs;
+
+static SSL_CTX *
+tls_ctx_get(const char *ca_file, char *err, size_t errlen)
+{
+    for (struct tls_ctx_entry *e = tls_ctxs; e; e = e->next) {
+        if ((!ca_file && !e->ca_file) || (ca_file && e->ca_file && !strcmp(ca_file, e->ca_file)))
+            return e->ctx;
+    }
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errlen, "SSL_CTX_new failed");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+                     : SSL_CTX_set_default_verify_paths(ctx);
+    if (!ok) {
+        snprintf(err, errlen, "cannot load CA certificates from %s",
+                 ca_file ? ca_file : "default paths");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    struct tls_ctx_entry *e = xcalloc(1, sizeof *e);
+    e->ca_file = ca_file ? xstrdup(ca_file) : NULL;
+    e->ctx = ctx;
+    e->next = tls_ctxs;
+    tls_ctxs = e;
+    return ctx;
+}
+
+void
+tls_client_cleanup(void)
+{
+    while (tls_ctxs) {
+        struct tls_ctx_entry *e = tls_ctxs;
+        tls_ctxs = e->next;
+        SSL_CTX_free(e->ctx);
+        free(e->ca_file);
+        free(e);
+    }
+}
+
+static bool
+is_ip_literal(const char *s)
+{
+    unsigned char tmp[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, s, tmp) == 1 || inet_pton(AF_INET6, s, tmp) == 1;
+}
+
+struct bufferevent *
+tls_client_start(struct event_base *base, struct bufferevent *bev, const char *host, bool verify,
+                 const char *ca_file, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = tls_ctx_get(verify ? ca_file : NULL, err, errlen);
+    if (!ctx)
+        return NULL;
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl) {
+        snprintf(err, errlen, "SSL_new failed");
+        return NULL;
+    }
+    if (*host && !is_ip_literal(host))
+        SSL_set_tlsext_host_name(ssl, host);
+    if (verify) {
+        SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (!SSL_set1_host(ssl, host)) {
+            SSL_free(ssl);
+            snprintf(err, errlen, "cannot set the host name to verify");
+            return NULL;
+        }
+    } else {
+        SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+    }
+    struct bufferevent *f = bufferevent_openssl_filter_new(
+        base, bev, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!f) {
+        SSL_free(ssl);
+        snprintf(err, errlen, "cannot create the TLS filter");
+        return NULL;
+    }
+    /* A peer closing without close_notify is an EOF, not an error. */
+    bufferevent_openssl_set_allow_dirty_shutdown(f, 1);
+    return f;
+}
+
+void
+tls_client_failure(struct bufferevent *filter, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    unsigned long e;
+    while ((e = bufferevent_get_openssl_error(filter)) != 0) {
+        if (!out[0])
+            ERR_error_string_n(e, out, outlen);
+    }
+    SSL *ssl = bufferevent_openssl_get_ssl(filter);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    if (vr != X509_V_OK) {
+        snprintf(out, outlen, "certificate verification failed: %s",
+                 X509_verify_cert_error_string(vr));
+    } else if (!out[0]) {
+        int err = EVUTIL_SOCKET_ERROR();
+        snprintf(out, outlen, "%s", err ? strerror(err) : "connection closed");
+    }
+}
+
+void
+tls_client_info(struct bufferevent *filter, char *proto, size_t protolen, char *cipher,
+                size_t cipherlen)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(filter);
+    const SSL_CIPHER *ci = ssl ? SSL_get_current_cipher(ssl) : NULL;
+    snprintf(proto, protolen, "%s", ssl ? SSL_get_version(ssl) : "");
+    snprintf(cipher, cipherlen, "%s", ci ? SSL_CIPHER_get_name(ci) : "");
+}

@@ -1,0 +1,32 @@
+/* tls: the outbound side of TLS. Process-wide OpenSSL client contexts (one
+ * per CA file, created on first use, TLS 1.2 minimum so TLS 1.3 is
+ * negotiated whenever the peer has it) and the libevent OpenSSL filter that
+ * smtp_client puts on top of its socket bufferevent after STARTTLS. */
+#ifndef PGMTA_TLS_H
+#define PGMTA_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct bufferevent;
+struct event_base;
+
+/* Starts a client handshake on top of BEV: SNI = host (unless it is an IP
+ * literal); with verify, the peer certificate must chain to ca_file (or the
+ * system's default CA paths when NULL) and match host. Returns the filter
+ * bufferevent, which owns BEV and the SSL object (freeing it frees both), or
+ * NULL with a reason in err (BEV untouched). The filter reports
+ * BEV_EVENT_CONNECTED when the handshake is done. */
+struct bufferevent *tls_client_start(struct event_base *base, struct bufferevent *bev,
+                                     const char *host, bool verify, const char *ca_file, char *err,
+                                     size_t errlen);
+/* Why the handshake on FILTER failed: the certificate verification result
+ * or OpenSSL's first error, else the socket error. */
+void tls_client_failure(struct bufferevent *filter, char *out, size_t outlen);
+/* Negotiated protocol ("TLSv1.3") and cipher of an established FILTER. */
+void tls_client_info(struct bufferevent *filter, char *proto, size_t protolen, char *cipher,
+                     size_t cipherlen);
+/* Frees the client contexts (at exit, for leak checkers). */
+void tls_client_cleanup(void);
+
+#endif
