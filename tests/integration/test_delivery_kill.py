@@ -20,7 +20,7 @@ class KillOneNode(unittest.TestCase):
         dns = DnsServer()
         port = free_port("127.0.0.40")
         # a slow receiver so that the kill lands while deliveries are in flight
-        sink = Sink(host="127.0.0.40", port=port, rules={"dot:*": Delay(0.005, "250 2.0.0 ok")})
+        sink = Sink(host="127.0.0.40", port=port, rules={"dot:*": Delay(0.03, "250 2.0.0 ok")})
         for i in range(5):
             dns.add_mx("k%d.test" % i, 10, "mx.kill.test")
         dns.add_a("mx.kill.test", "127.0.0.40")
@@ -49,6 +49,9 @@ class KillOneNode(unittest.TestCase):
         dups = sum(c - 1 for c in seen.values())
         self.assertLessEqual(dups, 5 * 3 * 50)
         self.assertLess(time.time() - killed_at, 120)
+        # the killed node held leases: node-b took them over after they expired
+        self.assertGreater(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd' AND "
+                                     "attempt > 1 AND node LIKE 'node-b/%%'"), 0)
 
 
 if __name__ == "__main__":

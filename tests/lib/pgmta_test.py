@@ -14,6 +14,7 @@ import atexit
 import fcntl
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -299,16 +300,16 @@ class Pgmtad:
                 star[k.strip()] = v.strip()
         doms = ['{ name = "*"; ' + " ".join("%s = %s;" % kv for kv in star.items()) + ' }'] + \
             list(domains)
-        text = ('node-name = "%s";\n'
-                'database = { url = "%s"; connections = 2; };\n'
-                'dns = { servers = %s; timeout = "2s"; };\n'
-                'pipes = %s;\n'
-                'default-pipe = "bulk";\n'
-                'poll-interval = "200ms";\n'
-                'lease-time = "60s";\n'
-                'shutdown-timeout = "10s";\n'
-                'domains = (\n  %s\n);\n%s\n') % (name, pg.dsn, servers, pipes,
-                                                   ",\n  ".join(doms), extra)
+        top = [("node-name", '"%s"' % name),
+               ("database", '{ url = "%s"; connections = 2; }' % pg.dsn),
+               ("dns", '{ servers = %s; timeout = "2s"; }' % servers),
+               ("pipes", pipes), ("default-pipe", '"bulk"'), ("poll-interval", '"200ms"'),
+               ("lease-time", '"60s"'), ("shutdown-timeout", '"10s"')]
+        # a directive given in `extra` replaces the test default
+        top = [(k, v) for k, v in top
+               if not re.search(r"(^|[;\s])%s\s*=" % re.escape(k), extra)]
+        text = "".join("%s = %s;\n" % kv for kv in top) + \
+            "domains = (\n  %s\n);\n%s\n" % (",\n  ".join(doms), extra)
         with open(self.conf_path, "w") as f:
             f.write(text)
         if conf_d:
