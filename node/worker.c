@@ -28,6 +28,7 @@
 #include "db.h"
 #include "dns.h"
 #include "log.h"
+#include "sched.h"
 #include "smtp_client.h"
 #include "util.h"
 
@@ -41,15 +42,36 @@
 #define WORKER_FAST_POLL_MS 20
 #define WORKER_HEARTBEAT_MS 5000
 
-enum sess_state { S_CLAIM, S_RESOLVE, S_SEND, S_FINISH, S_FINISH_WAIT, S_DONE };
-static const char *const sess_state_names[] = {"claim",  "resolve",     "send",
-                                               "finish", "finish-wait", "done"};
+/* A session: slot (max-smtp-out) -> connect token (max-connect-rate) ->
+ * message tokens (max-msg-rate) -> claim -> resolve -> send -> finish, then
+ * tokens -> claim -> send -> finish ... on the same connection. */
+enum sess_state {
+    S_SLOT,
+    S_CONNECT_TOKEN,
+    S_TOKENS,
+    S_THROTTLED,
+    S_CLAIM,
+    S_RESOLVE,
+    S_SEND,
+    S_FINISH,
+    S_FINISH_WAIT,
+    S_DONE
+};
+static const char *const sess_state_names[] = {
+    "slot", "connect-token", "tokens", "throttled",   "claim",
+    "resolve", "send",       "finish", "finish-wait", "done"};
+
+/* How long a connected session waits for message tokens before it quits. */
+#define WORKER_MAX_TOKEN_WAIT_MS 5000
 
 struct wqueue {
     char *domain;
     char *vmta;
     char *name; /* "domain" or "domain/vmta" */
     unsigned active;
+    bool backoff;               /* in backoff mode (from the database) */
+    long long throttle_until_us; /* no new session before (rate limits) */
+    unsigned pool_next;          /* round robin over a virtual MTA pool */
     struct wqueue *next;
 };
 
@@ -103,7 +125,18 @@ struct session {
     char *tls_protocol;
     char *tls_cipher;
     long long lease_until_us;
-    bool db_pending; /* a claim or finish is in flight: its callback frees an ended session */
+    /* Shaping key: limits are per (destination, source virtual MTA); the
+     * destination is the mx-rollup name when the domain has one. */
+    char *limit_domain;
+    const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
+    int slot;                /* connection slot held, -1 none */
+    unsigned tokens;         /* message tokens granted for the next claim */
+    unsigned token_waited_ms;
+    bool no_reuse;           /* quit after the current batch */
+    bool pattern_backoff;    /* a reply of this batch matched a backoff pattern */
+    bool pattern_defer;      /* ... a defer-queue pattern */
+    char *pattern_reply;
+    bool pending; /* a database or sched callback is due: it frees an ended session */
     struct session *next;
 };
 
@@ -120,6 +153,7 @@ struct worker {
     size_t ndbs;
     size_t rr;
     struct dns *dns;
+    struct sched *sched;
     struct event *ev_tick;
     struct event *ev_heartbeat;
     struct event *ev_deadline;
@@ -137,6 +171,7 @@ struct worker {
 };
 
 static void session_claim(struct session *s);
+static void session_take_tokens(struct session *s);
 static void session_finish(struct session *s);
 static void session_end(struct session *s);
 static void worker_schedule_tick(struct worker *w, uint64_t ms);
@@ -207,6 +242,8 @@ session_destroy(struct session *s)
 {
     struct worker *w = s->w;
     session_clear_batch(s);
+    free(s->limit_domain);
+    free(s->pattern_reply);
     if (s->ev_retry)
         event_free(s->ev_retry);
     free(s);
@@ -221,12 +258,12 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     session_destroy(arg);
 }
 
-/* Called first in every database callback of a session: false when the
- * session ended meanwhile (it is freed here, and the result ignored). */
+/* Called first in every database or sched callback of a session: false
+ * when the session ended meanwhile (it is freed here, the result ignored). */
 static bool
-session_db_returned(struct session *s)
+session_returned(struct session *s)
 {
-    s->db_pending = false;
+    s->pending = false;
     if (s->state != S_DONE)
         return true;
     session_destroy(s);
@@ -247,6 +284,10 @@ session_end(struct session *s)
     }
     if (s->ev_retry)
         evtimer_del(s->ev_retry);
+    if (s->slot >= 0) {
+        sched_release_slot(w->sched, s->limit_domain, s->source_vmta, s->slot);
+        s->slot = -1;
+    }
     if (s->smtp) {
         if (s->usable)
             smtp_client_quit(s->smtp);
@@ -262,7 +303,7 @@ session_end(struct session *s)
     }
     w->nsessions--;
     s->q->active--;
-    if (s->db_pending)
+    if (s->pending)
         return; /* freed by the database callback */
     struct timeval zero = {0, 0};
     event_base_once(w->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
@@ -295,10 +336,11 @@ rcpt_transient(struct session *s, struct rcpt *r, const char *status, const char
         free(text);
         return;
     }
-    uint64_t delay = d->retry_after_ms;
+    bool backoff = s->q->backoff || s->pattern_backoff;
+    uint64_t delay = backoff ? d->backoff_retry_after_ms : d->retry_after_ms;
     for (int i = 1; i < r->attempt && delay < d->max_retry_after_ms; i++)
         delay *= 2;
-    if (delay > d->max_retry_after_ms)
+    if (delay > d->max_retry_after_ms && !backoff)
         delay = d->max_retry_after_ms;
     /* +-20% jitter so that retries of one burst do not arrive together. */
     double jitter = 0.8 + 0.4 * ((double)random() / (double)RAND_MAX);
@@ -408,7 +450,7 @@ session_finish(struct session *s)
     for (int i = 0; i < F_N; i++)
         buf_free(&a[i]);
     if (rc == 0)
-        s->db_pending = true;
+        s->pending = true;
     else
         session_on_finished(NULL, s);
 }
@@ -418,7 +460,7 @@ session_on_finished(const PGresult *res, void *arg)
 {
     struct session *s = arg;
     struct worker *w = s->w;
-    if (!session_db_returned(s))
+    if (!session_returned(s))
         return;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         /* Keep the outcome and try again while our leases are valid: the
@@ -448,8 +490,9 @@ session_on_finished(const PGresult *res, void *arg)
              (unsigned long long)s->id, s->q->name, s->nrcpts, counts[0], counts[1], counts[2],
              (long long)s->nrcpts - finished);
     session_clear_batch(s);
-    if (s->smtp && s->usable && !w->stopping && s->sent < s->dom->max_msg_per_connection)
-        session_claim(s);
+    if (s->smtp && s->usable && !s->no_reuse && !w->stopping &&
+        s->sent < s->dom->max_msg_per_connection)
+        session_take_tokens(s);
     else
         session_end(s);
 }
@@ -467,6 +510,77 @@ fmt_diag(const struct smtp_rcpt_result *r)
         if (*p == '\n' || *p == '\r')
             *p = ' ';
     return d;
+}
+
+static void
+worker_ignore_result(const PGresult *res, void *arg)
+{
+    (void)arg;
+    if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
+        log_warn("event=statement-failed error=\"%s\"", PQresultErrorMessage(res));
+}
+
+/* smtp-pattern-list: a reply matching a pattern switches the queue into
+ * backoff, bounces the recipient, or defers the whole queue. Returns the
+ * outcome to apply to the recipient. */
+static enum smtp_outcome
+session_apply_patterns(struct session *s, const struct smtp_rcpt_result *rr)
+{
+    if (rr->outcome == SMTP_DELIVERED || !rr->reply || s->dom->npatterns == 0)
+        return rr->outcome;
+    int i = conf_domain_match_pattern(s->dom, rr->reply);
+    if (i < 0)
+        return rr->outcome;
+    switch (s->dom->patterns[i].action) {
+    case CONF_PATTERN_BACKOFF:
+        s->pattern_backoff = true;
+        break;
+    case CONF_PATTERN_DEFER_QUEUE:
+        s->pattern_defer = true;
+        break;
+    case CONF_PATTERN_BOUNCE_RCPT:
+        return SMTP_PERMANENT;
+    }
+    if (!s->pattern_reply)
+        s->pattern_reply = xstrdup(rr->reply);
+    return SMTP_TRANSIENT;
+}
+
+/* Makes the pattern effects of a batch known: backoff in the database (all
+ * nodes see it, and it ends by itself backoff-to-normal-after after the last
+ * matching reply), defer-queue as a pause of this queue on this process. */
+static void
+session_after_patterns(struct session *s)
+{
+    struct worker *w = s->w;
+    if (s->pattern_backoff) {
+        s->q->backoff = true;
+        long long until = now_us() + (long long)s->dom->backoff_to_normal_after_ms * 1000LL;
+        struct buf ts;
+        buf_init(&ts);
+        append_ts(&ts, until);
+        /* append_ts quotes for array literals; a plain value wants none. */
+        char *plain = xstrndup(ts.data + 1, ts.len - 2);
+        const char *values[4] = {s->q->domain, s->q->vmta, plain, s->pattern_reply};
+        struct db *db = worker_db(w);
+        if (db)
+            db_exec(db, "enter_backoff", 4, values, NULL, NULL, 0, worker_ignore_result, NULL);
+        log_info("session=%llu queue=%s event=backoff until_s=%llu reply=\"%s\"",
+                 (unsigned long long)s->id, s->q->name,
+                 (unsigned long long)(s->dom->backoff_to_normal_after_ms / 1000),
+                 s->pattern_reply ? s->pattern_reply : "");
+        free(plain);
+        buf_free(&ts);
+    }
+    if (s->pattern_defer) {
+        s->q->throttle_until_us = now_us() + (long long)s->dom->retry_after_ms * 1000LL;
+        s->no_reuse = true;
+        log_info("session=%llu queue=%s event=defer-queue for_s=%llu", (unsigned long long)s->id,
+                 s->q->name, (unsigned long long)(s->dom->retry_after_ms / 1000));
+    }
+    s->pattern_backoff = s->pattern_defer = false;
+    free(s->pattern_reply);
+    s->pattern_reply = NULL;
 }
 
 static void
@@ -489,7 +603,8 @@ session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *re
             struct rcpt *r = &s->rcpts[msg->first + k];
             char *diag = fmt_diag(rr);
             const char *status = rr->status && *rr->status ? rr->status : NULL;
-            switch (rr->outcome) {
+            enum smtp_outcome outcome = session_apply_patterns(s, rr);
+            switch (outcome) {
             case SMTP_DELIVERED:
                 rcpt_set(r, 'd', status ? status : "2.0.0", diag, NULL);
                 break;
@@ -504,6 +619,7 @@ session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *re
         }
     }
     s->sent += (unsigned)s->nmsgs;
+    session_after_patterns(s);
     if (!usable) {
         smtp_client_free(s->smtp);
         s->smtp = NULL;
@@ -596,7 +712,8 @@ session_on_dns(const struct dns_result *res, void *arg)
     }
     }
     const struct conf *conf = w->conf;
-    const struct conf_vmta *vmta = s->q->vmta[0] ? conf_vmta_lookup(conf, s->q->vmta) : NULL;
+    const struct conf_vmta *vmta =
+        s->source_vmta[0] ? conf_vmta_lookup(conf, s->source_vmta) : NULL;
     struct sockaddr_storage src;
     socklen_t srclen = 0;
     bool have_src = vmta && vmta->smtp_source_host &&
@@ -666,9 +783,7 @@ session_claim(struct session *s)
 {
     struct worker *w = s->w;
     session_set_state(s, S_CLAIM);
-    unsigned limit = s->dom->max_msg_per_connection - s->sent;
-    if (limit > WORKER_BATCH_MAX)
-        limit = WORKER_BATCH_MAX;
+    unsigned limit = s->tokens;
     char node[32], lim[16], lease[32];
     snprintf(node, sizeof node, "%lld", w->node_id);
     snprintf(lim, sizeof lim, "%u", limit);
@@ -679,7 +794,7 @@ session_claim(struct session *s)
         session_end(s);
         return;
     }
-    s->db_pending = true;
+    s->pending = true;
 }
 
 static void
@@ -687,7 +802,7 @@ session_on_claimed(const PGresult *res, void *arg)
 {
     struct session *s = arg;
     struct worker *w = s->w;
-    if (!session_db_returned(s))
+    if (!session_returned(s))
         return;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         log_warn("session=%llu queue=%s event=claim-failed error=\"%s\"",
@@ -746,6 +861,100 @@ session_on_claimed(const PGresult *res, void *arg)
         session_resolve(s);
 }
 
+/* ---- shaping: slot, connect token, message tokens ---- */
+
+static void
+session_on_tokens(unsigned granted, unsigned wait_ms, void *arg);
+
+static void
+session_retry_tokens_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_take_tokens(arg);
+}
+
+static void
+session_take_tokens(struct session *s)
+{
+    struct worker *w = s->w;
+    session_set_state(s, S_TOKENS);
+    unsigned want = s->dom->max_msg_per_connection - s->sent;
+    if (want > WORKER_BATCH_MAX)
+        want = WORKER_BATCH_MAX;
+    const struct conf_rate *rate =
+        s->q->backoff ? &s->dom->backoff_max_msg_rate : &s->dom->max_msg_rate;
+    s->pending = true;
+    sched_take_tokens(w->sched, s->limit_domain, s->source_vmta, SCHED_MSG, rate, want,
+                      session_on_tokens, s);
+}
+
+static void
+session_on_tokens(unsigned granted, unsigned wait_ms, void *arg)
+{
+    struct session *s = arg;
+    struct worker *w = s->w;
+    if (!session_returned(s))
+        return;
+    if (granted > 0) {
+        s->tokens = granted;
+        s->token_waited_ms = 0;
+        session_claim(s);
+        return;
+    }
+    if (wait_ms < 20)
+        wait_ms = 20;
+    if (wait_ms > 1000)
+        wait_ms = 1000;
+    /* A connected session waits a little for the rate to allow the next
+     * message; an unconnected one gives up its slot at once. */
+    if (s->smtp && !w->stopping && s->token_waited_ms + wait_ms <= WORKER_MAX_TOKEN_WAIT_MS) {
+        session_set_state(s, S_THROTTLED);
+        s->token_waited_ms += wait_ms;
+        if (!s->ev_retry)
+            s->ev_retry = evtimer_new(w->base, session_retry_finish_cb, s);
+        event_assign(s->ev_retry, w->base, -1, 0, session_retry_tokens_cb, s);
+        struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
+        evtimer_add(s->ev_retry, &tv);
+        return;
+    }
+    s->q->throttle_until_us = now_us() + (long long)wait_ms * 1000LL;
+    session_end(s);
+}
+
+static void
+session_on_connect_token(unsigned granted, unsigned wait_ms, void *arg)
+{
+    struct session *s = arg;
+    if (!session_returned(s))
+        return;
+    if (granted == 0) {
+        s->q->throttle_until_us = now_us() + (long long)(wait_ms ? wait_ms : 100) * 1000LL;
+        session_end(s);
+        return;
+    }
+    session_take_tokens(s);
+}
+
+static void
+session_on_slot(int slot, void *arg)
+{
+    struct session *s = arg;
+    struct worker *w = s->w;
+    if (!session_returned(s))
+        return;
+    if (slot < 0) {
+        /* every slot of the queue is taken somewhere in the cluster */
+        session_end(s);
+        return;
+    }
+    s->slot = slot;
+    session_set_state(s, S_CONNECT_TOKEN);
+    s->pending = true;
+    sched_take_tokens(w->sched, s->limit_domain, s->source_vmta, SCHED_CONNECT,
+                      &s->dom->max_connect_rate, 1, session_on_connect_token, s);
+}
+
 /* ---- scheduler ---- */
 
 static struct wqueue *
@@ -771,14 +980,24 @@ worker_start_session(struct worker *w, struct wqueue *q, const struct conf_domai
     s->w = w;
     s->q = q;
     s->dom = dom;
-    s->state = S_CLAIM;
+    s->state = S_SLOT;
+    s->slot = -1;
+    s->limit_domain = dom->mx_rollup ? xasprintf("rollup:%s", dom->mx_rollup) : xstrdup(q->domain);
+    /* A queue whose virtual MTA is a pool sends through its members in turn;
+     * limits then apply per member (per source address). */
+    const struct conf_vmta_pool *pool =
+        q->vmta[0] ? conf_vmta_pool_lookup(w->conf, q->vmta) : NULL;
+    s->source_vmta = pool && pool->nmembers ? pool->members[q->pool_next++ % pool->nmembers]
+                                            : q->vmta;
     s->next = w->sessions;
     w->sessions = s;
     w->nsessions++;
     q->active++;
-    log_debug("session=%llu queue=%s event=start active=%u", (unsigned long long)s->id, q->name,
-              q->active);
-    session_claim(s);
+    log_debug("session=%llu queue=%s event=start active=%u source=%s", (unsigned long long)s->id,
+              q->name, q->active, s->source_vmta);
+    s->pending = true;
+    sched_take_slot(w->sched, s->limit_domain, s->source_vmta, dom->max_smtp_out, session_on_slot,
+                    s);
 }
 
 static void
@@ -797,12 +1016,20 @@ worker_on_ready_queues(const PGresult *res, void *arg)
     }
     int n = PQntuples(res);
     bool started = false;
+    long long now = now_us();
     for (int i = 0; i < n && w->nsessions < WORKER_MAX_SESSIONS; i++) {
         const char *domain = PQgetvalue(res, i, 0);
         const char *vmta = PQgetvalue(res, i, 1);
         struct wqueue *q = worker_queue(w, domain, vmta);
+        q->backoff = PQgetvalue(res, i, 2)[0] == 't';
         const struct conf_domain *dom = conf_domain_lookup(w->conf, domain);
         uint32_t limit = dom->max_smtp_out;
+        if (q->throttle_until_us > now)
+            continue;
+        /* Without the slot connection the cluster-wide limit cannot be
+         * enforced: open no new connection for limited queues. */
+        if (limit != CONF_UNLIMITED && !sched_ready(w->sched))
+            continue;
         for (int k = 0; k < WORKER_START_PER_TICK && q->active < limit &&
                         w->nsessions < WORKER_MAX_SESSIONS;
              k++) {
@@ -867,6 +1094,7 @@ worker_on_registered(const PGresult *res, void *arg)
         return; /* retried on the next ready callback */
     }
     w->node_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    sched_set_node_id(w->sched, w->node_id);
     log_info("pipe=%s index=%u event=registered node_id=%lld", w->pipe, w->index, w->node_id);
     worker_schedule_tick(w, 0);
 }
@@ -910,6 +1138,19 @@ worker_on_heartbeat(evutil_socket_t fd, short what, void *arg)
     struct db *db = worker_db(w);
     if (db)
         db_exec(db, "node_heartbeat", 1, values, NULL, NULL, 0, worker_on_heartbeat_done, w);
+}
+
+static void
+worker_on_slots_lost(void *arg)
+{
+    struct worker *w = arg;
+    /* PostgreSQL released our slots with the connection: open connections
+     * finish their batch and quit; new ones wait for the slot connection. */
+    log_warn("pipe=%s index=%u event=slots-lost sessions=%u", w->pipe, w->index, w->nsessions);
+    for (struct session *s = w->sessions; s; s = s->next) {
+        s->slot = -1;
+        s->no_reuse = true;
+    }
 }
 
 /* ---- shutdown and reload ---- */
@@ -1021,7 +1262,10 @@ worker_prepare(struct db *db)
     db_prepare(db, "node_register", "SELECT mta.node_register($1, $2, $3::int, $4::int, $5)", 5);
     db_prepare(db, "node_heartbeat", "SELECT mta.node_heartbeat($1::bigint)", 1);
     db_prepare(db, "node_stop", "SELECT mta.node_stop($1::bigint)", 1);
-    db_prepare(db, "ready_queues", "SELECT domain, vmta FROM mta.ready_queues($1, $2::int)", 2);
+    db_prepare(db, "ready_queues",
+               "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
+    db_prepare(db, "enter_backoff",
+               "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)", 4);
     db_prepare(db, "claim",
                "SELECT * FROM mta.claim($1::bigint, $2, $3, $4, $5::int, $6::int)", 6);
     db_prepare(db, "finish",
@@ -1050,6 +1294,8 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
         log_error("pipe=%s event=dns-init-failed error=\"%s\"", pipe_name, err);
         return 1;
     }
+    w->sched = sched_new(w->base, conf->database_url, w->node_label);
+    sched_set_lost_cb(w->sched, worker_on_slots_lost, w);
     w->ndbs = conf->database_connections ? conf->database_connections : 1;
     w->dbs = xcalloc(w->ndbs, sizeof *w->dbs);
     for (size_t i = 0; i < w->ndbs; i++) {
@@ -1081,6 +1327,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
         session_end(w->sessions);
     /* Run the deferred frees. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
+    sched_free(w->sched);
     for (size_t i = 0; i < w->ndbs; i++)
         db_free(w->dbs[i]);
     free(w->dbs);

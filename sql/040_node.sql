@@ -67,13 +67,18 @@ $$;
 -- Queues of the pipe, not paused, with at least one ready recipient of a job
 -- that is not paused; the one whose oldest ready recipient waits longest comes
 -- first. One index probe per queue row of the pipe (recipients_claim).
-CREATE OR REPLACE FUNCTION mta.ready_queues(p_pipe text, p_limit int)
-RETURNS TABLE (domain text, vmta text)
+-- backoff: the queue is in backoff mode now (mta.queue_enter_backoff); the
+-- node then uses the domain's backoff rate and retry interval. The result
+-- type changed once (backoff added), hence the DROP; grants follow in
+-- 090_roles.
+DROP FUNCTION IF EXISTS mta.ready_queues(text, int);
+CREATE FUNCTION mta.ready_queues(p_pipe text, p_limit int)
+RETURNS TABLE (domain text, vmta text, backoff bool)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT q.domain, q.vmta
+    SELECT q.domain, q.vmta, coalesce(q.backoff_until > now(), false)
       FROM mta.queue q
      CROSS JOIN LATERAL (
            SELECT r.next_attempt

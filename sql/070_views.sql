@@ -8,8 +8,8 @@
 -- One row per queue. ready: next_attempt has come (including expired leases,
 -- which are claimable again); in_flight: leased and the lease still runs;
 -- deferred: waiting for a later attempt. next_attempt: the earliest attempt
--- not in flight. connections is filled in by the connection-slot code later
--- (from pg_locks); 0 until then.
+-- not in flight. connections: slots held cluster-wide for this destination
+-- and virtual MTA (all pipes together), from pg_locks.
 CREATE OR REPLACE VIEW mta.queues AS
 SELECT q.domain,
        nullif(q.vmta, '') AS vmta,
@@ -21,8 +21,8 @@ SELECT q.domain,
        s.oldest,
        s.next_attempt,
        q.paused,
-       q.backoff,
-       0::bigint AS connections,
+       coalesce(q.backoff_until > now(), false) AS backoff,
+       mta.queue_connections(q.domain, q.vmta) AS connections,
        q.last_error
   FROM mta.queue q
   LEFT JOIN LATERAL (
@@ -40,12 +40,8 @@ SELECT q.domain,
          FROM mta.recipients r
         WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta) s ON true;
 
--- Live SMTP connections cluster-wide; empty until the connection-slot code
--- (advisory locks, read from pg_locks) provides them.
-CREATE OR REPLACE VIEW mta.connections AS
-SELECT NULL::text AS domain, NULL::text AS vmta, NULL::text AS node, NULL::int AS slot,
-       NULL::timestamptz AS since
- WHERE false;
+-- mta.connections (live SMTP connections cluster-wide, from pg_locks) is
+-- defined in 080_shaping_views.
 
 -- Node processes; alive: running and a heartbeat within the last 30 seconds.
 CREATE OR REPLACE VIEW mta.nodes AS
