@@ -1,0 +1,212 @@
+"""Cluster-wide traffic shaping with three pgmtad nodes on one PostgreSQL:
+max-smtp-out by advisory-lock slots, max-msg-rate by token buckets, slots
+of a SIGKILLed node reused, backoff mode from smtp-pattern-list, pause and
+resume of a queue, virtual MTAs with their own source address and HELO."""
+import collections
+import subprocess
+import time
+import unittest
+
+from dnsserver import DnsServer
+from pgmta_test import (PGMTA, PgServer, Pgmtad, copy_submit, free_port, main, wait_for,
+                        wait_queue_empty)
+from sink import Delay, Sink
+
+
+def three_nodes(pg, dns, port, **kw):
+    kw.setdefault("env", {"PGMTA_LOG_LEVEL": "warn"})
+    extra = 'smtp-port = %d; ' % port + kw.pop("extra", "")
+    return [Pgmtad(pg, dns, name="node-%s" % n, extra=extra, **kw) for n in "abc"]
+
+
+def stop_all(nodes):
+    for n in nodes:
+        n.stop()
+
+
+def delivered_times(pg, domain):
+    return [r[0] for r in pg.query(
+        "SELECT extract(epoch FROM time_logged)::float8 FROM mta.acct "
+        "WHERE type = 'd' AND rcpt LIKE %s ORDER BY 1", ("%@" + domain,))]
+
+
+class ConnectionLimit(unittest.TestCase):
+    def test_max_smtp_out_2_cluster_wide(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.50")
+        sink = Sink(host="127.0.0.50", port=port, rules={"dot:*": Delay(0.002, "250 ok")})
+        dns.add_mx("two.test", 10, "mx.two.test")
+        dns.add_a("mx.two.test", "127.0.0.50")
+        copy_submit(pg, [("s@example.com", "u%d@two.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
+                          None) for n in range(2000)])
+        nodes = three_nodes(pg, dns, port, domains=[
+            '{ name = "two.test"; max-smtp-out = 2; max-msg-per-connection = 50; }'])
+        seen = []
+        def connections():
+            seen.append(pg.scalar("SELECT count(*) FROM mta.connections WHERE domain = 'two.test'"))
+            return pg.scalar("SELECT count(*) FROM mta.recipients") == 0
+        wait_for(connections, timeout=180, what="2,000 messages at 2 connections")
+        stop_all(nodes)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'"), 2000)
+        self.assertLessEqual(sink.concurrent_max(), 2)
+        self.assertEqual(sink.concurrent_max(), 2)
+        self.assertLessEqual(max(seen), 2)
+        self.assertGreater(max(seen), 0, "mta.connections never showed a connection")
+        # several nodes took part
+        self.assertGreater(pg.scalar("SELECT count(DISTINCT split_part(node, '/', 1)) "
+                                     "FROM mta.acct WHERE type = 'd'"), 1)
+        self.assertEqual(len({m.rcpts[0] for m in sink.messages()}), 2000)
+
+
+class RateLimit(unittest.TestCase):
+    def test_600_per_minute_cluster_wide(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.51")
+        sink = Sink(host="127.0.0.51", port=port)
+        dns.add_mx("rate.test", 10, "mx.rate.test")
+        dns.add_a("mx.rate.test", "127.0.0.51")
+        copy_submit(pg, [("s@example.com", "u%d@rate.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
+                          None) for n in range(1000)])
+        nodes = three_nodes(pg, dns, port, domains=[
+            '{ name = "rate.test"; max-msg-rate = "600/m"; max-smtp-out = 6; }'])
+        wait_for(lambda: len(sink.messages()) > 0, timeout=30, what="first delivery")
+        t0 = time.time()
+        time.sleep(35)
+        stop_all(nodes)
+        times = delivered_times(pg, "rate.test")
+        # a 30 s window after a 5 s warm-up: 600/m = 300 in 30 s, within 10%
+        in_window = [t for t in times if t0 + 5 <= t < t0 + 35]
+        self.assertGreaterEqual(len(in_window), 270, len(in_window))
+        self.assertLessEqual(len(in_window), 330, len(in_window))
+        self.assertGreater(pg.scalar("SELECT count(DISTINCT split_part(node, '/', 1)) "
+                                     "FROM mta.acct WHERE type = 'd'"), 1)
+
+
+class KilledNodeSlots(unittest.TestCase):
+    def test_slots_of_killed_node_are_reused(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.52")
+        # slow receiver: every message takes 1 s, so connections are long-lived
+        sink = Sink(host="127.0.0.52", port=port, rules={"dot:*": Delay(1.0, "250 ok")})
+        dns.add_mx("slow.test", 10, "mx.slow.test")
+        dns.add_a("mx.slow.test", "127.0.0.52")
+        copy_submit(pg, [("s@example.com", "u%d@slow.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
+                          None) for n in range(300)])
+        nodes = three_nodes(pg, dns, port, extra='lease-time = "10s";', domains=[
+            '{ name = "slow.test"; max-smtp-out = 2; max-msg-per-connection = 1000; }'])
+        holders = wait_for(lambda: pg.query(
+            "SELECT split_part(node, '/', 1), count(*) FROM mta.connections "
+            "WHERE domain = 'slow.test' GROUP BY 1") if pg.scalar(
+            "SELECT count(*) FROM mta.connections WHERE domain = 'slow.test'") == 2 else None,
+            timeout=30, what="two slots held")
+        victim_name = max(holders, key=lambda r: r[1])[0]
+        victim = [n for n in nodes if n.name == victim_name][0]
+        victim.kill9()
+        t_kill = time.time()
+        # documented bound on loopback: PostgreSQL sees the closed connection
+        # at once; allow 10 s for the surviving nodes' next scheduling turn
+        wait_for(lambda: pg.scalar(
+            "SELECT count(*) FROM mta.connections WHERE domain = 'slow.test' AND node NOT LIKE %s",
+            (victim_name + "%",)) == 2, timeout=10, what="the survivors to take both slots")
+        took = time.time() - t_kill
+        self.assertLess(took, 10)
+        self.assertLessEqual(sink.concurrent_max(), 2 + 2)  # killed sockets may linger briefly
+        stop_all([n for n in nodes if n is not victim])
+
+
+class Backoff(unittest.TestCase):
+    def test_421_pattern_switches_queue_to_backoff_and_back(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.53")
+        # the first 3 transactions get "421 rate limited", then the receiver is fine
+        sink = Sink(host="127.0.0.53", port=port,
+                    rules={"dot:*": ["421 4.7.28 rate limited, slow down"] * 3 + [None]})
+        dns.add_mx("bo.test", 10, "mx.bo.test")
+        dns.add_a("mx.bo.test", "127.0.0.53")
+        copy_submit(pg, [("s@example.com", "u%d@bo.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
+                          None) for n in range(20)])
+        nodes = three_nodes(pg, dns, port, domains=[
+            '{ name = "bo.test"; max-smtp-out = 1; max-msg-per-connection = 1; '
+            'backoff-to-normal-after = "4s"; backoff-retry-after = "1s"; '
+            'backoff-max-msg-rate = "60/m"; '
+            'smtp-pattern-list = ( { pattern = "rate limited"; action = "backoff"; } ); }'])
+        wait_for(lambda: pg.scalar("SELECT bool_or(backoff) FROM mta.queues "
+                                   "WHERE domain = 'bo.test'"), timeout=30, what="backoff")
+        entered = time.time()
+        # every node sees it: it is database state
+        self.assertTrue(pg.scalar("SELECT bool_and(backoff_until > now()) FROM mta.queue "
+                                  "WHERE domain = 'bo.test'"))
+        # while in backoff the rate is 60/m (one a second): far below normal
+        wait_for(lambda: not pg.scalar("SELECT bool_or(backoff) FROM mta.queues "
+                                       "WHERE domain = 'bo.test'"), timeout=30,
+                 what="return to normal")
+        self.assertGreaterEqual(time.time() - entered, 2.5)
+        wait_queue_empty(pg, timeout=60)
+        stop_all(nodes)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 't' AND "
+                                   "dsn_diag LIKE '%%rate limited%%'"), 3)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'"), 20)
+
+
+class PauseResume(unittest.TestCase):
+    def test_pause_stops_queue_on_every_node_within_a_second(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.54")
+        sink = Sink(host="127.0.0.54", port=port, rules={"dot:*": Delay(0.01, "250 ok")})
+        for d in ("p.test", "other.test"):
+            dns.add_mx(d, 10, "mx.p.test")
+        dns.add_a("mx.p.test", "127.0.0.54")
+        copy_submit(pg, [("s@example.com", "u%d@%s" % (n, d), "Subject: %d\r\n\r\nx\r\n" % n,
+                          None) for n in range(3000) for d in ("p.test", "other.test")])
+        nodes = three_nodes(pg, dns, port, defaults="max-smtp-out = 3; max-msg-per-connection = 20;")
+        count = lambda d: sum(1 for m in sink.messages() if m.rcpts[0].endswith("@" + d))
+        wait_for(lambda: count("p.test") > 50, timeout=30, what="deliveries")
+        r = subprocess.run([PGMTA, "pause", "queue", "p.test", "--db", pg.dsn],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        time.sleep(1.0)
+        after_1s = count("p.test")
+        other_1s = count("other.test")
+        time.sleep(2.0)
+        self.assertEqual(count("p.test"), after_1s, "deliveries went on after the pause")
+        self.assertGreater(count("other.test"), other_1s, "other queue stopped too")
+        self.assertTrue(pg.scalar("SELECT bool_and(paused) FROM mta.queues WHERE domain = 'p.test'"))
+        r = subprocess.run([PGMTA, "resume", "queue", "p.test", "--db", pg.dsn],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        wait_for(lambda: count("p.test") > after_1s, timeout=10, what="deliveries after resume")
+        wait_queue_empty(pg, timeout=120)
+        stop_all(nodes)
+
+
+class VirtualMtas(unittest.TestCase):
+    def test_source_address_and_helo_per_vmta(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.55")
+        sink = Sink(host="127.0.0.55", port=port)
+        dns.add_mx("v.test", 10, "mx.v.test")
+        dns.add_a("mx.v.test", "127.0.0.55")
+        for n in range(20):
+            vmta = "vmta-a" if n % 2 == 0 else "vmta-b"
+            pg.query("SELECT mta.enqueue('s@example.com', ARRAY[%s], %s, vmta => %s)",
+                     ("u%d-%s@v.test" % (n, vmta), "Subject: %d\r\n\r\nx\r\n" % n, vmta))
+        vmtas = ('virtual-mtas = ( { name = "vmta-a"; smtp-source-host = "127.0.0.2"; '
+                 'helo = "a.example.com"; }, { name = "vmta-b"; smtp-source-host = "127.0.0.3"; '
+                 'helo = "b.example.com"; } );')
+        nodes = three_nodes(pg, dns, port, extra=vmtas)
+        wait_queue_empty(pg, timeout=60, node=nodes[0])
+        stop_all(nodes)
+        sessions = {s.id: s for s in sink.sessions()}
+        self.assertEqual(len(sink.messages()), 20)
+        for m in sink.messages():
+            s = sessions[m.session_id]
+            if m.rcpts[0].endswith("-vmta-a@v.test"):
+                self.assertEqual((s.peer[0], s.helo), ("127.0.0.2", "a.example.com"))
+            else:
+                self.assertEqual((s.peer[0], s.helo), ("127.0.0.3", "b.example.com"))
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd' AND "
+                                   "dlv_source_ip = '127.0.0.2' AND vmta = 'vmta-a'"), 10)
+
+
+if __name__ == "__main__":
+    main()
