@@ -229,10 +229,14 @@ db_connect(struct db *db)
         return;
     /* TCP keepalives so that PostgreSQL and we both notice a dead peer
      * within about a minute; the URL may override them. */
-    const char *keys[] = {"keepalives",          "keepalives_idle", "keepalives_interval",
-                          "keepalives_count",    "application_name", "connect_timeout",
-                          "dbname",              NULL};
-    const char *vals[] = {"1", "10", "5", "3", db->name, "10", db->url, NULL};
+    /* idle_in_transaction_session_timeout: a node never leaves a
+     * transaction open (every request is its own implicit transaction);
+     * should one hang, PostgreSQL ends it instead of holding row locks. */
+    const char *keys[] = {"keepalives",       "keepalives_idle", "keepalives_interval",
+                          "keepalives_count", "application_name", "connect_timeout",
+                          "options",          "dbname",           NULL};
+    const char *vals[] = {"1",      "10", "5", "3", db->name, "10",
+                          "-c idle_in_transaction_session_timeout=30s", db->url, NULL};
     db->conn = PQconnectStartParams(keys, vals, 1);
     if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
         db_fail(db, db->conn ? PQerrorMessage(db->conn) : "out of memory");

@@ -41,6 +41,10 @@
 #define WORKER_START_PER_TICK 4
 #define WORKER_FAST_POLL_MS 20
 #define WORKER_HEARTBEAT_MS 5000
+/* Housekeeping (purging finished messages and empty queues, accounting
+ * partitions, rate buckets) runs in one process per node: index 0 of the
+ * default pipe. Concurrent runs on several nodes are safe. */
+#define WORKER_HOUSEKEEPING_MS 30000
 
 /* A session: slot (max-smtp-out) -> connect token (max-connect-rate) ->
  * message tokens (max-msg-rate) -> claim -> resolve -> send -> finish, then
@@ -156,6 +160,7 @@ struct worker {
     struct sched *sched;
     struct event *ev_tick;
     struct event *ev_heartbeat;
+    struct event *ev_housekeeping;
     struct event *ev_deadline;
     struct event *ev_signals[3];
     uint64_t poll_ms;
@@ -1153,6 +1158,21 @@ worker_on_slots_lost(void *arg)
     }
 }
 
+static void
+worker_on_housekeeping(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    static const char *const stmts[] = {"purge_messages", "purge_queues", "acct_partitions",
+                                        "purge_rate_buckets", "backoff_expire"};
+    struct db *db = worker_db(w);
+    if (!db || w->node_id == 0)
+        return;
+    for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
+        db_exec(db, stmts[i], 0, NULL, NULL, NULL, 0, worker_ignore_result, NULL);
+}
+
 /* ---- shutdown and reload ---- */
 
 static void
@@ -1264,6 +1284,11 @@ worker_prepare(struct db *db)
     db_prepare(db, "node_stop", "SELECT mta.node_stop($1::bigint)", 1);
     db_prepare(db, "ready_queues",
                "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
+    db_prepare(db, "purge_messages", "SELECT mta.purge_messages(10000)", 0);
+    db_prepare(db, "purge_queues", "SELECT mta.purge_queues()", 0);
+    db_prepare(db, "acct_partitions", "SELECT mta.acct_ensure_partitions(7)", 0);
+    db_prepare(db, "purge_rate_buckets", "SELECT mta.purge_rate_buckets()", 0);
+    db_prepare(db, "backoff_expire", "SELECT mta.backoff_expire()", 0);
     db_prepare(db, "enter_backoff",
                "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)", 4);
     db_prepare(db, "claim",
@@ -1311,6 +1336,16 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     w->ev_heartbeat = event_new(w->base, -1, EV_PERSIST, worker_on_heartbeat, w);
     struct timeval hb = {WORKER_HEARTBEAT_MS / 1000, 0};
     evtimer_add(w->ev_heartbeat, &hb);
+    w->ev_housekeeping = event_new(w->base, -1, EV_PERSIST, worker_on_housekeeping, w);
+    if (index == 0 && conf->default_pipe && strcmp(pipe_name, conf->default_pipe) == 0) {
+        /* PGMTA_HOUSEKEEPING_MS overrides the interval (tests, tuning). */
+        const char *env = getenv("PGMTA_HOUSEKEEPING_MS");
+        long ms = env ? strtol(env, NULL, 10) : WORKER_HOUSEKEEPING_MS;
+        if (ms <= 0)
+            ms = WORKER_HOUSEKEEPING_MS;
+        struct timeval hk = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_add(w->ev_housekeeping, &hk);
+    }
     int sigs[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
         w->ev_signals[i] = evsignal_new(w->base, sigs[i], worker_on_signal, w);
@@ -1337,6 +1372,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     event_free(w->ev_tick);
     event_free(w->ev_deadline);
     event_free(w->ev_heartbeat);
+    event_free(w->ev_housekeeping);
     while (w->queues) {
         struct wqueue *q = w->queues;
         w->queues = q->next;

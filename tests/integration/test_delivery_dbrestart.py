@@ -1,0 +1,51 @@
+"""PostgreSQL restarted (pg_ctl restart -m immediate) in the middle of a run:
+pgmtad keeps running, reconnects with backoff and loses nothing; every
+recipient ends with exactly one final accounting row. Housekeeping then
+purges the content of finished messages."""
+import collections
+import unittest
+
+from dnsserver import DnsServer
+from pgmta_test import (PgServer, Pgmtad, copy_submit, free_port, main, wait_for,
+                        wait_queue_empty)
+from sink import Delay, Sink
+
+N = 2000
+
+
+class DatabaseRestart(unittest.TestCase):
+    def test_restart_immediate_mid_run(self):
+        pg = PgServer()
+        dns = DnsServer()
+        port = free_port("127.0.0.45")
+        sink = Sink(host="127.0.0.45", port=port, rules={"dot:*": Delay(0.01, "250 ok")})
+        for i in range(4):
+            dns.add_mx("r%d.test" % i, 10, "mx.restart.test")
+        dns.add_a("mx.restart.test", "127.0.0.45")
+        copy_submit(pg, [("s@example.com", "u%d@r%d.test" % (n, n % 4),
+                          "Subject: %d\r\n\r\nbody\r\n" % n, None) for n in range(N)])
+        node = Pgmtad(pg, dns, extra='smtp-port = %d; lease-time = "20s";' % port,
+                      defaults="max-smtp-out = 3; max-msg-per-connection = 30;",
+                      env={"PGMTA_HOUSEKEEPING_MS": "500"})
+        wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'") > N // 4,
+                 timeout=60, what="deliveries to start")
+        pg.restart("immediate")
+        wait_queue_empty(pg, timeout=120, node=node)
+        self.assertTrue(node.proc.alive(), "pgmtad died with the database")
+        log = node.log()
+        self.assertIn("event=connection-lost", log)
+
+        bad = pg.query("SELECT rcpt_id, count(*) FROM mta.acct WHERE type IN ('d', 'b') "
+                       "GROUP BY rcpt_id HAVING count(*) <> 1")
+        self.assertEqual(bad, [])
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'"), N)
+        seen = collections.Counter(r for m in sink.messages() for r in m.rcpts)
+        self.assertEqual(len(seen), N)
+        # housekeeping removes the content of finished messages
+        wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.messages") == 0, timeout=30,
+                 what="finished messages to be purged")
+        self.assertEqual(node.stop(), 0)
+
+
+if __name__ == "__main__":
+    main()
