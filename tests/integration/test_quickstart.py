@@ -23,13 +23,17 @@ class Quickstart(unittest.TestCase):
         for name in ("pgmtad.pid", "sink.pid"):
             path = os.path.join(self.var, name)
             if os.path.exists(path):
-                subprocess.run(["kill", open(path).read().strip()], capture_output=True)
+                subprocess.run(["kill", self.read(name).strip()], capture_output=True)
         pg = os.path.join(self.var, "pg")
         if os.path.exists(os.path.join(pg, "PG_VERSION")):
             cmd = [os.path.join(PG_BIN, "pg_ctl"), "-D", pg, "stop", "-m", "fast"]
             if os.geteuid() == 0:
                 cmd = ["runuser", "-u", "postgres", "--"] + cmd
             subprocess.run(cmd, capture_output=True)
+
+    def read(self, name):
+        with open(os.path.join(self.var, name)) as f:
+            return f.read()
 
     def run_quickstart(self):
         r = subprocess.run([os.path.join(SOURCE_DIR, "admin", "quickstart")], env=self.env,
@@ -42,7 +46,7 @@ class Quickstart(unittest.TestCase):
         url = re.search(r"database:\s+(\S+)", out).group(1)
         self.assertIn("SELECT mta.enqueue(", out)
         self.assertIn("swaks --server 127.0.0.1:%s" % self.env["PGMTA_SMTP_PORT"], out)
-        pid1 = open(os.path.join(self.var, "pgmtad.pid")).read()
+        pid1 = self.read("pgmtad.pid")
 
         psql = lambda sql: subprocess.run(["psql", "-X", "-qAt", url, "-c", sql], check=True,
                                           capture_output=True, text=True).stdout.strip()
@@ -54,12 +58,12 @@ class Quickstart(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         wait_for(lambda: psql("SELECT count(*) FROM mta.acct WHERE type = 'd'") == "2",
                  timeout=30, what="both messages delivered")
-        sink_log = open(os.path.join(self.var, "sink.log")).read()
-        self.assertIn("rcpts=<you@demo.test>", sink_log)
-        self.assertIn("rcpts=<you2@demo.test>", sink_log)
+        wait_for(lambda: "rcpts=<you2@demo.test>" in self.read("sink.log"), timeout=10,
+                 what="the sink's log")
+        self.assertIn("rcpts=<you@demo.test>", self.read("sink.log"))
 
         token = re.search(r'token = "([0-9a-f]+)"',
-                          open(os.path.join(self.var, "pgmta.conf")).read()).group(1)
+                          self.read("pgmta.conf")).group(1)
         req = urllib.request.Request("http://127.0.0.1:%s/api/status" % self.env["PGMTA_HTTP_PORT"],
                                      headers={"Authorization": "Bearer " + token})
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -68,7 +72,7 @@ class Quickstart(unittest.TestCase):
         # second run: same processes, same database, nothing re-created
         out2 = self.run_quickstart()
         self.assertIn("up to date", out2)
-        self.assertEqual(open(os.path.join(self.var, "pgmtad.pid")).read(), pid1)
+        self.assertEqual(self.read("pgmtad.pid"), pid1)
         self.assertEqual(psql("SELECT count(*) FROM mta.acct WHERE type = 'd'"), "2")
 
 
