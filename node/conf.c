@@ -810,6 +810,70 @@ resolve_domains(struct loader *ld)
     return rc;
 }
 
+/* "ip" or "ip/prefix" (smtp-listener.allow). */
+static bool
+is_cidr(const char *s)
+{
+    char ip[64];
+    const char *slash = strchr(s, '/');
+    size_t len = slash ? (size_t)(slash - s) : strlen(s);
+    if (len == 0 || len >= sizeof ip)
+        return false;
+    memcpy(ip, s, len);
+    ip[len] = '\0';
+    unsigned char bytes[16];
+    unsigned maxp = 32;
+    if (inet_pton(AF_INET, ip, bytes) != 1) {
+        if (inet_pton(AF_INET6, ip, bytes) != 1)
+            return false;
+        maxp = 128;
+    }
+    if (!slash)
+        return true;
+    const char *p = slash + 1;
+    if (!*p || strlen(p) > 3)
+        return false;
+    unsigned v = 0;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+        v = v * 10 + (unsigned)(*p - '0');
+    }
+    return v <= maxp;
+}
+
+/* smtp-listener: allow entries, users' passwords, TLS files in pairs. */
+static int
+validate_smtp_listener(struct loader *ld)
+{
+    struct conf *c = ld->c;
+    int gi = conf_field_index(conf_top_fields, "smtp-listener");
+    const struct field *sub = conf_top_fields[gi].sub;
+    const struct meta *gm = &ld->groups[gi];
+    struct loc gl = {ld->files[0], 0};
+    if (ld->top.set & (1u << gi))
+        gl = ld->top.flocs[gi];
+    for (size_t i = 0; i < c->nsmtp_listener_allow; i++) {
+        if (!is_cidr(c->smtp_listener_allow[i]))
+            return fail(ld, gm->flocs[conf_field_index(sub, "allow")],
+                        "smtp-listener.allow: bad network \"%s\" (expected \"ip/prefix\")",
+                        c->smtp_listener_allow[i]);
+    }
+    for (size_t i = 0; i < c->nsmtp_listener_users; i++) {
+        const char *pw = c->smtp_listener_users[i].password;
+        if (!pw)
+            return fail(ld, ld->metas[K_SMTP_USER][i].loc,
+                        "smtp-listener.users: entry without password");
+        if (strncmp(pw, "{SHA256}", 8) == 0 &&
+            (strlen(pw + 8) != 64 || strspn(pw + 8, "0123456789abcdefABCDEF") != 64))
+            return fail(ld, ld->metas[K_SMTP_USER][i].loc,
+                        "smtp-listener.users: \"{SHA256}\" must be followed by 64 hex digits");
+    }
+    if (!c->smtp_listener_tls_cert != !c->smtp_listener_tls_key)
+        return fail(ld, gl, "smtp-listener: tls-cert and tls-key go together");
+    return 0;
+}
+
 static struct loc
 top_loc(struct loader *ld, const char *name)
 {
@@ -826,6 +890,9 @@ validate(struct loader *ld)
     struct conf *c = ld->c;
     if (!c->database_url)
         return fail(ld, top_loc(ld, "database"), "database.url is required");
+    /* The HTTP API always wants a token (RELIABILITY.md, security defaults). */
+    if (c->listen_http && !c->http_token)
+        return fail(ld, top_loc(ld, "listen"), "listen.http: the HTTP API needs http.token");
     /* Required fields of list entries (checked once all files merged). */
     for (const struct field *f = conf_top_fields; f->name; f++) {
         if (f->type != F_LIST)
@@ -840,6 +907,8 @@ validate(struct loader *ld)
             }
         }
     }
+    if (validate_smtp_listener(ld) != 0)
+        return -1;
     if (c->npipes == 0) {
         c->pipes = xcalloc(2, sizeof *c->pipes);
         c->pipes[0] = (struct conf_pipe){xstrdup("transactional"), 1};
@@ -888,12 +957,22 @@ conf_load(const char *path, char *err, size_t errlen)
     c->dns_servers = xcalloc(1, sizeof *c->dns_servers);
     c->dns_timeout_ms = 5000;
     c->listen_smtp = xcalloc(1, sizeof *c->listen_smtp);
+    c->http_allowed_hosts = xcalloc(1, sizeof *c->http_allowed_hosts);
     c->smtp_port = 25;
     c->default_pipe = xstrdup("bulk");
     c->generate_bounces = true;
     c->lease_ms = 5 * 60000;
     c->poll_interval_ms = 1000;
     c->shutdown_timeout_ms = 30000;
+    c->smtp_listener_allow = xcalloc(3, sizeof *c->smtp_listener_allow);
+    c->smtp_listener_allow[0] = xstrdup("127.0.0.0/8");
+    c->smtp_listener_allow[1] = xstrdup("::1/128");
+    c->nsmtp_listener_allow = 2;
+    c->smtp_listener_max_sessions = 1000;
+    c->smtp_listener_max_message_size = 50 * 1024 * 1024;
+    c->smtp_listener_max_rcpt = 1000;
+    c->smtp_listener_idle_timeout_ms = 5 * 60000;
+    c->smtp_listener_data_timeout_ms = 3 * 60000;
 
     int rc = load_file(&ld, path);
     if (rc == 0)

@@ -90,6 +90,12 @@ struct conf_bimi {
     char *selector;
 };
 
+/* smtp-listener.users entry: who may AUTH on the injection listener. */
+struct conf_smtp_user {
+    char *name;
+    char *password; /* plain text, or "{SHA256}" and the hex digest */
+};
+
 struct conf {
     char *path; /* the main file */
     char *node_name;
@@ -102,6 +108,9 @@ struct conf {
     size_t nlisten_smtp;
     char *listen_http; /* NULL: no HTTP API */
     char *http_token;
+    char *http_dashboard_dir;  /* NULL: the built-in default (see http.h) */
+    char **http_allowed_hosts; /* Host names accepted besides loopback and listen.http */
+    size_t nhttp_allowed_hosts;
     uint32_t smtp_port;
     struct conf_pipe *pipes;
     size_t npipes;
@@ -121,6 +130,18 @@ struct conf {
     uint64_t poll_interval_ms; /* upper bound of the idle poll backoff */
     uint64_t shutdown_timeout_ms;
     char *log_level;
+    /* smtp-listener { ... }: the SMTP injection listener (listen.smtp) */
+    char *smtp_listener_tls_cert; /* PEM files; both or neither */
+    char *smtp_listener_tls_key;
+    char **smtp_listener_allow; /* "ip/prefix" allowed without AUTH */
+    size_t nsmtp_listener_allow;
+    struct conf_smtp_user *smtp_listener_users;
+    size_t nsmtp_listener_users;
+    uint32_t smtp_listener_max_sessions;
+    uint32_t smtp_listener_max_message_size; /* bytes */
+    uint32_t smtp_listener_max_rcpt;         /* recipients per message */
+    uint64_t smtp_listener_idle_timeout_ms;  /* waiting for a command */
+    uint64_t smtp_listener_data_timeout_ms;  /* silence during DATA */
 };
 
 /* Loads PATH plus conf.d/ *.conf beside it. On error returns NULL and writes

@@ -118,6 +118,18 @@ static const struct field bimi_fields[] = {
     {0},
 };
 
+static const struct field smtp_user_fields[] = {
+    {.name = "name", .type = F_STRING, .off = offsetof(struct conf_smtp_user, name), .flags = FL_KEY},
+    {.name = "password",
+     .type = F_STRING,
+     .off = offsetof(struct conf_smtp_user, password),
+     .flags = FL_REQUIRED},
+    {0},
+};
+
+static const struct list_kind smtp_user_kind = {K_SMTP_USER, "SMTP user",
+                                                sizeof(struct conf_smtp_user), smtp_user_fields};
+
 static const struct list_kind pipe_kind = {K_PIPE, "pipe", sizeof(struct conf_pipe), pipe_fields};
 static const struct list_kind vmta_kind = {K_VMTA, "virtual MTA", sizeof(struct conf_vmta),
                                            vmta_fields};
@@ -160,6 +172,51 @@ static const struct field listen_fields[] = {
 
 static const struct field http_fields[] = {
     {.name = "token", .type = F_STRING, .off = C_OFF(http_token)},
+    {.name = "dashboard-dir", .type = F_STRING, .off = C_OFF(http_dashboard_dir)},
+    {.name = "allowed-hosts",
+     .type = F_STRING_LIST,
+     .off = C_OFF(http_allowed_hosts),
+     .count_off = C_OFF(nhttp_allowed_hosts)},
+    {0},
+};
+
+/* The SMTP injection listener (smtp_server.c). The message size stays below
+ * the 64 MB that mta.enqueue accepts, leaving room for the Received field. */
+static const struct field smtp_listener_fields[] = {
+    {.name = "tls-cert", .type = F_STRING, .off = C_OFF(smtp_listener_tls_cert)},
+    {.name = "tls-key", .type = F_STRING, .off = C_OFF(smtp_listener_tls_key)},
+    {.name = "allow",
+     .type = F_STRING_LIST,
+     .off = C_OFF(smtp_listener_allow),
+     .count_off = C_OFF(nsmtp_listener_allow)},
+    {.name = "users",
+     .type = F_LIST,
+     .off = C_OFF(smtp_listener_users),
+     .count_off = C_OFF(nsmtp_listener_users),
+     .kind = &smtp_user_kind},
+    {.name = "max-sessions",
+     .type = F_UINT,
+     .off = C_OFF(smtp_listener_max_sessions),
+     .min = 1,
+     .max = 100000},
+    {.name = "max-message-size",
+     .type = F_UINT,
+     .off = C_OFF(smtp_listener_max_message_size),
+     .min = 1024,
+     .max = 66060288},
+    {.name = "max-rcpt-per-message",
+     .type = F_UINT,
+     .off = C_OFF(smtp_listener_max_rcpt),
+     .min = 1,
+     .max = 100000},
+    {.name = "idle-timeout",
+     .type = F_DURATION,
+     .off = C_OFF(smtp_listener_idle_timeout_ms),
+     .flags = FL_NONZERO},
+    {.name = "data-timeout",
+     .type = F_DURATION,
+     .off = C_OFF(smtp_listener_data_timeout_ms),
+     .flags = FL_NONZERO},
     {0},
 };
 
@@ -170,6 +227,7 @@ const struct field conf_top_fields[] = {
     {.name = "dns", .type = F_GROUP, .sub = dns_fields},
     {.name = "listen", .type = F_GROUP, .sub = listen_fields},
     {.name = "http", .type = F_GROUP, .sub = http_fields},
+    {.name = "smtp-listener", .type = F_GROUP, .sub = smtp_listener_fields},
     {.name = "smtp-port", .type = F_UINT, .off = C_OFF(smtp_port), .min = 1, .max = 65535},
     {.name = "generate-bounces", .type = F_BOOL, .off = C_OFF(generate_bounces)},
     {.name = "lease-time", .type = F_DURATION, .off = C_OFF(lease_ms), .flags = FL_NONZERO},

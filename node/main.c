@@ -19,8 +19,10 @@
 
 #include "conf.h"
 #include "db.h"
+#include "http.h"
 #include "log.h"
 #include "pipe.h"
+#include "smtp_server.h"
 #include "util.h"
 #include "worker.h"
 
@@ -37,6 +39,8 @@ struct root {
     struct db *db; /* the root's own connection, NULL without database.url */
     long long node_id;
     struct event *heartbeat;
+    struct http *http;        /* the HTTP API and dashboard (listen.http) */
+    struct smtp_server *smtp; /* the SMTP injection listener (listen.smtp) */
 };
 
 static void
@@ -210,27 +214,44 @@ root_stop(struct root *r, const char *why)
              pipe_sup_running(r->sup), (unsigned long long)kill_after);
     /* Root services (SMTP injection listener, HTTP API) stop accepting here,
      * before the pipes go. */
+    smtp_server_stop_accepting(r->smtp);
+    http_stop(r->http);
     pipe_sup_stop(r->sup, kill_after, root_stopped, r);
 }
 
-static void
-root_reload(struct root *r)
+/* SIGHUP and POST /api/reload: 0 when the new configuration is in place,
+ * else -1 with the reason in err and the running configuration kept. */
+static int
+root_reload(struct root *r, char *err, size_t errlen)
 {
-    if (r->stopping)
-        return;
-    char err[CONF_ERR_LEN] = "";
-    struct conf *fresh = conf_load(r->conf->path, err, sizeof err);
+    if (r->stopping) {
+        snprintf(err, errlen, "the node is stopping");
+        return -1;
+    }
+    struct conf *fresh = conf_load(r->conf->path, err, errlen);
     if (!fresh) {
         log_error("root event=reload-failed keeping=old error=\"%s\"", err);
-        return;
+        return -1;
     }
     struct conf *old = r->conf;
     r->conf = fresh;
     apply_log_level(fresh);
     /* Root services get the new configuration here. */
+    http_apply(r->http, fresh);
+    char smtp_err[CONF_ERR_LEN] = "";
+    if (smtp_server_reload(r->smtp, fresh, smtp_err, sizeof smtp_err) != 0)
+        log_error("root event=smtp-listener-reload-failed error=\"%s\"", smtp_err);
     pipe_sup_apply(r->sup, fresh, true);
     conf_free(old);
     log_info("root event=reloaded path=%s pipes=%zu", fresh->path, fresh->npipes);
+    return 0;
+}
+
+static int
+root_reload_http(void *arg, char *err, size_t errlen)
+{
+    log_info("root event=reload source=http");
+    return root_reload(arg, err, errlen);
 }
 
 static void
@@ -250,7 +271,8 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
         break;
     case SIGHUP:
         log_info("root event=reload signal=SIGHUP");
-        root_reload(r);
+        char err[CONF_ERR_LEN] = "";
+        root_reload(r, err, sizeof err);
         break;
     default:
         break;
@@ -290,9 +312,19 @@ root_run(struct conf *conf)
     /* Root services start here: the SMTP injection listener (listen.smtp) and
      * the HTTP API and dashboard (listen.http). They run in this event loop;
      * nothing in it may block. */
+    r.http = http_new(r.base, root_reload_http, &r);
+    http_apply(r.http, conf);
+    char smtp_err[CONF_ERR_LEN] = "";
+    r.smtp = smtp_server_new(r.base, conf, smtp_err, sizeof smtp_err);
+    if (!r.smtp) {
+        log_error("root event=smtp-listener-failed error=\"%s\"", smtp_err);
+        root_stop(&r, "smtp-listener-failed");
+    }
 
     event_base_dispatch(r.base);
 
+    smtp_server_free(r.smtp);
+    http_free(r.http);
     pipe_sup_free(r.sup);
     if (r.heartbeat)
         event_free(r.heartbeat);
