@@ -1,0 +1,1396 @@
+/* smtp_server: the SMTP injection listener, run by the root process.
+ *
+ * One state machine per session: session_enter() performs the entry
+ * actions of a state (arm the timer, log the transition), session_react()
+ * handles one named event (input, timeout, closed, TLS done/failed, enqueue
+ * result, output flushed). libevent callbacks only translate I/O into these
+ * events.
+ *
+ * Ownership: the server owns its listeners, its settings (copied from the
+ * configuration, replaced whole on reload; a session reads the current
+ * ones), its database connection and the list of sessions. A session owns
+ * its bufferevent (the socket, or the OpenSSL filter on top of it), its
+ * timers and the message being received. Sessions are freed by a deferred
+ * event at the end of the loop turn, never inside their own callbacks. An
+ * enqueue result finds its session by id and sequence number, so a result
+ * for a session that has gone or timed out is only logged. The parsers
+ * (commands, paths, DATA, headers) are in smtp_server_parse.c. */
+#include "smtp_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+
+#include "db.h"
+#include "log.h"
+
+/* Reading stops while this much input is buffered and not yet processed
+ * (e.g. pipelined commands while an enqueue is in flight). */
+#define SESSION_READ_HIGH_WATER (64 * 1024)
+/* An over-long command line is skipped up to its end; one that goes on for
+ * longer than this closes the session. */
+#define SESSION_SKIP_LIMIT (64 * 1024)
+/* Protocol errors tolerated per session before it is closed. */
+#define SESSION_MAX_ERRORS 20
+#define SESSION_TLS_TIMEOUT_MS 30000
+#define SESSION_ENQUEUE_TIMEOUT_MS 120000
+#define SESSION_CLOSE_WAIT_MS 2000
+#define SESSION_CLOSE_POLL_MS 20
+
+/* ---------------------------------------------------------------------------
+ * Server and settings
+ */
+
+struct settings {
+    SSL_CTX *tls; /* NULL: no STARTTLS */
+    struct smtp_server_cidr *allow;
+    size_t nallow;
+    struct conf_smtp_user *users; /* deep copy */
+    size_t nusers;
+    uint32_t max_sessions;
+    uint32_t max_size;
+    uint32_t max_rcpt;
+    uint64_t idle_ms;
+    uint64_t data_ms;
+    char *hostname;
+};
+
+struct listener {
+    char *addr;
+    struct evconnlistener *lev;
+};
+
+struct session;
+
+struct smtp_server {
+    struct event_base *base;
+    struct db *db;
+    struct settings *set;
+    struct listener *listeners;
+    size_t nlisteners;
+    struct session *sessions; /* doubly linked */
+    size_t nsessions;
+    unsigned long next_sid;
+    bool stopping; /* no new sessions; idle ones are told 421 */
+};
+
+static void
+settings_free(struct settings *st)
+{
+    if (!st)
+        return;
+    if (st->tls)
+        SSL_CTX_free(st->tls);
+    free(st->allow);
+    for (size_t i = 0; i < st->nusers; i++) {
+        free(st->users[i].name);
+        if (st->users[i].password)
+            OPENSSL_cleanse(st->users[i].password, strlen(st->users[i].password));
+        free(st->users[i].password);
+    }
+    free(st->users);
+    free(st->hostname);
+    free(st);
+}
+
+static SSL_CTX *
+tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        snprintf(err, errlen, "SSL_CTX_new failed");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    const char *what = NULL;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+        what = "cannot load smtp-listener.tls-cert";
+    else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+        what = "cannot load smtp-listener.tls-key";
+    else if (SSL_CTX_check_private_key(ctx) != 1)
+        what = "smtp-listener.tls-key does not match tls-cert";
+    if (what) {
+        char why[256];
+        ERR_error_string_n(ERR_get_error(), why, sizeof why);
+        ERR_clear_error();
+        snprintf(err, errlen, "%s: %s", what, why);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static struct settings *
+settings_new(const struct conf *conf, char *err, size_t errlen)
+{
+    struct settings *st = xcalloc(1, sizeof *st);
+    if (conf->smtp_listener_tls_cert && conf->smtp_listener_tls_key) {
+        st->tls =
+            tls_server_ctx(conf->smtp_listener_tls_cert, conf->smtp_listener_tls_key, err, errlen);
+        if (!st->tls) {
+            settings_free(st);
+            return NULL;
+        }
+    }
+    st->allow = xcalloc(conf->nsmtp_listener_allow + 1, sizeof *st->allow);
+    for (size_t i = 0; i < conf->nsmtp_listener_allow; i++) {
+        if (smtp_server_parse_cidr(conf->smtp_listener_allow[i], &st->allow[st->nallow]) != 0) {
+            snprintf(err, errlen, "smtp-listener.allow: bad network \"%s\"",
+                     conf->smtp_listener_allow[i]);
+            settings_free(st);
+            return NULL;
+        }
+        st->nallow++;
+    }
+    st->users = xcalloc(conf->nsmtp_listener_users + 1, sizeof *st->users);
+    for (size_t i = 0; i < conf->nsmtp_listener_users; i++) {
+        st->users[i].name = xstrdup(conf->smtp_listener_users[i].name);
+        st->users[i].password = xstrdup(conf->smtp_listener_users[i].password);
+        st->nusers++;
+    }
+    st->max_sessions = conf->smtp_listener_max_sessions;
+    st->max_size = conf->smtp_listener_max_message_size;
+    st->max_rcpt = conf->smtp_listener_max_rcpt;
+    st->idle_ms = conf->smtp_listener_idle_timeout_ms;
+    st->data_ms = conf->smtp_listener_data_timeout_ms;
+    st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
+    return st;
+}
+
+/* ---------------------------------------------------------------------------
+ * Sessions
+ */
+
+enum session_state {
+    SS_CMD = 0,         /* waiting for a command */
+    SS_AUTH_PLAIN,      /* AUTH PLAIN: waiting for the response */
+    SS_AUTH_LOGIN_USER, /* AUTH LOGIN: waiting for the user name */
+    SS_AUTH_LOGIN_PASS, /* AUTH LOGIN: waiting for the password */
+    SS_DATA,            /* reading message content */
+    SS_TLS,             /* TLS handshake after STARTTLS */
+    SS_ENQUEUE,         /* waiting for mta.enqueue to commit */
+    SS_CLOSING,         /* last reply being flushed */
+    SS_DEAD,            /* freed at the end of the loop turn */
+};
+
+static const char *const state_names[] = {
+    "cmd",     "auth-plain", "auth-login-user", "auth-login-pass", "data", "tls", "enqueue",
+    "closing", "dead",
+};
+
+enum session_event {
+    SE_INPUT = 0,  /* bytes arrived */
+    SE_TIMEOUT,    /* the state's timer expired */
+    SE_CLOSED,     /* EOF or error from the peer */
+    SE_TLS_DONE,   /* handshake completed */
+    SE_TLS_FAILED, /* handshake failed */
+    SE_ENQUEUED,   /* the enqueue result is in s->result */
+    SE_FLUSHED,    /* output buffer drained */
+};
+
+static const char *const event_names[] = {
+    "input", "timeout", "closed", "tls-done", "tls-failed", "enqueued", "flushed",
+};
+
+struct session {
+    unsigned long id;
+    struct smtp_server *srv;
+    struct session *prev, *next;
+    enum session_state state;
+    struct bufferevent *bev;
+    struct event *timer;
+    struct event *free_ev;
+
+    char ip[INET6_ADDRSTRLEN];
+    int family;
+    unsigned char addr[16];
+    bool allowed_by_addr;
+    bool tls;
+    char *auth_user;
+    char *helo;
+    bool esmtp;
+    unsigned errors;
+    bool skipping; /* inside an over-long command line */
+    size_t skipped;
+    uint64_t close_deadline;
+
+    /* the transaction */
+    bool have_mail;
+    char *mail_from;
+    char **rcpts;
+    size_t nrcpts;
+    struct buf content;
+    size_t header_start; /* where the client's content begins (after Received) */
+    struct smtp_server_data data;
+
+    /* the enqueue in flight */
+    unsigned long seq;
+    const PGresult *result; /* valid during SE_ENQUEUED only */
+    bool result_lost;       /* the database connection went away */
+    char auth_login_name[256];
+};
+
+struct enqueue_ctx {
+    struct smtp_server *srv;
+    unsigned long sid;
+    unsigned long seq;
+    size_t size;
+    size_t nrcpts;
+};
+
+static void session_enter(struct session *s, enum session_state st);
+static void session_react(struct session *s, enum session_event ev);
+static void session_process_input(struct session *s);
+static void session_setup_bev(struct session *s);
+
+static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+reply(struct session *s, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof line)
+        n = sizeof line - 1;
+    log_debug("smtp-in session=%lu reply=\"%.*s\"", s->id, n, line);
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    evbuffer_add(out, line, (size_t)n);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void
+txn_reset(struct session *s)
+{
+    s->have_mail = false;
+    free(s->mail_from);
+    s->mail_from = NULL;
+    for (size_t i = 0; i < s->nrcpts; i++)
+        free(s->rcpts[i]);
+    free(s->rcpts);
+    s->rcpts = NULL;
+    s->nrcpts = 0;
+    buf_free(&s->content);
+    buf_init(&s->content);
+}
+
+static void
+session_free(struct session *s)
+{
+    struct smtp_server *srv = s->srv;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    srv->nsessions--;
+    txn_reset(s);
+    if (s->bev)
+        bufferevent_free(s->bev);
+    event_free(s->timer);
+    event_free(s->free_ev);
+    free(s->auth_user);
+    free(s->helo);
+    free(s);
+}
+
+static void
+on_free(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_free(arg);
+}
+
+static void
+arm_timer(struct session *s, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(s->timer, &tv);
+}
+
+static bool
+session_allowed(const struct session *s)
+{
+    return s->allowed_by_addr || s->auth_user != NULL;
+}
+
+static void
+session_enter(struct session *s, enum session_state st)
+{
+    const struct settings *set = s->srv->set;
+    log_trace("smtp-in session=%lu state=%s->%s", s->id, state_names[s->state], state_names[st]);
+    s->state = st;
+    evtimer_del(s->timer);
+    switch (st) {
+    case SS_CMD:
+    case SS_AUTH_PLAIN:
+    case SS_AUTH_LOGIN_USER:
+    case SS_AUTH_LOGIN_PASS:
+        arm_timer(s, set->idle_ms);
+        break;
+    case SS_DATA:
+        arm_timer(s, set->data_ms);
+        break;
+    case SS_TLS:
+        arm_timer(s, SESSION_TLS_TIMEOUT_MS);
+        break;
+    case SS_ENQUEUE:
+        arm_timer(s, SESSION_ENQUEUE_TIMEOUT_MS);
+        break;
+    case SS_CLOSING:
+        /* Nothing more is read; the last reply goes out, then the socket
+         * closes (bounded by SESSION_CLOSE_WAIT_MS). */
+        bufferevent_disable(s->bev, EV_READ);
+        s->close_deadline = util_now_ms() + SESSION_CLOSE_WAIT_MS;
+        arm_timer(s, 0);
+        break;
+    case SS_DEAD:
+        bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+        event_active(s->free_ev, EV_TIMEOUT, 0);
+        break;
+    }
+}
+
+/* Has every byte of output left the process? With TLS, the filter hands
+ * its records to the socket bufferevent below it. */
+static bool
+output_flushed(struct session *s)
+{
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+        return false;
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    return !under || evbuffer_get_length(bufferevent_get_output(under)) == 0;
+}
+
+static void
+session_close(struct session *s, const char *why)
+{
+    log_info("smtp-in session=%lu from=%s event=close reason=%s", s->id, s->ip, why);
+    session_enter(s, SS_CLOSING);
+}
+
+static void
+protocol_error(struct session *s)
+{
+    if (++s->errors >= SESSION_MAX_ERRORS) {
+        reply(s, "421 4.7.0 %s Too many errors, closing connection", s->srv->set->hostname);
+        session_close(s, "too-many-errors");
+    }
+}
+
+/* ---- the enqueue -------------------------------------------------------- */
+
+static void
+enqueue_done(const PGresult *res, void *arg)
+{
+    struct enqueue_ctx *ctx = arg;
+    struct session *s = ctx->srv->sessions;
+    while (s && s->id != ctx->sid)
+        s = s->next;
+    if (!s || s->state != SS_ENQUEUE || s->seq != ctx->seq) {
+        if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+            log_warn("smtp-in session=%lu event=stored-without-reply msg=%s rcpts=%zu size=%zu",
+                     ctx->sid, PQgetvalue(res, 0, 0), ctx->nrcpts, ctx->size);
+        free(ctx);
+        return;
+    }
+    free(ctx);
+    s->result = res;
+    s->result_lost = res == NULL;
+    session_react(s, SE_ENQUEUED);
+    s->result = NULL;
+}
+
+/* The first line of a PostgreSQL error, printable ASCII only. */
+static void
+error_text(const PGresult *res, char *out, size_t outlen)
+{
+    const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    if (!m)
+        m = PQresultErrorMessage(res);
+    size_t o = 0;
+    for (const char *p = m ? m : ""; *p && *p != '\n' && o + 1 < outlen; p++)
+        out[o++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+    out[o] = '\0';
+}
+
+static void
+enqueue_result(struct session *s)
+{
+    const PGresult *res = s->result;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+        !PQgetisnull(res, 0, 0)) {
+        const char *id = PQgetvalue(res, 0, 0);
+        reply(s, "250 2.0.0 Ok: queued as %s", id);
+        log_info("smtp-in session=%lu from=%s msg=%s rcpts=%zu size=%zu%s%s", s->id, s->ip, id,
+                 s->nrcpts, s->content.len, s->auth_user ? " user=" : "",
+                 s->auth_user ? s->auth_user : "");
+    } else if (res) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        char msg[256];
+        error_text(res, msg, sizeof msg);
+        /* Data exceptions (22xxx), integrity (23xxx) and raised errors
+         * (P0001) are about this message: refused for good. Anything else
+         * may pass: try again later. */
+        if (state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+                      strcmp(state, "P0001") == 0)) {
+            reply(s, "554 5.6.0 Message refused: %s", msg);
+            log_info("smtp-in session=%lu from=%s event=refused sqlstate=%s error=\"%s\"", s->id,
+                     s->ip, state, msg);
+        } else {
+            reply(s, "451 4.3.0 Temporary failure, try again later");
+            log_warn("smtp-in session=%lu from=%s event=enqueue-failed sqlstate=%s error=\"%s\"",
+                     s->id, s->ip, state ? state : "-", msg);
+        }
+    } else {
+        reply(s, "451 4.3.0 Database unavailable, try again later");
+        log_warn("smtp-in session=%lu from=%s event=enqueue-failed error=\"connection lost\"",
+                 s->id, s->ip);
+    }
+    txn_reset(s);
+}
+
+static void
+enqueue_start(struct session *s, const char *job_id, const char *vmta)
+{
+    struct smtp_server *srv = s->srv;
+    struct buf rcpts;
+    buf_init(&rcpts);
+    buf_puts(&rcpts, "{");
+    for (size_t i = 0; i < s->nrcpts; i++) {
+        if (i)
+            buf_puts(&rcpts, ",");
+        db_array_append_text(&rcpts, s->rcpts[i]);
+    }
+    buf_puts(&rcpts, "}");
+    const char *values[5] = {s->mail_from, rcpts.data, s->content.data, job_id, vmta};
+    int lengths[5] = {0, 0, (int)s->content.len, 0, 0};
+    int formats[5] = {0, 0, 1, 0, 0};
+    struct enqueue_ctx *ctx = xcalloc(1, sizeof *ctx);
+    ctx->srv = srv;
+    ctx->sid = s->id;
+    ctx->seq = ++s->seq;
+    ctx->size = s->content.len;
+    ctx->nrcpts = s->nrcpts;
+    int rc = -1;
+    if (srv->db)
+        rc = db_exec(srv->db, "smtp_enqueue", 5, values, lengths, formats, 0, enqueue_done, ctx);
+    buf_free(&rcpts);
+    if (rc != 0) {
+        free(ctx);
+        reply(s, "451 4.3.0 Database unavailable, try again later");
+        log_warn("smtp-in session=%lu from=%s event=enqueue-failed error=\"database not ready\"",
+                 s->id, s->ip);
+        txn_reset(s);
+        session_enter(s, SS_CMD);
+        return;
+    }
+    session_enter(s, SS_ENQUEUE);
+}
+
+/* ---- DATA --------------------------------------------------------------- */
+
+static void
+received_header(struct session *s)
+{
+    const struct settings *set = s->srv->set;
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+    const char *proto = !s->esmtp ? "SMTP"
+                        : s->tls  ? (s->auth_user ? "ESMTPSA" : "ESMTPS")
+                                  : (s->auth_user ? "ESMTPA" : "ESMTP");
+    buf_printf(&s->content, "Received: from %s (%s%s%s)\r\n\tby %s (pgmta) with %s;\r\n\t%s\r\n",
+               s->helo ? s->helo : "unknown", s->family == AF_INET6 ? "[IPv6:" : "[", s->ip, "]",
+               set->hostname, proto, date);
+    s->header_start = s->content.len;
+}
+
+static void
+data_finished(struct session *s)
+{
+    if (s->data.overflow) {
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        log_info("smtp-in session=%lu from=%s event=too-big size=%llu max=%u", s->id, s->ip,
+                 (unsigned long long)s->data.total, s->srv->set->max_size);
+        txn_reset(s);
+        session_enter(s, SS_CMD);
+        return;
+    }
+    char *job = NULL, *vmta = NULL;
+    smtp_server_take_headers(&s->content, s->header_start, &job, &vmta);
+    enqueue_start(s, job, vmta);
+    free(job);
+    free(vmta);
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static void
+cmd_ehlo(struct session *s, const struct smtp_server_cmd *c, bool esmtp)
+{
+    const struct settings *set = s->srv->set;
+    if (c->arglen == 0 || memchr(c->arg, ' ', c->arglen) || c->arglen > 255) {
+        reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        protocol_error(s);
+        return;
+    }
+    free(s->helo);
+    s->helo = xstrndup(c->arg, c->arglen);
+    s->esmtp = esmtp;
+    txn_reset(s);
+    if (!esmtp) {
+        reply(s, "250 %s", set->hostname);
+        return;
+    }
+    const char *caps[8];
+    char size[32];
+    size_t n = 0;
+    snprintf(size, sizeof size, "SIZE %u", set->max_size);
+    caps[n++] = "PIPELINING";
+    caps[n++] = size;
+    caps[n++] = "8BITMIME";
+    caps[n++] = "ENHANCEDSTATUSCODES";
+    if (set->tls && !s->tls)
+        caps[n++] = "STARTTLS";
+    if (s->tls && set->nusers > 0)
+        caps[n++] = "AUTH PLAIN LOGIN";
+    reply(s, "250-%s Hello %s [%s]", set->hostname, s->helo, s->ip);
+    for (size_t i = 0; i < n; i++)
+        reply(s, "250%c%s", i + 1 < n ? '-' : ' ', caps[i]);
+}
+
+static void
+cmd_mail(struct session *s, const struct smtp_server_cmd *c)
+{
+    if (!s->helo) {
+        reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+        protocol_error(s);
+        return;
+    }
+    if (s->have_mail) {
+        reply(s, "503 5.5.1 Error: nested MAIL command");
+        protocol_error(s);
+        return;
+    }
+    char addr[SMTP_SERVER_MAX_ADDR];
+    const char *params;
+    const char *err = smtp_server_parse_path(c->arg, c->arglen, true, addr, sizeof addr, &params);
+    uint64_t declared = 0;
+    if (!err) {
+        /* params points into the line, which ends at arg + arglen. */
+        char p[SMTP_SERVER_MAX_LINE + 1];
+        size_t plen = (size_t)(c->arg + c->arglen - params);
+        memcpy(p, params, plen);
+        p[plen] = '\0';
+        err = smtp_server_mail_params(p, s->srv->set->max_size, &declared);
+    }
+    if (err) {
+        reply(s, "%s", err);
+        protocol_error(s);
+        return;
+    }
+    s->have_mail = true;
+    s->mail_from = xstrdup(addr);
+    reply(s, "250 2.1.0 Ok");
+}
+
+static void
+cmd_rcpt(struct session *s, const struct smtp_server_cmd *c)
+{
+    if (!s->have_mail) {
+        reply(s, "503 5.5.1 Error: need MAIL command");
+        protocol_error(s);
+        return;
+    }
+    char addr[SMTP_SERVER_MAX_ADDR];
+    const char *params;
+    const char *err = smtp_server_parse_path(c->arg, c->arglen, false, addr, sizeof addr, &params);
+    if (err) {
+        reply(s, "%s", err);
+        protocol_error(s);
+        return;
+    }
+    if (params < c->arg + c->arglen) {
+        reply(s, "555 5.5.4 Unsupported RCPT parameter");
+        return;
+    }
+    /* No open relay: a client neither in the allow list nor authenticated
+     * cannot inject, whatever the address looks like. */
+    if (!session_allowed(s)) {
+        reply(s, "550 5.7.1 <%s>: Relay access denied", addr);
+        log_info("smtp-in session=%lu from=%s event=relay-denied rcpt=\"%s\"", s->id, s->ip, addr);
+        return;
+    }
+    if (s->nrcpts >= s->srv->set->max_rcpt) {
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
+    }
+    s->rcpts = xrealloc(s->rcpts, (s->nrcpts + 1) * sizeof *s->rcpts);
+    s->rcpts[s->nrcpts++] = xstrdup(addr);
+    reply(s, "250 2.1.5 Ok");
+}
+
+static void
+cmd_data(struct session *s, const struct smtp_server_cmd *c)
+{
+    if (c->arglen) {
+        reply(s, "501 5.5.4 Syntax: DATA");
+        protocol_error(s);
+        return;
+    }
+    if (!s->have_mail) {
+        reply(s, "503 5.5.1 Error: need MAIL command");
+        protocol_error(s);
+        return;
+    }
+    if (s->nrcpts == 0) {
+        reply(s, "554 5.5.1 Error: no valid recipients");
+        return;
+    }
+    buf_free(&s->content);
+    buf_init(&s->content);
+    received_header(s);
+    smtp_server_data_init(&s->data, &s->content, s->srv->set->max_size);
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+    session_enter(s, SS_DATA);
+}
+
+static void
+cmd_starttls(struct session *s, const struct smtp_server_cmd *c)
+{
+    const struct settings *set = s->srv->set;
+    if (!set->tls) {
+        reply(s, "502 5.5.1 Error: STARTTLS not available");
+        protocol_error(s);
+        return;
+    }
+    if (s->tls) {
+        reply(s, "503 5.5.1 Error: TLS already active");
+        protocol_error(s);
+        return;
+    }
+    if (c->arglen) {
+        reply(s, "501 5.5.4 Syntax: STARTTLS");
+        protocol_error(s);
+        return;
+    }
+    SSL *ssl = SSL_new(set->tls);
+    if (!ssl) {
+        reply(s, "454 4.7.0 TLS not available due to temporary reason");
+        return;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    /* CVE-2011-0411: whatever the client sent after STARTTLS in clear text
+     * is thrown away, never read as if it had come over TLS. */
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t junk = evbuffer_get_length(in);
+    if (junk) {
+        evbuffer_drain(in, junk);
+        log_info("smtp-in session=%lu from=%s event=starttls-discard bytes=%zu", s->id, s->ip,
+                 junk);
+    }
+    struct bufferevent *f = bufferevent_openssl_filter_new(
+        s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!f) {
+        SSL_free(ssl);
+        session_close(s, "tls-filter-failed");
+        return;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(f, 1);
+    s->bev = f;
+    session_setup_bev(s);
+    txn_reset(s);
+    free(s->helo);
+    s->helo = NULL;
+    s->esmtp = false;
+    session_enter(s, SS_TLS);
+}
+
+/* Checks name and password; replies 235 or 535. */
+static void
+auth_check(struct session *s, const char *user, const char *pass, size_t passlen)
+{
+    const struct settings *set = s->srv->set;
+    bool ok = false;
+    for (size_t i = 0; i < set->nusers; i++) {
+        if (strcmp(set->users[i].name, user) == 0) {
+            ok = smtp_server_password_ok(set->users[i].password, pass, passlen);
+            break;
+        }
+    }
+    if (ok) {
+        s->auth_user = xstrdup(user);
+        reply(s, "235 2.7.0 Authentication successful");
+        log_info("smtp-in session=%lu from=%s event=auth user=\"%s\"", s->id, s->ip, user);
+    } else {
+        reply(s, "535 5.7.8 Authentication credentials invalid");
+        log_info("smtp-in session=%lu from=%s event=auth-failed user=\"%s\"", s->id, s->ip, user);
+        protocol_error(s);
+    }
+}
+
+/* A base64 line in an AUTH exchange into buf (NUL-terminated, may contain
+ * NULs). Returns the length or -1 after replying. */
+static long
+auth_decode(struct session *s, const char *line, size_t len, unsigned char *out, size_t outlen)
+{
+    if (len == 1 && line[0] == '*') {
+        reply(s, "501 5.7.0 Authentication cancelled");
+        return -1;
+    }
+    long n = smtp_server_base64_decode(line, len, out, outlen - 1);
+    if (n < 0) {
+        reply(s, "501 5.5.2 Cannot decode response");
+        protocol_error(s);
+        return -1;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static void
+auth_plain(struct session *s, const char *line, size_t len)
+{
+    unsigned char dec[SMTP_SERVER_MAX_LINE];
+    long n = auth_decode(s, line, len, dec, sizeof dec);
+    if (n < 0)
+        return;
+    /* authzid NUL authcid NUL passwd */
+    const unsigned char *z = dec, *end = dec + n;
+    const unsigned char *nul1 = memchr(z, '\0', (size_t)n);
+    const unsigned char *nul2 = nul1 ? memchr(nul1 + 1, '\0', (size_t)(end - nul1 - 1)) : NULL;
+    if (!nul2 || memchr(nul2 + 1, '\0', (size_t)(end - nul2 - 1))) {
+        reply(s, "501 5.5.2 Bad PLAIN response");
+        protocol_error(s);
+        return;
+    }
+    const char *authz = (const char *)z, *user = (const char *)nul1 + 1;
+    if (*authz && strcmp(authz, user) != 0) {
+        reply(s, "535 5.7.8 Authentication credentials invalid");
+        protocol_error(s);
+        return;
+    }
+    auth_check(s, user, (const char *)nul2 + 1, (size_t)(end - nul2 - 1));
+    OPENSSL_cleanse(dec, sizeof dec);
+}
+
+static void
+cmd_auth(struct session *s, const struct smtp_server_cmd *c)
+{
+    const struct settings *set = s->srv->set;
+    if (!s->tls) {
+        reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        protocol_error(s);
+        return;
+    }
+    if (set->nusers == 0) {
+        reply(s, "503 5.5.1 Error: authentication not enabled");
+        protocol_error(s);
+        return;
+    }
+    if (!s->helo) {
+        reply(s, "503 5.5.1 Error: send EHLO first");
+        protocol_error(s);
+        return;
+    }
+    if (s->auth_user) {
+        reply(s, "503 5.5.1 Error: already authenticated");
+        protocol_error(s);
+        return;
+    }
+    if (s->have_mail) {
+        reply(s, "503 5.5.1 Error: MAIL transaction in progress");
+        protocol_error(s);
+        return;
+    }
+    size_t mlen = 0;
+    while (mlen < c->arglen && c->arg[mlen] != ' ')
+        mlen++;
+    const char *ir = c->arg + mlen;
+    size_t irlen = c->arglen - mlen;
+    while (irlen && *ir == ' ') {
+        ir++;
+        irlen--;
+    }
+    if (mlen == 5 && strncasecmp(c->arg, "PLAIN", 5) == 0) {
+        if (irlen == 1 && ir[0] == '=') {
+            auth_plain(s, "", 0);
+        } else if (irlen) {
+            auth_plain(s, ir, irlen);
+        } else {
+            reply(s, "334 ");
+            session_enter(s, SS_AUTH_PLAIN);
+        }
+    } else if (mlen == 5 && strncasecmp(c->arg, "LOGIN", 5) == 0) {
+        if (irlen) {
+            unsigned char dec[256];
+            long n = auth_decode(s, ir, irlen, dec, sizeof dec);
+            if (n < 0)
+                return;
+            snprintf(s->auth_login_name, sizeof s->auth_login_name, "%s", (char *)dec);
+            reply(s, "334 UGFzc3dvcmQ6");
+            session_enter(s, SS_AUTH_LOGIN_PASS);
+        } else {
+            reply(s, "334 VXNlcm5hbWU6");
+            session_enter(s, SS_AUTH_LOGIN_USER);
+        }
+    } else {
+        reply(s, "504 5.5.4 Unrecognized authentication type");
+        protocol_error(s);
+    }
+}
+
+/* One line in an AUTH exchange. */
+static void
+auth_line(struct session *s, const char *line, size_t len)
+{
+    enum session_state st = s->state;
+    session_enter(s, SS_CMD);
+    if (st == SS_AUTH_PLAIN) {
+        auth_plain(s, line, len);
+        return;
+    }
+    unsigned char dec[SMTP_SERVER_MAX_LINE];
+    long n = auth_decode(s, line, len, dec, sizeof dec);
+    if (n < 0)
+        return;
+    if (st == SS_AUTH_LOGIN_USER) {
+        size_t ulen = strnlen((char *)dec, sizeof s->auth_login_name - 1);
+        memcpy(s->auth_login_name, dec, ulen);
+        s->auth_login_name[ulen] = '\0';
+        reply(s, "334 UGFzc3dvcmQ6");
+        session_enter(s, SS_AUTH_LOGIN_PASS);
+        return;
+    }
+    auth_check(s, s->auth_login_name, (const char *)dec, (size_t)n);
+    OPENSSL_cleanse(dec, sizeof dec);
+}
+
+static void
+command(struct session *s, const char *line, size_t len)
+{
+    if (s->state != SS_CMD) {
+        log_debug("smtp-in session=%lu auth-response=(%zu bytes)", s->id, len);
+        auth_line(s, line, len);
+        return;
+    }
+    /* AUTH's initial response is a credential: only the mechanism is logged. */
+    log_debug("smtp-in session=%lu command=\"%.*s\"", s->id,
+              (int)(len > 10 && strncasecmp(line, "AUTH ", 5) == 0 ? 10 : len), line);
+    struct smtp_server_cmd c;
+    const char *err = smtp_server_parse_command(line, len, &c);
+    if (err) {
+        reply(s, "%s", err);
+        protocol_error(s);
+        return;
+    }
+    switch (c.verb) {
+    case SMTP_VERB_EHLO:
+        cmd_ehlo(s, &c, true);
+        break;
+    case SMTP_VERB_HELO:
+        cmd_ehlo(s, &c, false);
+        break;
+    case SMTP_VERB_MAIL:
+        cmd_mail(s, &c);
+        break;
+    case SMTP_VERB_RCPT:
+        cmd_rcpt(s, &c);
+        break;
+    case SMTP_VERB_DATA:
+        cmd_data(s, &c);
+        break;
+    case SMTP_VERB_RSET:
+        txn_reset(s);
+        reply(s, "250 2.0.0 Ok");
+        break;
+    case SMTP_VERB_NOOP:
+        reply(s, "250 2.0.0 Ok");
+        break;
+    case SMTP_VERB_QUIT:
+        reply(s, "221 2.0.0 Bye");
+        session_close(s, "quit");
+        break;
+    case SMTP_VERB_VRFY:
+        reply(s, "252 2.5.2 Cannot VRFY user");
+        break;
+    case SMTP_VERB_HELP:
+        reply(s, "214 2.0.0 See RFC 5321");
+        break;
+    case SMTP_VERB_STARTTLS:
+        cmd_starttls(s, &c);
+        break;
+    case SMTP_VERB_AUTH:
+        cmd_auth(s, &c);
+        break;
+    case SMTP_VERB_BDAT:
+    case SMTP_VERB_UNKNOWN:
+        reply(s, "502 5.5.2 Error: command not recognized");
+        protocol_error(s);
+        break;
+    }
+}
+
+/* ---- input -------------------------------------------------------------- */
+
+/* Takes one command line out of the input. Returns 1 with the line in
+ * LINE (without its ending, CRLF or LF), 0 when more input is needed, -1
+ * when an over-long line was dealt with. */
+static int
+read_line(struct session *s, char *line, size_t *len)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t avail = evbuffer_get_length(in);
+    size_t eol_len = 0;
+    struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+    if (s->skipping) {
+        if (eol.pos < 0) {
+            s->skipped += avail;
+            evbuffer_drain(in, avail);
+            if (s->skipped > SESSION_SKIP_LIMIT) {
+                reply(s, "500 5.5.2 Line too long");
+                session_close(s, "line-too-long");
+                return -1;
+            }
+            return 0;
+        }
+        evbuffer_drain(in, (size_t)eol.pos + eol_len);
+        s->skipping = false;
+        reply(s, "500 5.5.2 Line too long");
+        protocol_error(s);
+        return -1;
+    }
+    if (eol.pos < 0) {
+        if (avail > SMTP_SERVER_MAX_LINE) {
+            s->skipping = true;
+            s->skipped = avail;
+            evbuffer_drain(in, avail);
+        }
+        return 0;
+    }
+    if ((size_t)eol.pos > SMTP_SERVER_MAX_LINE) {
+        evbuffer_drain(in, (size_t)eol.pos + eol_len);
+        reply(s, "500 5.5.2 Line too long");
+        protocol_error(s);
+        return -1;
+    }
+    *len = (size_t)eol.pos;
+    evbuffer_remove(in, line, *len);
+    line[*len] = '\0';
+    evbuffer_drain(in, eol_len);
+    return 1;
+}
+
+static void
+read_data(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    while (s->state == SS_DATA && evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        size_t used = smtp_server_data_feed(&s->data, v.iov_base, v.iov_len);
+        evbuffer_drain(in, used);
+        if (s->data.done)
+            data_finished(s);
+    }
+}
+
+static void
+session_process_input(struct session *s)
+{
+    char line[SMTP_SERVER_MAX_LINE + 1];
+    for (;;) {
+        enum session_state st = s->state;
+        if (st == SS_DATA) {
+            arm_timer(s, s->srv->set->data_ms);
+            read_data(s);
+            if (s->state == SS_DATA)
+                return;
+            continue;
+        }
+        if (st != SS_CMD && st != SS_AUTH_PLAIN && st != SS_AUTH_LOGIN_USER &&
+            st != SS_AUTH_LOGIN_PASS)
+            return;
+        size_t len = 0;
+        int r = read_line(s, line, &len);
+        if (r == 0)
+            return;
+        if (r > 0) {
+            command(s, line, len);
+            OPENSSL_cleanse(line, len);
+        }
+        if (s->state == SS_CMD)
+            arm_timer(s, s->srv->set->idle_ms);
+    }
+}
+
+static void
+session_react(struct session *s, enum session_event ev)
+{
+    log_trace("smtp-in session=%lu state=%s event=%s", s->id, state_names[s->state],
+              event_names[ev]);
+    if (s->state == SS_DEAD)
+        return;
+    switch (ev) {
+    case SE_INPUT:
+        session_process_input(s);
+        break;
+    case SE_CLOSED:
+        if (s->state != SS_CLOSING)
+            log_info("smtp-in session=%lu from=%s event=disconnected state=%s", s->id, s->ip,
+                     state_names[s->state]);
+        session_enter(s, SS_DEAD);
+        break;
+    case SE_TIMEOUT:
+        if (s->state == SS_CLOSING) {
+            if (output_flushed(s) || util_now_ms() >= s->close_deadline)
+                session_enter(s, SS_DEAD);
+            else
+                arm_timer(s, SESSION_CLOSE_POLL_MS);
+        } else if (s->state == SS_ENQUEUE) {
+            /* The result may still come; it is then only logged. */
+            s->seq++;
+            reply(s, "451 4.3.0 Timeout waiting for the queue, try again later");
+            log_warn("smtp-in session=%lu from=%s event=enqueue-timeout", s->id, s->ip);
+            txn_reset(s);
+            session_enter(s, SS_CMD);
+            session_process_input(s);
+        } else if (s->state == SS_TLS) {
+            log_info("smtp-in session=%lu from=%s event=tls-timeout", s->id, s->ip);
+            session_enter(s, SS_DEAD);
+        } else {
+            reply(s, "421 4.4.2 %s Error: timeout exceeded", s->srv->set->hostname);
+            session_close(s, "timeout");
+        }
+        break;
+    case SE_TLS_DONE: {
+        SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+        const SSL_CIPHER *ci = ssl ? SSL_get_current_cipher(ssl) : NULL;
+        log_info("smtp-in session=%lu from=%s event=tls protocol=%s cipher=%s", s->id, s->ip,
+                 ssl ? SSL_get_version(ssl) : "-", ci ? SSL_CIPHER_get_name(ci) : "-");
+        s->tls = true;
+        session_enter(s, SS_CMD);
+        session_process_input(s);
+        break;
+    }
+    case SE_TLS_FAILED: {
+        unsigned long e = bufferevent_get_openssl_error(s->bev);
+        char why[256] = "connection closed";
+        if (e)
+            ERR_error_string_n(e, why, sizeof why);
+        while (bufferevent_get_openssl_error(s->bev))
+            ;
+        log_info("smtp-in session=%lu from=%s event=tls-failed error=\"%s\"", s->id, s->ip, why);
+        session_enter(s, SS_DEAD);
+        break;
+    }
+    case SE_ENQUEUED:
+        enqueue_result(s);
+        if (s->srv->stopping) {
+            reply(s, "421 4.3.2 %s Service shutting down", s->srv->set->hostname);
+            session_close(s, "shutdown");
+            break;
+        }
+        session_enter(s, SS_CMD);
+        session_process_input(s);
+        break;
+    case SE_FLUSHED:
+        if (s->state == SS_CLOSING && output_flushed(s))
+            session_enter(s, SS_DEAD);
+        break;
+    }
+}
+
+/* ---- libevent callbacks: I/O into events --------------------------------- */
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    session_react(arg, SE_INPUT);
+}
+
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    session_react(arg, SE_FLUSHED);
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct session *s = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        if (s->state == SS_TLS)
+            session_react(s, SE_TLS_DONE);
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        session_react(s, s->state == SS_TLS ? SE_TLS_FAILED : SE_CLOSED);
+}
+
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_react(arg, SE_TIMEOUT);
+}
+
+static void
+session_setup_bev(struct session *s)
+{
+    bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_READ_HIGH_WATER);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+static void
+on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen,
+          void *arg)
+{
+    (void)lev;
+    (void)socklen;
+    struct smtp_server *srv = arg;
+    const struct settings *set = srv->set;
+    struct session *s = xcalloc(1, sizeof *s);
+    s->id = srv->next_sid++;
+    s->srv = srv;
+    buf_init(&s->content);
+    if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)(void *)sa;
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(&a6->sin6_addr, mapped, 12) == 0) {
+            s->family = AF_INET;
+            memcpy(s->addr, (const unsigned char *)&a6->sin6_addr + 12, 4);
+        } else {
+            s->family = AF_INET6;
+            memcpy(s->addr, &a6->sin6_addr, 16);
+        }
+    } else {
+        s->family = AF_INET;
+        memcpy(s->addr, &((struct sockaddr_in *)(void *)sa)->sin_addr, 4);
+    }
+    inet_ntop(s->family, s->addr, s->ip, sizeof s->ip);
+    for (size_t i = 0; i < set->nallow && !s->allowed_by_addr; i++)
+        s->allowed_by_addr = smtp_server_cidr_match(&set->allow[i], s->family, s->addr);
+    s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    s->timer = evtimer_new(srv->base, on_timer, s);
+    s->free_ev = evtimer_new(srv->base, on_free, s);
+    PGMTA_ASSERT(s->bev && s->timer && s->free_ev);
+    s->next = srv->sessions;
+    if (srv->sessions)
+        srv->sessions->prev = s;
+    srv->sessions = s;
+    srv->nsessions++;
+    session_setup_bev(s);
+    if (srv->nsessions > set->max_sessions) {
+        reply(s, "421 4.3.2 %s Too many connections, try again later", set->hostname);
+        log_warn("smtp-in session=%lu from=%s event=refused reason=max-sessions sessions=%zu",
+                 s->id, s->ip, srv->nsessions - 1);
+        session_enter(s, SS_CLOSING);
+        return;
+    }
+    log_debug("smtp-in session=%lu from=%s event=connect allowed=%s", s->id, s->ip,
+              s->allowed_by_addr ? "yes" : "no");
+    reply(s, "220 %s ESMTP pgmta", set->hostname);
+    session_enter(s, SS_CMD);
+}
+
+/* ---------------------------------------------------------------------------
+ * Listeners
+ */
+
+static struct evconnlistener *
+listen_on(struct smtp_server *srv, const char *addr, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int len = (int)sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) != 0) {
+        snprintf(err, errlen, "listen.smtp: bad address \"%s\"", addr);
+        return NULL;
+    }
+    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+    if (ss.ss_family == AF_INET6)
+        flags |= LEV_OPT_BIND_IPV6ONLY;
+    struct evconnlistener *lev =
+        evconnlistener_new_bind(srv->base, on_accept, srv, flags, 128, (struct sockaddr *)&ss, len);
+    if (!lev) {
+        snprintf(err, errlen, "listen.smtp: cannot listen on %s: %s", addr, strerror(errno));
+        return NULL;
+    }
+    log_info("smtp-in event=listening address=%s", addr);
+    return lev;
+}
+
+/* Makes the listeners match LIST; returns -1 with err when one cannot be
+ * opened (those opened so far stay). */
+static int
+listeners_apply(struct smtp_server *srv, char *const *list, size_t n, char *err, size_t errlen)
+{
+    struct listener *keep = xcalloc(n + 1, sizeof *keep);
+    size_t nkeep = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t j = 0; j < srv->nlisteners; j++) {
+            if (srv->listeners[j].lev && strcmp(srv->listeners[j].addr, list[i]) == 0) {
+                keep[nkeep++] = srv->listeners[j];
+                srv->listeners[j].lev = NULL;
+                found = true;
+                break;
+            }
+        }
+        if (found)
+            continue;
+        struct evconnlistener *lev = listen_on(srv, list[i], err, errlen);
+        if (!lev) {
+            rc = -1;
+            continue;
+        }
+        keep[nkeep].addr = xstrdup(list[i]);
+        keep[nkeep++].lev = lev;
+    }
+    for (size_t j = 0; j < srv->nlisteners; j++) {
+        if (srv->listeners[j].lev) {
+            log_info("smtp-in event=closed-listener address=%s", srv->listeners[j].addr);
+            evconnlistener_free(srv->listeners[j].lev);
+            free(srv->listeners[j].addr);
+        }
+    }
+    free(srv->listeners);
+    srv->listeners = keep;
+    srv->nlisteners = nkeep;
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * Public
+ */
+
+struct smtp_server *
+smtp_server_new(struct event_base *base, const struct conf *conf, char *err, size_t errlen)
+{
+    struct smtp_server *srv = xcalloc(1, sizeof *srv);
+    srv->base = base;
+    srv->next_sid = 1;
+    srv->set = settings_new(conf, err, errlen);
+    if (!srv->set) {
+        free(srv);
+        return NULL;
+    }
+    if (listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen) != 0) {
+        smtp_server_free(srv);
+        return NULL;
+    }
+    if (conf->nlisten_smtp > 0 && conf->database_url) {
+        srv->db = db_new(base, conf->database_url, "pgmtad-smtp-in");
+        db_prepare(srv->db, "smtp_enqueue",
+                   "SELECT mta.enqueue($1::text, $2::text[], $3::bytea, $4::text, $5::text, "
+                   "NULL, NULL)",
+                   5);
+        db_connect(srv->db);
+    }
+    return srv;
+}
+
+int
+smtp_server_reload(struct smtp_server *srv, const struct conf *conf, char *err, size_t errlen)
+{
+    if (!srv)
+        return 0;
+    struct settings *fresh = settings_new(conf, err, errlen);
+    if (!fresh)
+        return -1;
+    settings_free(srv->set);
+    srv->set = fresh;
+    int rc = listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen);
+    if (!srv->db && conf->nlisten_smtp > 0 && conf->database_url) {
+        srv->db = db_new(srv->base, conf->database_url, "pgmtad-smtp-in");
+        db_prepare(srv->db, "smtp_enqueue",
+                   "SELECT mta.enqueue($1::text, $2::text[], $3::bytea, $4::text, $5::text, "
+                   "NULL, NULL)",
+                   5);
+        db_connect(srv->db);
+    }
+    return rc;
+}
+
+void
+smtp_server_stop_accepting(struct smtp_server *srv)
+{
+    if (!srv)
+        return;
+    srv->stopping = true;
+    listeners_apply(srv, NULL, 0, NULL, 0);
+    /* Sessions between commands are told at once; those receiving or
+     * storing a message finish it first (SE_ENQUEUED). */
+    for (struct session *s = srv->sessions; s; s = s->next) {
+        if (s->state == SS_CMD || s->state == SS_AUTH_PLAIN || s->state == SS_AUTH_LOGIN_USER ||
+            s->state == SS_AUTH_LOGIN_PASS) {
+            reply(s, "421 4.3.2 %s Service shutting down", s->srv->set->hostname);
+            session_close(s, "shutdown");
+        }
+    }
+}
+
+size_t
+smtp_server_sessions(const struct smtp_server *srv)
+{
+    return srv ? srv->nsessions : 0;
+}
+
+void
+smtp_server_free(struct smtp_server *srv)
+{
+    if (!srv)
+        return;
+    listeners_apply(srv, NULL, 0, NULL, 0);
+    free(srv->listeners);
+    /* Pending enqueues complete with NULL first: no session is waiting
+     * on a freed database. */
+    db_free(srv->db);
+    srv->db = NULL;
+    while (srv->sessions) {
+        struct session *s = srv->sessions;
+        event_del(s->free_ev);
+        session_free(s);
+    }
+    settings_free(srv->set);
+    free(srv);
+}
