@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "util.h"
 
 /* Type OIDs from PostgreSQL's pg_type.dat (stable across versions). */
@@ -218,84 +219,31 @@ admin_print_table(FILE *out, const PGresult *res)
 void
 admin_json_string(FILE *out, const char *s)
 {
-    fputc('"', out);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"':
-            fputs("\\\"", out);
-            break;
-        case '\\':
-            fputs("\\\\", out);
-            break;
-        case '\n':
-            fputs("\\n", out);
-            break;
-        case '\r':
-            fputs("\\r", out);
-            break;
-        case '\t':
-            fputs("\\t", out);
-            break;
-        default:
-            if (*p < 0x20 || *p == 0x7F)
-                fprintf(out, "\\u%04x", *p);
-            else
-                fputc(*p, out);
-        }
-    }
-    fputc('"', out);
-}
-
-/* A number PostgreSQL prints that JSON cannot carry: NaN, Infinity. */
-static bool
-is_json_number(const char *s)
-{
-    if (*s == '-')
-        s++;
-    if (*s < '0' || *s > '9')
-        return false;
-    for (; *s; s++)
-        if (!strchr("0123456789.eE+-", *s))
-            return false;
-    return true;
+    struct buf b;
+    buf_init(&b);
+    json_append_string(&b, s);
+    fwrite(b.data, 1, b.len, out);
+    buf_free(&b);
 }
 
 void
 admin_json_value(FILE *out, const PGresult *res, int row, int col)
 {
-    if (PQgetisnull(res, row, col)) {
-        fputs("null", out);
-        return;
-    }
-    const char *v = PQgetvalue(res, row, col);
-    Oid t = PQftype(res, col);
-    if (t == OID_BOOL)
-        fputs(v[0] == 't' ? "true" : "false", out);
-    else if (is_numeric_type(t) && is_json_number(v))
-        fputs(v, out);
-    else if (t == OID_JSON || t == OID_JSONB)
-        fputs(v, out);
-    else
-        admin_json_string(out, v);
+    struct buf b;
+    buf_init(&b);
+    json_append_value(&b, res, row, col);
+    fwrite(b.data, 1, b.len, out);
+    buf_free(&b);
 }
 
 void
 admin_print_json(FILE *out, const PGresult *res)
 {
-    int nf = PQnfields(res), nt = PQntuples(res);
-    fputc('[', out);
-    for (int r = 0; r < nt; r++) {
-        fputs(r ? ",\n {" : "\n {", out);
-        for (int c = 0; c < nf; c++) {
-            if (c)
-                fputs(", ", out);
-            admin_json_string(out, PQfname(res, c));
-            fputs(": ", out);
-            admin_json_value(out, res, r, c);
-        }
-        fputc('}', out);
-    }
-    fputs(nt ? "\n]\n" : "]\n", out);
+    struct buf b;
+    buf_init(&b);
+    json_append_rows(&b, res);
+    fwrite(b.data, 1, b.len, out);
+    buf_free(&b);
 }
 
 void

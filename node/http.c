@@ -31,6 +31,7 @@
 #include <openssl/evp.h>
 
 #include "db.h"
+#include "json.h"
 #include "log.h"
 #include "util.h"
 
@@ -44,17 +45,6 @@
 #define HTTP_MAX_FILE (4 * 1024 * 1024)
 #define HTTP_MAX_NAME 128
 #define TOKEN_HASH_LEN 32
-
-#define OID_BOOL 16
-#define OID_INT8 20
-#define OID_INT2 21
-#define OID_INT4 23
-#define OID_OID 26
-#define OID_JSON 114
-#define OID_FLOAT4 700
-#define OID_FLOAT8 701
-#define OID_NUMERIC 1700
-#define OID_JSONB 3802
 
 /* The totals of `pgmta show status` (admin/show.c): keep the two alike. */
 #define STATUS_SQL                                                                                 \
@@ -220,48 +210,13 @@ reply_json(struct evhttp_request *req, int code, const struct buf *body)
     reply(req, code, "application/json", body->data, body->len);
 }
 
-/* A JSON string literal. */
-static void
-json_string(struct buf *b, const char *s)
-{
-    buf_puts(b, "\"");
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"':
-            buf_puts(b, "\\\"");
-            break;
-        case '\\':
-            buf_puts(b, "\\\\");
-            break;
-        case '\n':
-            buf_puts(b, "\\n");
-            break;
-        case '\r':
-            buf_puts(b, "\\r");
-            break;
-        case '\t':
-            buf_puts(b, "\\t");
-            break;
-        case '<': /* harmless in JSON, never markup if a browser sniffs it */
-            buf_puts(b, "\\u003c");
-            break;
-        default:
-            if (*p < 0x20 || *p == 0x7f)
-                buf_printf(b, "\\u%04x", *p);
-            else
-                buf_append(b, p, 1);
-        }
-    }
-    buf_puts(b, "\"");
-}
-
 static void
 reply_error(struct evhttp_request *req, int code, const char *msg)
 {
     struct buf b;
     buf_init(&b);
     buf_puts(&b, "{\"error\": ");
-    json_string(&b, msg);
+    json_append_string(&b, msg);
     buf_puts(&b, "}\n");
     reply_json(req, code, &b);
     buf_free(&b);
@@ -275,72 +230,6 @@ reply_405(struct evhttp_request *req, const char *allow)
 }
 
 /* ---- JSON from query results ---------------------------------------------------- */
-
-static bool
-is_numeric_type(Oid t)
-{
-    return t == OID_INT2 || t == OID_INT4 || t == OID_INT8 || t == OID_OID || t == OID_FLOAT4 ||
-           t == OID_FLOAT8 || t == OID_NUMERIC;
-}
-
-/* NaN and Infinity are numbers to PostgreSQL, not to JSON. */
-static bool
-is_json_number(const char *s)
-{
-    if (*s == '-')
-        s++;
-    if (*s < '0' || *s > '9')
-        return false;
-    for (; *s; s++)
-        if (!strchr("0123456789.eE+-", *s))
-            return false;
-    return true;
-}
-
-static void
-json_value(struct buf *b, const PGresult *res, int row, int col)
-{
-    if (PQgetisnull(res, row, col)) {
-        buf_puts(b, "null");
-        return;
-    }
-    const char *v = PQgetvalue(res, row, col);
-    Oid t = PQftype(res, col);
-    if (t == OID_BOOL)
-        buf_puts(b, v[0] == 't' ? "true" : "false");
-    else if (is_numeric_type(t) && is_json_number(v))
-        buf_puts(b, v);
-    else if (t == OID_JSON || t == OID_JSONB)
-        buf_puts(b, v);
-    else
-        json_string(b, v);
-}
-
-static void
-json_row(struct buf *b, const PGresult *res, int row)
-{
-    buf_puts(b, "{");
-    for (int c = 0; c < PQnfields(res); c++) {
-        if (c)
-            buf_puts(b, ", ");
-        json_string(b, PQfname(res, c));
-        buf_puts(b, ": ");
-        json_value(b, res, row, c);
-    }
-    buf_puts(b, "}");
-}
-
-static void
-json_rows(struct buf *b, const PGresult *res)
-{
-    int n = PQntuples(res);
-    buf_puts(b, "[");
-    for (int r = 0; r < n; r++) {
-        buf_puts(b, r ? ",\n " : "\n ");
-        json_row(b, res, r);
-    }
-    buf_puts(b, n ? "\n]\n" : "]\n");
-}
 
 /* ---- Prometheus text format ----------------------------------------------------- */
 
@@ -478,12 +367,12 @@ render_steer(struct buf *b, const struct call *c, const PGresult *res)
     buf_printf(b, "{\"action\": \"%s\", ", c->pause ? "pause" : "resume");
     if (c->queue) {
         buf_puts(b, "\"queue\": ");
-        json_string(b, c->queue);
+        json_append_string(b, c->queue);
         buf_printf(b, ", \"queues\": %s}\n",
                    PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : "0");
     } else {
         buf_puts(b, "\"job\": ");
-        json_string(b, c->job);
+        json_append_string(b, c->job);
         buf_puts(b, "}\n");
     }
 }
@@ -514,17 +403,17 @@ call_done(const PGresult *res, void *arg)
         buf_init(&b);
         switch (c->kind) {
         case CALL_ROWS:
-            json_rows(&b, res);
+            json_append_rows(&b, res);
             reply_json(req, 200, &b);
             break;
         case CALL_STATUS:
             if (PQntuples(res) == 1) {
-                json_row(&b, res, 0);
+                json_append_row(&b, res, 0);
                 b.len--; /* the closing brace: add the node's own facts */
                 buf_puts(&b, ", \"version\": ");
-                json_string(&b, PGMTA_VERSION);
+                json_append_string(&b, PGMTA_VERSION);
                 buf_puts(&b, ", \"node\": ");
-                json_string(&b, c->h->node_name ? c->h->node_name : "");
+                json_append_string(&b, c->h->node_name ? c->h->node_name : "");
                 buf_puts(&b, "}\n");
                 reply_json(req, 200, &b);
             } else {
@@ -784,7 +673,7 @@ api_reload(struct http *h, struct evhttp_request *req)
         reply_json(req, 200, &b);
     } else {
         buf_puts(&b, "{\"reloaded\": false, \"error\": ");
-        json_string(&b, err[0] ? err : "configuration could not be loaded");
+        json_append_string(&b, err[0] ? err : "configuration could not be loaded");
         buf_puts(&b, "}\n");
         reply_json(req, 422, &b);
     }

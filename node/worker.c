@@ -40,6 +40,8 @@
 /* Sessions started per queue per scheduler tick (ramp-up). */
 #define WORKER_START_PER_TICK 4
 #define WORKER_FAST_POLL_MS 20
+/* After a queue had no free slot cluster-wide, ask again after this. */
+#define WORKER_SLOT_RETRY_MS 200
 #define WORKER_HEARTBEAT_MS 5000
 /* Housekeeping (purging finished messages and empty queues, accounting
  * partitions, rate buckets) runs in one process per node: index 0 of the
@@ -949,7 +951,9 @@ session_on_slot(int slot, void *arg)
     if (!session_returned(s))
         return;
     if (slot < 0) {
-        /* every slot of the queue is taken somewhere in the cluster */
+        /* Every slot of the queue is taken somewhere in the cluster: do not
+         * ask again on every scheduler tick. */
+        s->q->throttle_until_us = now_us() + WORKER_SLOT_RETRY_MS * 1000LL;
         session_end(s);
         return;
     }
