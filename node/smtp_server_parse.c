@@ -1,0 +1,581 @@
+/* smtp_server_parse: the pure parsers of the SMTP injection listener:
+ * command lines, MAIL/RCPT paths and MAIL parameters, the DATA reader
+ * (dot-stuffing, only CRLF.CRLF ends the data), X-Job/X-Virtual-MTA
+ * extraction, base64, password and allow-list checks. No I/O and no
+ * state beyond the caller's structures; the unit and fuzz tests call them
+ * directly, smtp_server.c drives them from its sessions. */
+#include "smtp_server.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "util.h"
+
+static const struct {
+    const char *name;
+    enum smtp_server_verb verb;
+} verbs[] = {
+    {"EHLO", SMTP_VERB_EHLO}, {"HELO", SMTP_VERB_HELO},         {"MAIL", SMTP_VERB_MAIL},
+    {"RCPT", SMTP_VERB_RCPT}, {"DATA", SMTP_VERB_DATA},         {"RSET", SMTP_VERB_RSET},
+    {"NOOP", SMTP_VERB_NOOP}, {"QUIT", SMTP_VERB_QUIT},         {"VRFY", SMTP_VERB_VRFY},
+    {"HELP", SMTP_VERB_HELP}, {"STARTTLS", SMTP_VERB_STARTTLS}, {"AUTH", SMTP_VERB_AUTH},
+    {"BDAT", SMTP_VERB_BDAT},
+};
+
+const char *
+smtp_server_parse_command(const char *line, size_t len, struct smtp_server_cmd *cmd)
+{
+    cmd->verb = SMTP_VERB_UNKNOWN;
+    cmd->arg = line + len;
+    cmd->arglen = 0;
+    if (len > SMTP_SERVER_MAX_LINE)
+        return "500 5.5.2 Line too long";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)line[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return "500 5.5.2 Invalid character in command";
+    }
+    size_t v = 0;
+    while (v < len && line[v] != ' ' && line[v] != '\t')
+        v++;
+    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
+        if (strlen(verbs[i].name) == v && strncasecmp(line, verbs[i].name, v) == 0) {
+            cmd->verb = verbs[i].verb;
+            break;
+        }
+    }
+    size_t a = v;
+    while (a < len && (line[a] == ' ' || line[a] == '\t'))
+        a++;
+    size_t end = len;
+    while (end > a && (line[end - 1] == ' ' || line[end - 1] == '\t'))
+        end--;
+    cmd->arg = line + a;
+    cmd->arglen = end - a;
+    return NULL;
+}
+
+static bool
+is_atext(unsigned char ch)
+{
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
+        return true;
+    return ch && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL;
+}
+
+/* RFC 5321 Local-part: Dot-string or Quoted-string. */
+static bool
+local_part_ok(const char *p, size_t n)
+{
+    if (n == 0 || n > 64)
+        return false;
+    if (p[0] == '"') {
+        if (n < 2 || p[n - 1] != '"')
+            return false;
+        for (size_t i = 1; i < n - 1; i++) {
+            unsigned char ch = (unsigned char)p[i];
+            if (ch == '\\') {
+                if (++i >= n - 1)
+                    return false;
+                continue;
+            }
+            if (ch == '"')
+                return false;
+        }
+        return true;
+    }
+    if (p[0] == '.' || p[n - 1] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '.') {
+            if (p[i + 1] == '.')
+                return false;
+        } else if (!is_atext(ch)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A host name (letters, digits, hyphens, dots between labels of 1..63) or
+ * an address literal in brackets. */
+static bool
+domain_ok(const char *p, size_t n)
+{
+    if (n == 0 || n > 255)
+        return false;
+    if (p[0] == '[') {
+        if (n < 3 || p[n - 1] != ']')
+            return false;
+        /* IPv4 or "IPv6:" literals: letters, digits, dots and colons. */
+        for (size_t i = 1; i < n - 1; i++) {
+            unsigned char ch = (unsigned char)p[i];
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == ':'))
+                return false;
+        }
+        return true;
+    }
+    size_t label = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return false;
+        if (++label > 63)
+            return false;
+    }
+    return label > 0;
+}
+
+const char *
+smtp_server_parse_path(const char *arg, size_t arglen, bool mail, char *addr, size_t addrlen,
+                       const char **params)
+{
+    const char *syntax =
+        mail ? "501 5.5.4 Syntax: MAIL FROM:<address>" : "501 5.5.4 Syntax: RCPT TO:<address>";
+    const char *bad =
+        mail ? "501 5.1.7 Bad sender address syntax" : "501 5.1.3 Bad recipient address syntax";
+    const char *prefix = mail ? "FROM:" : "TO:";
+    size_t plen = strlen(prefix);
+    addr[0] = '\0';
+    *params = arg + arglen;
+    if (arglen < plen || strncasecmp(arg, prefix, plen) != 0)
+        return syntax;
+    size_t i = plen;
+    while (i < arglen && arg[i] == ' ')
+        i++;
+    if (i >= arglen || arg[i] != '<')
+        return syntax;
+    size_t start = ++i;
+    bool quoted = false;
+    for (; i < arglen; i++) {
+        char ch = arg[i];
+        if (quoted && ch == '\\') {
+            i++;
+            continue;
+        }
+        if (ch == '"')
+            quoted = !quoted;
+        else if (!quoted && ch == '>')
+            break;
+    }
+    if (i >= arglen)
+        return bad;
+    size_t end = i++;
+    if (i < arglen && arg[i] != ' ')
+        return syntax;
+    while (i < arglen && arg[i] == ' ')
+        i++;
+    *params = arg + i;
+
+    const char *a = arg + start;
+    size_t n = end - start;
+    /* A source route (RFC 5321 4.1.2 "@one,@two:") is accepted and ignored. */
+    if (n > 0 && a[0] == '@') {
+        const char *colon = memchr(a, ':', n);
+        if (!colon)
+            return bad;
+        n -= (size_t)(colon + 1 - a);
+        a = colon + 1;
+    }
+    if (n == 0) {
+        if (mail)
+            return NULL;
+        return bad;
+    }
+    if (n >= addrlen || n > 254)
+        return mail ? "501 5.1.7 Sender address too long" : "501 5.1.3 Recipient address too long";
+    for (size_t k = 0; k < n; k++) {
+        unsigned char ch = (unsigned char)a[k];
+        if (ch < 0x20 || ch >= 0x7f)
+            return bad;
+    }
+    const char *at = NULL;
+    for (size_t k = n; k > 0; k--) {
+        if (a[k - 1] == '@') {
+            at = a + k - 1;
+            break;
+        }
+    }
+    if (!at)
+        return mail ? "501 5.1.7 Sender address needs a domain"
+                    : "501 5.1.3 Recipient address needs a domain";
+    size_t llen = (size_t)(at - a);
+    if (!local_part_ok(a, llen) || !domain_ok(at + 1, n - llen - 1))
+        return bad;
+    memcpy(addr, a, n);
+    addr[n] = '\0';
+    return NULL;
+}
+
+/* Case-insensitive "KEY=" prefix test; *value gets what follows. */
+static bool
+param_is(const char *p, size_t n, const char *key, const char **value, size_t *vlen)
+{
+    size_t k = strlen(key);
+    if (n <= k || strncasecmp(p, key, k) != 0 || p[k] != '=')
+        return false;
+    *value = p + k + 1;
+    *vlen = n - k - 1;
+    return true;
+}
+
+const char *
+smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declared)
+{
+    *declared = 0;
+    const char *p = params;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            break;
+        size_t n = strcspn(p, " ");
+        const char *v;
+        size_t vlen;
+        if (param_is(p, n, "SIZE", &v, &vlen)) {
+            uint64_t size = 0;
+            if (vlen == 0 || vlen > 40)
+                return vlen ? "552 5.3.4 Message size exceeds fixed maximum message size"
+                            : "501 5.5.4 Bad SIZE parameter";
+            for (size_t i = 0; i < vlen; i++) {
+                if (v[i] < '0' || v[i] > '9')
+                    return "501 5.5.4 Bad SIZE parameter";
+                unsigned d = (unsigned)(v[i] - '0');
+                if (size > (UINT64_MAX - d) / 10)
+                    return "552 5.3.4 Message size exceeds fixed maximum message size";
+                size = size * 10 + d;
+            }
+            if (size > max_size)
+                return "552 5.3.4 Message size exceeds fixed maximum message size";
+            *declared = size;
+        } else if (param_is(p, n, "BODY", &v, &vlen)) {
+            if (!((vlen == 4 && strncasecmp(v, "7BIT", 4) == 0) ||
+                  (vlen == 8 && strncasecmp(v, "8BITMIME", 8) == 0)))
+                return "501 5.5.4 Bad BODY parameter";
+        } else {
+            return "555 5.5.4 Unsupported MAIL parameter";
+        }
+        p += n;
+    }
+    return NULL;
+}
+
+enum { D_BOL = 0, D_MID, D_CR, D_DOT, D_DOT_CR };
+
+void
+smtp_server_data_init(struct smtp_server_data *d, struct buf *out, size_t max)
+{
+    memset(d, 0, sizeof *d);
+    d->state = D_BOL;
+    d->max = max;
+    d->out = out;
+}
+
+static void
+data_emit(struct smtp_server_data *d, const char *p, size_t n)
+{
+    d->total += n;
+    if (d->overflow)
+        return;
+    if (d->total > d->max) {
+        d->overflow = true;
+        return;
+    }
+    buf_append(d->out, p, n);
+}
+
+size_t
+smtp_server_data_feed(struct smtp_server_data *d, const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && !d->done) {
+        char ch = p[i];
+        switch (d->state) {
+        case D_MID: {
+            /* Only CR can begin a line ending: copy up to it in one go. */
+            const char *cr = memchr(p + i, '\r', n - i);
+            size_t run = cr ? (size_t)(cr - (p + i)) : n - i;
+            if (run) {
+                data_emit(d, p + i, run);
+                i += run;
+                continue;
+            }
+            data_emit(d, "\r", 1);
+            d->state = D_CR;
+            i++;
+            break;
+        }
+        case D_CR:
+            data_emit(d, &ch, 1);
+            d->state = ch == '\n' ? D_BOL : ch == '\r' ? D_CR : D_MID;
+            i++;
+            break;
+        case D_BOL:
+            if (ch == '.') {
+                d->state = D_DOT; /* stuffing or the end: not content yet */
+            } else {
+                data_emit(d, &ch, 1);
+                d->state = ch == '\r' ? D_CR : D_MID;
+            }
+            i++;
+            break;
+        case D_DOT:
+            /* The leading dot of a line other than "." is removed. */
+            if (ch == '\r') {
+                d->state = D_DOT_CR;
+            } else {
+                data_emit(d, &ch, 1);
+                d->state = D_MID;
+            }
+            i++;
+            break;
+        case D_DOT_CR:
+            if (ch == '\n') {
+                d->done = true;
+                i++;
+                break;
+            }
+            /* ".\r" then something else: the dot was stuffing, the CR is
+             * content and CH is handled as the byte after a CR. */
+            data_emit(d, "\r", 1);
+            d->state = D_CR;
+            break;
+        default:
+            PGMTA_ASSERT(!"bad data state");
+        }
+    }
+    return i;
+}
+
+static bool
+is_wsp(char ch)
+{
+    return ch == ' ' || ch == '\t';
+}
+
+/* The unfolded, trimmed value of the field in [p, p+n) after its colon. */
+static char *
+field_value(const char *p, size_t n)
+{
+    const char *colon = memchr(p, ':', n);
+    struct buf v;
+    buf_init(&v);
+    for (const char *q = colon + 1; q < p + n; q++)
+        if (*q != '\r' && *q != '\n')
+            buf_append(&v, q, 1);
+    size_t s = 0, e = v.len;
+    while (s < e && is_wsp(v.data[s]))
+        s++;
+    while (e > s && is_wsp(v.data[e - 1]))
+        e--;
+    char *out = e > s ? xstrndup(v.data + s, e - s) : NULL;
+    buf_free(&v);
+    return out;
+}
+
+/* Does the field starting at p (n bytes up to its colon) have this name? */
+static bool
+field_named(const char *p, size_t namelen, const char *name)
+{
+    while (namelen > 0 && is_wsp(p[namelen - 1]))
+        namelen--;
+    return namelen == strlen(name) && strncasecmp(p, name, namelen) == 0;
+}
+
+void
+smtp_server_take_headers(struct buf *content, size_t start, char **job_id, char **vmta)
+{
+    *job_id = NULL;
+    *vmta = NULL;
+    size_t pos = start;
+    while (pos < content->len) {
+        char *d = content->data;
+        const char *nl = memchr(d + pos, '\n', content->len - pos);
+        size_t line_end = nl ? (size_t)(nl - d) + 1 : content->len;
+        /* The empty line ends the header section. */
+        if (d[pos] == '\n' || (d[pos] == '\r' && pos + 1 < content->len && d[pos + 1] == '\n'))
+            break;
+        const char *colon = memchr(d + pos, ':', line_end - pos);
+        if (is_wsp(d[pos]) || !colon)
+            break; /* not a field: the body starts without an empty line */
+        /* The field goes on over continuation lines. */
+        size_t field_end = line_end;
+        while (field_end < content->len && is_wsp(d[field_end])) {
+            nl = memchr(d + field_end, '\n', content->len - field_end);
+            field_end = nl ? (size_t)(nl - d) + 1 : content->len;
+        }
+        size_t namelen = (size_t)(colon - (d + pos));
+        char **target = NULL;
+        if (field_named(d + pos, namelen, "X-Job"))
+            target = job_id;
+        else if (field_named(d + pos, namelen, "X-Virtual-MTA"))
+            target = vmta;
+        if (!target) {
+            pos = field_end;
+            continue;
+        }
+        free(*target);
+        *target = field_value(d + pos, field_end - pos);
+        memmove(d + pos, d + field_end, content->len - field_end);
+        content->len -= field_end - pos;
+        d[content->len] = '\0';
+    }
+}
+
+static int
+b64_value(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z')
+        return ch - 'A';
+    if (ch >= 'a' && ch <= 'z')
+        return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9')
+        return ch - '0' + 52;
+    if (ch == '+')
+        return 62;
+    if (ch == '/')
+        return 63;
+    return -1;
+}
+
+long
+smtp_server_base64_decode(const char *in, size_t inlen, unsigned char *out, size_t outlen)
+{
+    if (inlen % 4 != 0)
+        return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < inlen; i += 4) {
+        int v[4];
+        int pad = 0;
+        for (int k = 0; k < 4; k++) {
+            unsigned char ch = (unsigned char)in[i + k];
+            if (ch == '=' && i + 4 == inlen && k >= 2) {
+                v[k] = 0;
+                pad++;
+                continue;
+            }
+            if (pad)
+                return -1; /* data after padding */
+            v[k] = b64_value(ch);
+            if (v[k] < 0)
+                return -1;
+        }
+        unsigned long triple = ((unsigned long)v[0] << 18) | ((unsigned long)v[1] << 12) |
+                               ((unsigned long)v[2] << 6) | (unsigned long)v[3];
+        unsigned char bytes[3] = {(unsigned char)(triple >> 16), (unsigned char)(triple >> 8),
+                                  (unsigned char)triple};
+        size_t take = 3 - (size_t)pad;
+        if (o + take > outlen)
+            return -1;
+        memcpy(out + o, bytes, take);
+        o += take;
+    }
+    return (long)o;
+}
+
+static int
+hex_value(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+bool
+smtp_server_password_ok(const char *configured, const char *given, size_t givenlen)
+{
+    static const char tag[] = "{SHA256}";
+    if (strncmp(configured, tag, sizeof tag - 1) == 0) {
+        const char *hex = configured + sizeof tag - 1;
+        unsigned char want[32], got[32];
+        if (strlen(hex) != 64)
+            return false;
+        for (int i = 0; i < 32; i++) {
+            int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+            if (hi < 0 || lo < 0)
+                return false;
+            want[i] = (unsigned char)(hi << 4 | lo);
+        }
+        unsigned int len = 0;
+        if (!EVP_Digest(given, givenlen, got, &len, EVP_sha256(), NULL) || len != 32)
+            return false;
+        return CRYPTO_memcmp(want, got, 32) == 0;
+    }
+    size_t clen = strlen(configured);
+    return clen == givenlen && CRYPTO_memcmp(configured, given, clen) == 0;
+}
+
+int
+smtp_server_parse_cidr(const char *s, struct smtp_server_cidr *out)
+{
+    char ip[64];
+    const char *slash = strchr(s, '/');
+    size_t len = slash ? (size_t)(slash - s) : strlen(s);
+    if (len == 0 || len >= sizeof ip)
+        return -1;
+    memcpy(ip, s, len);
+    ip[len] = '\0';
+    memset(out, 0, sizeof *out);
+    if (inet_pton(AF_INET, ip, out->addr) == 1) {
+        out->family = AF_INET;
+        out->prefix = 32;
+    } else if (inet_pton(AF_INET6, ip, out->addr) == 1) {
+        out->family = AF_INET6;
+        out->prefix = 128;
+    } else {
+        return -1;
+    }
+    if (slash) {
+        const char *p = slash + 1;
+        unsigned v = 0;
+        if (!*p || strlen(p) > 3)
+            return -1;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9')
+                return -1;
+            v = v * 10 + (unsigned)(*p - '0');
+        }
+        if (v > out->prefix)
+            return -1;
+        out->prefix = v;
+    }
+    return 0;
+}
+
+bool
+smtp_server_cidr_match(const struct smtp_server_cidr *net, int family, const unsigned char *addr)
+{
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (family == AF_INET6 && memcmp(addr, mapped, 12) == 0) {
+        family = AF_INET;
+        addr += 12;
+    }
+    if (family != net->family)
+        return false;
+    unsigned full = net->prefix / 8, rest = net->prefix % 8;
+    if (memcmp(addr, net->addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    unsigned char mask = (unsigned char)(0xff << (8 - rest));
+    return (addr[full] & mask) == (net->addr[full] & mask);
+}
