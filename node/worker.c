@@ -64,8 +64,8 @@ enum sess_state {
     S_DONE
 };
 static const char *const sess_state_names[] = {
-    "slot", "connect-token", "tokens", "throttled",   "claim",
-    "resolve", "send",       "finish", "finish-wait", "done"};
+    "slot",    "connect-token", "tokens", "throttled",   "claim",
+    "resolve", "send",          "finish", "finish-wait", "done"};
 
 /* How long a connected session waits for message tokens before it quits. */
 #define WORKER_MAX_TOKEN_WAIT_MS 5000
@@ -75,7 +75,7 @@ struct wqueue {
     char *vmta;
     char *name; /* "domain" or "domain/vmta" */
     unsigned active;
-    bool backoff;               /* in backoff mode (from the database) */
+    bool backoff;                /* in backoff mode (from the database) */
     long long throttle_until_us; /* no new session before (rate limits) */
     unsigned pool_next;          /* round robin over a virtual MTA pool */
     struct wqueue *next;
@@ -138,9 +138,9 @@ struct session {
     int slot;                /* connection slot held, -1 none */
     unsigned tokens;         /* message tokens granted for the next claim */
     unsigned token_waited_ms;
-    bool no_reuse;           /* quit after the current batch */
-    bool pattern_backoff;    /* a reply of this batch matched a backoff pattern */
-    bool pattern_defer;      /* ... a defer-queue pattern */
+    bool no_reuse;        /* quit after the current batch */
+    bool pattern_backoff; /* a reply of this batch matched a backoff pattern */
+    bool pattern_defer;   /* ... a defer-queue pattern */
     char *pattern_reply;
     bool pending; /* a database or sched callback is due: it frees an ended session */
     struct session *next;
@@ -366,8 +366,7 @@ rcpt_permanent(struct rcpt *r, int code, const char *status, const char *diag)
 
 /* Applies one failure to every recipient of the batch. */
 static void
-session_fail_all(struct session *s, bool permanent, int code, const char *status,
-                 const char *diag)
+session_fail_all(struct session *s, bool permanent, int code, const char *status, const char *diag)
 {
     for (size_t i = 0; i < s->nrcpts; i++) {
         if (permanent)
@@ -385,8 +384,8 @@ append_ts(struct buf *b, long long us)
     time_t t = (time_t)(us / 1000000LL);
     struct tm tm;
     gmtime_r(&t, &tm);
-    buf_printf(b, "\"%04d-%02d-%02d %02d:%02d:%02d.%06lld+00\"", tm.tm_year + 1900,
-               tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us % 1000000LL);
+    buf_printf(b, "\"%04d-%02d-%02d %02d:%02d:%02d.%06lld+00\"", tm.tm_year + 1900, tm.tm_mon + 1,
+               tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us % 1000000LL);
 }
 
 static void session_on_finished(const PGresult *res, void *arg);
@@ -404,8 +403,21 @@ session_finish(struct session *s)
 {
     struct worker *w = s->w;
     session_set_state(s, S_FINISH);
-    enum { F_IDS, F_TOKENS, F_TYPES, F_RETRY, F_STATUS, F_DIAG, F_MTA, F_CAT, F_SRC, F_DST,
-           F_TLSP, F_TLSC, F_N };
+    enum {
+        F_IDS,
+        F_TOKENS,
+        F_TYPES,
+        F_RETRY,
+        F_STATUS,
+        F_DIAG,
+        F_MTA,
+        F_CAT,
+        F_SRC,
+        F_DST,
+        F_TLSP,
+        F_TLSC,
+        F_N
+    };
     struct buf a[F_N];
     for (int i = 0; i < F_N; i++) {
         buf_init(&a[i]);
@@ -703,7 +715,8 @@ session_on_dns(const struct dns_result *res, void *arg)
         return;
     }
     case DNS_NULL_MX: {
-        char *diag = xasprintf("dns;%s", res->error ? res->error : "domain accepts no mail (null MX)");
+        char *diag =
+            xasprintf("dns;%s", res->error ? res->error : "domain accepts no mail (null MX)");
         session_fail_all(s, true, 556, "5.1.10", diag);
         free(diag);
         session_finish(s);
@@ -723,8 +736,8 @@ session_on_dns(const struct dns_result *res, void *arg)
         s->source_vmta[0] ? conf_vmta_lookup(conf, s->source_vmta) : NULL;
     struct sockaddr_storage src;
     socklen_t srclen = 0;
-    bool have_src = vmta && vmta->smtp_source_host &&
-                    parse_source(vmta->smtp_source_host, &src, &srclen);
+    bool have_src =
+        vmta && vmta->smtp_source_host && parse_source(vmta->smtp_source_host, &src, &srclen);
     struct smtp_client_config cfg = {
         .helo_name = vmta && vmta->helo ? vmta->helo : conf->node_name,
         .source = have_src ? (const struct sockaddr *)&src : NULL,
@@ -768,8 +781,8 @@ session_resolve(struct session *s)
         }
         s->dnsreq = dns_resolve_host(w->dns, h, (uint16_t)port, session_on_dns, s);
     } else {
-        s->dnsreq = dns_resolve_mx(w->dns, s->q->domain, (uint16_t)w->conf->smtp_port,
-                                   session_on_dns, s);
+        s->dnsreq =
+            dns_resolve_mx(w->dns, s->q->domain, (uint16_t)w->conf->smtp_port, session_on_dns, s);
     }
 }
 
@@ -784,6 +797,58 @@ col_text(const PGresult *res, int row, int col)
 }
 
 static void session_on_claimed(const PGresult *res, void *arg);
+
+/* Largest content a node sends; larger rows are nonsense (enqueue refuses
+ * more than 64 MB). */
+#define WORKER_MAX_CONTENT (64u * 1024 * 1024)
+
+static bool
+address_sane(const char *a, bool allow_empty)
+{
+    if (!a)
+        return false;
+    if (!*a)
+        return allow_empty;
+    if (strlen(a) > 320 || !strchr(a, '@'))
+        return false;
+    for (const unsigned char *p = (const unsigned char *)a; *p; p++)
+        if (*p < 0x21 || *p == 0x7f || *p == '<' || *p == '>')
+            return false;
+    return true;
+}
+
+/* Why a claimed row cannot be delivered, or NULL when it can. Such rows are
+ * set aside (mta.quarantine) with the reason; the node keeps running. */
+static const char *
+row_nonsense(const PGresult *res, int row, int c_content, int c_rcpt, int c_from, int c_att)
+{
+    if (PQgetisnull(res, row, c_content))
+        return "message content missing";
+    if (PQgetlength(res, row, c_content) == 0)
+        return "message content empty";
+    if ((unsigned)PQgetlength(res, row, c_content) > WORKER_MAX_CONTENT)
+        return "message content too large";
+    if (PQgetisnull(res, row, c_rcpt) || !address_sane(PQgetvalue(res, row, c_rcpt), false))
+        return "invalid recipient address";
+    if (PQgetisnull(res, row, c_from) || !address_sane(PQgetvalue(res, row, c_from), true))
+        return "invalid sender address";
+    if (db_get_int4(res, row, c_att) < 1)
+        return "invalid attempt count";
+    return NULL;
+}
+
+static void
+worker_set_aside(struct worker *w, long long id, long long token, const char *reason)
+{
+    char ids[32], tokens[32];
+    snprintf(ids, sizeof ids, "{%lld}", id);
+    snprintf(tokens, sizeof tokens, "{%lld}", token);
+    const char *values[3] = {ids, tokens, reason};
+    struct db *db = worker_db(w);
+    log_warn("pipe=%s event=set-aside rcpt_id=%lld reason=\"%s\"", w->pipe, id, reason);
+    if (db)
+        db_exec(db, "set_aside", 3, values, NULL, NULL, 0, worker_ignore_result, NULL);
+}
 
 static void
 session_claim(struct session *s)
@@ -812,9 +877,8 @@ session_on_claimed(const PGresult *res, void *arg)
     if (!session_returned(s))
         return;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        log_warn("session=%llu queue=%s event=claim-failed error=\"%s\"",
-                 (unsigned long long)s->id, s->q->name,
-                 res ? PQresultErrorMessage(res) : "no database connection");
+        log_warn("session=%llu queue=%s event=claim-failed error=\"%s\"", (unsigned long long)s->id,
+                 s->q->name, res ? PQresultErrorMessage(res) : "no database connection");
         session_end(s);
         return;
     }
@@ -835,6 +899,11 @@ session_on_claimed(const PGresult *res, void *arg)
      * one SMTP transaction with several RCPTs (max-rcpt-per-message). */
     struct msg *cur = NULL;
     for (int i = 0; i < n; i++) {
+        const char *why = row_nonsense(res, i, c_content, c_rcpt, c_from, c_att);
+        if (why) {
+            worker_set_aside(w, db_get_int8(res, i, c_id), db_get_int8(res, i, c_tok), why);
+            continue;
+        }
         struct rcpt *r = &s->rcpts[s->nrcpts++];
         r->id = db_get_int8(res, i, c_id);
         r->token = db_get_int8(res, i, c_tok);
@@ -862,6 +931,10 @@ session_on_claimed(const PGresult *res, void *arg)
     }
     log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
               (unsigned long long)s->id, s->q->name, s->nrcpts, s->nmsgs);
+    if (s->nrcpts == 0) {
+        session_end(s);
+        return;
+    }
     if (s->smtp)
         session_send(s);
     else
@@ -870,8 +943,7 @@ session_on_claimed(const PGresult *res, void *arg)
 
 /* ---- shaping: slot, connect token, message tokens ---- */
 
-static void
-session_on_tokens(unsigned granted, unsigned wait_ms, void *arg);
+static void session_on_tokens(unsigned granted, unsigned wait_ms, void *arg);
 
 static void
 session_retry_tokens_cb(evutil_socket_t fd, short what, void *arg)
@@ -994,10 +1066,9 @@ worker_start_session(struct worker *w, struct wqueue *q, const struct conf_domai
     s->limit_domain = dom->mx_rollup ? xasprintf("rollup:%s", dom->mx_rollup) : xstrdup(q->domain);
     /* A queue whose virtual MTA is a pool sends through its members in turn;
      * limits then apply per member (per source address). */
-    const struct conf_vmta_pool *pool =
-        q->vmta[0] ? conf_vmta_pool_lookup(w->conf, q->vmta) : NULL;
-    s->source_vmta = pool && pool->nmembers ? pool->members[q->pool_next++ % pool->nmembers]
-                                            : q->vmta;
+    const struct conf_vmta_pool *pool = q->vmta[0] ? conf_vmta_pool_lookup(w->conf, q->vmta) : NULL;
+    s->source_vmta =
+        pool && pool->nmembers ? pool->members[q->pool_next++ % pool->nmembers] : q->vmta;
     s->next = w->sessions;
     w->sessions = s;
     w->nsessions++;
@@ -1039,8 +1110,8 @@ worker_on_ready_queues(const PGresult *res, void *arg)
          * enforced: open no new connection for limited queues. */
         if (limit != CONF_UNLIMITED && !sched_ready(w->sched))
             continue;
-        for (int k = 0; k < WORKER_START_PER_TICK && q->active < limit &&
-                        w->nsessions < WORKER_MAX_SESSIONS;
+        for (int k = 0;
+             k < WORKER_START_PER_TICK && q->active < limit && w->nsessions < WORKER_MAX_SESSIONS;
              k++) {
             worker_start_session(w, q, dom);
             started = true;
@@ -1073,8 +1144,8 @@ worker_on_tick(evutil_socket_t fd, short what, void *arg)
     snprintf(lim, sizeof lim, "%d", 1000);
     const char *values[2] = {w->pipe, lim};
     struct db *db = worker_db(w);
-    if (!db || db_exec(db, "ready_queues", 2, values, NULL, NULL, 0, worker_on_ready_queues, w) <
-                   0) {
+    if (!db ||
+        db_exec(db, "ready_queues", 2, values, NULL, NULL, 0, worker_on_ready_queues, w) < 0) {
         worker_schedule_tick(w, 500);
         return;
     }
@@ -1293,10 +1364,10 @@ worker_prepare(struct db *db)
     db_prepare(db, "acct_partitions", "SELECT mta.acct_ensure_partitions(7)", 0);
     db_prepare(db, "purge_rate_buckets", "SELECT mta.purge_rate_buckets()", 0);
     db_prepare(db, "backoff_expire", "SELECT mta.backoff_expire()", 0);
-    db_prepare(db, "enter_backoff",
-               "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)", 4);
-    db_prepare(db, "claim",
-               "SELECT * FROM mta.claim($1::bigint, $2, $3, $4, $5::int, $6::int)", 6);
+    db_prepare(db, "set_aside", "SELECT mta.set_aside($1::bigint[], $2::bigint[], $3)", 3);
+    db_prepare(db, "enter_backoff", "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)",
+               4);
+    db_prepare(db, "claim", "SELECT * FROM mta.claim($1::bigint, $2, $3, $4, $5::int, $6::int)", 6);
     db_prepare(db, "finish",
                "SELECT mta.finish($1::bigint, $2, $3::bigint[], $4::bigint[], $5::text[], "
                "$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "

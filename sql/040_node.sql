@@ -133,7 +133,9 @@ BEGIN
     )
     SELECT u.id, u.lease_token, u.message_id, m.mail_from, u.rcpt, m.content, u.attempts,
            m.envid, u.job_id, u.queued_at
-      FROM u JOIN mta.messages m ON m.id = u.message_id
+      -- LEFT JOIN: a recipient whose message row is missing comes back with
+      -- NULL content, and the node sets it aside instead of leasing it for ever.
+      FROM u LEFT JOIN mta.messages m ON m.id = u.message_id
      ORDER BY u.message_id, u.id;
 END
 $$;

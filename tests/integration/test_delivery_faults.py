@@ -52,6 +52,18 @@ class Faults(unittest.TestCase):
         cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['a@cut.test'], %s)", (BODY,))
         cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['a@busy.test'], %s)", (BODY,))
         cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['a@refused.test'], %s)", (BODY,))
+        # rows that hold nonsense, written behind mta.enqueue's back: a
+        # recipient with CR/LF in it, one whose message row is gone
+        sink("odd.test", "127.0.0.28")
+        cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['good@odd.test'], %s)", (BODY,))
+        cls.pg.query("INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, "
+                     "next_attempt, queued_at) SELECT message_id, E'bad\\r\\nRSET@odd.test', "
+                     "domain, vmta, pipe, now(), now() FROM mta.recipients "
+                     "WHERE rcpt = 'good@odd.test'")
+        cls.pg.query("INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, "
+                     "next_attempt, queued_at) SELECT 999999, 'orphan@odd.test', "
+                     "domain, vmta, pipe, now(), now() FROM mta.recipients "
+                     "WHERE rcpt = 'good@odd.test'")
         cls.node = Pgmtad(cls.pg, cls.dns, extra="smtp-port = %d; generate-bounces = false;" % port,
                           defaults='data-timeout = "2s";')
         wait_queue_empty(cls.pg, timeout=90, node=cls.node)
@@ -104,10 +116,21 @@ class Faults(unittest.TestCase):
         self.assertEqual([r[0] for r in rows], ["d"])
         self.assertIn("127.0.0.27", rows[0][4])
 
+    def test_nonsense_rows_are_set_aside(self):
+        rows = dict(self.pg.query("SELECT rcpt, reason FROM mta.quarantine"))
+        self.assertEqual(rows, {"bad\r\nRSET@odd.test": "invalid recipient address",
+                                "orphan@odd.test": "message content missing"})
+        self.assertEqual([r[0] for r in self.acct("good@odd.test")], ["d"])
+        cmds = [c for _, c in self.sinks[("odd.test", "127.0.0.28")].commands()]
+        self.assertFalse(any("RSET@odd.test" in c or "orphan" in c for c in cmds), cmds)
+        self.assertTrue(self.node.proc.alive())
+
     def test_one_final_row_per_recipient(self):
         bad = self.pg.query("SELECT rcpt_id, count(*) FROM mta.acct WHERE type IN ('d', 'b') "
                             "GROUP BY rcpt_id HAVING count(*) <> 1")
         self.assertEqual(bad, [])
+        # every enqueued recipient (the rows written behind enqueue's back
+        # have no 'r' row) ends with one final row
         self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct WHERE type IN ('d','b')"),
                          self.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'r'"))
 
