@@ -210,3 +210,44 @@ class VirtualMtas(unittest.TestCase):
 
 if __name__ == "__main__":
     main()
+
+
+class RollupAndPools(unittest.TestCase):
+    def test_mx_rollup_shares_limits_and_pool_rotates_sources(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.56")
+        sink = Sink(host="127.0.0.56", port=port, rules={"dot:*": Delay(0.01, "250 ok")})
+        for d in ("r1.test", "r2.test", "pool.test"):
+            dns.add_mx(d, 10, "mx.shared.test")
+        dns.add_a("mx.shared.test", "127.0.0.56")
+        rows = [("s@example.com", "u%d@%s" % (n, d), "Subject: %d\r\n\r\nx\r\n" % n, None)
+                for n in range(150) for d in ("r1.test", "r2.test")]
+        copy_submit(pg, rows)
+        copy_submit(pg, [("s@example.com", "p%d@pool.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
+                          "pool-a") for n in range(40)],
+                    columns=("mail_from", "rcpt_to", "content", "vmta"))
+        extra = ('virtual-mtas = ( { name = "ip2"; smtp-source-host = "127.0.0.2"; }, '
+                 '{ name = "ip3"; smtp-source-host = "127.0.0.3"; } ); '
+                 'virtual-mta-pools = ( { name = "pool-a"; virtual-mtas = [ "ip2", "ip3" ]; } );')
+        nodes = three_nodes(pg, dns, port, extra=extra, domains=[
+            '{ name = "r1.test"; mx-rollup = "shared-provider"; max-smtp-out = 1; '
+            'max-msg-per-connection = 20; }',
+            '{ name = "r2.test"; mx-rollup = "shared-provider"; max-smtp-out = 1; '
+            'max-msg-per-connection = 20; }',
+            '{ name = "pool.test"; max-msg-per-connection = 5; }'])
+        wait_queue_empty(pg, timeout=120, node=nodes[0])
+        stop_all(nodes)
+        # r1.test and r2.test share one connection slot: never two at once
+        sessions = {s.id: s for s in sink.sessions()}
+        intervals = sorted((s.connect_time, s.close_time) for s in sessions.values()
+                           if any(m.rcpts[0].split("@")[1] in ("r1.test", "r2.test")
+                                  for m in s.messages))
+        overlaps = sum(1 for a, b in zip(intervals, intervals[1:]) if b[0] < a[1] - 0.05)
+        self.assertEqual(overlaps, 0, "rolled-up domains had parallel connections")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd' AND "
+                                   "rcpt LIKE 'u%%'"), 300)
+        # the pool's members take turns: both source addresses were used
+        sources = collections.Counter(sessions[m.session_id].peer[0] for m in sink.messages()
+                                      if m.rcpts[0].endswith("@pool.test"))
+        self.assertEqual(set(sources), {"127.0.0.2", "127.0.0.3"}, sources)
+        self.assertEqual(sum(sources.values()), 40)
