@@ -119,7 +119,10 @@ static const struct field bimi_fields[] = {
 };
 
 static const struct field smtp_user_fields[] = {
-    {.name = "name", .type = F_STRING, .off = offsetof(struct conf_smtp_user, name), .flags = FL_KEY},
+    {.name = "name",
+     .type = F_STRING,
+     .off = offsetof(struct conf_smtp_user, name),
+     .flags = FL_KEY},
     {.name = "password",
      .type = F_STRING,
      .off = offsetof(struct conf_smtp_user, password),

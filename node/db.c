@@ -232,11 +232,12 @@ db_connect(struct db *db)
     /* idle_in_transaction_session_timeout: a node never leaves a
      * transaction open (every request is its own implicit transaction);
      * should one hang, PostgreSQL ends it instead of holding row locks. */
-    const char *keys[] = {"keepalives",       "keepalives_idle", "keepalives_interval",
+    const char *keys[] = {"keepalives",       "keepalives_idle",  "keepalives_interval",
                           "keepalives_count", "application_name", "connect_timeout",
                           "options",          "dbname",           NULL};
-    const char *vals[] = {"1",      "10", "5", "3", db->name, "10",
-                          "-c idle_in_transaction_session_timeout=30s", db->url, NULL};
+    const char *vals[] = {
+        "1",     "10", "5", "3", db->name, "10", "-c idle_in_transaction_session_timeout=30s",
+        db->url, NULL};
     db->conn = PQconnectStartParams(keys, vals, 1);
     if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
         db_fail(db, db->conn ? PQerrorMessage(db->conn) : "out of memory");
@@ -356,8 +357,8 @@ db_on_io(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-db_exec(struct db *db, const char *stmt, int nparams, const char *const *values,
-        const int *lengths, const int *formats, int result_format, db_cb cb, void *arg)
+db_exec(struct db *db, const char *stmt, int nparams, const char *const *values, const int *lengths,
+        const int *formats, int result_format, db_cb cb, void *arg)
 {
     if (db->state != DB_READY)
         return -1;

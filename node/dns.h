@@ -12,10 +12,10 @@
 
 enum dns_status {
     DNS_OK = 0,
-    DNS_NXDOMAIN,  /* the domain does not exist: bounce 5.1.2 */
-    DNS_NULL_MX,   /* RFC 7505 "MX 0 .": bounce 5.1.10 */
-    DNS_NO_HOSTS,  /* MX/A lookups succeeded but gave no usable address: bounce 5.1.2 */
-    DNS_TEMPFAIL,  /* SERVFAIL, timeout, refused: retry later (4.4.3) */
+    DNS_NXDOMAIN, /* the domain does not exist: bounce 5.1.2 */
+    DNS_NULL_MX,  /* RFC 7505 "MX 0 .": bounce 5.1.10 */
+    DNS_NO_HOSTS, /* MX/A lookups succeeded but gave no usable address: bounce 5.1.2 */
+    DNS_TEMPFAIL, /* SERVFAIL, timeout, refused: retry later (4.4.3) */
 };
 
 struct dns_addr {
@@ -24,7 +24,7 @@ struct dns_addr {
 };
 
 struct dns_host {
-    char *name;           /* MX exchange (or the domain itself for A/AAAA fallback, or route host) */
+    char *name; /* MX exchange (or the domain itself for A/AAAA fallback, or route host) */
     uint16_t preference;
     struct dns_addr *addrs;
     size_t naddrs;

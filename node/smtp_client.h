@@ -20,21 +20,21 @@
 
 #include "dns.h"
 
-#define SMTP_MAX_REPLY 4096    /* bytes of one reply (all lines); more: protocol error */
+#define SMTP_MAX_REPLY 4096 /* bytes of one reply (all lines); more: protocol error */
 #define SMTP_MAX_REPLY_LINES 64
 
 struct smtp_client_config {
-    const char *helo_name;          /* EHLO argument */
-    const struct sockaddr *source;  /* bind address or NULL */
+    const char *helo_name;         /* EHLO argument */
+    const struct sockaddr *source; /* bind address or NULL */
     socklen_t source_len;
-    bool use_starttls;              /* try STARTTLS when offered */
-    bool require_starttls;          /* never send in clear: defer instead */
-    bool tls_verify;                /* verify the certificate against the host name */
-    const char *tls_ca_file;        /* extra CA file for verification, or NULL */
+    bool use_starttls;       /* try STARTTLS when offered */
+    bool require_starttls;   /* never send in clear: defer instead */
+    bool tls_verify;         /* verify the certificate against the host name */
+    const char *tls_ca_file; /* extra CA file for verification, or NULL */
     uint64_t connect_timeout_ms;
     uint64_t command_timeout_ms;
     uint64_t data_timeout_ms;
-    const char *id;                 /* for log lines, e.g. the queue name */
+    const char *id; /* for log lines, e.g. the queue name */
 };
 
 /* One message of a batch. The session copies nothing: the caller keeps
@@ -42,14 +42,14 @@ struct smtp_client_config {
  * (headers and body) as stored; line endings are normalised to CRLF and
  * dots stuffed on the wire. */
 struct smtp_message {
-    const char *mail_from;  /* without <>; "" for the null sender */
-    const char *envid;      /* ENVID= when the server offers DSN, or NULL */
+    const char *mail_from; /* without <>; "" for the null sender */
+    const char *envid;     /* ENVID= when the server offers DSN, or NULL */
     const char *const *rcpts;
     size_t nrcpts;
     const unsigned char *content;
     size_t content_len;
-    bool eightbit;          /* content has 8-bit bytes: BODY=8BITMIME if offered */
-    bool smtputf8;          /* addresses have UTF-8: SMTPUTF8 required */
+    bool eightbit; /* content has 8-bit bytes: BODY=8BITMIME if offered */
+    bool smtputf8; /* addresses have UTF-8: SMTPUTF8 required */
 };
 
 enum smtp_outcome {
@@ -61,9 +61,9 @@ enum smtp_outcome {
 /* Result for one recipient. Strings are valid during the callback only. */
 struct smtp_rcpt_result {
     enum smtp_outcome outcome;
-    int code;                 /* SMTP reply code, 0 when none (e.g. connect failure) */
-    const char *status;       /* enhanced status "4.2.0" from the reply or derived */
-    const char *reply;        /* full reply text (lines joined by "\n"), or our error text */
+    int code;           /* SMTP reply code, 0 when none (e.g. connect failure) */
+    const char *status; /* enhanced status "4.2.0" from the reply or derived */
+    const char *reply;  /* full reply text (lines joined by "\n"), or our error text */
 };
 
 /* Facts about the connection, for accounting. */

@@ -15,10 +15,10 @@ char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Abort with the function name: for broken invariants only. */
-#define PGMTA_ASSERT(cond)                                                                 \
-    do {                                                                                   \
-        if (!(cond))                                                                       \
-            util_panic(__func__, #cond);                                                   \
+#define PGMTA_ASSERT(cond)                                                                         \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            util_panic(__func__, #cond);                                                           \
     } while (0)
 void util_panic(const char *func, const char *what) __attribute__((noreturn));
 
