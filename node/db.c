@@ -295,6 +295,16 @@ db_on_timer(evutil_socket_t fd, short what, void *arg)
         db_connect(db);
 }
 
+/* The result a callback took with db_take_result (single-threaded). */
+static const PGresult *db_taken;
+
+PGresult *
+db_take_result(const PGresult *res)
+{
+    db_taken = res;
+    return (PGresult *)res;
+}
+
 static void
 db_complete(struct db *db)
 {
@@ -304,10 +314,12 @@ db_complete(struct db *db)
             log_error("db=%s event=prepare-failed error=\"%s\"", db->name,
                       PQresultErrorMessage(r->res));
     } else if (r->cb) {
+        db_taken = NULL;
         r->cb(r->res, r->arg);
     }
-    if (r->res)
+    if (r->res && r->res != db_taken)
         PQclear(r->res);
+    db_taken = NULL;
     free(r);
 }
 

@@ -17,8 +17,12 @@
 
 struct db;
 
-/* res is owned by db and valid during the call only; NULL: connection lost. */
+/* res is owned by db and valid during the call only (unless the callback
+ * takes it with db_take_result); NULL: connection lost. */
 typedef void (*db_cb)(const PGresult *res, void *arg);
+/* Called from inside a db_cb with its res: the caller now owns the result
+ * and frees it with PQclear. Saves copying large values (message content). */
+PGresult *db_take_result(const PGresult *res);
 /* Called when the connection becomes ready (after preparing statements). */
 typedef void (*db_ready_cb)(struct db *db, void *arg);
 

@@ -37,6 +37,11 @@
 #define WORKER_BATCH_MAX 100
 /* Delivery sessions per process at most. */
 #define WORKER_MAX_SESSIONS 512
+/* Message content held by the claimed batches of one process. Memory grows
+ * with sessions x batch x message size, never with the queue (which lives
+ * in PostgreSQL); this budget shrinks batches and holds back new sessions
+ * once it is reached, so a process stays near it whatever the mix. */
+#define WORKER_CONTENT_BUDGET (32u * 1024 * 1024)
 /* Sessions started per queue per scheduler tick (ramp-up). */
 #define WORKER_START_PER_TICK 4
 #define WORKER_FAST_POLL_MS 20
@@ -100,7 +105,7 @@ struct msg {
     long long message_id;
     char *mail_from;
     char *envid;
-    unsigned char *content;
+    const unsigned char *content; /* inside the session's claim result */
     size_t content_len;
     size_t first; /* index of its first recipient in the batch */
     size_t nrcpts;
@@ -125,6 +130,7 @@ struct session {
     struct msg *msgs;
     size_t nmsgs;
     struct smtp_message *smtp_msgs; /* what the SMTP client reads until its callback */
+    PGresult *claim_res;            /* the claimed rows: content is read in place */
     char *dsn_mta;
     char *source_ip;
     char *dest_ip;
@@ -173,6 +179,8 @@ struct worker {
     struct wqueue *queues;
     struct session *sessions;
     unsigned nsessions;
+    size_t content_bytes; /* content held by claimed batches */
+    double avg_msg_bytes; /* running average of claimed message sizes */
     uint64_t next_session_id;
     int exit_status;
 };
@@ -226,9 +234,9 @@ session_clear_batch(struct session *s)
     s->rcpts = NULL;
     s->nrcpts = 0;
     for (size_t i = 0; i < s->nmsgs; i++) {
+        s->w->content_bytes -= s->msgs[i].content_len;
         free(s->msgs[i].mail_from);
         free(s->msgs[i].envid);
-        free(s->msgs[i].content);
         free(s->msgs[i].rcpt_ptrs);
     }
     free(s->msgs);
@@ -236,6 +244,10 @@ session_clear_batch(struct session *s)
     s->nmsgs = 0;
     free(s->smtp_msgs);
     s->smtp_msgs = NULL;
+    if (s->claim_res) {
+        PQclear(s->claim_res);
+        s->claim_res = NULL;
+    }
     free(s->dsn_mta);
     free(s->source_ip);
     free(s->dest_ip);
@@ -922,13 +934,15 @@ session_on_claimed(const PGresult *res, void *arg)
                 cur->mail_from = xstrdup("");
             cur->envid = col_text(res, i, c_envid);
             cur->content_len = (size_t)PQgetlength(res, i, c_content);
-            cur->content = xmalloc(cur->content_len + 1);
-            memcpy(cur->content, PQgetvalue(res, i, c_content), cur->content_len);
+            w->content_bytes += cur->content_len;
+            w->avg_msg_bytes = 0.95 * w->avg_msg_bytes + 0.05 * (double)cur->content_len;
+            cur->content = (const unsigned char *)PQgetvalue(res, i, c_content);
             cur->first = s->nrcpts - 1;
             cur->rcpt_ptrs = xcalloc((size_t)n, sizeof(char *));
         }
         cur->rcpt_ptrs[cur->nrcpts++] = r->rcpt;
     }
+    s->claim_res = db_take_result(res);
     log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
               (unsigned long long)s->id, s->q->name, s->nrcpts, s->nmsgs);
     if (s->nrcpts == 0) {
@@ -961,6 +975,13 @@ session_take_tokens(struct session *s)
     unsigned want = s->dom->max_msg_per_connection - s->sent;
     if (want > WORKER_BATCH_MAX)
         want = WORKER_BATCH_MAX;
+    /* Within the content budget: as many messages of average size as fit,
+     * at least one so that every session makes progress. */
+    size_t left =
+        w->content_bytes < WORKER_CONTENT_BUDGET ? WORKER_CONTENT_BUDGET - w->content_bytes : 0;
+    double fit = (double)left / (w->avg_msg_bytes > 1 ? w->avg_msg_bytes : 1);
+    if (fit < want)
+        want = fit < 1 ? 1 : (unsigned)fit;
     const struct conf_rate *rate =
         s->q->backoff ? &s->dom->backoff_max_msg_rate : &s->dom->max_msg_rate;
     s->pending = true;
@@ -1097,7 +1118,9 @@ worker_on_ready_queues(const PGresult *res, void *arg)
     int n = PQntuples(res);
     bool started = false;
     long long now = now_us();
-    for (int i = 0; i < n && w->nsessions < WORKER_MAX_SESSIONS; i++) {
+    for (int i = 0;
+         i < n && w->nsessions < WORKER_MAX_SESSIONS && w->content_bytes < WORKER_CONTENT_BUDGET;
+         i++) {
         const char *domain = PQgetvalue(res, i, 0);
         const char *vmta = PQgetvalue(res, i, 1);
         struct wqueue *q = worker_queue(w, domain, vmta);
@@ -1387,6 +1410,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     w->index = index;
     w->node_label = xasprintf("%s/%s/%u", conf->node_name, pipe_name, index);
     w->poll_ms = WORKER_FAST_POLL_MS;
+    w->avg_msg_bytes = 8192;
     char err[512];
     w->dns = dns_new(w->base, (const char *const *)conf->dns_servers, conf->ndns_servers,
                      conf->dns_timeout_ms, err, sizeof err);
