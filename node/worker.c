@@ -131,6 +131,7 @@ struct session {
     size_t nmsgs;
     struct smtp_message *smtp_msgs; /* what the SMTP client reads until its callback */
     PGresult *claim_res;            /* the claimed rows: content is read in place */
+    size_t reserved;                /* content budget reserved for a claim in flight */
     char *dsn_mta;
     char *source_ip;
     char *dest_ip;
@@ -179,7 +180,7 @@ struct worker {
     struct wqueue *queues;
     struct session *sessions;
     unsigned nsessions;
-    size_t content_bytes; /* content held by claimed batches */
+    size_t content_bytes; /* content held by claimed batches and reserved for claims */
     double avg_msg_bytes; /* running average of claimed message sizes */
     uint64_t next_session_id;
     int exit_status;
@@ -257,9 +258,17 @@ session_clear_batch(struct session *s)
 }
 
 static void
+session_unreserve(struct session *s)
+{
+    s->w->content_bytes -= s->reserved;
+    s->reserved = 0;
+}
+
+static void
 session_destroy(struct session *s)
 {
     struct worker *w = s->w;
+    session_unreserve(s);
     session_clear_batch(s);
     free(s->limit_domain);
     free(s->pattern_reply);
@@ -868,6 +877,9 @@ session_claim(struct session *s)
     struct worker *w = s->w;
     session_set_state(s, S_CLAIM);
     unsigned limit = s->tokens;
+    /* Claims in flight count against the budget until their rows arrive. */
+    s->reserved = (size_t)((double)limit * w->avg_msg_bytes);
+    w->content_bytes += s->reserved;
     char node[32], lim[16], lease[32];
     snprintf(node, sizeof node, "%lld", w->node_id);
     snprintf(lim, sizeof lim, "%u", limit);
@@ -886,6 +898,7 @@ session_on_claimed(const PGresult *res, void *arg)
 {
     struct session *s = arg;
     struct worker *w = s->w;
+    session_unreserve(s);
     if (!session_returned(s))
         return;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -980,6 +993,10 @@ session_take_tokens(struct session *s)
     size_t left =
         w->content_bytes < WORKER_CONTENT_BUDGET ? WORKER_CONTENT_BUDGET - w->content_bytes : 0;
     double fit = (double)left / (w->avg_msg_bytes > 1 ? w->avg_msg_bytes : 1);
+    if (fit < 1 && !s->smtp) {
+        session_end(s); /* over budget: a new connection can wait */
+        return;
+    }
     if (fit < want)
         want = fit < 1 ? 1 : (unsigned)fit;
     const struct conf_rate *rate =
