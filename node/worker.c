@@ -286,6 +286,19 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     session_destroy(arg);
 }
 
+/* Calls cb(s) after ms milliseconds: the session's one timer (finish
+ * retries and token waits never overlap). */
+static void
+session_retry_in(struct session *s, unsigned ms, event_callback_fn cb)
+{
+    if (!s->ev_retry)
+        s->ev_retry = evtimer_new(s->w->base, cb, s);
+    evtimer_del(s->ev_retry);
+    event_assign(s->ev_retry, s->w->base, -1, 0, cb, s);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(s->ev_retry, &tv);
+}
+
 /* Called first in every database or sched callback of a session: false
  * when the session ended meanwhile (it is freed here, the result ignored). */
 static bool
@@ -515,10 +528,7 @@ session_on_finished(const PGresult *res, void *arg)
             return;
         }
         session_set_state(s, S_FINISH_WAIT);
-        if (!s->ev_retry)
-            s->ev_retry = evtimer_new(w->base, session_retry_finish_cb, s);
-        struct timeval tv = {1, 0};
-        evtimer_add(s->ev_retry, &tv);
+        session_retry_in(s, 1000, session_retry_finish_cb);
         return;
     }
     long long finished = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -1028,11 +1038,7 @@ session_on_tokens(unsigned granted, unsigned wait_ms, void *arg)
     if (s->smtp && !w->stopping && s->token_waited_ms + wait_ms <= WORKER_MAX_TOKEN_WAIT_MS) {
         session_set_state(s, S_THROTTLED);
         s->token_waited_ms += wait_ms;
-        if (!s->ev_retry)
-            s->ev_retry = evtimer_new(w->base, session_retry_finish_cb, s);
-        event_assign(s->ev_retry, w->base, -1, 0, session_retry_tokens_cb, s);
-        struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
-        evtimer_add(s->ev_retry, &tv);
+        session_retry_in(s, wait_ms, session_retry_tokens_cb);
         return;
     }
     s->q->throttle_until_us = now_us() + (long long)wait_ms * 1000LL;
