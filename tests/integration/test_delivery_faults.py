@@ -52,6 +52,9 @@ class Faults(unittest.TestCase):
         cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['a@cut.test'], %s)", (BODY,))
         cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['a@busy.test'], %s)", (BODY,))
         cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['a@refused.test'], %s)", (BODY,))
+        # smtp-pattern-list: a 4xx whose text says the mailbox is gone bounces at once
+        sink("pat.test", "127.0.0.29", rules={"rcpt:*": "452 4.2.1 mailbox disabled for good"})
+        cls.pg.query("SELECT mta.enqueue('s@example.com', ARRAY['a@pat.test'], %s)", (BODY,))
         # rows that hold nonsense, written behind mta.enqueue's back: a
         # recipient with CR/LF in it, one whose message row is gone
         sink("odd.test", "127.0.0.28")
@@ -65,7 +68,9 @@ class Faults(unittest.TestCase):
                      "domain, vmta, pipe, now(), now() FROM mta.recipients "
                      "WHERE rcpt = 'good@odd.test'")
         cls.node = Pgmtad(cls.pg, cls.dns, extra="smtp-port = %d; generate-bounces = false;" % port,
-                          defaults='data-timeout = "2s";')
+                          defaults='data-timeout = "2s";',
+                          domains=['{ name = "pat.test"; smtp-pattern-list = ( { pattern = '
+                                   '"mailbox disabled"; action = "bounce-rcpt"; } ); }'])
         wait_queue_empty(cls.pg, timeout=90, node=cls.node)
 
     @classmethod
@@ -115,6 +120,11 @@ class Faults(unittest.TestCase):
         rows = self.acct("a@refused.test")
         self.assertEqual([r[0] for r in rows], ["d"])
         self.assertIn("127.0.0.27", rows[0][4])
+
+    def test_pattern_bounces_a_4xx(self):
+        rows = self.acct("a@pat.test")
+        self.assertEqual([(r[0], r[1]) for r in rows], [("b", "4.2.1")])
+        self.assertEqual(rows[0][2], "inactive-mailbox")
 
     def test_nonsense_rows_are_set_aside(self):
         rows = dict(self.pg.query("SELECT rcpt, reason FROM mta.quarantine"))
