@@ -696,7 +696,8 @@ load_conf_d(struct loader *ld, const char *path)
         names[n++] = full;
     }
     closedir(d);
-    qsort(names, n, sizeof *names, cmp_strings);
+    if (n > 1)
+        qsort(names, n, sizeof *names, cmp_strings);
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = load_file(ld, names[i]);
