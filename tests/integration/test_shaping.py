@@ -90,9 +90,10 @@ class KilledNodeSlots(unittest.TestCase):
         sink = Sink(host="127.0.0.52", port=port, rules={"dot:*": Delay(1.0, "250 ok")})
         dns.add_mx("slow.test", 10, "mx.slow.test")
         dns.add_a("mx.slow.test", "127.0.0.52")
+        # enough that ready work remains while the killed node's leases run
         copy_submit(pg, [("s@example.com", "u%d@slow.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
-                          None) for n in range(300)])
-        nodes = three_nodes(pg, dns, port, extra='lease-time = "10s";', domains=[
+                          None) for n in range(1000)])
+        nodes = three_nodes(pg, dns, port, extra='lease-time = "60s";', domains=[
             '{ name = "slow.test"; max-smtp-out = 2; max-msg-per-connection = 1000; }'])
         holders = wait_for(lambda: pg.query(
             "SELECT split_part(node, '/', 1), count(*) FROM mta.connections "
