@@ -541,10 +541,18 @@ session_on_finished(const PGresult *res, void *arg)
              (long long)s->nrcpts - finished);
     session_clear_batch(s);
     if (s->smtp && s->usable && !s->no_reuse && !w->stopping &&
-        s->sent < s->dom->max_msg_per_connection)
+        s->sent < s->dom->max_msg_per_connection) {
         session_take_tokens(s);
-    else
-        session_end(s);
+        return;
+    }
+    if (s->sent >= s->dom->max_msg_per_connection && s->dom->max_smtp_out != CONF_UNLIMITED) {
+        /* The connection is used up and its slot goes back: let the other
+         * nodes of the cluster have a turn at it before this one asks again
+         * (a short random pause, shorter than the fast poll of the others). */
+        long long pause_ms = WORKER_FAST_POLL_MS + random() % (3 * WORKER_FAST_POLL_MS);
+        s->q->throttle_until_us = now_us() + pause_ms * 1000LL;
+    }
+    session_end(s);
 }
 
 /* ---- SMTP ---- */
