@@ -1429,9 +1429,27 @@ worker_prepare(struct db *db)
                15);
 }
 
+/* libevent's own messages, as our log lines. A forked child's new event
+ * base takes over the signals from the root's base (whose descriptors the
+ * child closed); libevent warns about that once, which is expected here. */
+static void
+worker_libevent_log(int severity, const char *msg)
+{
+    if (strncmp(msg, "Added a signal to event base", 28) == 0) {
+        log_debug("libevent: %s", msg);
+        return;
+    }
+    log_msg(severity >= EVENT_LOG_ERR    ? LOG_ERROR
+            : severity >= EVENT_LOG_WARN ? LOG_WARN
+            : severity >= EVENT_LOG_MSG  ? LOG_INFO
+                                         : LOG_DEBUG,
+            "libevent: %s", msg);
+}
+
 int
 worker_run(struct conf *conf, const char *pipe_name, unsigned index)
 {
+    event_set_log_callback(worker_libevent_log);
     struct worker *w = xcalloc(1, sizeof *w);
     srandom((unsigned)(getpid() ^ time(NULL)));
     signal(SIGPIPE, SIG_IGN);
