@@ -7,20 +7,8 @@
 #include <string.h>
 
 #include "json.h"
+#include "pg_oid.h"
 #include "util.h"
-
-/* Type OIDs from PostgreSQL's pg_type.dat (stable across versions). */
-#define OID_BOOL 16
-#define OID_INT8 20
-#define OID_INT2 21
-#define OID_INT4 23
-#define OID_OID 26
-#define OID_JSON 114
-#define OID_FLOAT4 700
-#define OID_FLOAT8 701
-#define OID_NUMERIC 1700
-#define OID_JSONB 3802
-#define OID_TIMESTAMPTZ 1184
 
 PGconn *
 admin_connect(const struct admin_opts *opts)
@@ -131,13 +119,6 @@ utf8_width(const char *s)
     return w;
 }
 
-static bool
-is_numeric_type(Oid t)
-{
-    return t == OID_INT2 || t == OID_INT4 || t == OID_INT8 || t == OID_OID || t == OID_FLOAT4 ||
-           t == OID_FLOAT8 || t == OID_NUMERIC;
-}
-
 /* Control characters would break the table layout; show them as '?'. */
 static void
 put_cell(struct buf *line, const char *s, size_t width, bool right)
@@ -205,7 +186,8 @@ admin_print_table(FILE *out, const PGresult *res)
         for (int c = 0; c < nf; c++) {
             if (c)
                 buf_puts(&line, "  ");
-            put_cell(&line, cells[(size_t)r * nf + c], width[c], is_numeric_type(PQftype(res, c)));
+            put_cell(&line, cells[(size_t)r * nf + c], width[c],
+                     pg_oid_is_numeric(PQftype(res, c)));
         }
         flush_line(out, &line);
     }

@@ -4,19 +4,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "pg_oid.h"
 #include "util.h"
-
-/* Type OIDs of the built-in types (pg_type.dat); stable across releases. */
-#define OID_BOOL 16
-#define OID_INT8 20
-#define OID_INT2 21
-#define OID_INT4 23
-#define OID_OID 26
-#define OID_JSON 114
-#define OID_FLOAT4 700
-#define OID_FLOAT8 701
-#define OID_NUMERIC 1700
-#define OID_JSONB 3802
 
 void
 json_append_string(struct buf *b, const char *s)
@@ -52,13 +41,6 @@ json_append_string(struct buf *b, const char *s)
     buf_puts(b, "\"");
 }
 
-static bool
-is_numeric_type(Oid t)
-{
-    return t == OID_INT2 || t == OID_INT4 || t == OID_INT8 || t == OID_OID || t == OID_FLOAT4 ||
-           t == OID_FLOAT8 || t == OID_NUMERIC;
-}
-
 /* NaN and Infinity are numbers to PostgreSQL, not to JSON. */
 static bool
 is_json_number(const char *s)
@@ -84,7 +66,7 @@ json_append_value(struct buf *b, const PGresult *res, int row, int col)
     Oid t = PQftype(res, col);
     if (t == OID_BOOL)
         buf_puts(b, v[0] == 't' ? "true" : "false");
-    else if (is_numeric_type(t) && is_json_number(v))
+    else if (pg_oid_is_numeric(t) && is_json_number(v))
         buf_puts(b, v);
     else if (t == OID_JSON || t == OID_JSONB)
         buf_puts(b, v);
