@@ -6,9 +6,9 @@ import collections
 import unittest
 
 from dnsserver import DnsServer
-from pgmta_test import (PgServer, Pgmtad, copy_submit, free_port, main, wait_for,
+from pgmta_test import (PgServer, Pgmtad, copy_submit, free_port, main, mx_sink, wait_for,
                         wait_queue_empty)
-from sink import Delay, Sink
+from sink import Delay
 
 N = 2000
 
@@ -18,10 +18,8 @@ class DatabaseRestart(unittest.TestCase):
         pg = PgServer()
         dns = DnsServer()
         port = free_port("127.0.0.45")
-        sink = Sink(host="127.0.0.45", port=port, rules={"dot:*": Delay(0.01, "250 ok")})
-        for i in range(4):
-            dns.add_mx("r%d.test" % i, 10, "mx.restart.test")
-        dns.add_a("mx.restart.test", "127.0.0.45")
+        sink = mx_sink(dns, ["r%d.test" % i for i in range(4)], "127.0.0.45", port,
+                       rules={"dot:*": Delay(0.01, "250 ok")})
         copy_submit(pg, [("s@example.com", "u%d@r%d.test" % (n, n % 4),
                           "Subject: %d\r\n\r\nbody\r\n" % n, None) for n in range(N)])
         node = Pgmtad(pg, dns, extra='smtp-port = %d; lease-time = "20s";' % port,

@@ -2,14 +2,13 @@
 of the run. Every recipient still ends with exactly one final accounting row,
 none is lost; the killed node's leases expire and the other node delivers."""
 import collections
-import signal
 import time
 import unittest
 
 from dnsserver import DnsServer
-from pgmta_test import (PgServer, Pgmtad, copy_submit, free_port, main, wait_for,
+from pgmta_test import (PgServer, Pgmtad, copy_submit, free_port, main, mx_sink, wait_for,
                         wait_queue_empty)
-from sink import Delay, Sink
+from sink import Delay
 
 N = 3000
 
@@ -20,10 +19,8 @@ class KillOneNode(unittest.TestCase):
         dns = DnsServer()
         port = free_port("127.0.0.40")
         # a slow receiver so that the kill lands while deliveries are in flight
-        sink = Sink(host="127.0.0.40", port=port, rules={"dot:*": Delay(0.03, "250 2.0.0 ok")})
-        for i in range(5):
-            dns.add_mx("k%d.test" % i, 10, "mx.kill.test")
-        dns.add_a("mx.kill.test", "127.0.0.40")
+        sink = mx_sink(dns, ["k%d.test" % i for i in range(5)], "127.0.0.40", port,
+                       rules={"dot:*": Delay(0.03, "250 2.0.0 ok")})
         copy_submit(pg, [("s@example.com", "u%d@k%d.test" % (n, n % 5),
                           "Subject: %d\r\n\r\nbody\r\n" % n, None) for n in range(N)])
         common = dict(extra='smtp-port = %d; lease-time = "5s";' % port,

@@ -8,9 +8,9 @@ import time
 import unittest
 
 from dnsserver import DnsServer
-from pgmta_test import (PGMTA, PgServer, Pgmtad, copy_submit, free_port, main, wait_for,
-                        wait_queue_empty)
-from sink import Delay, Sink
+from pgmta_test import (PGMTA, PgServer, Pgmtad, copy_submit, free_port, main, mx_sink,
+                        wait_for, wait_queue_empty)
+from sink import Delay
 
 
 def three_nodes(pg, dns, port, **kw):
@@ -34,9 +34,7 @@ class ConnectionLimit(unittest.TestCase):
     def test_max_smtp_out_2_cluster_wide(self):
         pg, dns = PgServer(), DnsServer()
         port = free_port("127.0.0.50")
-        sink = Sink(host="127.0.0.50", port=port, rules={"dot:*": Delay(0.002, "250 ok")})
-        dns.add_mx("two.test", 10, "mx.two.test")
-        dns.add_a("mx.two.test", "127.0.0.50")
+        sink = mx_sink(dns, "two.test", "127.0.0.50", port, rules={"dot:*": Delay(0.002, "250 ok")})
         copy_submit(pg, [("s@example.com", "u%d@two.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
                           None) for n in range(2000)])
         nodes = three_nodes(pg, dns, port, domains=[
@@ -62,9 +60,7 @@ class RateLimit(unittest.TestCase):
     def test_600_per_minute_cluster_wide(self):
         pg, dns = PgServer(), DnsServer()
         port = free_port("127.0.0.51")
-        sink = Sink(host="127.0.0.51", port=port)
-        dns.add_mx("rate.test", 10, "mx.rate.test")
-        dns.add_a("mx.rate.test", "127.0.0.51")
+        sink = mx_sink(dns, "rate.test", "127.0.0.51", port)
         copy_submit(pg, [("s@example.com", "u%d@rate.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
                           None) for n in range(1000)])
         nodes = three_nodes(pg, dns, port, domains=[
@@ -87,9 +83,7 @@ class KilledNodeSlots(unittest.TestCase):
         pg, dns = PgServer(), DnsServer()
         port = free_port("127.0.0.52")
         # slow receiver: every message takes 1 s, so connections are long-lived
-        sink = Sink(host="127.0.0.52", port=port, rules={"dot:*": Delay(1.0, "250 ok")})
-        dns.add_mx("slow.test", 10, "mx.slow.test")
-        dns.add_a("mx.slow.test", "127.0.0.52")
+        sink = mx_sink(dns, "slow.test", "127.0.0.52", port, rules={"dot:*": Delay(1.0, "250 ok")})
         # enough that ready work remains while the killed node's leases run
         copy_submit(pg, [("s@example.com", "u%d@slow.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
                           None) for n in range(1000)])
@@ -120,10 +114,8 @@ class Backoff(unittest.TestCase):
         pg, dns = PgServer(), DnsServer()
         port = free_port("127.0.0.53")
         # the first 3 transactions get "421 rate limited", then the receiver is fine
-        sink = Sink(host="127.0.0.53", port=port,
-                    rules={"dot:*": ["421 4.7.28 rate limited, slow down"] * 3 + [None]})
-        dns.add_mx("bo.test", 10, "mx.bo.test")
-        dns.add_a("mx.bo.test", "127.0.0.53")
+        mx_sink(dns, "bo.test", "127.0.0.53", port,
+                rules={"dot:*": ["421 4.7.28 rate limited, slow down"] * 3 + [None]})
         copy_submit(pg, [("s@example.com", "u%d@bo.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
                           None) for n in range(20)])
         nodes = three_nodes(pg, dns, port, domains=[
@@ -153,10 +145,8 @@ class PauseResume(unittest.TestCase):
     def test_pause_stops_queue_on_every_node_within_a_second(self):
         pg, dns = PgServer(), DnsServer()
         port = free_port("127.0.0.54")
-        sink = Sink(host="127.0.0.54", port=port, rules={"dot:*": Delay(0.01, "250 ok")})
-        for d in ("p.test", "other.test"):
-            dns.add_mx(d, 10, "mx.p.test")
-        dns.add_a("mx.p.test", "127.0.0.54")
+        sink = mx_sink(dns, ["p.test", "other.test"], "127.0.0.54", port,
+                       rules={"dot:*": Delay(0.01, "250 ok")})
         copy_submit(pg, [("s@example.com", "u%d@%s" % (n, d), "Subject: %d\r\n\r\nx\r\n" % n,
                           None) for n in range(3000) for d in ("p.test", "other.test")])
         nodes = three_nodes(pg, dns, port, defaults="max-smtp-out = 3; max-msg-per-connection = 20;")
@@ -184,9 +174,7 @@ class VirtualMtas(unittest.TestCase):
     def test_source_address_and_helo_per_vmta(self):
         pg, dns = PgServer(), DnsServer()
         port = free_port("127.0.0.55")
-        sink = Sink(host="127.0.0.55", port=port)
-        dns.add_mx("v.test", 10, "mx.v.test")
-        dns.add_a("mx.v.test", "127.0.0.55")
+        sink = mx_sink(dns, "v.test", "127.0.0.55", port)
         for n in range(20):
             vmta = "vmta-a" if n % 2 == 0 else "vmta-b"
             pg.query("SELECT mta.enqueue('s@example.com', ARRAY[%s], %s, vmta => %s)",
@@ -217,10 +205,8 @@ class RollupAndPools(unittest.TestCase):
     def test_mx_rollup_shares_limits_and_pool_rotates_sources(self):
         pg, dns = PgServer(), DnsServer()
         port = free_port("127.0.0.56")
-        sink = Sink(host="127.0.0.56", port=port, rules={"dot:*": Delay(0.01, "250 ok")})
-        for d in ("r1.test", "r2.test", "pool.test"):
-            dns.add_mx(d, 10, "mx.shared.test")
-        dns.add_a("mx.shared.test", "127.0.0.56")
+        sink = mx_sink(dns, ["r1.test", "r2.test", "pool.test"], "127.0.0.56", port,
+                       rules={"dot:*": Delay(0.01, "250 ok")})
         rows = [("s@example.com", "u%d@%s" % (n, d), "Subject: %d\r\n\r\nx\r\n" % n, None)
                 for n in range(150) for d in ("r1.test", "r2.test")]
         copy_submit(pg, rows)

@@ -385,3 +385,15 @@ def make_cert(directory, cn="mx.test"):
                     "/CN=" + cn, "-days", "1", "-keyout", key, "-out", cert],
                    check=True, capture_output=True)
     return cert, key
+
+
+def mx_sink(dns, domains, ip, port, **kw):
+    """A scriptable Sink (tests/lib/sink.py) on ip:port, made the MX
+    (preference 10) of each of domains (a name or a list) in dns."""
+    from sink import Sink
+    s = Sink(host=ip, port=port, **kw)
+    name = "mx-%s.sinks.test" % ip.replace(".", "-")
+    dns.add_a(name, ip)
+    for d in ([domains] if isinstance(domains, str) else domains):
+        dns.add_mx(d, 10, name)
+    return s
