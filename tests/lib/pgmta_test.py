@@ -327,8 +327,19 @@ class Pgmtad:
                          os.path.join(self.dir, "pgmtad.log"), env=self.env)
         return self
 
+    SANITIZER_REPORTS = ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer")
+
     def stop(self, timeout=30):
-        return self.proc.stop(timeout) if self.proc else None
+        """Stops the node; fails if any of its processes reported a
+        sanitizer error (on a -DPGMTA_SANITIZE build a crashed pipe child is
+        restarted by the root, so the log is where such errors show)."""
+        rc = self.proc.stop(timeout) if self.proc else None
+        log = self.log()
+        for marker in self.SANITIZER_REPORTS:
+            i = log.find(marker)
+            if i >= 0:
+                raise AssertionError("pgmtad sanitizer report:\n" + log[max(0, i - 2000):i + 3000])
+        return rc
 
     def kill9(self):
         self.proc.kill9()
