@@ -4,7 +4,7 @@ pgmta_install_deps() {
     local packages=(build-essential cmake pkg-config libevent-dev libc-ares-dev libconfig-dev
                     libpq-dev libssl-dev libcmocka-dev postgresql-15 postgresql-client-15
                     postfix dnsmasq-base swaks python3 python3-psycopg2 openssl procps
-                    iproute2 util-linux clang-format)
+                    iproute2 util-linux clang-format python3-dkim)
     local missing=() p
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
