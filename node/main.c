@@ -18,6 +18,7 @@
 #include <event2/event.h>
 
 #include "conf.h"
+#include "dkim.h"
 #include "db.h"
 #include "http.h"
 #include "log.h"
@@ -219,6 +220,24 @@ root_stop(struct root *r, const char *why)
     pipe_sup_stop(r->sup, kill_after, root_stopped, r);
 }
 
+/* conf_load plus what the configuration points at: the DKIM keys must
+ * load (readable, not world-readable, a supported type), so that a bad key
+ * is refused at start and on reload like any other configuration error. */
+static struct conf *
+load_config(const char *path, char *err, size_t errlen)
+{
+    struct conf *c = conf_load(path, err, errlen);
+    if (!c)
+        return NULL;
+    struct dkim *keys = dkim_new(c, err, errlen);
+    if (!keys) {
+        conf_free(c);
+        return NULL;
+    }
+    dkim_free(keys);
+    return c;
+}
+
 /* SIGHUP and POST /api/reload: 0 when the new configuration is in place,
  * else -1 with the reason in err and the running configuration kept. */
 static int
@@ -228,7 +247,7 @@ root_reload(struct root *r, char *err, size_t errlen)
         snprintf(err, errlen, "the node is stopping");
         return -1;
     }
-    struct conf *fresh = conf_load(r->conf->path, err, errlen);
+    struct conf *fresh = load_config(r->conf->path, err, errlen);
     if (!fresh) {
         log_error("root event=reload-failed keeping=old error=\"%s\"", err);
         return -1;
@@ -384,7 +403,7 @@ main(int argc, char **argv)
     }
 
     char err[CONF_ERR_LEN] = "";
-    struct conf *conf = conf_load(path, err, sizeof err);
+    struct conf *conf = load_config(path, err, sizeof err);
     if (!conf) {
         fprintf(stderr, "%s\n", err[0] ? err : "configuration could not be loaded");
         return 2;

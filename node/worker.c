@@ -26,6 +26,7 @@
 
 #include "bounce.h"
 #include "db.h"
+#include "dkim.h"
 #include "dns.h"
 #include "log.h"
 #include "sched.h"
@@ -107,6 +108,8 @@ struct msg {
     char *envid;
     const unsigned char *content; /* inside the session's claim result */
     size_t content_len;
+    unsigned char *signed_content; /* DKIM/BIMI headers + content, when signed */
+    size_t signed_len;
     size_t first; /* index of its first recipient in the batch */
     size_t nrcpts;
     const char **rcpt_ptrs;
@@ -167,6 +170,7 @@ struct worker {
     size_t rr;
     struct dns *dns;
     struct sched *sched;
+    struct dkim *dkim; /* keys of the current configuration (used only while sending) */
     struct event *ev_tick;
     struct event *ev_heartbeat;
     struct event *ev_housekeeping;
@@ -235,9 +239,10 @@ session_clear_batch(struct session *s)
     s->rcpts = NULL;
     s->nrcpts = 0;
     for (size_t i = 0; i < s->nmsgs; i++) {
-        s->w->content_bytes -= s->msgs[i].content_len;
+        s->w->content_bytes -= s->msgs[i].content_len + s->msgs[i].signed_len;
         free(s->msgs[i].mail_from);
         free(s->msgs[i].envid);
+        free(s->msgs[i].signed_content);
         free(s->msgs[i].rcpt_ptrs);
     }
     free(s->msgs);
@@ -698,6 +703,20 @@ session_send(struct session *s)
         m[i].nrcpts = msg->nrcpts;
         m[i].content = msg->content;
         m[i].content_len = msg->content_len;
+        /* DKIM signature and BIMI-Selector of the sender domain, once per
+         * message (not per recipient). */
+        char *hdr = dkim_headers(s->w->dkim, msg->mail_from, msg->content, msg->content_len);
+        if (hdr) {
+            size_t hl = strlen(hdr);
+            msg->signed_content = xmalloc(hl + msg->content_len);
+            memcpy(msg->signed_content, hdr, hl);
+            memcpy(msg->signed_content + hl, msg->content, msg->content_len);
+            m[i].content = msg->signed_content;
+            m[i].content_len = hl + msg->content_len;
+            msg->signed_len = m[i].content_len;
+            s->w->content_bytes += msg->signed_len;
+            free(hdr);
+        }
         for (size_t k = 0; k < msg->content_len; k++) {
             if (msg->content[k] & 0x80) {
                 m[i].eightbit = true;
@@ -1384,6 +1403,14 @@ worker_reload(struct worker *w)
         log_error("pipe=%s event=reload-failed error=\"%s\" keeping=old", w->pipe, err);
         return;
     }
+    struct dkim *keys = dkim_new(c, err, sizeof err);
+    if (!keys) {
+        log_error("pipe=%s event=reload-failed error=\"%s\" keeping=old", w->pipe, err);
+        conf_free(c);
+        return;
+    }
+    dkim_free(w->dkim);
+    w->dkim = keys;
     /* Sessions keep pointers into the old configuration: keep it until
      * exit (reloads are rare). */
     w->old_confs = xrealloc(w->old_confs, (w->nold_confs + 1) * sizeof *w->old_confs);
@@ -1461,6 +1488,11 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     w->poll_ms = WORKER_FAST_POLL_MS;
     w->avg_msg_bytes = 8192;
     char err[512];
+    w->dkim = dkim_new(conf, err, sizeof err);
+    if (!w->dkim) {
+        log_error("pipe=%s event=dkim-init-failed error=\"%s\"", pipe_name, err);
+        return 2;
+    }
     w->dns = dns_new(w->base, (const char *const *)conf->dns_servers, conf->ndns_servers,
                      conf->dns_timeout_ms, err, sizeof err);
     if (!w->dns) {
@@ -1511,6 +1543,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     /* Run the deferred frees. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     sched_free(w->sched);
+    dkim_free(w->dkim);
     for (size_t i = 0; i < w->ndbs; i++)
         db_free(w->dbs[i]);
     free(w->dbs);
