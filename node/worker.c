@@ -755,6 +755,76 @@ parse_source(const char *ip, struct sockaddr_storage *ss, socklen_t *len)
     return false;
 }
 
+/* Whether ADDR is one of this node's SMTP listeners (listen.smtp): an MX
+ * that points at ourselves would loop the mail back into our own queue. A
+ * wildcard listener (0.0.0.0, ::) counts for the loopback addresses. */
+static bool
+addr_is_ours(const struct conf *c, const struct dns_addr *a)
+{
+    char ip[INET6_ADDRSTRLEN];
+    unsigned port;
+    const void *bin;
+    int fam = a->sa.ss_family;
+    if (fam == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&a->sa;
+        bin = &in->sin_addr;
+        port = ntohs(in->sin_port);
+    } else if (fam == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->sa;
+        bin = &in6->sin6_addr;
+        port = ntohs(in6->sin6_port);
+    } else {
+        return false;
+    }
+    inet_ntop(fam, bin, ip, sizeof ip);
+    bool loopback = fam == AF_INET ? strncmp(ip, "127.", 4) == 0 : strcmp(ip, "::1") == 0;
+    for (size_t i = 0; i < c->nlisten_smtp; i++) {
+        const char *l = c->listen_smtp[i];
+        const char *colon = strrchr(l, ':');
+        if (!colon || (unsigned)strtoul(colon + 1, NULL, 10) != port)
+            continue;
+        char host[INET6_ADDRSTRLEN + 2];
+        size_t hl = (size_t)(colon - l);
+        if (l[0] == '[' && hl >= 2) {
+            l++;
+            hl -= 2;
+        }
+        if (hl >= sizeof host)
+            continue;
+        memcpy(host, l, hl);
+        host[hl] = '\0';
+        if (strcmp(host, ip) == 0)
+            return true;
+        if (loopback && (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0))
+            return true;
+    }
+    return false;
+}
+
+/* The hosts of RES without the addresses that are our own listeners; the
+ * caller frees the address arrays and the array. */
+static struct dns_host *
+hosts_not_ours(const struct conf *c, const struct dns_result *res, size_t *n)
+{
+    struct dns_host *out = xcalloc(res->nhosts ? res->nhosts : 1, sizeof *out);
+    *n = 0;
+    for (size_t i = 0; i < res->nhosts; i++) {
+        const struct dns_host *h = &res->hosts[i];
+        struct dns_host *o = &out[*n];
+        *o = *h;
+        o->addrs = xcalloc(h->naddrs ? h->naddrs : 1, sizeof *o->addrs);
+        o->naddrs = 0;
+        for (size_t k = 0; k < h->naddrs; k++)
+            if (!addr_is_ours(c, &h->addrs[k]))
+                o->addrs[o->naddrs++] = h->addrs[k];
+        if (o->naddrs)
+            (*n)++;
+        else
+            free(o->addrs);
+    }
+    return out;
+}
+
 static void
 session_on_dns(const struct dns_result *res, void *arg)
 {
@@ -809,7 +879,21 @@ session_on_dns(const struct dns_result *res, void *arg)
         .data_timeout_ms = s->dom->data_timeout_ms,
         .id = s->q->name,
     };
-    s->smtp = smtp_client_new(w->base, &cfg, res->hosts, res->nhosts);
+    size_t nhosts;
+    struct dns_host *hosts = hosts_not_ours(conf, res, &nhosts);
+    if (nhosts == 0) {
+        /* Every MX is this node: delivering would loop (Postfix: 5.4.6). */
+        free(hosts);
+        char *diag = xasprintf("dns;mail for %s loops back to myself", s->q->domain);
+        session_fail_all(s, true, 554, "5.4.6", diag);
+        free(diag);
+        session_finish(s);
+        return;
+    }
+    s->smtp = smtp_client_new(w->base, &cfg, hosts, nhosts);
+    for (size_t i = 0; i < nhosts; i++)
+        free(hosts[i].addrs);
+    free(hosts);
     s->usable = true;
     session_send(s);
 }

@@ -28,6 +28,11 @@ class TlsAndDns(unittest.TestCase):
         cls.dns.add_a("mx-clear.test", "127.0.0.31")
         cls.dns.add_mx("sender.test", 10, "mx-reports.test")
         cls.dns.add_a("mx-reports.test", "127.0.0.32")
+        # MX records that point at this node's own SMTP listener (127.0.0.33)
+        cls.dns.add_mx("loop.test", 10, "mx-self.test")
+        cls.dns.add_mx("halfloop.test", 10, "mx-self.test")
+        cls.dns.add_mx("halfloop.test", 20, "mx-tls.test")
+        cls.dns.add_a("mx-self.test", "127.0.0.33")
         cls.dns.null_mx("nullmx.test")
         cls.dns.nxdomain("gone.test")
         cls.dns.servfail("broken.test")
@@ -38,13 +43,18 @@ class TlsAndDns(unittest.TestCase):
         cls.pg.query(q, ("s@sender.test", "a@gone.test", BODY))
         cls.pg.query(q, ("s@sender.test", "a@broken.test", BODY))
         cls.pg.query(q, ("", "b@gone.test", BODY))
-        cls.node = Pgmtad(cls.pg, cls.dns, extra="smtp-port = %d;" % port,
+        cls.pg.query(q, ("", "a@loop.test", BODY))
+        cls.pg.query(q, ("", "a@halfloop.test", BODY))
+        cls.node = Pgmtad(cls.pg, cls.dns, extra='smtp-port = %d; listen = { smtp = '
+                          '[ "127.0.0.33:%d" ]; };' % (port, port),
                           domains=['{ name = "strict.test"; require-starttls = true; }'])
         # Everything final except strict.test and broken.test (deferred), plus
         # the reports: wait for the two reports to reach the sender's sink.
         wait_for(lambda: len(cls.report_sink.messages()) >= 2 and
                  cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 't' AND "
-                               "rcpt IN ('a@strict.test', 'a@broken.test')") >= 2,
+                               "rcpt IN ('a@strict.test', 'a@broken.test')") >= 2 and
+                 cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE type IN ('d', 'b') AND "
+                               "rcpt IN ('a@loop.test', 'a@halfloop.test')") == 2,
                  timeout=60, what="deliveries, reports and deferrals")
 
     @classmethod
@@ -89,6 +99,13 @@ class TlsAndDns(unittest.TestCase):
         self.assertEqual(rows[0][0], "t")
         self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.recipients "
                                         "WHERE rcpt = 'a@broken.test'"), 1)
+
+    def test_mx_pointing_to_ourselves(self):
+        rows = self.acct("a@loop.test")
+        self.assertEqual([(r[0], r[1]) for r in rows], [("b", "5.4.6")])
+        self.assertIn("loops back to myself", rows[0][5])
+        # with another MX left, that one is used and ours is skipped
+        self.assertEqual([r[0] for r in self.acct("a@halfloop.test")], ["d"])
 
     def test_bounce_report_to_sender(self):
         msgs = self.report_sink.messages()
