@@ -198,14 +198,21 @@ admin_print_table(FILE *out, const PGresult *res)
     free(width);
 }
 
+/* Writes B to OUT and frees it. */
+static void
+put_buf(FILE *out, struct buf *b)
+{
+    fwrite(b->data, 1, b->len, out);
+    buf_free(b);
+}
+
 void
 admin_json_string(FILE *out, const char *s)
 {
     struct buf b;
     buf_init(&b);
     json_append_string(&b, s);
-    fwrite(b.data, 1, b.len, out);
-    buf_free(&b);
+    put_buf(out, &b);
 }
 
 void
@@ -214,8 +221,7 @@ admin_json_value(FILE *out, const PGresult *res, int row, int col)
     struct buf b;
     buf_init(&b);
     json_append_value(&b, res, row, col);
-    fwrite(b.data, 1, b.len, out);
-    buf_free(&b);
+    put_buf(out, &b);
 }
 
 void
@@ -224,8 +230,7 @@ admin_print_json(FILE *out, const PGresult *res)
     struct buf b;
     buf_init(&b);
     json_append_rows(&b, res);
-    fwrite(b.data, 1, b.len, out);
-    buf_free(&b);
+    put_buf(out, &b);
 }
 
 void

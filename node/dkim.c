@@ -109,20 +109,15 @@ line_at(const unsigned char *msg, size_t len, size_t pos, size_t *next)
 
 /* ---- canonicalization --------------------------------------------------- */
 
-int
-dkim_canon_header(struct buf *out, const char *field, size_t len)
+/* Copies SRC to W without CR and LF, WSP runs as one SP and none at
+ * either end (lower-cased if asked); returns the end of what it wrote. */
+static char *
+squeeze_wsp(char *w, const char *src, size_t len, bool lower)
 {
-    const char *colon = memchr(field, ':', len);
-    if (!colon)
-        return -1;
-    size_t namelen = (size_t)(colon - field);
-    buf_reserve(out, len + 1);
-    char *w = out->data + out->len;
     char *start = w;
     bool sp = false;
-    /* Name: lower case, WSP runs to one SP, none before the colon. */
-    for (size_t i = 0; i < namelen; i++) {
-        unsigned char c = (unsigned char)field[i];
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
         if (c == '\r' || c == '\n')
             continue;
         if (is_wsp(c)) {
@@ -132,25 +127,25 @@ dkim_canon_header(struct buf *out, const char *field, size_t len)
         if (sp && w > start)
             *w++ = ' ';
         sp = false;
-        *w++ = (char)tolower(c);
+        *w++ = (char)(lower ? tolower(c) : c);
     }
+    return w;
+}
+
+int
+dkim_canon_header(struct buf *out, const char *field, size_t len)
+{
+    const char *colon = memchr(field, ':', len);
+    if (!colon)
+        return -1;
+    size_t namelen = (size_t)(colon - field);
+    buf_reserve(out, len + 1);
+    char *w = out->data + out->len;
+    /* Name: lower case, WSP runs to one SP, none before the colon. */
+    w = squeeze_wsp(w, field, namelen, true);
     *w++ = ':';
     /* Value: unfolded, WSP runs to one SP, none at either end. */
-    char *vstart = w;
-    sp = false;
-    for (size_t i = namelen + 1; i < len; i++) {
-        unsigned char c = (unsigned char)field[i];
-        if (c == '\r' || c == '\n')
-            continue;
-        if (is_wsp(c)) {
-            sp = true;
-            continue;
-        }
-        if (sp && w > vstart)
-            *w++ = ' ';
-        sp = false;
-        *w++ = (char)c;
-    }
+    w = squeeze_wsp(w, field + namelen + 1, len - namelen - 1, false);
     out->len = (size_t)(w - out->data);
     out->data[out->len] = '\0';
     return 0;
