@@ -3,35 +3,23 @@ fencing token, transient failures, expired leases, release, node_stop, pauses,
 RFC 3464 bounces, set_aside, delete, purge, and two claimers racing."""
 import threading
 import time
-import unittest
 import uuid
 
 import psycopg2
 
-from pgmta_test import PgServer, main
+from pgmta_test import DbTestCase, main
 
 FINISH = ("SELECT mta.finish(%(node)s, %(name)s, %(ids)s, %(tokens)s, %(types)s,"
           " %(retry)s::timestamptz[], %(status)s, %(diag)s, %(mta)s, %(cat)s, %(src)s, %(dst)s,"
           " %(proto)s, %(cipher)s, %(bounces)s)")
 
 
-class ClaimTest(unittest.TestCase):
+class ClaimTest(DbTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.pg = PgServer()
-        cls.conn = cls.pg.connect()
+        super().setUpClass()
         cls.node_a = cls.q1("SELECT mta.node_register('node-a', 'bulk', 0, 100, 'host-a')")
         cls.node_b = cls.q1("SELECT mta.node_register('node-b', 'bulk', 1, 101, 'host-b')")
-
-    @classmethod
-    def q(cls, sql, args=None):
-        with cls.conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-
-    @classmethod
-    def q1(cls, sql, args=None):
-        return cls.q(sql, args)[0][0]
 
     def domain(self):
         return "d%s.example" % uuid.uuid4().hex[:10]

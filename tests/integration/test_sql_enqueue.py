@@ -1,26 +1,15 @@
 """mta.enqueue(): good messages are stored with their queue and 'r' accounting
 rows; every kind of bad input is refused with a clear message and stores
 nothing; text that looks like SQL is stored as data."""
-import unittest
 
 import psycopg2
 
-from pgmta_test import PgServer, main
+from pgmta_test import DbTestCase, main
 
 COUNTED = ("mta.messages", "mta.recipients", "mta.acct", "mta.queue", "mta.job")
 
 
-class EnqueueTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = PgServer()
-        cls.conn = cls.pg.connect()
-
-    def q(self, sql, args=None):
-        with self.conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-
+class EnqueueTest(DbTestCase):
     def enqueue(self, mail_from, rcpts, content, **kw):
         names = ", ".join("%s => %%(%s)s" % (k, k) for k in kw)
         args = dict(kw, mail_from=mail_from, rcpts=rcpts, content=content)
@@ -28,8 +17,8 @@ class EnqueueTest(unittest.TestCase):
             (", " + names if names else "") + ")"
         return self.q(sql, args)[0][0]
 
-    def counts(self):
-        return {t: self.q("SELECT count(*) FROM " + t)[0][0] for t in COUNTED}
+    def counts(self, tables=COUNTED):
+        return super().counts(tables)
 
     def assert_refused(self, expect, mail_from, rcpts, content="Subject: x\r\n\r\nbody\r\n", **kw):
         before = self.counts()

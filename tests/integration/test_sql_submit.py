@@ -2,28 +2,17 @@
 row; identical content in one statement is stored once; a bad row refuses the
 whole statement."""
 import io
-import unittest
 
 import psycopg2
 
-from pgmta_test import PgServer, main
+from pgmta_test import DbTestCase, main
 
 COUNTED = ("mta.messages", "mta.recipients", "mta.acct", "mta.queue", "mta.job", "mta.submit")
 
 
-class SubmitTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = PgServer()
-        cls.conn = cls.pg.connect()
-
-    def q(self, sql, args=None):
-        with self.conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-
-    def counts(self):
-        return {t: self.q("SELECT count(*) FROM " + t)[0][0] for t in COUNTED}
+class SubmitTest(DbTestCase):
+    def counts(self, tables=COUNTED):
+        return super().counts(tables)
 
     def test_copy_100k(self):
         n, ndomains = 100000, 20

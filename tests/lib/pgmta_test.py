@@ -408,3 +408,27 @@ def mx_sink(dns, domains, ip, port, **kw):
     for d in ([domains] if isinstance(domains, str) else domains):
         dns.add_mx(d, 10, name)
     return s
+
+
+class DbTestCase(unittest.TestCase):
+    """A test class with its own PgServer and one autocommit connection."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PgServer()
+        cls.conn = cls.pg.connect()
+
+    @classmethod
+    def q(cls, sql, args=None):
+        """Runs SQL on the class connection; returns all rows ([] without any)."""
+        with cls.conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
+
+    @classmethod
+    def q1(cls, sql, args=None):
+        return cls.q(sql, args)[0][0]
+
+    def counts(self, tables):
+        """{table: row count} for each of tables."""
+        return {t: self.q1("SELECT count(*) FROM " + t) for t in tables}
