@@ -974,6 +974,13 @@ conf_load(const char *path, char *err, size_t errlen)
     c->smtp_listener_max_rcpt = 1000;
     c->smtp_listener_idle_timeout_ms = 5 * 60000;
     c->smtp_listener_data_timeout_ms = 3 * 60000;
+    c->smtp_listener_processes = 0; /* one per core */
+    c->smtp_listener_max_sessions_per_client = 20;
+    c->smtp_listener_reserved_sessions = 10;
+    c->smtp_listener_max_data_time_ms = 10 * 60000;
+    c->smtp_listener_batch_max_messages = 64;
+    c->smtp_listener_batch_max_bytes = 8 * 1024 * 1024;
+    c->smtp_listener_batch_max_wait_ms = 2;
 
     int rc = load_file(&ld, path);
     if (rc == 0)

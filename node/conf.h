@@ -138,10 +138,17 @@ struct conf {
     struct conf_smtp_user *smtp_listener_users;
     size_t nsmtp_listener_users;
     uint32_t smtp_listener_max_sessions;
-    uint32_t smtp_listener_max_message_size; /* bytes */
-    uint32_t smtp_listener_max_rcpt;         /* recipients per message */
-    uint64_t smtp_listener_idle_timeout_ms;  /* waiting for a command */
-    uint64_t smtp_listener_data_timeout_ms;  /* silence during DATA */
+    uint32_t smtp_listener_max_message_size;        /* bytes */
+    uint32_t smtp_listener_max_rcpt;                /* recipients per message */
+    uint64_t smtp_listener_idle_timeout_ms;         /* waiting for a command */
+    uint64_t smtp_listener_data_timeout_ms;         /* silence during DATA */
+    uint32_t smtp_listener_processes;               /* smtp-in processes; 0: one per core */
+    uint32_t smtp_listener_max_sessions_per_client; /* per address not in allow */
+    uint32_t smtp_listener_reserved_sessions;       /* for addresses in allow only */
+    uint64_t smtp_listener_max_data_time_ms;        /* the whole of DATA */
+    uint32_t smtp_listener_batch_max_messages;      /* group commit: messages per COMMIT */
+    uint32_t smtp_listener_batch_max_bytes;         /* group commit: content bytes */
+    uint64_t smtp_listener_batch_max_wait_ms;       /* group commit: wait after the first */
 };
 
 /* Loads PATH plus conf.d/ *.conf beside it. On error returns NULL and writes
