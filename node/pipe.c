@@ -147,13 +147,13 @@ static void __attribute__((noreturn)) child_main(struct pipe_sup *s, struct pipe
     }
 
     char ident[96];
-    snprintf(ident, sizeof ident, "pgmtad[%s/%u]", p->label, p->index);
+    snprintf(ident, sizeof ident, "pgmtad[%s/%u]", p->pipe, p->index);
     log_set_ident(ident);
 
     /* The child's copy of the configuration and of the pipe name; the
      * root's memory is not touched again in this process. */
     struct conf *conf = (struct conf *)s->conf;
-    int rc = s->child_fn[p->kind](conf, p->label, p->index);
+    int rc = s->child_fn[p->kind](conf, p->pipe, p->index);
     _exit(rc & 0xff);
 }
 
