@@ -13,6 +13,7 @@ import re
 import signal
 import smtplib
 import socket
+import subprocess
 import threading
 import time
 import unittest
@@ -138,7 +139,9 @@ class GroupCommitTest(unittest.TestCase):
         # the root parses no mail: its pid is not among the listeners' owners
         root = self.node.proc.pid
         self.assertNotIn(root, [r[1] for r in rows])
-        out = os.popen("ss -Htlnp 'sport = :%d'" % self.port).read()
+        out = subprocess.run(["ss", "-Htlnp", "sport = :%d" % self.port], capture_output=True,
+                             text=True, check=True).stdout
+        self.assertEqual(out.count("LISTEN"), 2, out)  # one socket per process (SO_REUSEPORT)
         self.assertNotIn("pid=%d," % root, out)
 
     def test_concurrent_sessions_share_commits(self):
