@@ -980,7 +980,7 @@ conf_load(const char *path, char *err, size_t errlen)
     c->smtp_listener_max_data_time_ms = 10 * 60000;
     c->smtp_listener_batch_max_messages = 64;
     c->smtp_listener_batch_max_bytes = 8 * 1024 * 1024;
-    c->smtp_listener_batch_max_wait_ms = 2;
+    c->smtp_listener_batch_max_wait_ms = 1;
 
     int rc = load_file(&ld, path);
     if (rc == 0)

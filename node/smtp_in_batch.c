@@ -355,7 +355,7 @@ smtp_in_batch_new(struct event_base *base, struct db *db, smtp_in_batch_cb cb, v
     b->cb_arg = arg;
     b->lim.max_messages = 64;
     b->lim.max_bytes = 8u << 20;
-    b->lim.max_wait_ms = 2;
+    b->lim.max_wait_ms = 1;
     b->timer = evtimer_new(base, on_timer, b);
     b->kick = evtimer_new(base, on_kick, b);
     PGMTA_ASSERT(b->timer && b->kick);
