@@ -28,7 +28,8 @@ struct smtp_in_batch;
  * SMTP_IN_BATCH_STMT (db_prepare) before handing the connection over. */
 #define SMTP_IN_BATCH_STMT "smtp_enqueue_batch"
 #define SMTP_IN_BATCH_SQL                                                                          \
-    "SELECT ord, id, err_state, err_text FROM mta.enqueue_batch($1::text[], $2::int[], $3::text[], "   \
+    "SELECT ord, id, err_state, err_text FROM mta.enqueue_batch($1::text[], $2::int[], "           \
+    "$3::text[], "                                                                                 \
     "$4::bytea[], $5::text[], $6::text[], $7::text[], $8::text[])"
 #define SMTP_IN_BATCH_NPARAMS 8
 
