@@ -220,7 +220,8 @@ smtp_in_reload(struct smtp_in *in)
     if (smtp_server_reload(in->smtp, fresh, err, sizeof err) != 0)
         log_error("smtp-in index=%u event=smtp-listener-reload-failed error=\"%s\"", in->index,
                   err);
-    http_apply(in->http, fresh);
+    if (in->http)
+        http_apply(in->http, fresh);
     conf_free(in->conf);
     in->conf = fresh;
     log_info("smtp-in index=%u event=reloaded", in->index);
