@@ -1,4 +1,4 @@
-/* smtp_server: the SMTP injection listener, run by the root process.
+/* smtp_server: the SMTP injection listener, run by each smtp-in process.
  *
  * One state machine per session: session_enter() performs the entry
  * actions of a state (arm the timer, log the transition), session_react()
@@ -8,7 +8,8 @@
  *
  * Ownership: the server owns its listeners, its settings (copied from the
  * configuration, replaced whole on reload; a session reads the current
- * ones), its database connection and the list of sessions. A session owns
+ * ones), the batcher (smtp_in_batch.c, which owns the database
+ * connection) and the list of sessions. A session owns
  * its bufferevent (the socket, or the OpenSSL filter on top of it), its
  * timers and the message being received. Sessions are freed by a deferred
  * event at the end of the loop turn, never inside their own callbacks. An
@@ -44,6 +45,7 @@
 #include "db.h"
 #include "log.h"
 #include "smtp_in_batch.h"
+#include "smtp_in_settings.h"
 
 /* Reading stops while this much input is buffered and not yet processed
  * (e.g. pipelined commands while an enqueue is in flight). */
@@ -69,24 +71,6 @@
  * Server and settings
  */
 
-struct settings {
-    SSL_CTX *tls; /* NULL: no STARTTLS */
-    struct smtp_server_cidr *allow;
-    size_t nallow;
-    struct conf_smtp_user *users; /* deep copy */
-    size_t nusers;
-    uint32_t max_sessions;
-    uint32_t max_per_client; /* sessions per address not in allow */
-    uint32_t reserved;       /* sessions only allowed addresses may use */
-    uint32_t max_size;
-    uint32_t max_rcpt;
-    uint64_t idle_ms;
-    uint64_t data_ms;     /* silence during DATA */
-    uint64_t data_max_ms; /* the whole of DATA */
-    struct smtp_in_batch_limits batch;
-    char *hostname;
-};
-
 struct listener {
     char *addr;
     struct evconnlistener *lev;
@@ -97,7 +81,7 @@ struct session;
 struct smtp_server {
     struct event_base *base;
     struct smtp_in_batch *batch; /* group commit; owns the database connection */
-    struct settings *set;
+    struct smtp_in_settings *set;
     struct listener *listeners;
     size_t nlisteners;
     struct session *sessions; /* doubly linked */
@@ -109,97 +93,6 @@ struct smtp_server {
     unsigned long next_sid;
     bool stopping; /* no new sessions; idle ones are told 421 */
 };
-
-static void
-settings_free(struct settings *st)
-{
-    if (!st)
-        return;
-    if (st->tls)
-        SSL_CTX_free(st->tls);
-    free(st->allow);
-    for (size_t i = 0; i < st->nusers; i++) {
-        free(st->users[i].name);
-        if (st->users[i].password)
-            OPENSSL_cleanse(st->users[i].password, strlen(st->users[i].password));
-        free(st->users[i].password);
-    }
-    free(st->users);
-    free(st->hostname);
-    free(st);
-}
-
-static SSL_CTX *
-tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx) {
-        snprintf(err, errlen, "SSL_CTX_new failed");
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
-    const char *what = NULL;
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
-        what = "cannot load smtp-listener.tls-cert";
-    else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
-        what = "cannot load smtp-listener.tls-key";
-    else if (SSL_CTX_check_private_key(ctx) != 1)
-        what = "smtp-listener.tls-key does not match tls-cert";
-    if (what) {
-        char why[256];
-        ERR_error_string_n(ERR_get_error(), why, sizeof why);
-        ERR_clear_error();
-        snprintf(err, errlen, "%s: %s", what, why);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
-static struct settings *
-settings_new(const struct conf *conf, char *err, size_t errlen)
-{
-    struct settings *st = xcalloc(1, sizeof *st);
-    if (conf->smtp_listener_tls_cert && conf->smtp_listener_tls_key) {
-        st->tls =
-            tls_server_ctx(conf->smtp_listener_tls_cert, conf->smtp_listener_tls_key, err, errlen);
-        if (!st->tls) {
-            settings_free(st);
-            return NULL;
-        }
-    }
-    st->allow = xcalloc(conf->nsmtp_listener_allow + 1, sizeof *st->allow);
-    for (size_t i = 0; i < conf->nsmtp_listener_allow; i++) {
-        if (smtp_server_parse_cidr(conf->smtp_listener_allow[i], &st->allow[st->nallow]) != 0) {
-            snprintf(err, errlen, "smtp-listener.allow: bad network \"%s\"",
-                     conf->smtp_listener_allow[i]);
-            settings_free(st);
-            return NULL;
-        }
-        st->nallow++;
-    }
-    st->users = xcalloc(conf->nsmtp_listener_users + 1, sizeof *st->users);
-    for (size_t i = 0; i < conf->nsmtp_listener_users; i++) {
-        st->users[i].name = xstrdup(conf->smtp_listener_users[i].name);
-        st->users[i].password = xstrdup(conf->smtp_listener_users[i].password);
-        st->nusers++;
-    }
-    st->max_sessions = conf->smtp_listener_max_sessions;
-    st->max_size = conf->smtp_listener_max_message_size;
-    st->max_rcpt = conf->smtp_listener_max_rcpt;
-    st->idle_ms = conf->smtp_listener_idle_timeout_ms;
-    st->data_ms = conf->smtp_listener_data_timeout_ms;
-    st->data_max_ms = conf->smtp_listener_max_data_time_ms;
-    st->max_per_client = conf->smtp_listener_max_sessions_per_client;
-    st->reserved = conf->smtp_listener_reserved_sessions;
-    st->batch.max_messages = conf->smtp_listener_batch_max_messages;
-    st->batch.max_bytes = conf->smtp_listener_batch_max_bytes;
-    st->batch.max_wait_ms = conf->smtp_listener_batch_max_wait_ms;
-    st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
-    return st;
-}
 
 /* ---------------------------------------------------------------------------
  * Sessions
@@ -373,7 +266,7 @@ session_allowed(const struct session *s)
 static void
 session_enter(struct session *s, enum session_state st)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     log_trace("smtp-in session=%lu state=%s->%s", s->id, state_names[s->state], state_names[st]);
     s->state = st;
     evtimer_del(s->timer);
@@ -529,7 +422,7 @@ enqueue_start(struct session *s, char *job_id, char *vmta)
 static void
 received_header(struct session *s)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     char date[64];
     time_t now = time(NULL);
     struct tm tm;
@@ -565,7 +458,7 @@ data_finished(struct session *s)
 static void
 cmd_ehlo(struct session *s, const struct smtp_server_cmd *c, bool esmtp)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     if (c->arglen == 0 || memchr(c->arg, ' ', c->arglen) || c->arglen > 255) {
         reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         protocol_error(s);
@@ -695,7 +588,7 @@ cmd_data(struct session *s, const struct smtp_server_cmd *c)
 static void
 cmd_starttls(struct session *s, const struct smtp_server_cmd *c)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     if (!set->tls) {
         reply(s, "502 5.5.1 Error: STARTTLS not available");
         protocol_error(s);
@@ -747,7 +640,7 @@ cmd_starttls(struct session *s, const struct smtp_server_cmd *c)
 static void
 auth_check(struct session *s, const char *user, const char *pass, size_t passlen)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     bool ok = false;
     for (size_t i = 0; i < set->nusers; i++) {
         if (strcmp(set->users[i].name, user) == 0) {
@@ -814,7 +707,7 @@ auth_plain(struct session *s, const char *line, size_t len)
 static void
 cmd_auth(struct session *s, const struct smtp_server_cmd *c)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     if (!s->tls) {
         reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
         protocol_error(s);
@@ -1219,7 +1112,7 @@ session_setup_bev(struct session *s)
 static const char *
 admission(const struct smtp_server *srv, const struct session *s)
 {
-    const struct settings *set = srv->set;
+    const struct smtp_in_settings *set = srv->set;
     if (srv->nsessions - srv->nrefused > set->max_sessions)
         return "max-sessions";
     if (s->allowed_by_addr)
@@ -1246,7 +1139,7 @@ on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, i
     (void)lev;
     (void)socklen;
     struct smtp_server *srv = arg;
-    const struct settings *set = srv->set;
+    const struct smtp_in_settings *set = srv->set;
     struct session *s = xcalloc(1, sizeof *s);
     s->id = srv->next_sid++;
     s->srv = srv;
@@ -1436,7 +1329,7 @@ smtp_server_new(struct event_base *base, const struct conf *conf, char *err, siz
     srv->next_sid = 1;
     srv->accept_resume = evtimer_new(base, on_accept_resume, srv);
     PGMTA_ASSERT(srv->accept_resume != NULL);
-    srv->set = settings_new(conf, err, errlen);
+    srv->set = smtp_in_settings_new(conf, err, errlen);
     if (!srv->set) {
         event_free(srv->accept_resume);
         free(srv);
@@ -1455,10 +1348,10 @@ smtp_server_reload(struct smtp_server *srv, const struct conf *conf, char *err, 
 {
     if (!srv)
         return 0;
-    struct settings *fresh = settings_new(conf, err, errlen);
+    struct smtp_in_settings *fresh = smtp_in_settings_new(conf, err, errlen);
     if (!fresh)
         return -1;
-    settings_free(srv->set);
+    smtp_in_settings_free(srv->set);
     srv->set = fresh;
     int rc = listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen);
     start_db(srv, conf);
@@ -1508,6 +1401,6 @@ smtp_server_free(struct smtp_server *srv)
         event_del(s->free_ev);
         session_free(s);
     }
-    settings_free(srv->set);
+    smtp_in_settings_free(srv->set);
     free(srv);
 }
