@@ -163,6 +163,9 @@ send_batch(struct smtp_in_batch *b)
     }
     if (!b->head)
         b->tail = NULL;
+    /* What a limit left behind has waited long enough: it goes as soon as
+     * this statement has completed. */
+    b->due = b->head != NULL;
     b->nwaiting -= n;
     b->waiting_bytes -= bytes;
 

@@ -111,6 +111,8 @@ def smtp_in_pids(pg):
 
 
 class GroupCommitTest(unittest.TestCase):
+    batch_max = 8  # below the 25 sessions per process: the limit is exercised
+
     @classmethod
     def setUpClass(cls):
         cls.pg = PgServer()
@@ -120,8 +122,8 @@ class GroupCommitTest(unittest.TestCase):
             cls.pg.query("SELECT mta.pause_queue(%s)", (d,))
         cls.node = Pgmtad(cls.pg, domains=domain_conf(cls.dead), extra=(
             'listen = { smtp = [ "127.0.0.1:%d" ]; };\n'
-            'smtp-listener = { processes = 2; max-sessions-per-client = 200; '
-            'batch-max-wait = "10ms"; };\n' % cls.port))
+            'smtp-listener = { processes = 2; batch-max-wait = "10ms"; '
+            'batch-max-messages = %d; };\n' % (cls.port, cls.batch_max)))
         wait_for(lambda: len(smtp_in_pids(cls.pg)) == 2 and
                  cls.node.log().count("db=pgmtad-smtp-in event=connected") >= 2 and
                  cls.pg.scalar("SELECT count(*) FROM mta.pipes") > 0,
@@ -181,6 +183,7 @@ class GroupCommitTest(unittest.TestCase):
         self.assertEqual(sum(sizes), n, sizes)
         self.assertLess(len(sizes), n / 2, sizes)
         self.assertGreater(max(sizes), 1, sizes)
+        self.assertLessEqual(max(sizes), self.batch_max, sizes)
 
     def test_invalid_message_refused_alone(self):
         before = self.node.log()
