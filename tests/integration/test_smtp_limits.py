@@ -227,7 +227,6 @@ class LimitsTest(unittest.TestCase):
         body = b"".join(b"X-Job: j%d\r\n" % (i % 10) for i in range(lines - 1))
         tag = b"hdr-%d" % lines
         body += b"X-Job: last-" + tag + b"\r\nSubject: " + tag + b"\r\n\r\nbody\r\n.\r\n"
-        c.sock.sendall(body)
         cpu0 = cpu_s(self.pid)
         start = time.monotonic()
         worst = [0.0]
@@ -242,6 +241,7 @@ class LimitsTest(unittest.TestCase):
         t = threading.Thread(target=probe)
         t.start()
         try:
+            c.sock.sendall(body)
             code, text = c.reply()
         finally:
             done.set()
