@@ -138,6 +138,11 @@ class GroupCommitTest(unittest.TestCase):
                              "WHERE pipe = 'smtp-in' AND state = 'running' ORDER BY 1")
         self.assertEqual([r[0] for r in rows], [0, 1])
         self.assertTrue(all(r[2] for r in rows), rows)
+        # and they heartbeat
+        wait_for(lambda: self.pg.scalar(
+            "SELECT count(*) FROM mta.nodes WHERE pipe = 'smtp-in' AND state = 'running' "
+            "AND heartbeat_at > started_at + interval '1 second'") == 2,
+            timeout=20, what="smtp-in heartbeats")
         # the root parses no mail: its pid is not among the listeners' owners
         root = self.node.proc.pid
         self.assertNotIn(root, [r[1] for r in rows])
