@@ -25,6 +25,13 @@
  * without a query. Domain literals "[1.2.3.4]" given to dns_resolve_mx, and
  * IP literals given to dns_resolve_host, resolve to themselves at once.
  *
+ * The callback rule: dns_resolve_* never call back before they return. A
+ * request that completes inside the call (cache hits, literals, invalid
+ * names, c-ares answering at once) is put on the ready list by id and
+ * answered by one event (ev_ready) from the next loop turn; a request
+ * cancelled meanwhile is simply not found. The deadline timer of a ready
+ * request is stopped, so it cannot answer twice.
+ *
  * dns_free from inside a callback is deferred until the callback returns. */
 #include "dns.h"
 
@@ -151,6 +158,11 @@ struct dns_request {
     struct req_host *hosts;
     size_t nhosts;
     uint64_t started_ms;
+    /* Answer known when the request was made (invalid name) */
+    bool fixed;
+    enum dns_status fixed_status;
+    char *fixed_error;
+    bool ready; /* on the ready list */
 };
 
 struct dns {
@@ -168,7 +180,11 @@ struct dns {
     size_t nrequests;
     uint64_t next_id;
     uint64_t rng;
-    int busy;     /* depth of calls into this module that may run callbacks */
+    int busy;      /* depth of calls into this module that may run callbacks */
+    int resolving; /* depth of dns_resolve_* calls: answers wait for ev_ready */
+    struct event *ev_ready;
+    uint64_t *ready; /* ids of requests answered at once, in order */
+    size_t nready, capready;
     bool freeing; /* dns_free called while busy */
     bool destroying;
 };
@@ -718,6 +734,7 @@ request_free(struct dns_request *r)
     }
     free(r->hosts);
     free(r->mx_error);
+    free(r->fixed_error);
     free(r->name);
     free(r);
 }
@@ -769,6 +786,11 @@ static void
 request_build_result(struct dns_request *r, struct dns_result *res)
 {
     memset(res, 0, sizeof *res);
+    if (r->fixed) {
+        res->status = r->fixed_status;
+        res->error = r->fixed_error ? xstrdup(r->fixed_error) : NULL;
+        return;
+    }
     if (r->kind == REQ_MX && r->mx_status == RR_TEMPFAIL) {
         res->status = DNS_TEMPFAIL;
         res->error = xasprintf("MX lookup for %s failed: %s", r->name,
@@ -839,9 +861,26 @@ request_build_result(struct dns_request *r, struct dns_result *res)
     }
 }
 
+/* Answers the request now, or from ev_ready when a dns_resolve_* call is on
+ * the stack (the callback rule). */
 static void
 request_finish(struct dns_request *r)
 {
+    struct dns *d = r->d;
+    if (d->resolving > 0) {
+        if (r->ready)
+            return;
+        r->ready = true;
+        evtimer_del(r->deadline);
+        if (d->nready == d->capready) {
+            d->capready = d->capready ? d->capready * 2 : 16;
+            d->ready = xrealloc(d->ready, d->capready * sizeof *d->ready);
+        }
+        d->ready[d->nready++] = r->id;
+        if (!event_pending(d->ev_ready, EV_TIMEOUT, NULL))
+            event_active(d->ev_ready, EV_TIMEOUT, 0);
+        return;
+    }
     struct dns_result res;
     request_build_result(r, &res);
     request_unlink(r);
@@ -1106,25 +1145,48 @@ request_new(struct dns *d, enum req_kind kind, char *name, uint16_t port, dns_cb
     return r;
 }
 
-/* Calls cb at once with a one-host result (IP literal) or an error. */
+/* Answers the requests that completed inside a dns_resolve_* call. */
 static void
-immediate(const char *name, const struct dns_addr *addr, enum dns_status st, const char *error,
-          dns_cb cb, void *arg)
+on_ready(evutil_socket_t fd, short what, void *arg)
 {
-    struct dns_result res = {0};
-    struct dns_host host = {0};
-    res.status = st;
-    res.error = (char *)error;
-    if (addr) {
-        host.name = (char *)name;
-        host.addrs = (struct dns_addr *)addr;
-        host.naddrs = 1;
-        res.hosts = &host;
-        res.nhosts = 1;
+    (void)fd;
+    (void)what;
+    struct dns *d = arg;
+    uint64_t *ids = d->ready;
+    size_t n = d->nready;
+    d->ready = NULL;
+    d->nready = d->capready = 0;
+    enter(d);
+    for (size_t i = 0; i < n && !d->freeing; i++) {
+        struct dns_request *r = request_find(d, ids[i]);
+        if (r && r->ready)
+            request_finish(r);
     }
-    log_debug("dns domain=%s status=%s hosts=%zu ttl=0 literal=1", name, dns_status_names[st],
-              res.nhosts);
-    cb(&res, arg);
+    free(ids);
+    leave(d);
+}
+
+/* A request whose answer is known now: an IP literal (one host, one
+ * address) or an invalid name. Answered from ev_ready. */
+static void
+resolve_known(struct dns *d, struct dns_request *r, const struct dns_addr *lit)
+{
+    if (lit) {
+        r->hosts = xcalloc(1, sizeof *r->hosts);
+        request_add_host(r, r->name, 0);
+        struct req_host *h = &r->hosts[0];
+        h->done[0] = h->done[1] = true;
+        if (lit->sa.ss_family == AF_INET)
+            h->a[h->na++] = ((const struct sockaddr_in *)&lit->sa)->sin_addr;
+        else
+            h->aaaa[h->naaaa++] = ((const struct sockaddr_in6 *)&lit->sa)->sin6_addr;
+        h->st[1] = h->st[0] = RR_OK;
+    }
+    log_debug("dns domain=%s status=%s literal=%d", r->name,
+              dns_status_names[lit ? DNS_OK : r->fixed_status], lit ? 1 : 0);
+    d->resolving++;
+    request_finish(r);
+    d->resolving--;
 }
 
 static struct dns_request *
@@ -1134,17 +1196,21 @@ resolve(struct dns *d, enum req_kind kind, const char *name, uint16_t port, dns_
     struct dns_addr lit;
     bool bracketed = name[0] == '[';
     if ((kind == REQ_HOST || bracketed) && parse_ip_literal(name, port, &lit)) {
-        immediate(name, &lit, DNS_OK, NULL, cb, arg);
-        return NULL;
+        struct dns_request *r = request_new(d, kind, xstrdup(name), port, cb, arg);
+        resolve_known(d, r, &lit);
+        return r;
     }
     char *norm = bracketed ? NULL : normalize_name(name);
     if (!norm) {
-        char *err = xasprintf("invalid domain name \"%.80s\"", name);
-        immediate(name, NULL, DNS_NXDOMAIN, err, cb, arg);
-        free(err);
-        return NULL;
+        struct dns_request *r = request_new(d, kind, xstrndup(name, 255), port, cb, arg);
+        r->fixed = true;
+        r->fixed_status = DNS_NXDOMAIN;
+        r->fixed_error = xasprintf("invalid domain name \"%.80s\"", name);
+        resolve_known(d, r, NULL);
+        return r;
     }
     enter(d);
+    d->resolving++;
     struct dns_request *r = request_new(d, kind, norm, port, cb, arg);
     uint64_t id = r->id;
     r->pending = 1;
@@ -1158,6 +1224,7 @@ resolve(struct dns *d, enum req_kind kind, const char *name, uint16_t port, dns_
         request_start_addrs(r);
     }
     request_release(r);
+    d->resolving--;
     bool alive = leave(d);
     return alive ? request_find(d, id) : NULL;
 }
@@ -1317,7 +1384,8 @@ dns_new(struct event_base *base, const char *const *servers, size_t nservers, ui
     }
     buf_free(&csv);
     d->timer = evtimer_new(base, on_timer, d);
-    PGMTA_ASSERT(d->timer != NULL);
+    d->ev_ready = event_new(base, -1, 0, on_ready, d);
+    PGMTA_ASSERT(d->timer && d->ev_ready);
     return d;
 }
 
@@ -1342,6 +1410,8 @@ dns_destroy(struct dns *d)
     free_dead_events(d);
     free(d->dead.ev);
     event_free(d->timer);
+    event_free(d->ev_ready);
+    free(d->ready);
     free(d);
 }
 
