@@ -35,6 +35,7 @@
  * dns_free from inside a callback is deferred until the callback returns. */
 #include "dns.h"
 
+#include "hostport.h"
 #include "log.h"
 #include "util.h"
 
@@ -238,40 +239,16 @@ normalize_name(const char *in)
     return util_strlower(out);
 }
 
-/* Parses "1.2.3.4", "::1", "[1.2.3.4]", "[::1]", "[IPv6:::1]" into sa. */
+/* Parses "1.2.3.4", "::1", "[1.2.3.4]", "[::1]", "[IPv6:::1]" into sa
+ * (node/hostport.c, the one parser of addresses). */
 static bool
 parse_ip_literal(const char *s, uint16_t port, struct dns_addr *out)
 {
-    char tmp[INET6_ADDRSTRLEN + 8];
-    size_t len = strlen(s);
-    if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
-        s++;
-        len -= 2;
-        if (len > 5 && strncasecmp(s, "IPv6:", 5) == 0) {
-            s += 5;
-            len -= 5;
-        }
-    }
-    if (len == 0 || len >= sizeof tmp)
-        return false;
-    memcpy(tmp, s, len);
-    tmp[len] = '\0';
+    struct hostport hp;
     memset(out, 0, sizeof *out);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&out->sa;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->sa;
-    if (inet_pton(AF_INET, tmp, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons(port);
-        out->salen = sizeof *sin;
-        return true;
-    }
-    if (inet_pton(AF_INET6, tmp, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons(port);
-        out->salen = sizeof *sin6;
-        return true;
-    }
-    return false;
+    return hostport_parse_str(s, HOSTPORT_IP_ONLY | HOSTPORT_NO_PORT | HOSTPORT_BARE_IPV6, &hp,
+                              NULL) &&
+           hostport_sockaddr(&hp, port, &out->sa, &out->salen);
 }
 
 static bool
@@ -1269,53 +1246,15 @@ static bool
 servers_csv(const char *const *servers, size_t n, struct buf *out, char *err, size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
-        const char *s = servers[i];
-        char host[INET6_ADDRSTRLEN + 1];
-        unsigned long port = 53;
-        const char *portstr = NULL;
-        size_t hlen;
-        if (s[0] == '[') {
-            const char *close = strchr(s, ']');
-            if (!close)
-                goto bad;
-            hlen = (size_t)(close - s - 1);
-            s++;
-            if (close[1] == ':')
-                portstr = close + 2;
-            else if (close[1] != '\0')
-                goto bad;
-        } else {
-            const char *colon = strchr(s, ':');
-            if (colon && strchr(colon + 1, ':'))
-                colon = NULL; /* bare IPv6 address */
-            hlen = colon ? (size_t)(colon - s) : strlen(s);
-            if (colon)
-                portstr = colon + 1;
+        struct hostport hp;
+        if (!hostport_parse_str(servers[i], HOSTPORT_IP_ONLY | HOSTPORT_BARE_IPV6, &hp, NULL)) {
+            snprintf(err, errlen, "bad DNS server \"%.100s\": want ip, ip:port or [ipv6]:port",
+                     servers[i]);
+            return false;
         }
-        if (hlen == 0 || hlen >= sizeof host)
-            goto bad;
-        memcpy(host, s, hlen);
-        host[hlen] = '\0';
-        if (portstr) {
-            char *end;
-            errno = 0;
-            port = strtoul(portstr, &end, 10);
-            if (errno || *portstr == '\0' || *end != '\0' || port == 0 || port > 65535)
-                goto bad;
-        }
-        struct in6_addr a6;
-        struct in_addr a4;
-        if (inet_pton(AF_INET, host, &a4) == 1)
-            buf_printf(out, "%s%s:%lu", i ? "," : "", host, port);
-        else if (inet_pton(AF_INET6, host, &a6) == 1)
-            buf_printf(out, "%s[%s]:%lu", i ? "," : "", host, port);
-        else
-            goto bad;
-        continue;
-    bad:
-        snprintf(err, errlen, "bad DNS server \"%.100s\": want ip, ip:port or [ipv6]:port",
-                 servers[i]);
-        return false;
+        char one[HOSTPORT_HOST_MAX + 16];
+        buf_printf(out, "%s%s", i ? "," : "",
+                   hostport_format(&hp, hp.port ? 0 : 53, one, sizeof one));
     }
     return true;
 }

@@ -13,8 +13,17 @@ is_wsp(char c)
 
 /* End of the line at pos without its ending; *next past the ending. */
 static size_t
-line_end(const char *b, size_t len, size_t pos, size_t *next)
+line_end(const char *b, size_t len, size_t pos, size_t *next, bool bare_cr)
 {
+    if (bare_cr) {
+        size_t i = pos;
+        while (i < len && b[i] != '\r' && b[i] != '\n')
+            i++;
+        *next = i;
+        if (i < len)
+            *next += (b[i] == '\r' && i + 1 < len && b[i + 1] == '\n') ? 2 : 1;
+        return i;
+    }
     const char *lf = memchr(b + pos, '\n', len - pos);
     if (!lf) {
         *next = len;
@@ -30,6 +39,13 @@ line_end(const char *b, size_t len, size_t pos, size_t *next)
 void
 hdr_iter_init(struct hdr_iter *it, const char *buf, size_t len)
 {
+    hdr_iter_init_flags(it, buf, len, 0);
+}
+
+void
+hdr_iter_init_flags(struct hdr_iter *it, const char *buf, size_t len, unsigned flags)
+{
+    it->flags = flags;
     it->buf = buf;
     it->len = len;
     it->pos = 0;
@@ -46,7 +62,8 @@ hdr_next(struct hdr_iter *it, struct hdr_field *f)
         return false;
     }
     const char *b = it->buf;
-    size_t next, e = line_end(b, it->len, it->pos, &next);
+    bool bare_cr = it->flags & HDR_BARE_CR;
+    size_t next, e = line_end(b, it->len, it->pos, &next, bare_cr);
     if (e == it->pos) {
         /* the empty line: the body follows */
         it->body = next;
@@ -57,7 +74,7 @@ hdr_next(struct hdr_iter *it, struct hdr_field *f)
     f->off = it->pos;
     /* continuation lines: the next lines starting with WSP */
     while (next < it->len && is_wsp(b[next])) {
-        size_t n2, e2 = line_end(b, it->len, next, &n2);
+        size_t n2, e2 = line_end(b, it->len, next, &n2, bare_cr);
         e = e2;
         next = n2;
     }

@@ -1,8 +1,10 @@
 /* hdr: the one iterator over the header section of an RFC 5322 message.
  * It walks fields in order and says where each starts and ends, with its
- * name and its (unfolded-later) value including continuation lines; the
+ * name and its value including continuation lines (folding kept); the
  * caller copies, compares or removes what it needs. Lines end with CRLF or
- * a bare LF (a CR elsewhere is an ordinary octet). The header section ends
+ * a bare LF; a CR elsewhere is an ordinary octet, unless the iterator is
+ * started with HDR_BARE_CR, which makes a lone CR a line ending too (how the
+ * SMTP client's CRLF normalisation puts it on the wire: DKIM signs that). The header section ends
  * at the first empty line, or at the end of the buffer. A pure iterator:
  * no allocation, each octet looked at a bounded number of times (linear
  * time whatever the input: no field limit is needed for time, callers
@@ -35,15 +37,19 @@ struct hdr_field {
     bool valid;
 };
 
+#define HDR_BARE_CR 0x1
+
 struct hdr_iter {
     const char *buf;
     size_t len;
     size_t pos;
+    unsigned flags;
     size_t body; /* offset of the body once the end was reached */
     bool done;
 };
 
 void hdr_iter_init(struct hdr_iter *it, const char *buf, size_t len);
+void hdr_iter_init_flags(struct hdr_iter *it, const char *buf, size_t len, unsigned flags);
 /* The next field into F: true, or false at the end of the header section
  * (it->body is then the offset just past the empty line, or len). */
 bool hdr_next(struct hdr_iter *it, struct hdr_field *f);

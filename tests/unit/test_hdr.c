@@ -88,6 +88,15 @@ test_invalid_and_edges(void **state)
     assert_int_equal(f.value_len, 4);
     assert_false(hdr_next(&it, &f));
     assert_int_equal(it.body, 10);
+    /* ... unless HDR_BARE_CR: then it ends the line, and "\r" alone is the
+     * empty line */
+    hdr_iter_init_flags(&it, "A: x\ry\r\rbody", 14, HDR_BARE_CR);
+    assert_true(hdr_next(&it, &f));
+    assert_int_equal(f.value_len, 2);
+    assert_true(hdr_next(&it, &f));
+    assert_false(f.valid); /* "y" */
+    assert_false(hdr_next(&it, &f));
+    assert_int_equal(it.body, 8);
     /* NUL octets do not stop the iterator */
     hdr_iter_init(&it, "A: \0x\r\nB: y\r\n", 13);
     assert_true(hdr_next(&it, &f));
