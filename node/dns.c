@@ -854,8 +854,10 @@ request_finish(struct dns_request *r)
             d->ready = xrealloc(d->ready, d->capready * sizeof *d->ready);
         }
         d->ready[d->nready++] = r->id;
+        /* a zero timer: the next loop turn, after I/O */
+        static const struct timeval zero = {0, 0};
         if (!event_pending(d->ev_ready, EV_TIMEOUT, NULL))
-            event_active(d->ev_ready, EV_TIMEOUT, 0);
+            evtimer_add(d->ev_ready, &zero);
         return;
     }
     struct dns_result res;

@@ -152,8 +152,10 @@ static void
 answer_push(struct sched *s, struct sched_req *r)
 {
     fifo_push(&s->answers, r);
+    /* a zero timer: the next loop turn, after I/O (see util_defer_call) */
+    static const struct timeval zero = {0, 0};
     if (!event_pending(s->ev_answer, EV_TIMEOUT, NULL))
-        event_active(s->ev_answer, EV_TIMEOUT, 0);
+        evtimer_add(s->ev_answer, &zero);
 }
 
 static void

@@ -242,8 +242,12 @@ util_defer_call(struct event_base *base, util_defer_fn fn, void *arg)
         q->items = xrealloc(q->items, q->cap * sizeof *q->items);
     }
     q->items[q->n++] = (struct defer_item){fn, arg};
+    /* A zero timer, not event_active: libevent runs events activated
+     * while it runs active events in the same pass, so a chain of deferred
+     * calls could starve I/O; a timer waits for the next loop turn. */
+    static const struct timeval zero = {0, 0};
     if (!q->draining && !event_pending(q->ev, EV_TIMEOUT, NULL))
-        event_active(q->ev, EV_TIMEOUT, 0);
+        evtimer_add(q->ev, &zero);
 }
 
 void

@@ -46,10 +46,10 @@ uint64_t util_now_ms(void);
  *
  * util_defer_call(base, fn, arg) runs fn(arg) from base's event loop after
  * the callback that is running now (and every function that called it) has
- * returned: one libevent event per event_base, activated when the first call
- * is queued, runs the calls in the order they were queued. A call queued
- * while the queue runs waits for the next activation, so a chain of deferred
- * calls never starves other events. This is how an object is freed from
+ * returned: one libevent event per event_base (a zero timer, armed when the
+ * first call is queued) runs the calls in the order they were queued, at the
+ * next loop turn. A call queued while the queue runs waits for the turn
+ * after, so a chain of deferred calls never starves I/O. This is how an object is freed from
  * inside its own callback (never free yourself in place: mark yourself dead,
  * unlink, and defer the free), and how a request function delivers an answer
  * it found at once without calling its callback before it returns.
