@@ -1181,7 +1181,8 @@ resolve(struct dns *d, enum req_kind kind, const char *name, uint16_t port, dns_
     }
     char *norm = bracketed ? NULL : normalize_name(name);
     if (!norm) {
-        struct dns_request *r = request_new(d, kind, xstrndup(name, 255), port, cb, arg);
+        struct dns_request *r =
+            request_new(d, kind, xstrndup(name, strnlen(name, 255)), port, cb, arg);
         r->fixed = true;
         r->fixed_status = DNS_NXDOMAIN;
         r->fixed_error = xasprintf("invalid domain name \"%.80s\"", name);
