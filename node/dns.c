@@ -115,13 +115,6 @@ struct watcher {
     struct watcher *next;
 };
 
-/* Events of closed c-ares sockets, freed at the next loop turn: the socket
- * may close inside its own event's callback. */
-struct dead_events {
-    struct event **ev;
-    size_t n, cap;
-};
-
 /* What a request collects for one MX host. */
 struct req_host {
     char *name;
@@ -172,7 +165,6 @@ struct dns {
     bool channel_ok;
     struct event *timer;
     struct watcher *watchers;
-    struct dead_events dead;
     uint64_t timeout_ms;
     struct record *buckets[RECORD_BUCKETS];
     struct record *oldest, *newest;
@@ -519,22 +511,19 @@ leave(struct dns *d)
 }
 
 static void
-free_dead_events(struct dns *d)
+event_free_cb(void *ev)
 {
-    for (size_t i = 0; i < d->dead.n; i++)
-        event_free(d->dead.ev[i]);
-    d->dead.n = 0;
+    event_free(ev);
 }
 
+/* The event of a closed c-ares socket: the socket may close inside its own
+ * event's callback, so the event is freed at the end of the loop turn
+ * (util_defer_free). */
 static void
 retire_event(struct dns *d, struct event *ev)
 {
     event_del(ev);
-    if (d->dead.n == d->dead.cap) {
-        d->dead.cap = d->dead.cap ? d->dead.cap * 2 : 8;
-        d->dead.ev = xrealloc(d->dead.ev, d->dead.cap * sizeof *d->dead.ev);
-    }
-    d->dead.ev[d->dead.n++] = ev;
+    util_defer_free(d->base, event_free_cb, ev);
 }
 
 static void
@@ -543,7 +532,6 @@ on_socket_event(evutil_socket_t fd, short what, void *arg)
     struct watcher *w = arg;
     struct dns *d = w->d;
     enter(d);
-    free_dead_events(d);
     ares_process_fd(d->channel, (what & EV_READ) ? (ares_socket_t)fd : ARES_SOCKET_BAD,
                     (what & EV_WRITE) ? (ares_socket_t)fd : ARES_SOCKET_BAD);
     leave(d);
@@ -556,7 +544,6 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct dns *d = arg;
     enter(d);
-    free_dead_events(d);
     ares_process_fd(d->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
     leave(d);
 }
@@ -1349,8 +1336,6 @@ dns_destroy(struct dns *d)
         event_free(w->ev);
         free(w);
     }
-    free_dead_events(d);
-    free(d->dead.ev);
     event_free(d->timer);
     event_free(d->ev_ready);
     free(d->ready);
