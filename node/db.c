@@ -10,9 +10,10 @@
  * ev_defer), never from inside db_exec or db_connect: a send failure that
  * db_exec finds is remembered (broken) and the connection is failed from
  * the next loop turn. Every event handler brackets its work with
- * db_enter/db_leave; db_free called from inside a callback (busy) only
- * marks the db, and the outermost handler frees it on the way out, so no
- * handler ever touches a freed db. */
+ * db_enter/db_leave; db_free called from inside a callback (busy) fails
+ * every pending request at once, as always, but leaves the memory to the
+ * outermost handler, which frees it on the way out: no handler ever touches
+ * a freed db. */
 #include "db.h"
 
 #include <arpa/inet.h>
@@ -470,24 +471,13 @@ db_free(struct db *db)
 {
     if (!db || db->freeing)
         return;
+    /* Every pending request is failed now, also from inside a callback:
+     * callers free what the callbacks point to right after db_free. From
+     * now on db_exec refuses, so a callback cannot queue another. */
     db->freeing = true;
-    if (db->busy > 0) {
-        /* Inside one of this db's callbacks: no new request is accepted
-         * from now on; the handler that is running frees the db when it
-         * returns, failing what is still pending. */
-        return;
-    }
-    db_destroy(db);
-}
-
-/* Fails every pending request and frees. A callback that calls db_free or
- * db_exec meanwhile gets nothing done (freeing is set). */
-static void
-db_destroy(struct db *db)
-{
-    struct db_req *r;
-    db->busy++;
     db->state = DB_DISCONNECTED;
+    db->busy++;
+    struct db_req *r;
     while ((r = db_pop(db))) {
         if (r->res)
             PQclear(r->res);
@@ -495,6 +485,16 @@ db_destroy(struct db *db)
             r->cb(NULL, r->arg);
         free(r);
     }
+    /* Inside one of this db's handlers: it frees the db when it returns
+     * (db_leave), so that it never touches freed memory. */
+    db_leave(db);
+}
+
+/* Frees the db; nothing is pending any more (db_free failed it). */
+static void
+db_destroy(struct db *db)
+{
+    PGMTA_ASSERT(db->head == NULL);
     db_unwatch(db);
     if (db->conn)
         PQfinish(db->conn);

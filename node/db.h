@@ -41,8 +41,9 @@ void db_set_ready_cb(struct db *db, db_ready_cb cb, void *arg);
 void db_prepare(struct db *db, const char *stmt, const char *sql, int nparams);
 /* Starts connecting (idempotent); the ready callback comes from the loop. */
 void db_connect(struct db *db);
-/* Fails every pending request (callbacks with NULL) and frees; from inside a
- * callback of this db, when that callback's handler returns. */
+/* Fails every pending request (callbacks with NULL, before db_free returns)
+ * and frees; from inside a callback of this db, the memory is released when
+ * that callback's handler returns. */
 void db_free(struct db *db);
 
 bool db_ready(const struct db *db);

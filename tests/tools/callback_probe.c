@@ -12,8 +12,9 @@
  * enough for libpq to buffer, so db_exec's own flush meets the dead socket)
  * without running the loop, and prints "queued=Q refused=R"; then runs the loop until every
  * queued callback came and prints "callbacks=C null=N inside=I". A callback
- * with NULL issues another db_exec (must be refused) and the last one frees
- * the db from inside the callback.
+ * with NULL issues another db_exec (must be refused); the first one frees
+ * the db from inside the callback, which must answer every other request
+ * before db_free returns ("pending-after-db_free=K" otherwise).
  *
  * sched: unlimited slot, max-smtp-out 0, unlimited tokens, want 0, then a
  * rate of 1000/s asked twice (the second answer comes from the cache), a
@@ -104,14 +105,22 @@ db_on_result(const PGresult *res, void *arg)
         db_nulls++;
         /* Asking again from inside a failure callback must be refused. */
         const char *v[] = {"x"};
-        if (db_exec(db, "probe", 1, v, NULL, NULL, 0, db_on_result, NULL) == 0)
+        if (db && db_exec(db, "probe", 1, v, NULL, NULL, 0, db_on_result, NULL) == 0)
             db_queued++;
     }
-    if (db_callbacks == db_queued) {
+    if (db && db_callbacks == 1) {
+        /* db_free from inside the first callback: every other request is
+         * failed before it returns, and the handler running now frees the
+         * memory only when it is done (ASan checks). */
+        struct db *d = db;
+        db = NULL;
+        db_free(d);
+        if (db_callbacks != db_queued) {
+            printf("pending-after-db_free=%u\n", db_queued - db_callbacks);
+            inside++;
+        }
         printf("callbacks=%u null=%u inside=%u\n", db_callbacks, db_nulls, inside);
         fflush(stdout);
-        db_free(db); /* from inside the callback: freed when the handler returns */
-        db = NULL;
         status = 0;
         event_base_loopexit(base, NULL);
     }
