@@ -246,7 +246,10 @@ $$;
 DROP FUNCTION IF EXISTS mta.ready_queues(text, int);
 CREATE FUNCTION mta.ready_queues(p_pipe text, p_limit int)
 RETURNS TABLE (domain text, vmta text, backoff bool)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- Planned once per session: planning the statement below costs more than
+-- running it.
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     v_limit int := least(p_limit, 100000);
@@ -297,15 +300,20 @@ BEGIN
     ), v AS MATERIALIZED (
         SELECT c.*, coalesce(q.backoff_until > v_now, false) AS in_backoff,
                CASE WHEN coalesce(q.paused, false) THEN 'paused'
-                    WHEN EXISTS (SELECT 1 FROM mta.recipients r
-                                  WHERE r.pipe = p_pipe AND r.domain = c.domain
-                                    AND r.vmta = c.vmta AND r.next_attempt <= v_now
-                                    AND NOT EXISTS (SELECT 1 FROM mta.job j
-                                                     WHERE j.job_id = r.job_id AND j.paused))
-                    THEN 'offer'
+                    WHEN w.ok THEN 'offer'
                     ELSE 'none' END AS verdict
           FROM cand c
           LEFT JOIN mta.queue q ON q.pipe = p_pipe AND q.domain = c.domain AND q.vmta = c.vmta
+          -- LATERAL + LIMIT: one index probe per candidate, in the generic
+          -- plan too (an EXISTS may become a hashed scan of every recipient).
+          LEFT JOIN LATERAL (
+               SELECT true AS ok
+                 FROM mta.recipients r
+                 LEFT JOIN LATERAL (SELECT j.paused FROM mta.job j
+                                     WHERE j.job_id = r.job_id LIMIT 1) jp ON true
+                WHERE r.pipe = p_pipe AND r.domain = c.domain AND r.vmta = c.vmta
+                  AND r.next_attempt <= v_now AND jp.paused IS NOT TRUE
+                LIMIT 1) w ON true
     ), nv AS (
         -- New marker values of the queues found without claimable work.
         SELECT v.domain, v.vmta, v.x,
