@@ -37,6 +37,7 @@ CREATE TABLE mta.queue_wake (
     vmta text NOT NULL,
     at timestamptz NOT NULL
 );
+CREATE INDEX queue_wake_pipe ON mta.queue_wake (pipe);
 
 CREATE TABLE mta.ready_cursor (
     pipe text PRIMARY KEY,

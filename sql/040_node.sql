@@ -248,8 +248,10 @@ CREATE FUNCTION mta.ready_queues(p_pipe text, p_limit int)
 RETURNS TABLE (domain text, vmta text, backoff bool)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- Planned once per session: planning the statement below costs more than
--- running it.
-SET plan_cache_mode = force_generic_plan AS $$
+-- running it. Index probes only, so that a plan made while the tables were
+-- small stays right when they are large.
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off AS $$
 #variable_conflict use_column
 DECLARE
     v_limit int := least(p_limit, 100000);
