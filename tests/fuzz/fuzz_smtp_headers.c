@@ -1,7 +1,8 @@
 /* libFuzzer target for smtp_server_take_headers: the linear one-pass removal
  * must give exactly what the straightforward field-by-field removal below
  * gives (same remaining bytes, same last X-Job and X-Virtual-MTA values,
- * unfolded and trimmed), for any bytes. The first input byte chooses where
+ * unfolded and trimmed), for any bytes. A line that is not a valid field
+ * ends the header section. The first input byte chooses where
  * the header section starts. */
 #include <stdbool.h>
 #include <stdint.h>
@@ -66,14 +67,22 @@ reference(struct buf *b, size_t pos, char **job, char **vmta)
         size_t end = nl ? (size_t)(nl - d) + 1 : b->len;
         if (d[pos] == '\n' || (d[pos] == '\r' && pos + 1 < b->len && d[pos + 1] == '\n'))
             break;
-        const char *colon = memchr(d + pos, ':', end - pos);
-        if (wsp(d[pos]) || !colon)
+        /* a field: 1..996 printable octets but ':', WSP, ':' on its first
+         * line; anything else ends the header section */
+        size_t i = pos;
+        while (i < end && d[i] > 0x20 && d[i] < 0x7f && d[i] != ':')
+            i++;
+        size_t namelen = i - pos;
+        while (i < end && wsp(d[i]))
+            i++;
+        if (namelen == 0 || namelen > 996 || i >= end || d[i] != ':')
             break;
+        const char *colon = d + i;
         while (end < b->len && wsp(d[end])) {
             nl = memchr(d + end, '\n', b->len - end);
             end = nl ? (size_t)(nl - d) + 1 : b->len;
         }
-        size_t namelen = (size_t)(colon - (d + pos));
+        (void)colon;
         char **t = named(d + pos, namelen, "X-Job")           ? job
                    : named(d + pos, namelen, "X-Virtual-MTA") ? vmta
                                                               : NULL;
