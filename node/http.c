@@ -213,7 +213,7 @@ reply(struct evhttp_request *req, int code, const char *ctype, const char *body,
     evbuffer_add(b, body, len);
     log_debug("http event=reply method=%s uri=\"%s\" status=%d bytes=%zu",
               method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req), code, len);
-    evhttp_send_reply(req, code, reason(code), b);
+    http_conn_send_reply(req, code, reason(code), b);
     evbuffer_free(b);
 }
 
@@ -977,7 +977,7 @@ serve_file(struct http *h, struct evhttp_request *req, const char *path)
     log_debug("http event=reply method=%s uri=\"%s\" status=200 bytes=%lld",
               method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
               (long long)st.st_size);
-    evhttp_send_reply(req, 200, "OK", b);
+    http_conn_send_reply(req, 200, "OK", b);
     evbuffer_free(b);
 }
 

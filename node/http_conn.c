@@ -390,6 +390,28 @@ http_conn_request_read(struct http_conn *hc, struct evhttp_request *req)
     }
 }
 
+/* The filter moves output to the socket only while writing is enabled;
+ * evhttp enables writing after queueing a reply, which the filter does not
+ * act on: push it through. The bufferevent is taken before the reply (which
+ * may free the request) and looked up after it, so a connection evhttp
+ * freed meanwhile is never touched. */
+void
+http_conn_send_reply(struct evhttp_request *req, int code, const char *reason,
+                     struct evbuffer *body)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evhttp_send_reply(req, code, reason, body);
+    for (struct http_conn *hc = all_hc; hc && bev; hc = hc->next_hc) {
+        for (struct conn *c = hc->conns; c; c = c->next) {
+            if (c->bev == bev) {
+                bufferevent_flush(c->bev, EV_WRITE, BEV_FLUSH);
+                return;
+            }
+        }
+    }
+}
+
 unsigned
 http_conn_count(const struct http_conn *hc)
 {

@@ -41,6 +41,9 @@ struct evhttp_bound_socket *http_conn_bind(struct http_conn *hc, const char *ip,
 void http_conn_unbind(struct http_conn *hc, struct evhttp_bound_socket *s);
 /* REQ's headers and body are in: its connection's timers stop. */
 void http_conn_request_read(struct http_conn *hc, struct evhttp_request *req);
+/* evhttp_send_reply, for every reply of a server using http_conn. */
+void http_conn_send_reply(struct evhttp_request *req, int code, const char *reason,
+                          struct evbuffer *body);
 unsigned http_conn_count(const struct http_conn *hc);
 /* Before evhttp_free: forgets the connections (evhttp frees them). */
 void http_conn_free(struct http_conn *hc);
