@@ -133,6 +133,7 @@ struct http {
     size_t nallowed_hosts;
     char *dashboard_dir;
     char *node_name;
+    char *default_pipe; /* of injected mail without "pipe" */
     char *db_url;
     struct db *db; /* only while listening */
     struct call *calls;
@@ -213,7 +214,7 @@ reply(struct evhttp_request *req, int code, const char *ctype, const char *body,
     evbuffer_add(b, body, len);
     log_debug("http event=reply method=%s uri=\"%s\" status=%d bytes=%zu",
               method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req), code, len);
-    http_conn_send_reply(req, code, reason(code), b);
+    evhttp_send_reply(req, code, reason(code), b);
     evbuffer_free(b);
 }
 
@@ -775,6 +776,8 @@ api_inject(struct http *h, struct evhttp_request *req)
     const char *values[HTTP_INJECT_NPARAMS];
     int lengths[HTTP_INJECT_NPARAMS], formats[HTTP_INJECT_NPARAMS];
     http_inject_params(batch, values, lengths, formats);
+    if (!values[6]) /* "pipe" absent: the node's default-pipe, as for SMTP */
+        values[6] = h->default_pipe;
     call_start_params(h, c, "http_inject", HTTP_INJECT_NPARAMS, values, lengths, formats);
 }
 
@@ -977,7 +980,7 @@ serve_file(struct http *h, struct evhttp_request *req, const char *path)
     log_debug("http event=reply method=%s uri=\"%s\" status=200 bytes=%lld",
               method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
               (long long)st.st_size);
-    http_conn_send_reply(req, 200, "OK", b);
+    evhttp_send_reply(req, 200, "OK", b);
     evbuffer_free(b);
 }
 
@@ -1206,6 +1209,8 @@ http_apply(struct http *h, const struct conf *conf)
         conf->http_dashboard_dir ? xstrdup(conf->http_dashboard_dir) : default_dashboard_dir();
     free(h->node_name);
     h->node_name = conf->node_name ? xstrdup(conf->node_name) : NULL;
+    free(h->default_pipe);
+    h->default_pipe = conf->default_pipe ? xstrdup(conf->default_pipe) : NULL;
 
     const char *want = conf->listen_http;
     if (want && !conf->http_token) {
@@ -1258,5 +1263,6 @@ http_free(struct http *h)
     free(h->allowed_hosts);
     free(h->dashboard_dir);
     free(h->node_name);
+    free(h->default_pipe);
     free(h);
 }

@@ -3,8 +3,8 @@
  *
  * Ownership: struct http_conn owns the listener records and one struct conn
  * per open connection. A conn is created by the bevcb when evhttp accepts
- * and freed by the filter's free-context callback when evhttp frees the
- * connection's bufferevent; nothing else frees it. evhttp owns the
+ * and freed by the evhttp_connection's close callback when evhttp frees the
+ * connection; nothing else frees it. evhttp owns the
  * connections and the bound sockets (LEV_OPT_CLOSE_ON_FREE closes ours). */
 #include "http_conn.h"
 
@@ -32,8 +32,9 @@ enum conn_state { CONN_IDLE, CONN_HEADERS, CONN_BODY };
 
 struct conn {
     struct http_conn *hc;
-    struct bufferevent *under, *bev;
+    struct bufferevent *bev;
     struct event *timer;
+    struct event *attach; /* sets evhttp's close callback */
     enum conn_state state;
     int nl; /* header-end scanner: 1 after LF, 2 after LF CR */
     uint64_t header_deadline, request_deadline;
@@ -168,78 +169,101 @@ on_conn_timer(evutil_socket_t fd, short what, void *arg)
     log_debug("http event=timeout what=%s", hdr ? "header" : "request");
     c->header_deadline = c->request_deadline = 0;
     /* evhttp reads end-of-file next and frees the connection */
-    evutil_socket_t s = bufferevent_getfd(c->under);
+    evutil_socket_t s = bufferevent_getfd(c->bev);
     if (s >= 0)
         shutdown(s, SHUT_RDWR);
 }
 
-/* Pass-through input filter: watches for the end of a request header. */
-static enum bufferevent_filter_result
-filter_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
-          enum bufferevent_flush_mode mode, void *arg)
+/* Input callback of the connection's bufferevent: scans the bytes just
+ * read for the end of a request header (an empty line). */
+static void
+on_input(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
 {
-    (void)mode;
     struct conn *c = arg;
-    size_t n = evbuffer_get_length(src);
-    if (limit > 0 && n > (size_t)limit)
-        n = (size_t)limit;
-    if (n == 0)
-        return BEV_NEED_MORE;
+    if (!info->n_added)
+        return;
     if (c->state == CONN_IDLE) {
         c->state = CONN_HEADERS;
         c->nl = 0;
         uint64_t now = util_now_ms();
-        c->header_deadline = c->hc->header_ms ? now + c->hc->header_ms : 0;
-        c->request_deadline = c->hc->request_ms ? now + c->hc->request_ms : 0;
+        c->header_deadline = c->hc && c->hc->header_ms ? now + c->hc->header_ms : 0;
+        c->request_deadline = c->hc && c->hc->request_ms ? now + c->hc->request_ms : 0;
         conn_arm(c);
     }
-    if (c->state == CONN_HEADERS) {
-        struct evbuffer_iovec v[8];
-        int nv = evbuffer_peek(src, (ev_ssize_t)n, NULL, v, 8);
-        size_t seen = 0;
-        for (int i = 0; i < nv && i < 8 && c->state == CONN_HEADERS; i++) {
-            const unsigned char *p = v[i].iov_base;
-            for (size_t k = 0; k < v[i].iov_len && seen < n; k++, seen++) {
-                if (p[k] == '\n') {
-                    if (c->nl) {
-                        c->state = CONN_BODY;
-                        c->header_deadline = 0;
-                        conn_arm(c);
-                        break;
-                    }
-                    c->nl = 1;
-                } else if (p[k] == '\r') {
-                    if (c->nl == 1)
-                        c->nl = 2;
-                } else {
-                    c->nl = 0;
+    if (c->state != CONN_HEADERS)
+        return;
+    struct evbuffer_ptr at;
+    if (evbuffer_ptr_set(in, &at, info->orig_size, EVBUFFER_PTR_SET) < 0)
+        return;
+    struct evbuffer_iovec v[16];
+    int nv = evbuffer_peek(in, (ev_ssize_t)info->n_added, &at, v, 16);
+    size_t left = info->n_added;
+    for (int i = 0; i < nv && i < 16 && left; i++) {
+        const unsigned char *p = v[i].iov_base;
+        for (size_t k = 0; k < v[i].iov_len && left; k++, left--) {
+            if (p[k] == '\n') {
+                if (c->nl) {
+                    c->state = CONN_BODY;
+                    c->header_deadline = 0;
+                    conn_arm(c);
+                    return;
                 }
+                c->nl = 1;
+            } else if (p[k] == '\r') {
+                if (c->nl == 1)
+                    c->nl = 2;
+            } else {
+                c->nl = 0;
             }
         }
     }
-    evbuffer_remove_buffer(src, dst, n);
-    return BEV_OK;
 }
 
 static void
-conn_gone(void *arg)
+conn_unlink(struct conn *c)
 {
-    struct conn *c = arg;
     struct http_conn *hc = c->hc;
-    if (hc) {
-        if (c->prev)
-            c->prev->next = c->next;
-        else
-            hc->conns = c->next;
-        if (c->next)
-            c->next->prev = c->prev;
-        hc->nconns--;
-        /* a freed descriptor: a good moment to try accepting again */
-        hc->emfile = false;
-        maybe_resume(hc);
-    }
+    if (!hc)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        hc->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    hc->nconns--;
+    c->hc = NULL;
+    /* a freed descriptor: a good moment to try accepting again */
+    hc->emfile = false;
+    maybe_resume(hc);
+}
+
+/* evhttp frees the connection (and its bufferevent right after). */
+static void
+on_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    struct conn *c = arg;
+    conn_unlink(c);
+    evbuffer_remove_cb(bufferevent_get_input(c->bev), on_input, c);
     event_free(c->timer);
+    event_free(c->attach);
     free(c);
+}
+
+/* From the loop turn of the accept, before any I/O on the connection:
+ * evhttp has set its callbacks on the bufferevent, whose argument is the
+ * evhttp_connection; its close callback tells us when it goes. */
+static void
+on_attach(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    void *evcon = NULL;
+    bufferevent_getcb(c->bev, NULL, NULL, NULL, &evcon);
+    PGMTA_ASSERT(evcon != NULL);
+    evhttp_connection_set_closecb(evcon, on_close, c);
 }
 
 static struct bufferevent *
@@ -248,12 +272,12 @@ new_bev(struct event_base *base, void *arg)
     struct http_conn *hc = arg;
     struct conn *c = xcalloc(1, sizeof *c);
     c->hc = hc;
-    c->under = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    PGMTA_ASSERT(c->under != NULL);
-    c->bev = bufferevent_filter_new(c->under, filter_in, NULL, BEV_OPT_CLOSE_ON_FREE, conn_gone, c);
-    PGMTA_ASSERT(c->bev != NULL);
+    c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     c->timer = evtimer_new(base, on_conn_timer, c);
-    PGMTA_ASSERT(c->timer != NULL);
+    c->attach = event_new(base, -1, 0, on_attach, c);
+    PGMTA_ASSERT(c->bev != NULL && c->timer != NULL && c->attach != NULL);
+    PGMTA_ASSERT(evbuffer_add_cb(bufferevent_get_input(c->bev), on_input, c) != NULL);
+    event_active(c->attach, 0, 0);
     c->next = hc->conns;
     if (hc->conns)
         hc->conns->prev = c;
@@ -387,28 +411,6 @@ http_conn_request_read(struct http_conn *hc, struct evhttp_request *req)
         c->header_deadline = c->request_deadline = 0;
         conn_arm(c);
         return;
-    }
-}
-
-/* The filter moves output to the socket only while writing is enabled;
- * evhttp enables writing after queueing a reply, which the filter does not
- * act on: push it through. The bufferevent is taken before the reply (which
- * may free the request) and looked up after it, so a connection evhttp
- * freed meanwhile is never touched. */
-void
-http_conn_send_reply(struct evhttp_request *req, int code, const char *reason,
-                     struct evbuffer *body)
-{
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-    evhttp_send_reply(req, code, reason, body);
-    for (struct http_conn *hc = all_hc; hc && bev; hc = hc->next_hc) {
-        for (struct conn *c = hc->conns; c; c = c->next) {
-            if (c->bev == bev) {
-                bufferevent_flush(c->bev, EV_WRITE, BEV_FLUSH);
-                return;
-            }
-        }
     }
 }
 

@@ -15,9 +15,9 @@
  *   the connection is shut down. Idle keep-alive connections are evhttp's
  *   read timeout's business.
  *
- * Connections are seen through a pass-through bufferevent filter installed
- * with evhttp_set_bevcb: it scans request headers for their end and tells
- * us when evhttp frees the connection. */
+ * Connections are seen through evhttp_set_bevcb (the bufferevent of each
+ * accepted connection is ours to create; an input callback on it finds the
+ * end of each request header) and the connection's close callback. */
 #ifndef PGMTA_HTTP_CONN_H
 #define PGMTA_HTTP_CONN_H
 
@@ -41,9 +41,6 @@ struct evhttp_bound_socket *http_conn_bind(struct http_conn *hc, const char *ip,
 void http_conn_unbind(struct http_conn *hc, struct evhttp_bound_socket *s);
 /* REQ's headers and body are in: its connection's timers stop. */
 void http_conn_request_read(struct http_conn *hc, struct evhttp_request *req);
-/* evhttp_send_reply, for every reply of a server using http_conn. */
-void http_conn_send_reply(struct evhttp_request *req, int code, const char *reason,
-                          struct evbuffer *body);
 unsigned http_conn_count(const struct http_conn *hc);
 /* Before evhttp_free: forgets the connections (evhttp frees them). */
 void http_conn_free(struct http_conn *hc);

@@ -745,8 +745,8 @@ http_inject_reply(const struct inject_batch *b, const PGresult *res, struct buf 
         char text[600];
         if (code == 400) {
             long r = fault_recipient(b, res, &msg);
-            if (msg && !strncmp(msg, "mail_from", 9))
-                snprintf(text, sizeof text, "envelope_sender%s", msg + 9);
+            if (msg && strstr(msg, "mail_from"))
+                snprintf(text, sizeof text, "envelope_sender: %s", msg);
             else if (r >= 0)
                 snprintf(text, sizeof text, "recipients[%ld]: %s", r, msg ? msg : "refused");
             else

@@ -186,27 +186,40 @@ mime_field_name_ok(const char *name)
     return true;
 }
 
-/* Encoded-words of S, each at most EW_CHUNK bytes of whole UTF-8
- * characters, the first after "col" characters, the others on
- * continuation lines. */
+/* Before a token of LEN characters: a space, or a fold when the line
+ * would pass FOLD_AT. */
 static void
-put_encoded_words(struct buf *out, const char *s)
+separate(struct buf *out, size_t *col, size_t len)
+{
+    if (*col + 1 + len > FOLD_AT) {
+        buf_puts(out, "\r\n ");
+        *col = 1;
+    } else {
+        buf_puts(out, " ");
+        (*col)++;
+    }
+}
+
+/* Encoded-words of S[0..n), each at most EW_CHUNK bytes of whole UTF-8
+ * characters; the first one follows a separator unless *first. */
+static void
+put_encoded_words(struct buf *out, const char *s, size_t n, size_t *col, bool *first)
 {
     const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
-    bool first = true;
     while (n > 0) {
         size_t take = n < EW_CHUNK ? n : EW_CHUNK;
         while (take < n && take > 0 && (p[take] & 0xc0) == 0x80)
             take--; /* do not split a character */
         if (take == 0)
             take = n < EW_CHUNK ? n : EW_CHUNK;
-        if (!first)
-            buf_puts(out, "\r\n ");
+        size_t len = 12 + (take + 2) / 3 * 4;
+        if (!*first)
+            separate(out, col, len);
         buf_puts(out, "=?UTF-8?B?");
         b64_run(out, p, take);
         buf_puts(out, "?=");
-        first = false;
+        *col += len;
+        *first = false;
         p += take;
         n -= take;
     }
@@ -225,33 +238,57 @@ longest_word(const char *s)
     return best;
 }
 
+static bool
+word_ascii(const char *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)w[i] >= 0x80)
+            return false;
+    return n < 2 || !memmem(w, n, "=?", 2);
+}
+
+/* Words are split at spaces (tabs become spaces); a run of words with
+ * non-ASCII characters becomes encoded-words (the spaces inside the run
+ * encoded with it, as white space between encoded-words is dropped when
+ * decoding), ASCII words stay as they are, so addresses in structured
+ * fields (To: Name <a@b>) survive. Lines fold at the spaces. */
 void
 mime_put_header(struct buf *out, const char *name, const char *value)
 {
-    buf_printf(out, "%s: ", name);
-    if (!is_ascii(value) || longest_word(value) > 900 || strstr(value, "=?")) {
-        put_encoded_words(out, value);
+    buf_printf(out, "%s:", name);
+    size_t col = strlen(name) + 1;
+    bool first = false; /* a space follows the colon */
+    if (longest_word(value) > 900) {
+        put_encoded_words(out, value, strlen(value), &col, &first);
         buf_puts(out, "\r\n");
         return;
     }
-    /* fold at blanks so lines stay within 78 where the words allow */
-    size_t col = strlen(name) + 2;
     const char *p = value;
-    while (*p) {
-        const char *w = p;
-        while (*w == ' ' || *w == '\t')
-            w++;
-        const char *e = w;
+    for (;;) {
+        const char *e = p;
         while (*e && *e != ' ' && *e != '\t')
             e++;
-        size_t len = (size_t)(e - p);
-        if (col + len > FOLD_AT && p != value && p < w) {
-            buf_puts(out, "\r\n");
-            col = 0;
+        if (word_ascii(p, (size_t)(e - p))) {
+            separate(out, &col, (size_t)(e - p));
+            buf_append(out, p, (size_t)(e - p));
+            col += (size_t)(e - p);
+        } else {
+            /* extend the run over the following non-ASCII words */
+            const char *end = e;
+            while (*end) {
+                const char *w = end + 1, *we = w;
+                while (*we && *we != ' ' && *we != '\t')
+                    we++;
+                if (word_ascii(w, (size_t)(we - w)))
+                    break;
+                end = we;
+            }
+            put_encoded_words(out, p, (size_t)(end - p), &col, &first);
+            e = end;
         }
-        buf_append(out, p, len);
-        col += len;
-        p = e;
+        if (!*e)
+            break;
+        p = e + 1;
     }
     buf_puts(out, "\r\n");
 }
@@ -281,7 +318,9 @@ put_address(struct buf *out, const char *field, const char *path, const struct m
             }
             buf_puts(out, "\"");
         } else {
-            put_encoded_words(out, a->name);
+            size_t col = strlen(field) + 1;
+            bool first = true;
+            put_encoded_words(out, a->name, strlen(a->name), &col, &first);
         }
         buf_puts(out, "\r\n ");
     }
@@ -421,16 +460,17 @@ alternative(struct buf *out, const struct mime_message *m)
         buf_printf(out, "Content-Type: multipart/alternative;\r\n boundary=\"%s\"\r\n\r\n", b);
         buf_printf(out, "--%s\r\n", b);
         text_part(out, "plain", m->text_body);
-        buf_printf(out, "--%s\r\n", b);
+        buf_printf(out, "\r\n--%s\r\n", b);
         text_part(out, "html", m->html_body);
-        buf_printf(out, "--%s--\r\n", b);
+        buf_printf(out, "\r\n--%s--\r\n", b);
     } else {
         text_part(out, m->text_body ? "plain" : "html", m->text_body ? m->text_body : m->html_body);
     }
 }
 
 /* The attachments with (inline) or without a content_id, after the
- * multipart's first part; -1 on a bad attachment. */
+ * multipart's first part; -1 on a bad attachment. Every part ends with
+ * CRLF, and the CRLF before a delimiter belongs to the delimiter. */
 static int
 attachments(struct buf *out, const struct mime_message *m, bool inline_ones, const char *b,
             char *err, size_t errlen)
@@ -438,11 +478,11 @@ attachments(struct buf *out, const struct mime_message *m, bool inline_ones, con
     for (size_t i = 0; i < m->nattachments; i++) {
         if ((m->attachments[i].content_id != NULL) != inline_ones)
             continue;
-        buf_printf(out, "--%s\r\n", b);
+        buf_printf(out, "\r\n--%s\r\n", b);
         if (attachment_part(out, &m->attachments[i], i, err, errlen) < 0)
             return -1;
     }
-    buf_printf(out, "--%s--\r\n", b);
+    buf_printf(out, "\r\n--%s--\r\n", b);
     return 0;
 }
 

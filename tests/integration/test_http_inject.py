@@ -147,7 +147,7 @@ class InjectTest(unittest.TestCase):
                              "%s %s, Grüße from Winter ☃" % (greet, name))
             self.assertEqual(msg["From"].addresses[0].display_name, "Brand Ñews")
             self.assertEqual(msg["From"].addresses[0].addr_spec, "news@brand.test")
-            self.assertEqual(str(msg["Reply-To"]), "<reply@brand.test>")
+            self.assertEqual(msg["Reply-To"].addresses[0].addr_spec, "reply@brand.test")
             self.assertEqual(str(msg["X-Campaign"]), "Winter ☃")
             self.assertEqual(msg["To"].addresses[0].addr_spec, rcpt)
             self.assertTrue(msg["Date"].datetime)
@@ -161,9 +161,8 @@ class InjectTest(unittest.TestCase):
             text, html = alt.get_payload()
             self.assertEqual(text.get_content_type(), "text/plain")
             self.assertEqual(text["Content-Transfer-Encoding"], "quoted-printable")
-            self.assertEqual(text.get_content(),
-                             "%s %s! n=%s\r\n%s\r\nÜmlaut end\r\n" % (greet, name, n, long_line)
-                             .replace("\r\n", "\n"))
+            self.assertEqual(text.get_content().replace("\r\n", "\n"),
+                             "%s %s! n=%s\n%s\nÜmlaut end\n" % (greet, name, n, long_line))
             self.assertEqual(html.get_content_type(), "text/html")
             self.assertIn("<p>%s <b>%s</b></p>" % (greet, name), html.get_content())
             self.assertEqual(logo["Content-ID"], "<logo>")
@@ -297,8 +296,20 @@ class InjectTest(unittest.TestCase):
     def test_too_large(self):
         big = parts_request([{"email": "x@inject.test"}], job_id="J-big", pipe="bulk",
                             content={"text_body": "x" * (MAX_BODY + 10)})
-        st, _ = self.c.post(big)
-        self.assertEqual(st, 413)
+        # evhttp answers from Content-Length, before the body: read the
+        # reply without sending the body (the server closes after it)
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        s.sendall(b"POST /api/inject/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                  + INJECT.encode() + b"\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1))
+        got = s.recv(100)
+        self.assertTrue(got.startswith(b"HTTP/1.1 413"), got)
+        s.close()
+        # a body just over the limit sent whole
+        try:
+            st, _ = self.c.post(big)
+            self.assertEqual(st, 413)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
         self.assertEqual(self.count_job("J-big"), 0)
         # other routes keep their 64 KB limit even though evhttp takes more
         st, _ = self.c.post(b"queue=x&pad=" + b"x" * 70000, token=ADMIN, path="/api/pause",
@@ -419,7 +430,12 @@ class HttpLimitsTest(unittest.TestCase):
                 socks[-1].send(b"GET")
             wait_for(lambda: "accept-paused reason=max-connections" in node.log(), timeout=10,
                      what="the pause at the cap")
-            self.assertFalse(c.up())
+            s9 = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s9.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                       + ADMIN.encode() + b"\r\n\r\n")
+            with self.assertRaises(socket.timeout):
+                s9.recv(100)  # kept in the backlog: not served for now
+            s9.close()
             # ... and is served once they go (here: cut by the header timeout)
             wait_for(c.up, timeout=15, what="the API after the cap's connections closed")
             self.assertIn("accept-resumed", node.log())
