@@ -77,8 +77,9 @@ mime_base64_decode(struct buf *out, const char *s, size_t n)
             buf_append(out, &byte, 1);
         }
     }
-    /* leftover bits: 0 (complete), 2 (one byte, "=="), 4 (two bytes, "=") */
-    if (bits == 6 || pad > 2 || (pad && pad != (bits == 2 ? 2 : bits == 4 ? 1 : -1)))
+    /* leftover bits: 0 (complete), 4 (one byte from two characters: "=="),
+     * 2 (two bytes from three: "="); padding is optional but never wrong */
+    if (bits == 6 || (pad && pad != (bits == 4 ? 2 : bits == 2 ? 1 : -1)))
         return -1;
     if (!out->data)
         buf_append(out, "", 0);
