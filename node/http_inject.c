@@ -410,6 +410,17 @@ build_one(struct ctx *c, const struct content *ct, const struct vars *vs, const 
         if (ok)
             mime_raw(out, t.data, t.len, domain, (time_t)now);
         buf_free(&t);
+        /* SMTP carries no line over 998 octets (RFC 5322 2.1.1): refuse
+         * here rather than fail at delivery */
+        size_t line = 1, col = 0;
+        for (size_t i = 0; ok && i < out->len; i++) {
+            if (out->data[i] == '\n') {
+                line++;
+                col = 0;
+            } else if (out->data[i] != '\r' && ++col > 998) {
+                ok = bad(c, 400, "content: line %zu is longer than 998 octets", line);
+            }
+        }
         return ok;
     }
     struct buf subj, text, html, hv[MAX_HEADERS];
