@@ -392,11 +392,22 @@ render(struct ctx *c, struct buf *out, const struct json_value *tv, const struct
 
 /* ---- building the messages ------------------------------------------------------ */
 
+/* A domain fit for the right side of a Message-ID: letters, digits, '-'
+ * and '.', else NULL. */
+static const char *
+safe_domain(const char *d)
+{
+    if (!d || !*d || strlen(d) > 253 ||
+        strspn(d, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != strlen(d))
+        return NULL;
+    return d;
+}
+
 static const char *
 domain_of(const char *addr)
 {
     const char *at = addr ? strrchr(addr, '@') : NULL;
-    return at && at[1] ? at + 1 : NULL;
+    return at ? safe_domain(at + 1) : NULL;
 }
 
 static bool
@@ -556,7 +567,7 @@ build_all(struct ctx *c, struct inject_batch *b, const struct content *ct,
     if (!domain)
         domain = domain_of(b->mail_from);
     if (!domain)
-        domain = node_name;
+        domain = safe_domain(node_name);
     b->nmsgs = per_rcpt ? b->nrcpts : 1;
     b->rcpt_msg = xcalloc(b->nrcpts, sizeof *b->rcpt_msg);
     b->msg_first = xcalloc(b->nmsgs, sizeof *b->msg_first);
