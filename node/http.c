@@ -991,12 +991,16 @@ on_request(struct evhttp_request *req, void *arg)
 {
     struct http *h = arg;
     http_conn_request_read(h->hc, req);
-    if (!host_allowed(h, req)) {
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    /* The Host check keeps browsers led here by DNS rebinding away from
+     * the dashboard and the admin API; injection is for programs, which
+     * send a Bearer token a rebinding page cannot know, under whatever
+     * name they reach us by. */
+    if (!(path && !strcmp(path, HTTP_INJECT_PATH)) && !host_allowed(h, req)) {
         reply_error(req, 400, "Host not allowed");
         return;
     }
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path) {
         reply_error(req, 404, "not found");
         return;

@@ -358,6 +358,13 @@ class InjectTest(unittest.TestCase):
             self.assertEqual(st, 401, path)
         st, r = self.c.post(b"", token=INJECT, method="GET")
         self.assertEqual(st, 405, r)
+        # injection takes any Host (programs, not browsers); admin routes do not
+        st, _ = self.c.post(b"", token=ADMIN, path="/api/status", method="GET",
+                            headers={"Host": "mta.example.net"})
+        self.assertEqual(st, 400)
+        st, r = self.c.post(dict(body, job_id="J-host"), headers={"Host": "mta.example.net"})
+        self.assertEqual(st, 200, r)
+        self.assertEqual(self.count_job("J-host"), 1)
         st, r = self.c.post(body)
         self.assertEqual(st, 200, r)
         self.assertEqual(self.count_job("J-tok"), 1)
@@ -442,6 +449,35 @@ class HttpLimitsTest(unittest.TestCase):
         finally:
             for s in socks:
                 s.close()
+            self.assertEqual(node.stop(), 0)
+            pg.stop()
+
+    def test_reuseport_and_foreign_socket(self):
+        pg = PgServer()
+        port = free_port()
+        node = Pgmtad(pg, pipes=PIPES, extra=extra(port))
+        c = Client(port)
+        try:
+            wait_for(c.up, timeout=20, what="the HTTP API")
+            # pgmtad's socket has SO_REUSEPORT: another one may join it
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", port))
+            s.close()
+        finally:
+            self.assertEqual(node.stop(), 0)
+        # a port held by a socket without SO_REUSEPORT still fails, clearly
+        port2 = free_port()
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", port2))
+        holder.listen(1)
+        node = Pgmtad(pg, pipes=PIPES, extra=extra(port2))
+        try:
+            wait_for(lambda: "http event=listen-failed" in node.log(), timeout=20,
+                     what="the listen failure")
+            self.assertIn("held by a socket without SO_REUSEPORT", node.log())
+        finally:
+            holder.close()
             self.assertEqual(node.stop(), 0)
             pg.stop()
 
