@@ -315,7 +315,7 @@ lookup_in(const struct json_value *obj, const char *name, size_t n)
 {
     if (!obj)
         return NULL;
-    for (size_t i = obj->n; i-- > 0;)
+    for (size_t i = 0; i < obj->n; i++) /* the first of duplicates, as json_get */
         if (obj->keylens[i] == n && !memcmp(obj->keys[i], name, n))
             return &obj->items[i];
     return NULL;
