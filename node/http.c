@@ -1,8 +1,11 @@
 /* http: the HTTP API, the Prometheus metrics and the dashboard's static files,
  * served by evhttp in the root process's event loop (see http.h).
  *
- * Ownership: struct http owns the evhttp server, its bound socket, its own
- * database connection and the list of calls waiting for the database. A call
+ * Ownership: struct http owns the evhttp server, its bound socket, the
+ * http_conn that binds it and limits its connections (http_conn.h), its own
+ * database connection and the list of calls waiting for the database. An
+ * injection call owns its inject_batch (http_inject.h): the SQL parameters
+ * point into it until the call is freed. A call
  * (one API request waiting for SQL) belongs to the database request it was
  * handed to: db.c calls back exactly once, and that callback frees it. The
  * evhttp request belongs to libevent; a call keeps it until it replies
