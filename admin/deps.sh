@@ -5,7 +5,7 @@
 # does not install.
 pgmta_install_deps() {
     local packages=(build-essential cmake pkg-config libevent-dev libc-ares-dev libconfig-dev
-                    libpq-dev libssl-dev libcmocka-dev postgresql-15 postgresql-client-15
+                    libpq-dev libssl-dev zlib1g-dev libcmocka-dev postgresql-15 postgresql-client-15
                     postfix dnsmasq-base swaks python3 python3-psycopg2 openssl procps
                     iproute2 util-linux clang-format python3-dkim)
     [ "${1:-}" = --tests ] && packages+=(chromium faketime)

@@ -111,6 +111,12 @@ struct conf {
     char *http_dashboard_dir;  /* NULL: the built-in default (see http.h) */
     char **http_allowed_hosts; /* Host names accepted besides loopback and listen.http */
     size_t nhttp_allowed_hosts;
+    char **http_inject_tokens; /* Bearer tokens of POST /api/inject/v1 only */
+    size_t nhttp_inject_tokens;
+    uint32_t http_max_body_size;   /* bytes of a request body, inflated too */
+    uint32_t http_max_connections; /* open HTTP connections; more wait */
+    uint64_t http_header_timeout_ms;
+    uint64_t http_request_timeout_ms;
     uint32_t smtp_port;
     struct conf_pipe *pipes;
     size_t npipes;

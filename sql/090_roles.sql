@@ -76,7 +76,8 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.resume_job(text),
                           mta.purge_messages(int),
                           mta.purge_queues(),
-                          mta.acct_ensure_partitions(int)
+                          mta.acct_ensure_partitions(int),
+                          mta.inject_batch(text, bytea[], text[], int[], text, text, text, text)
     TO mta_node;
 GRANT INSERT ON mta.submit TO mta_node;
 GRANT USAGE ON SEQUENCE mta.submit_id_seq TO mta_node;
