@@ -370,6 +370,32 @@ class ReadyQueuesTest(DbTestCase):
         self.assertEqual(self.q("SELECT count(*) FROM mta.connections WHERE node = 'node-slots'"),
                          [(0,)])
 
+    def test_node_role_may_poll_postpone_and_take_slots(self):
+        d = self.domain()
+        self.enqueue(["a@" + d])
+        node = self.pg.connect(self.pg.role_dsn("mta_node"))
+        with node.cursor() as cur:
+            cur.execute("SELECT domain FROM mta.ready_queues(%s, 100)", (self.pipe,))
+            self.assertEqual(cur.fetchall(), [(d,)])
+            cur.execute("SELECT mta.queue_postpone(%s, %s, '', 60000)", (self.pipe, d))
+            cur.execute("SELECT domain FROM mta.ready_queues(%s, 100)", (self.pipe,))
+            self.assertEqual(cur.fetchall(), [])
+            cur.execute("SELECT slot FROM mta.take_slot(%s, '', 1, '{}', %s, '')", (d, d))
+            self.assertEqual(cur.fetchall(), [(0,)])
+            with self.assertRaises(psycopg2.Error):
+                cur.execute("SELECT mta.ready_note(ARRAY[%s], ARRAY[%s], ARRAY[''], NULL)",
+                            (self.pipe, d))
+        monitor = self.pg.connect(self.pg.role_dsn("mta_monitor"))
+        with monitor.cursor() as cur:
+            cur.execute("SELECT domain, vmta FROM mta.connections WHERE domain = %s", (d,))
+            self.assertEqual(cur.fetchall(), [(d, None)])
+            cur.execute("SELECT connections FROM mta.queues WHERE domain = %s", (d,))
+            self.assertEqual(cur.fetchall(), [(1,)])
+            with self.assertRaises(psycopg2.Error):
+                cur.execute("SELECT mta.queue_postpone(%s, %s, '', 1)", (self.pipe, d))
+        node.close()
+        monitor.close()
+
 
 if __name__ == "__main__":
     main()
