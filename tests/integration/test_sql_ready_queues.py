@@ -11,7 +11,7 @@ import uuid
 
 import psycopg2
 
-from pgmta_test import DbTestCase, copy_submit, main
+from pgmta_test import DbTestCase, copy_submit, main, wait_for
 
 FINISH = ("SELECT mta.finish(%s, 'node-r', %s, %s, %s, %s::timestamptz[], NULL, NULL, NULL,"
           " NULL, NULL, NULL, NULL, NULL, false)")
@@ -367,8 +367,10 @@ class ReadyQueuesTest(DbTestCase):
         self.assertEqual(counts, {(r1, None): 2, (r2, None): 2, (p, "pool-x"): 2,
                                   (plain, None): 1})
         slots.close()
-        self.assertEqual(self.q("SELECT count(*) FROM mta.connections WHERE node = 'node-slots'"),
-                         [(0,)])
+        # The server ends the closed session (and drops its locks) a moment later.
+        wait_for(lambda: self.q("SELECT count(*) FROM mta.connections"
+                                " WHERE node = 'node-slots'") == [(0,)],
+                 what="the closed session's slots to go")
 
     def test_node_role_may_poll_postpone_and_take_slots(self):
         d = self.domain()
