@@ -1298,7 +1298,7 @@ worker_on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     }
     char lim[16];
-    snprintf(lim, sizeof lim, "%d", 1000);
+    snprintf(lim, sizeof lim, "%d", 100);
     const char *values[2] = {w->pipe, lim};
     struct db *db = worker_db(w);
     if (!db ||
