@@ -18,7 +18,7 @@ $$;
 -- session: ALTER DATABASE pgmta SET mta.acct_received = off). PowerMTA's
 -- accounting file records only deliveries and bounces by default; pgmta keeps
 -- 'r' rows by default because the mta.acct contract lists them. See README,
--- Accounting.
+-- From SQL.
 CREATE OR REPLACE FUNCTION mta.acct_received() RETURNS bool
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -40,8 +40,8 @@ $$;
 -- message, so it is kept to few statements: the checks are plain
 -- expressions (no query each), and a message with one recipient, the usual
 -- case for SMTP injection, takes a path with single-row statements instead
--- of array expansion and aggregation. Measured per call (see README,
--- Enqueue cost): about half the PostgreSQL CPU of the general path.
+-- of array expansion and aggregation. Measured per call: 20-30% less
+-- PostgreSQL CPU than one query per check (see README, Enqueue cost).
 CREATE OR REPLACE FUNCTION mta.enqueue_bytes(p_mail_from text, p_rcpt_to text[], p_content bytea,
                                              p_job_id text, p_vmta text, p_pipe text,
                                              p_envid text, p_priority int,
