@@ -3,9 +3,12 @@
  * Parses the command line, loads the configuration (--check prints it and
  * exits), then runs the root process's event loop: it owns the signals
  * (SIGCHLD, SIGTERM, SIGINT, SIGHUP as libevent signal events), the current
- * configuration, the supervisor of the pipe processes (pipe.c) and the
- * root's row in mta.node (one non-blocking connection, db.c). Reloads build a new configuration and
- * swap it in only when it loads cleanly. */
+ * configuration, the supervisor of the pipe and smtp-in processes (pipe.c)
+ * and the root's row in mta.node (one non-blocking connection, db.c).
+ * Reloads build a new configuration and swap it in only when it loads
+ * cleanly. The root parses no mail: the SMTP injection listener runs in
+ * the smtp-in processes (smtp_in.c). The HTTP API stays here unless
+ * SMTP_IN_RUNS_HTTP moves it into the smtp-in processes. */
 #include <getopt.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -23,7 +26,7 @@
 #include "http.h"
 #include "log.h"
 #include "pipe.h"
-#include "smtp_server.h"
+#include "smtp_in.h"
 #include "util.h"
 #include "worker.h"
 
@@ -40,8 +43,7 @@ struct root {
     struct db *db; /* the root's own connection, NULL without database.url */
     long long node_id;
     struct event *heartbeat;
-    struct http *http;        /* the HTTP API and dashboard (listen.http) */
-    struct smtp_server *smtp; /* the SMTP injection listener (listen.smtp) */
+    struct http *http; /* the HTTP API and dashboard (listen.http), unless SMTP_IN_RUNS_HTTP */
 };
 
 static void
@@ -213,29 +215,17 @@ root_stop(struct root *r, const char *why)
     uint64_t kill_after = r->conf->shutdown_timeout_ms + PIPE_KILL_GRACE_MS;
     log_info("root event=stopping signal=%s children=%zu kill_after=%llums", why,
              pipe_sup_running(r->sup), (unsigned long long)kill_after);
-    /* Root services (SMTP injection listener, HTTP API) stop accepting here,
-     * before the pipes go. */
-    smtp_server_stop_accepting(r->smtp);
+    /* The HTTP API (if here) stops accepting; the smtp-in processes stop
+     * accepting when they get their SIGTERM below. */
     http_stop(r->http);
     pipe_sup_stop(r->sup, kill_after, root_stopped, r);
 }
 
-/* conf_load plus what the configuration points at: the DKIM keys must
- * load (readable, not world-readable, a supported type), so that a bad key
- * is refused at start and on reload like any other configuration error. */
+/* conf_load plus the DKIM keys (see smtp_in.h). */
 static struct conf *
 load_config(const char *path, char *err, size_t errlen)
 {
-    struct conf *c = conf_load(path, err, errlen);
-    if (!c)
-        return NULL;
-    struct dkim *keys = dkim_new(c, err, errlen);
-    if (!keys) {
-        conf_free(c);
-        return NULL;
-    }
-    dkim_free(keys);
-    return c;
+    return smtp_in_conf_load(path, err, errlen);
 }
 
 /* SIGHUP and POST /api/reload: 0 when the new configuration is in place,
@@ -255,11 +245,10 @@ root_reload(struct root *r, char *err, size_t errlen)
     struct conf *old = r->conf;
     r->conf = fresh;
     apply_log_level(fresh);
-    /* Root services get the new configuration here. */
-    http_apply(r->http, fresh);
-    char smtp_err[CONF_ERR_LEN] = "";
-    if (smtp_server_reload(r->smtp, fresh, smtp_err, sizeof smtp_err) != 0)
-        log_error("root event=smtp-listener-reload-failed error=\"%s\"", smtp_err);
+    /* Root services get the new configuration here; the children reload
+     * by themselves on the SIGHUP forwarded to them. */
+    if (r->http)
+        http_apply(r->http, fresh);
     pipe_sup_apply(r->sup, fresh, true);
     conf_free(old);
     log_info("root event=reloaded path=%s pipes=%zu", fresh->path, fresh->npipes);
@@ -323,26 +312,21 @@ root_run(struct conf *conf)
     log_info("root event=starting version=%s node=%s config=%s pipes=%zu", PGMTA_VERSION,
              conf->node_name ? conf->node_name : "-", conf->path, conf->npipes);
     /* SIGCHLD is watched before the first fork, so no exit goes unseen. */
-    r.sup = pipe_sup_new(r.base, worker_run);
+    r.sup = pipe_sup_new(r.base, worker_run, smtp_in_run);
+    pipe_sup_set_smtp_in_http(r.sup, SMTP_IN_RUNS_HTTP);
     pipe_sup_apply(r.sup, conf, false);
     /* After the first fork: the children do not inherit the connection. */
     root_db_start(&r);
 
-    /* Root services start here: the SMTP injection listener (listen.smtp) and
-     * the HTTP API and dashboard (listen.http). They run in this event loop;
-     * nothing in it may block. */
-    r.http = http_new(r.base, root_reload_http, &r);
-    http_apply(r.http, conf);
-    char smtp_err[CONF_ERR_LEN] = "";
-    r.smtp = smtp_server_new(r.base, conf, smtp_err, sizeof smtp_err);
-    if (!r.smtp) {
-        log_error("root event=smtp-listener-failed error=\"%s\"", smtp_err);
-        root_stop(&r, "smtp-listener-failed");
+    /* The HTTP API and dashboard (listen.http) run in this event loop
+     * unless the smtp-in processes serve them; nothing here may block. */
+    if (!SMTP_IN_RUNS_HTTP) {
+        r.http = http_new(r.base, root_reload_http, &r);
+        http_apply(r.http, conf);
     }
 
     event_base_dispatch(r.base);
 
-    smtp_server_free(r.smtp);
     http_free(r.http);
     pipe_sup_free(r.sup);
     if (r.heartbeat)
