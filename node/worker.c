@@ -84,6 +84,13 @@ struct wqueue {
     bool backoff;                /* in backoff mode (from the database) */
     long long throttle_until_us; /* no new session before (rate limits) */
     unsigned pool_next;          /* round robin over a virtual MTA pool */
+    /* One claim of the queue in flight per process: concurrent claims of
+     * one queue take alternate rows (SKIP LOCKED) and split its messages
+     * into more transactions. The others wait here, in order. */
+    bool claiming;
+    double rows_per_msg; /* recipients per transaction seen in this queue's claims */
+    struct session *claim_wait;
+    struct session **claim_wait_tail;
     struct wqueue *next;
 };
 
@@ -102,6 +109,10 @@ struct rcpt {
     long long retry_at_us;
 };
 
+/* One SMTP transaction. A message whose recipients are more than
+ * max-rcpt-per-message becomes several transactions; they share its
+ * content (held once, in the claim result) and its signed copy, both owned
+ * by the first of them (owner < 0). */
 struct msg {
     long long message_id;
     char *mail_from;
@@ -110,6 +121,7 @@ struct msg {
     size_t content_len;
     unsigned char *signed_content; /* DKIM/BIMI headers + content, when signed */
     size_t signed_len;
+    long owner;   /* index of the transaction that owns the content, -1 itself */
     size_t first; /* index of its first recipient in the batch */
     size_t nrcpts;
     const char **rcpt_ptrs;
@@ -153,6 +165,8 @@ struct session {
     bool pattern_defer;   /* ... a defer-queue pattern */
     char *pattern_reply;
     bool pending; /* a database or sched callback is due: it frees an ended session */
+    bool claim_waiting;
+    struct session *claim_next; /* in q->claim_wait */
     struct session *next;
 };
 
@@ -185,12 +199,13 @@ struct worker {
     struct session *sessions;
     unsigned nsessions;
     size_t content_bytes; /* content held by claimed batches and reserved for claims */
-    double avg_msg_bytes; /* running average of claimed message sizes */
+    double avg_row_bytes; /* running average of content bytes per claimed row */
     uint64_t next_session_id;
     int exit_status;
 };
 
 static void session_claim(struct session *s);
+static void queue_unwait(struct wqueue *q, struct session *s);
 static void session_take_tokens(struct session *s);
 static void session_finish(struct session *s);
 static void session_end(struct session *s);
@@ -239,10 +254,12 @@ session_clear_batch(struct session *s)
     s->rcpts = NULL;
     s->nrcpts = 0;
     for (size_t i = 0; i < s->nmsgs; i++) {
-        s->w->content_bytes -= s->msgs[i].content_len + s->msgs[i].signed_len;
+        if (s->msgs[i].owner < 0) {
+            s->w->content_bytes -= s->msgs[i].content_len + s->msgs[i].signed_len;
+            free(s->msgs[i].signed_content);
+        }
         free(s->msgs[i].mail_from);
         free(s->msgs[i].envid);
-        free(s->msgs[i].signed_content);
         free(s->msgs[i].rcpt_ptrs);
     }
     free(s->msgs);
@@ -330,6 +347,8 @@ session_end(struct session *s)
     }
     if (s->ev_retry)
         evtimer_del(s->ev_retry);
+    if (s->claim_waiting)
+        queue_unwait(s->q, s);
     if (s->slot >= 0) {
         sched_release_slot(w->sched, s->limit_domain, s->source_vmta, s->slot);
         s->slot = -1;
@@ -701,10 +720,24 @@ session_send(struct session *s)
         m[i].envid = msg->envid;
         m[i].rcpts = msg->rcpt_ptrs;
         m[i].nrcpts = msg->nrcpts;
+        bool utf8 = false;
+        for (const char *p = msg->mail_from; *p; p++)
+            utf8 |= (*p & 0x80) != 0;
+        for (size_t k = 0; k < msg->nrcpts; k++)
+            for (const char *p = msg->rcpt_ptrs[k]; *p; p++)
+                utf8 |= (*p & 0x80) != 0;
+        m[i].smtputf8 = utf8;
+        if (msg->owner >= 0) {
+            /* A later transaction of the same message: the same bytes. */
+            m[i].content = m[msg->owner].content;
+            m[i].content_len = m[msg->owner].content_len;
+            m[i].eightbit = m[msg->owner].eightbit;
+            continue;
+        }
         m[i].content = msg->content;
         m[i].content_len = msg->content_len;
         /* DKIM signature and BIMI-Selector of the sender domain, once per
-         * message (not per recipient). */
+         * message (not per recipient or transaction). */
         char *hdr = dkim_headers(s->w->dkim, msg->mail_from, msg->content, msg->content_len);
         if (hdr) {
             size_t hl = strlen(hdr);
@@ -723,13 +756,6 @@ session_send(struct session *s)
                 break;
             }
         }
-        bool utf8 = false;
-        for (const char *p = msg->mail_from; *p; p++)
-            utf8 |= (*p & 0x80) != 0;
-        for (size_t k = 0; k < msg->nrcpts; k++)
-            for (const char *p = msg->rcpt_ptrs[k]; *p; p++)
-                utf8 |= (*p & 0x80) != 0;
-        m[i].smtputf8 = utf8;
     }
     /* The client reads the array until the batch callback. */
     s->smtp_msgs = m;
@@ -959,17 +985,34 @@ address_sane(const char *a, bool allow_empty)
     return true;
 }
 
-/* Why a claimed row cannot be delivered, or NULL when it can. Such rows are
- * set aside (mta.quarantine) with the reason; the node keeps running. */
-static const char *
-row_nonsense(const PGresult *res, int row, int c_content, int c_rcpt, int c_from, int c_att)
+/* A binary boolean column; NULL reads as false. */
+static bool
+col_bool(const PGresult *res, int row, int col)
 {
-    if (PQgetisnull(res, row, c_content))
+    return col >= 0 && !PQgetisnull(res, row, col) && PQgetlength(res, row, col) == 1 &&
+           PQgetvalue(res, row, col)[0] != 0;
+}
+
+/* Why the content of a message (its first claimed row) cannot be sent, or
+ * NULL when it can. */
+static const char *
+content_nonsense(const PGresult *res, int row, int c_content, int c_missing)
+{
+    if (col_bool(res, row, c_missing) || PQgetisnull(res, row, c_content))
         return "message content missing";
     if (PQgetlength(res, row, c_content) == 0)
         return "message content empty";
     if ((unsigned)PQgetlength(res, row, c_content) > WORKER_MAX_CONTENT)
         return "message content too large";
+    return NULL;
+}
+
+/* Why a claimed recipient row cannot be delivered, or NULL when it can.
+ * Such rows are set aside (mta.quarantine) with the reason; the node keeps
+ * running. */
+static const char *
+row_nonsense(const PGresult *res, int row, int c_rcpt, int c_from, int c_att)
+{
     if (PQgetisnull(res, row, c_rcpt) || !address_sane(PQgetvalue(res, row, c_rcpt), false))
         return "invalid recipient address";
     if (PQgetisnull(res, row, c_from) || !address_sane(PQgetvalue(res, row, c_from), true))
@@ -992,14 +1035,117 @@ worker_set_aside(struct worker *w, long long id, long long token, const char *re
         db_exec(db, "set_aside", 3, values, NULL, NULL, 0, worker_ignore_result, NULL);
 }
 
+static void session_claim_now(struct session *s);
+
+/* Rows to claim for TOKENS messages: message tokens (max-msg-rate) and
+ * max-msg-per-connection count messages, i.e. SMTP transactions, as
+ * PowerMTA does; a claim is in recipient rows. The queue's recent
+ * recipients per transaction turn one into the other; transactions claimed
+ * beyond TOKENS are given back (session_trim). */
+static unsigned
+session_claim_rows(const struct session *s, unsigned tokens)
+{
+    double per = s->q->rows_per_msg >= 1 ? s->q->rows_per_msg : 1;
+    if (per > s->dom->max_rcpt_per_message)
+        per = s->dom->max_rcpt_per_message;
+    double rows = (double)tokens * per + 0.5;
+    return rows > WORKER_BATCH_MAX ? WORKER_BATCH_MAX : rows < 1 ? 1 : (unsigned)rows;
+}
+
 static void
 session_claim(struct session *s)
 {
-    struct worker *w = s->w;
+    struct wqueue *q = s->q;
     session_set_state(s, S_CLAIM);
-    unsigned limit = s->tokens;
+    if (q->claiming) {
+        s->claim_waiting = true;
+        s->claim_next = NULL;
+        if (!q->claim_wait)
+            q->claim_wait_tail = &q->claim_wait;
+        *q->claim_wait_tail = s;
+        q->claim_wait_tail = &s->claim_next;
+        return;
+    }
+    session_claim_now(s);
+}
+
+static void
+queue_unwait(struct wqueue *q, struct session *s)
+{
+    for (struct session **pp = &q->claim_wait; *pp; pp = &(*pp)->claim_next) {
+        if (*pp == s) {
+            *pp = s->claim_next;
+            if (!*pp)
+                q->claim_wait_tail = pp;
+            break;
+        }
+    }
+    s->claim_waiting = false;
+}
+
+/* The queue's claim returned: the next waiting session claims. */
+static void
+queue_claim_done(struct wqueue *q)
+{
+    q->claiming = false;
+    struct session *s = q->claim_wait;
+    if (!s)
+        return;
+    queue_unwait(q, s);
+    session_claim_now(s);
+}
+
+/* Gives back the transactions of the claimed batch beyond KEEP (their
+ * recipients become claimable again at once, their attempt not counted). */
+static void
+session_trim(struct session *s, size_t keep)
+{
+    struct worker *w = s->w;
+    if (s->nmsgs <= keep)
+        return;
+    size_t first = s->msgs[keep].first;
+    struct buf ids, tokens;
+    buf_init(&ids);
+    buf_init(&tokens);
+    buf_puts(&ids, "{");
+    buf_puts(&tokens, "{");
+    for (size_t i = first; i < s->nrcpts; i++) {
+        buf_printf(&ids, "%s%lld", i > first ? "," : "", s->rcpts[i].id);
+        buf_printf(&tokens, "%s%lld", i > first ? "," : "", s->rcpts[i].token);
+        free(s->rcpts[i].rcpt);
+        free(s->rcpts[i].diag);
+    }
+    buf_puts(&ids, "}");
+    buf_puts(&tokens, "}");
+    log_debug("session=%llu queue=%s event=trim messages=%zu rcpts=%zu", (unsigned long long)s->id,
+              s->q->name, s->nmsgs - keep, s->nrcpts - first);
+    s->nrcpts = first;
+    for (size_t i = keep; i < s->nmsgs; i++) {
+        struct msg *m = &s->msgs[i];
+        if (m->owner < 0)
+            w->content_bytes -= m->content_len;
+        free(m->mail_from);
+        free(m->envid);
+        free(m->rcpt_ptrs);
+    }
+    s->nmsgs = keep;
+    char node[32];
+    snprintf(node, sizeof node, "%lld", w->node_id);
+    const char *values[3] = {node, ids.data, tokens.data};
+    struct db *db = worker_db(w);
+    if (db)
+        db_exec(db, "release", 3, values, NULL, NULL, 0, worker_ignore_result, NULL);
+    buf_free(&ids);
+    buf_free(&tokens);
+}
+
+static void
+session_claim_now(struct session *s)
+{
+    struct worker *w = s->w;
+    unsigned limit = session_claim_rows(s, s->tokens);
     /* Claims in flight count against the budget until their rows arrive. */
-    s->reserved = (size_t)((double)limit * w->avg_msg_bytes);
+    s->reserved = (size_t)((double)limit * w->avg_row_bytes);
     w->content_bytes += s->reserved;
     char node[32], lim[16], lease[32];
     snprintf(node, sizeof node, "%lld", w->node_id);
@@ -1007,11 +1153,15 @@ session_claim(struct session *s)
     snprintf(lease, sizeof lease, "%llu", (unsigned long long)w->conf->lease_ms);
     const char *values[6] = {node, w->pipe, s->q->domain, s->q->vmta, lim, lease};
     struct db *db = worker_db(w);
+    s->q->claiming = true;
+    s->pending = true;
     if (!db || db_exec(db, "claim", 6, values, NULL, NULL, 1, session_on_claimed, s) < 0) {
+        s->pending = false;
+        session_unreserve(s);
         session_end(s);
+        queue_claim_done(s->q);
         return;
     }
-    s->pending = true;
 }
 
 static void
@@ -1019,8 +1169,11 @@ session_on_claimed(const PGresult *res, void *arg)
 {
     struct session *s = arg;
     struct worker *w = s->w;
+    struct wqueue *q = s->q;
     session_unreserve(s);
-    if (!session_returned(s))
+    bool alive = session_returned(s);
+    queue_claim_done(q);
+    if (!alive)
         return;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         log_warn("session=%llu queue=%s event=claim-failed error=\"%s\"", (unsigned long long)s->id,
@@ -1038,14 +1191,33 @@ session_on_claimed(const PGresult *res, void *arg)
         c_rcpt = PQfnumber(res, "rcpt"), c_content = PQfnumber(res, "content"),
         c_att = PQfnumber(res, "attempt"), c_envid = PQfnumber(res, "envid"),
         c_qat = PQfnumber(res, "queued_at");
+    int c_first = PQfnumber(res, "content_first"), c_missing = PQfnumber(res, "message_missing"),
+        c_left = PQfnumber(res, "lease_left_ms");
     s->rcpts = xcalloc((size_t)n, sizeof *s->rcpts);
     s->msgs = xcalloc((size_t)n, sizeof *s->msgs);
-    s->lease_until_us = now_us() + (long long)w->conf->lease_ms * 1000LL;
-    /* Rows come ordered by message; consecutive rows of one message become
-     * one SMTP transaction with several RCPTs (max-rcpt-per-message). */
+    s->lease_until_us = now_us() + (long long)db_get_int4(res, 0, c_left) * 1000LL;
+    /* Rows come ordered by message, its content on the first row only;
+     * consecutive rows of one message become one SMTP transaction with
+     * several RCPTs (max-rcpt-per-message), and the transactions of one
+     * message share its content. */
     struct msg *cur = NULL;
+    long long content_mid = -1; /* the message whose content is below */
+    const unsigned char *content = NULL;
+    size_t content_len = 0;
+    const char *content_why = NULL;
+    long owner = -1;
+    size_t held = 0;
     for (int i = 0; i < n; i++) {
-        const char *why = row_nonsense(res, i, c_content, c_rcpt, c_from, c_att);
+        long long mid = db_get_int8(res, i, c_mid);
+        if (mid != content_mid) {
+            content_mid = mid;
+            owner = -1;
+            content_why = col_bool(res, i, c_first) ? content_nonsense(res, i, c_content, c_missing)
+                                                    : "message content missing";
+            content = content_why ? NULL : (const unsigned char *)PQgetvalue(res, i, c_content);
+            content_len = content_why ? 0 : (size_t)PQgetlength(res, i, c_content);
+        }
+        const char *why = content_why ? content_why : row_nonsense(res, i, c_rcpt, c_from, c_att);
         if (why) {
             worker_set_aside(w, db_get_int8(res, i, c_id), db_get_int8(res, i, c_tok), why);
             continue;
@@ -1053,7 +1225,7 @@ session_on_claimed(const PGresult *res, void *arg)
         struct rcpt *r = &s->rcpts[s->nrcpts++];
         r->id = db_get_int8(res, i, c_id);
         r->token = db_get_int8(res, i, c_tok);
-        r->message_id = db_get_int8(res, i, c_mid);
+        r->message_id = mid;
         r->rcpt = col_text(res, i, c_rcpt);
         r->attempt = db_get_int4(res, i, c_att);
         r->queued_at_us = db_get_timestamptz_us(res, i, c_qat);
@@ -1067,15 +1239,33 @@ session_on_claimed(const PGresult *res, void *arg)
             if (!cur->mail_from)
                 cur->mail_from = xstrdup("");
             cur->envid = col_text(res, i, c_envid);
-            cur->content_len = (size_t)PQgetlength(res, i, c_content);
-            w->content_bytes += cur->content_len;
-            w->avg_msg_bytes = 0.95 * w->avg_msg_bytes + 0.05 * (double)cur->content_len;
-            cur->content = (const unsigned char *)PQgetvalue(res, i, c_content);
+            cur->content = content;
+            cur->content_len = content_len;
+            cur->owner = owner;
+            if (owner < 0) {
+                /* The first transaction of this message holds its content. */
+                owner = (long)(s->nmsgs - 1);
+                w->content_bytes += content_len;
+                held += content_len;
+            }
             cur->first = s->nrcpts - 1;
             cur->rcpt_ptrs = xcalloc((size_t)n, sizeof(char *));
         }
         cur->rcpt_ptrs[cur->nrcpts++] = r->rcpt;
     }
+    /* What a claimed row costs on average: a message with many recipients
+     * at this queue costs its size once, whatever the number of rows. */
+    if (s->nrcpts > 0) {
+        /* Up at once, down by halves: a claim in flight reserves by this
+         * estimate, and an estimate too low lets several large claims in. */
+        double sample = (double)held / (double)s->nrcpts;
+        w->avg_row_bytes =
+            sample > w->avg_row_bytes ? sample : 0.5 * w->avg_row_bytes + 0.5 * sample;
+    }
+    if (s->nmsgs > 0)
+        q->rows_per_msg = 0.5 * (q->rows_per_msg >= 1 ? q->rows_per_msg : 1) +
+                          0.5 * ((double)s->nrcpts / (double)s->nmsgs);
+    session_trim(s, s->tokens);
     s->claim_res = db_take_result(res);
     log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
               (unsigned long long)s->id, s->q->name, s->nrcpts, s->nmsgs);
@@ -1109,17 +1299,23 @@ session_take_tokens(struct session *s)
     unsigned want = s->dom->max_msg_per_connection - s->sent;
     if (want > WORKER_BATCH_MAX)
         want = WORKER_BATCH_MAX;
-    /* Within the content budget: as many messages of average size as fit,
-     * at least one so that every session makes progress. */
-    size_t left =
-        w->content_bytes < WORKER_CONTENT_BUDGET ? WORKER_CONTENT_BUDGET - w->content_bytes : 0;
-    double fit = (double)left / (w->avg_msg_bytes > 1 ? w->avg_msg_bytes : 1);
-    if (fit < 1 && !s->smtp) {
-        session_end(s); /* over budget: a new connection can wait */
+    /* The content budget admits a whole claim or none: the first row of a
+     * message costs its whole size and the others nothing, so shrinking a
+     * claim to fit would only split messages into more transactions. A
+     * claim is admitted when what it is expected to hold fits beside what
+     * is held, or when nothing is held (progress). Over the budget, a new
+     * connection gives up and a connected one waits a little. */
+    size_t expect = (size_t)((double)session_claim_rows(s, want) * w->avg_row_bytes);
+    if (w->content_bytes > 0 && w->content_bytes + expect > WORKER_CONTENT_BUDGET) {
+        if (s->smtp && !w->stopping && s->token_waited_ms + 50 <= WORKER_MAX_TOKEN_WAIT_MS) {
+            session_set_state(s, S_THROTTLED);
+            s->token_waited_ms += 50;
+            session_retry_in(s, 50, session_retry_tokens_cb);
+            return;
+        }
+        session_end(s);
         return;
     }
-    if (fit < want)
-        want = fit < 1 ? 1 : (unsigned)fit;
     const struct conf_rate *rate =
         s->q->backoff ? &s->dom->backoff_max_msg_rate : &s->dom->max_msg_rate;
     s->pending = true;
@@ -1529,6 +1725,7 @@ worker_prepare(struct db *db)
     db_prepare(db, "acct_partitions", "SELECT mta.acct_ensure_partitions(7)", 0);
     db_prepare(db, "purge_rate_buckets", "SELECT mta.purge_rate_buckets()", 0);
     db_prepare(db, "backoff_expire", "SELECT mta.backoff_expire()", 0);
+    db_prepare(db, "release", "SELECT mta.release($1::bigint, $2::bigint[], $3::bigint[])", 3);
     db_prepare(db, "set_aside", "SELECT mta.set_aside($1::bigint[], $2::bigint[], $3)", 3);
     db_prepare(db, "enter_backoff", "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)",
                4);
@@ -1570,7 +1767,9 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     w->index = index;
     w->node_label = xasprintf("%s/%s/%u", conf->node_name, pipe_name, index);
     w->poll_ms = WORKER_FAST_POLL_MS;
-    w->avg_msg_bytes = 8192;
+    /* Pessimistic until the first claims tell: the first tick starts many
+     * sessions at once, before any content size is known. */
+    w->avg_row_bytes = 64 * 1024;
     char err[512];
     w->dkim = dkim_new(conf, err, sizeof err);
     if (!w->dkim) {
