@@ -29,6 +29,7 @@
 #include "dkim.h"
 #include "dns.h"
 #include "log.h"
+#include "policy.h"
 #include "sched.h"
 #include "smtp_client.h"
 #include "util.h"
@@ -160,9 +161,8 @@ struct session {
     int slot;                /* connection slot held, -1 none */
     unsigned tokens;         /* message tokens granted for the next claim */
     unsigned token_waited_ms;
-    bool no_reuse;        /* quit after the current batch */
-    bool pattern_backoff; /* a reply of this batch matched a backoff pattern */
-    bool pattern_defer;   /* ... a defer-queue pattern */
+    bool no_reuse;            /* quit after the current batch */
+    unsigned pattern_effects; /* POLICY_EFFECT_* of this batch's replies */
     char *pattern_reply;
     bool pending; /* a database or sched callback is due: it frees an ended session */
     bool claim_waiting;
@@ -387,33 +387,24 @@ rcpt_set(struct rcpt *r, char type, const char *status, const char *diag, const 
 }
 
 /* A transient failure: retry with exponential backoff and jitter, or
- * bounce with 4.4.7 once bounce-after has passed since queueing. */
+ * bounce with 4.4.7 once bounce-after has passed since queueing (see
+ * policy.h). Transient rows carry a bounce category too. */
 static void
-rcpt_transient(struct session *s, struct rcpt *r, const char *status, const char *diag)
+rcpt_transient(struct session *s, struct rcpt *r, int code, const char *status, const char *diag)
 {
     const struct conf_domain *d = s->dom;
     long long now = now_us();
-    long long expire = r->queued_at_us + (long long)d->bounce_after_ms * 1000LL;
-    if (now >= expire) {
+    if (policy_expired(d, r->queued_at_us, now)) {
         char *text = xasprintf("message expired after %llus in queue; last error: %s",
                                (unsigned long long)(d->bounce_after_ms / 1000), diag);
         rcpt_set(r, 'b', "4.4.7", text, "message-expired");
         free(text);
         return;
     }
-    bool backoff = s->q->backoff || s->pattern_backoff;
-    uint64_t delay = backoff ? d->backoff_retry_after_ms : d->retry_after_ms;
-    for (int i = 1; i < r->attempt && delay < d->max_retry_after_ms; i++)
-        delay *= 2;
-    if (delay > d->max_retry_after_ms && !backoff)
-        delay = d->max_retry_after_ms;
-    /* +-20% jitter so that retries of one burst do not arrive together. */
-    double jitter = 0.8 + 0.4 * ((double)random() / (double)RAND_MAX);
-    long long retry = now + (long long)((double)delay * jitter) * 1000LL;
-    if (retry > expire)
-        retry = expire;
-    rcpt_set(r, 't', status, diag, NULL);
-    r->retry_at_us = retry;
+    bool backoff = s->q->backoff || (s->pattern_effects & POLICY_EFFECT_BACKOFF);
+    double u = (double)random() / (double)RAND_MAX;
+    rcpt_set(r, 't', status, diag, bounce_category(code, status, diag));
+    r->retry_at_us = policy_retry_at_us(d, r->attempt, backoff, r->queued_at_us, now, u);
 }
 
 static void
@@ -430,7 +421,7 @@ session_fail_all(struct session *s, bool permanent, int code, const char *status
         if (permanent)
             rcpt_permanent(&s->rcpts[i], code, status, diag);
         else
-            rcpt_transient(s, &s->rcpts[i], status, diag);
+            rcpt_transient(s, &s->rcpts[i], code, status, diag);
     }
 }
 
@@ -486,7 +477,6 @@ session_finish(struct session *s)
         if (i > 0)
             for (int k = 0; k < F_N; k++)
                 buf_puts(&a[k], ",");
-        bool d = r->type == 'd';
         buf_printf(&a[F_IDS], "%lld", r->id);
         buf_printf(&a[F_TOKENS], "%lld", r->token);
         buf_printf(&a[F_TYPES], "%c", r->type);
@@ -497,11 +487,11 @@ session_finish(struct session *s)
         db_array_append_text(&a[F_STATUS], r->status);
         db_array_append_text(&a[F_DIAG], r->diag);
         db_array_append_text(&a[F_MTA], s->dsn_mta);
-        db_array_append_text(&a[F_CAT], r->type == 'b' ? r->bounce_cat : NULL);
+        db_array_append_text(&a[F_CAT], r->type != 'd' ? r->bounce_cat : NULL);
         db_array_append_text(&a[F_SRC], s->source_ip);
         db_array_append_text(&a[F_DST], s->dest_ip);
-        db_array_append_text(&a[F_TLSP], d ? s->tls_protocol : NULL);
-        db_array_append_text(&a[F_TLSC], d ? s->tls_cipher : NULL);
+        db_array_append_text(&a[F_TLSP], s->tls_protocol);
+        db_array_append_text(&a[F_TLSC], s->tls_cipher);
     }
     for (int i = 0; i < F_N; i++)
         buf_puts(&a[i], "}");
@@ -602,30 +592,17 @@ worker_ignore_result(const PGresult *res, void *arg)
         log_warn("event=statement-failed error=\"%s\"", PQresultErrorMessage(res));
 }
 
-/* smtp-pattern-list: a reply matching a pattern switches the queue into
- * backoff, bounces the recipient, or defers the whole queue. Returns the
- * outcome to apply to the recipient. */
+/* smtp-pattern-list (policy_apply_patterns): the outcome to apply to the
+ * recipient; effects on the queue are collected for the batch. */
 static enum smtp_outcome
 session_apply_patterns(struct session *s, const struct smtp_rcpt_result *rr)
 {
-    if (rr->outcome == SMTP_DELIVERED || !rr->reply || s->dom->npatterns == 0)
-        return rr->outcome;
-    int i = conf_domain_match_pattern(s->dom, rr->reply);
-    if (i < 0)
-        return rr->outcome;
-    switch (s->dom->patterns[i].action) {
-    case CONF_PATTERN_BACKOFF:
-        s->pattern_backoff = true;
-        break;
-    case CONF_PATTERN_DEFER_QUEUE:
-        s->pattern_defer = true;
-        break;
-    case CONF_PATTERN_BOUNCE_RCPT:
-        return SMTP_PERMANENT;
-    }
-    if (!s->pattern_reply)
+    unsigned before = s->pattern_effects;
+    enum smtp_outcome o =
+        policy_apply_patterns(s->dom, rr->outcome, rr->reply, &s->pattern_effects);
+    if ((o != rr->outcome || s->pattern_effects != before) && !s->pattern_reply && rr->reply)
         s->pattern_reply = xstrdup(rr->reply);
-    return SMTP_TRANSIENT;
+    return o;
 }
 
 /* Makes the pattern effects of a batch known: backoff in the database (all
@@ -635,7 +612,7 @@ static void
 session_after_patterns(struct session *s)
 {
     struct worker *w = s->w;
-    if (s->pattern_backoff) {
+    if (s->pattern_effects & POLICY_EFFECT_BACKOFF) {
         s->q->backoff = true;
         long long until = now_us() + (long long)s->dom->backoff_to_normal_after_ms * 1000LL;
         struct buf ts;
@@ -654,13 +631,13 @@ session_after_patterns(struct session *s)
         free(plain);
         buf_free(&ts);
     }
-    if (s->pattern_defer) {
+    if (s->pattern_effects & POLICY_EFFECT_DEFER_QUEUE) {
         s->q->throttle_until_us = now_us() + (long long)s->dom->retry_after_ms * 1000LL;
         s->no_reuse = true;
         log_info("session=%llu queue=%s event=defer-queue for_s=%llu", (unsigned long long)s->id,
                  s->q->name, (unsigned long long)(s->dom->retry_after_ms / 1000));
     }
-    s->pattern_backoff = s->pattern_defer = false;
+    s->pattern_effects = 0;
     free(s->pattern_reply);
     s->pattern_reply = NULL;
 }
@@ -694,7 +671,7 @@ session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *re
                 rcpt_permanent(r, rr->code, status ? status : "5.0.0", diag);
                 break;
             case SMTP_TRANSIENT:
-                rcpt_transient(s, r, status ? status : "4.0.0", diag);
+                rcpt_transient(s, r, rr->code, status ? status : "4.0.0", diag);
                 break;
             }
             free(diag);
