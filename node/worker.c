@@ -28,6 +28,7 @@
 #include "db.h"
 #include "dkim.h"
 #include "dns.h"
+#include "admission.h"
 #include "log.h"
 #include "policy.h"
 #include "sched.h"
@@ -77,24 +78,6 @@ static const char *const sess_state_names[] = {
 /* How long a connected session waits for message tokens before it quits. */
 #define WORKER_MAX_TOKEN_WAIT_MS 5000
 
-struct wqueue {
-    char *domain;
-    char *vmta;
-    char *name; /* "domain" or "domain/vmta" */
-    unsigned active;
-    bool backoff;                /* in backoff mode (from the database) */
-    long long throttle_until_us; /* no new session before (rate limits) */
-    unsigned pool_next;          /* round robin over a virtual MTA pool */
-    /* One claim of the queue in flight per process: concurrent claims of
-     * one queue take alternate rows (SKIP LOCKED) and split its messages
-     * into more transactions. The others wait here, in order. */
-    bool claiming;
-    double rows_per_msg; /* recipients per transaction seen in this queue's claims */
-    struct session *claim_wait;
-    struct session **claim_wait_tail;
-    struct wqueue *next;
-};
-
 struct rcpt {
     long long id;
     long long token;
@@ -133,7 +116,7 @@ struct worker;
 struct session {
     uint64_t id;
     struct worker *w;
-    struct wqueue *q;
+    struct admission_queue *q;
     const struct conf_domain *dom;
     enum sess_state state;
     struct smtp_client *smtp;
@@ -153,7 +136,7 @@ struct session {
     char *dest_ip;
     char *tls_protocol;
     char *tls_cipher;
-    long long lease_until_us;
+    long long lease_deadline_ms; /* monotonic */
     /* Shaping key: limits are per (destination, source virtual MTA); the
      * destination is the mx-rollup name when the domain has one. */
     char *limit_domain;
@@ -166,6 +149,7 @@ struct session {
     char *pattern_reply;
     bool pending; /* a database or sched callback is due: it frees an ended session */
     bool claim_waiting;
+    bool connect_reported;      /* admission_connected was told about this connection */
     struct session *claim_next; /* in q->claim_wait */
     struct session *next;
 };
@@ -195,7 +179,8 @@ struct worker {
     bool registering;
     bool stopping;
     bool exiting;
-    struct wqueue *queues;
+    struct admission *queues;
+    long long last_prune; /* monotonic ms */
     struct session *sessions;
     unsigned nsessions;
     size_t content_bytes; /* content held by claimed batches and reserved for claims */
@@ -205,15 +190,17 @@ struct worker {
 };
 
 static void session_claim(struct session *s);
-static void queue_unwait(struct wqueue *q, struct session *s);
+static void queue_unwait(struct admission_queue *q, struct session *s);
 static void session_take_tokens(struct session *s);
 static void session_finish(struct session *s);
 static void session_end(struct session *s);
 static void worker_schedule_tick(struct worker *w, uint64_t ms);
 static void worker_maybe_exit(struct worker *w);
 
+/* The wall clock, for what is stored or shown (retry times, expiry against
+ * queued_at, backoff end); local deadlines use admission_now_ms. */
 static long long
-now_us(void)
+wall_us(void)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -393,7 +380,7 @@ static void
 rcpt_transient(struct session *s, struct rcpt *r, int code, const char *status, const char *diag)
 {
     const struct conf_domain *d = s->dom;
-    long long now = now_us();
+    long long now = wall_us();
     if (policy_expired(d, r->queued_at_us, now)) {
         char *text = xasprintf("message expired after %llus in queue; last error: %s",
                                (unsigned long long)(d->bounce_after_ms / 1000), diag);
@@ -533,11 +520,11 @@ session_on_finished(const PGresult *res, void *arg)
         /* Keep the outcome and try again while our leases are valid: the
          * database may be restarting. After that, the leases expire and the
          * recipients are delivered again (a duplicate, never a loss). */
-        long long left = s->lease_until_us - now_us();
+        long long left = s->lease_deadline_ms - admission_now_ms();
         log_warn("session=%llu queue=%s event=finish-failed error=\"%s\" lease_left_ms=%lld",
                  (unsigned long long)s->id, s->q->name,
-                 res ? PQresultErrorMessage(res) : "no database connection", left / 1000);
-        if (left <= 1000000) {
+                 res ? PQresultErrorMessage(res) : "no database connection", left);
+        if (left <= 1000) {
             session_end(s);
             return;
         }
@@ -564,7 +551,7 @@ session_on_finished(const PGresult *res, void *arg)
          * nodes of the cluster have a turn at it before this one asks again
          * (a short random pause, shorter than the fast poll of the others). */
         long long pause_ms = WORKER_FAST_POLL_MS + random() % (3 * WORKER_FAST_POLL_MS);
-        s->q->throttle_until_us = now_us() + pause_ms * 1000LL;
+        admission_hold(s->q, admission_now_ms(), pause_ms);
     }
     session_end(s);
 }
@@ -614,7 +601,7 @@ session_after_patterns(struct session *s)
     struct worker *w = s->w;
     if (s->pattern_effects & POLICY_EFFECT_BACKOFF) {
         s->q->backoff = true;
-        long long until = now_us() + (long long)s->dom->backoff_to_normal_after_ms * 1000LL;
+        long long until = wall_us() + (long long)s->dom->backoff_to_normal_after_ms * 1000LL;
         struct buf ts;
         buf_init(&ts);
         append_ts(&ts, until);
@@ -632,7 +619,7 @@ session_after_patterns(struct session *s)
         buf_free(&ts);
     }
     if (s->pattern_effects & POLICY_EFFECT_DEFER_QUEUE) {
-        s->q->throttle_until_us = now_us() + (long long)s->dom->retry_after_ms * 1000LL;
+        admission_hold(s->q, admission_now_ms(), (long long)s->dom->retry_after_ms);
         s->no_reuse = true;
         log_info("session=%llu queue=%s event=defer-queue for_s=%llu", (unsigned long long)s->id,
                  s->q->name, (unsigned long long)(s->dom->retry_after_ms / 1000));
@@ -678,6 +665,15 @@ session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *re
         }
     }
     s->sent += (unsigned)s->nmsgs;
+    if (!s->connect_reported) {
+        /* Feedback for admission: did any MX answer at all? */
+        bool answered = false;
+        for (size_t m = 0; m < s->nmsgs && !answered; m++)
+            for (size_t k = 0; k < s->msgs[m].nrcpts && !answered; k++)
+                answered = results[m][k].code != 0 || results[m][k].outcome == SMTP_DELIVERED;
+        s->connect_reported = true;
+        admission_connected(s->q, s->dom, answered, admission_now_ms());
+    }
     session_after_patterns(s);
     if (!usable) {
         smtp_client_free(s->smtp);
@@ -1032,7 +1028,7 @@ session_claim_rows(const struct session *s, unsigned tokens)
 static void
 session_claim(struct session *s)
 {
-    struct wqueue *q = s->q;
+    struct admission_queue *q = s->q;
     session_set_state(s, S_CLAIM);
     if (q->claiming) {
         s->claim_waiting = true;
@@ -1047,7 +1043,7 @@ session_claim(struct session *s)
 }
 
 static void
-queue_unwait(struct wqueue *q, struct session *s)
+queue_unwait(struct admission_queue *q, struct session *s)
 {
     for (struct session **pp = &q->claim_wait; *pp; pp = &(*pp)->claim_next) {
         if (*pp == s) {
@@ -1062,7 +1058,7 @@ queue_unwait(struct wqueue *q, struct session *s)
 
 /* The queue's claim returned: the next waiting session claims. */
 static void
-queue_claim_done(struct wqueue *q)
+queue_claim_done(struct admission_queue *q)
 {
     q->claiming = false;
     struct session *s = q->claim_wait;
@@ -1146,7 +1142,7 @@ session_on_claimed(const PGresult *res, void *arg)
 {
     struct session *s = arg;
     struct worker *w = s->w;
-    struct wqueue *q = s->q;
+    struct admission_queue *q = s->q;
     session_unreserve(s);
     bool alive = session_returned(s);
     queue_claim_done(q);
@@ -1172,7 +1168,9 @@ session_on_claimed(const PGresult *res, void *arg)
         c_left = PQfnumber(res, "lease_left_ms");
     s->rcpts = xcalloc((size_t)n, sizeof *s->rcpts);
     s->msgs = xcalloc((size_t)n, sizeof *s->msgs);
-    s->lease_until_us = now_us() + (long long)db_get_int4(res, 0, c_left) * 1000LL;
+    /* The lease deadline is the server's (lease_until, as time left when
+     * the rows were sent), on our monotonic clock. */
+    s->lease_deadline_ms = admission_now_ms() + db_get_int4(res, 0, c_left);
     /* Rows come ordered by message, its content on the first row only;
      * consecutive rows of one message become one SMTP transaction with
      * several RCPTs (max-rcpt-per-message), and the transactions of one
@@ -1325,7 +1323,7 @@ session_on_tokens(unsigned granted, unsigned wait_ms, void *arg)
         session_retry_in(s, wait_ms, session_retry_tokens_cb);
         return;
     }
-    s->q->throttle_until_us = now_us() + (long long)wait_ms * 1000LL;
+    admission_hold(s->q, admission_now_ms(), wait_ms);
     session_end(s);
 }
 
@@ -1336,7 +1334,7 @@ session_on_connect_token(unsigned granted, unsigned wait_ms, void *arg)
     if (!session_returned(s))
         return;
     if (granted == 0) {
-        s->q->throttle_until_us = now_us() + (long long)(wait_ms ? wait_ms : 100) * 1000LL;
+        admission_hold(s->q, admission_now_ms(), wait_ms ? wait_ms : 100);
         session_end(s);
         return;
     }
@@ -1353,7 +1351,7 @@ session_on_slot(int slot, void *arg)
     if (slot < 0) {
         /* Every slot of the queue is taken somewhere in the cluster: do not
          * ask again on every scheduler tick. */
-        s->q->throttle_until_us = now_us() + WORKER_SLOT_RETRY_MS * 1000LL;
+        admission_hold(s->q, admission_now_ms(), WORKER_SLOT_RETRY_MS);
         session_end(s);
         return;
     }
@@ -1366,23 +1364,8 @@ session_on_slot(int slot, void *arg)
 
 /* ---- scheduler ---- */
 
-static struct wqueue *
-worker_queue(struct worker *w, const char *domain, const char *vmta)
-{
-    for (struct wqueue *q = w->queues; q; q = q->next)
-        if (strcmp(q->domain, domain) == 0 && strcmp(q->vmta, vmta) == 0)
-            return q;
-    struct wqueue *q = xcalloc(1, sizeof *q);
-    q->domain = xstrdup(domain);
-    q->vmta = xstrdup(vmta);
-    q->name = vmta[0] ? xasprintf("%s/%s", domain, vmta) : xstrdup(domain);
-    q->next = w->queues;
-    w->queues = q;
-    return q;
-}
-
 static void
-worker_start_session(struct worker *w, struct wqueue *q, const struct conf_domain *dom)
+worker_start_session(struct worker *w, struct admission_queue *q, const struct conf_domain *dom)
 {
     struct session *s = xcalloc(1, sizeof *s);
     s->id = ++w->next_session_id;
@@ -1423,29 +1406,41 @@ worker_on_ready_queues(const PGresult *res, void *arg)
         return;
     }
     int n = PQntuples(res);
-    bool started = false;
-    long long now = now_us();
-    for (int i = 0;
-         i < n && w->nsessions < WORKER_MAX_SESSIONS && w->content_bytes < WORKER_CONTENT_BUDGET;
-         i++) {
+    long long now = admission_now_ms();
+    for (int i = 0; i < n; i++) {
         const char *domain = PQgetvalue(res, i, 0);
         const char *vmta = PQgetvalue(res, i, 1);
-        struct wqueue *q = worker_queue(w, domain, vmta);
+        struct admission_queue *q = admission_queue(w->queues, domain, vmta);
         q->backoff = PQgetvalue(res, i, 2)[0] == 't';
+        q->last_active = now;
         const struct conf_domain *dom = conf_domain_lookup(w->conf, domain);
-        uint32_t limit = dom->max_smtp_out;
-        if (q->throttle_until_us > now)
-            continue;
-        /* Without the slot connection the cluster-wide limit cannot be
-         * enforced: open no new connection for limited queues. */
-        if (limit != CONF_UNLIMITED && !sched_ready(w->sched))
-            continue;
-        for (int k = 0;
-             k < WORKER_START_PER_TICK && q->active < limit && w->nsessions < WORKER_MAX_SESSIONS;
-             k++) {
+        for (int k = 0; k < WORKER_START_PER_TICK; k++) {
+            struct admission_process p = {
+                .sessions = w->nsessions,
+                .max_sessions = WORKER_MAX_SESSIONS,
+                .content_bytes = w->content_bytes,
+                .content_budget = WORKER_CONTENT_BUDGET,
+                .slots_db_ready = sched_ready(w->sched),
+                .stopping = w->stopping,
+            };
+            unsigned why = admission_check(q, dom, &p, now);
+            if (why) {
+                if (log_threshold >= LOG_TRACE) {
+                    char reasons[128];
+                    admission_reasons(why, reasons, sizeof reasons);
+                    log_trace("queue=%s event=not-admitted reasons=%s", q->name, reasons);
+                }
+                break;
+            }
             worker_start_session(w, q, dom);
-            started = true;
         }
+    }
+    if (now - w->last_prune >= ADMISSION_IDLE_MS) {
+        w->last_prune = now;
+        size_t gone = admission_prune(w->queues, now);
+        if (gone)
+            log_debug("pipe=%s event=queues-pruned removed=%zu left=%zu", w->pipe, gone,
+                      admission_count(w->queues));
     }
     if (n > 0) {
         w->poll_ms = WORKER_FAST_POLL_MS;
@@ -1454,7 +1449,6 @@ worker_on_ready_queues(const PGresult *res, void *arg)
         if (w->poll_ms > w->conf->poll_interval_ms)
             w->poll_ms = w->conf->poll_interval_ms;
     }
-    (void)started;
     worker_schedule_tick(w, w->poll_ms);
 }
 
@@ -1744,6 +1738,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     w->index = index;
     w->node_label = xasprintf("%s/%s/%u", conf->node_name, pipe_name, index);
     w->poll_ms = WORKER_FAST_POLL_MS;
+    w->queues = admission_new();
     /* Pessimistic until the first claims tell: the first tick starts many
      * sessions at once, before any content size is known. */
     w->avg_row_bytes = 64 * 1024;
@@ -1814,14 +1809,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     event_free(w->ev_deadline);
     event_free(w->ev_heartbeat);
     event_free(w->ev_housekeeping);
-    while (w->queues) {
-        struct wqueue *q = w->queues;
-        w->queues = q->next;
-        free(q->domain);
-        free(q->vmta);
-        free(q->name);
-        free(q);
-    }
+    admission_free(w->queues);
     event_base_free(w->base);
     for (size_t i = 0; i < w->nold_confs; i++)
         conf_free(w->old_confs[i]);
