@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "log.h"
 #include "util.h"
@@ -27,9 +26,7 @@ struct admission {
 long long
 admission_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+    return (long long)util_now_ms();
 }
 
 /* FNV-1a over "domain\0vmta". */
@@ -245,4 +242,38 @@ admission_connected(struct admission_queue *q, const struct conf_domain *d, bool
     log_warn("queue=%s event=throttled failures=%u level=%u probe_in_ms=%llu", q->name, q->fail_run,
              q->throttle_level, (unsigned long long)wait);
     return true;
+}
+
+void
+admission_claim_wait(struct admission_queue *q, struct admission_waiter *w, void *owner)
+{
+    w->next = NULL;
+    w->owner = owner;
+    if (!q->claim_wait)
+        q->claim_wait_tail = &q->claim_wait;
+    *q->claim_wait_tail = w;
+    q->claim_wait_tail = &w->next;
+}
+
+void
+admission_claim_leave(struct admission_queue *q, struct admission_waiter *w)
+{
+    for (struct admission_waiter **pp = &q->claim_wait; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            if (!*pp)
+                q->claim_wait_tail = pp;
+            return;
+        }
+    }
+}
+
+void *
+admission_claim_next(struct admission_queue *q)
+{
+    struct admission_waiter *w = q->claim_wait;
+    if (!w)
+        return NULL;
+    admission_claim_leave(q, w);
+    return w->owner;
 }

@@ -41,7 +41,11 @@ enum {
     ADMISSION_LIMIT_STOPPING = 1u << 7,    /* the process is shutting down */
 };
 
-struct session;
+/* A place in a queue's claim line, embedded in its owner (a session). */
+struct admission_waiter {
+    struct admission_waiter *next;
+    void *owner;
+};
 
 struct admission_queue {
     char *domain;
@@ -56,13 +60,13 @@ struct admission_queue {
     unsigned throttle_level; /* 0 open; n: throttled n times in a row */
     long long throttle_until;
     long long last_active; /* when a session last ran or the queue was seen */
-    /* Owned by the sessions: one claim of the queue in flight per process
-     * (concurrent claims of one queue take alternate rows and split its
-     * messages), the others wait here in order. */
+    /* One claim of the queue in flight per process (concurrent claims of
+     * one queue take alternate rows and split its messages); the others
+     * wait in line, in order (admission_claim_*). */
     bool claiming;
-    double rows_per_msg;
-    struct session *claim_wait;
-    struct session **claim_wait_tail;
+    double rows_per_msg; /* recipients per transaction in recent claims */
+    struct admission_waiter *claim_wait;
+    struct admission_waiter **claim_wait_tail;
     struct admission_queue *hnext;
 };
 
@@ -101,6 +105,12 @@ void admission_hold(struct admission_queue *q, long long now, long long ms);
  * throttled the queue. */
 bool admission_connected(struct admission_queue *q, const struct conf_domain *d, bool connected,
                          long long now);
+
+/* The claim line of Q: join at the end, leave (when ending while in line),
+ * and the owner of the next in line (removed from the line), or NULL. */
+void admission_claim_wait(struct admission_queue *q, struct admission_waiter *w, void *owner);
+void admission_claim_leave(struct admission_queue *q, struct admission_waiter *w);
+void *admission_claim_next(struct admission_queue *q);
 
 /* The monotonic clock, in milliseconds. */
 long long admission_now_ms(void);

@@ -1,8 +1,16 @@
 /* policy: outcome policy as pure functions (see policy.h). The session
  * applies them to each recipient of a batch; nothing here reads a clock,
- * draws a random number or touches the network, so unit tests drive every
- * rule (tests/unit/test_policy.c). The functions own nothing. */
+ * draws a random number (the caller passes the draw) or touches the
+ * network, so unit tests drive every rule (tests/unit/test_policy.c). The
+ * functions own nothing; outcomes are written into the caller's batch. */
 #include "policy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "batch.h"
+#include "bounce.h"
+#include "util.h"
 
 uint64_t
 policy_retry_delay_ms(const struct conf_domain *d, int attempt, bool backoff)
@@ -58,4 +66,74 @@ policy_apply_patterns(const struct conf_domain *d, enum smtp_outcome outcome, co
         return SMTP_PERMANENT;
     }
     return SMTP_TRANSIENT;
+}
+
+void
+policy_rcpt_transient(const struct conf_domain *d, struct batch_rcpt *r, bool backoff, int code,
+                      const char *status, const char *diag, long long now_us, policy_draw_fn draw)
+{
+    if (policy_expired(d, r->queued_at_us, now_us)) {
+        char *text = xasprintf("message expired after %llus in queue; last error: %s",
+                               (unsigned long long)(d->bounce_after_ms / 1000), diag);
+        batch_rcpt_set(r, 'b', "4.4.7", text, "message-expired");
+        free(text);
+        return;
+    }
+    batch_rcpt_set(r, 't', status, diag, bounce_category(code, status, diag));
+    r->retry_at_us = policy_retry_at_us(d, r->attempt, backoff, r->queued_at_us, now_us, draw());
+}
+
+void
+policy_rcpt_permanent(struct batch_rcpt *r, int code, const char *status, const char *diag)
+{
+    batch_rcpt_set(r, 'b', status, diag, bounce_category(code, status, diag));
+}
+
+void
+policy_fail_all(const struct conf_domain *d, struct batch *b, bool backoff, bool permanent,
+                int code, const char *status, const char *diag, long long now_us,
+                policy_draw_fn draw)
+{
+    for (size_t i = 0; i < b->nrcpts; i++) {
+        if (permanent)
+            policy_rcpt_permanent(&b->rcpts[i], code, status, diag);
+        else
+            policy_rcpt_transient(d, &b->rcpts[i], backoff, code, status, diag, now_us, draw);
+    }
+}
+
+bool
+policy_batch_outcomes(const struct conf_domain *d, struct batch *b,
+                      const struct smtp_rcpt_result *const *results, bool backoff, long long now_us,
+                      policy_draw_fn draw, unsigned *effects, char **reply)
+{
+    bool answered = false;
+    for (size_t m = 0; m < b->nmsgs; m++) {
+        struct batch_msg *msg = &b->msgs[m];
+        for (size_t k = 0; k < msg->nrcpts; k++) {
+            const struct smtp_rcpt_result *rr = &results[m][k];
+            struct batch_rcpt *r = &b->rcpts[msg->first + k];
+            answered |= rr->code != 0 || rr->outcome == SMTP_DELIVERED;
+            unsigned before = *effects;
+            enum smtp_outcome o = policy_apply_patterns(d, rr->outcome, rr->reply, effects);
+            if ((o != rr->outcome || *effects != before) && !*reply && rr->reply)
+                *reply = xstrdup(rr->reply);
+            char *diag = batch_reply_diag(rr);
+            const char *status = rr->status && *rr->status ? rr->status : NULL;
+            switch (o) {
+            case SMTP_DELIVERED:
+                batch_rcpt_set(r, 'd', status ? status : "2.0.0", diag, NULL);
+                break;
+            case SMTP_PERMANENT:
+                policy_rcpt_permanent(r, rr->code, status ? status : "5.0.0", diag);
+                break;
+            case SMTP_TRANSIENT:
+                policy_rcpt_transient(d, r, backoff || (*effects & POLICY_EFFECT_BACKOFF), rr->code,
+                                      status ? status : "4.0.0", diag, now_us, draw);
+                break;
+            }
+            free(diag);
+        }
+    }
+    return answered;
 }

@@ -45,4 +45,35 @@ enum {
 enum smtp_outcome policy_apply_patterns(const struct conf_domain *d, enum smtp_outcome outcome,
                                         const char *reply, unsigned *effects);
 
+/* ---- applying outcomes to a claimed batch ---- */
+
+struct batch;
+struct batch_rcpt;
+
+/* A random draw in [0, 1] for retry jitter (random() in the node; tests
+ * pass fixed values). */
+typedef double (*policy_draw_fn)(void);
+
+/* A transient failure of R at NOW_US (wall clock): retry with backoff and
+ * jitter, or bounce with 4.4.7 (message-expired) once bounce-after has
+ * passed. The row carries a bounce category either way. */
+void policy_rcpt_transient(const struct conf_domain *d, struct batch_rcpt *r, bool backoff,
+                           int code, const char *status, const char *diag, long long now_us,
+                           policy_draw_fn draw);
+/* A permanent failure: bounced, with its bounce category. */
+void policy_rcpt_permanent(struct batch_rcpt *r, int code, const char *status, const char *diag);
+/* One failure for every recipient of B. */
+void policy_fail_all(const struct conf_domain *d, struct batch *b, bool backoff, bool permanent,
+                     int code, const char *status, const char *diag, long long now_us,
+                     policy_draw_fn draw);
+/* The SMTP results of B (results[m][k] for transaction m, recipient k):
+ * delivered, bounced or retried after smtp-pattern-list, in backoff mode
+ * when BACKOFF or when a reply switched the queue into it. Collects the
+ * pattern effects in *EFFECTS and the first matching reply in *REPLY (the
+ * caller frees it). Returns true when any MX answered at all (a reply code
+ * for some recipient): the connection worked. */
+bool policy_batch_outcomes(const struct conf_domain *d, struct batch *b,
+                           const struct smtp_rcpt_result *const *results, bool backoff,
+                           long long now_us, policy_draw_fn draw, unsigned *effects, char **reply);
+
 #endif

@@ -1,0 +1,212 @@
+/* destination: the connection side of a delivery session (see
+ * destination.h). Pure helpers over the configuration and DNS results: the
+ * session calls them between resolving and connecting and owns what they
+ * return. */
+#include "destination.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+void
+destination_parse_route(const char *route, char *host, size_t hostlen, unsigned default_port,
+                        unsigned *port)
+{
+    *port = default_port;
+    const char *colon;
+    if (route[0] == '[') {
+        const char *close = strchr(route, ']');
+        colon = close && close[1] == ':' ? close + 1 : NULL;
+    } else {
+        colon = strrchr(route, ':');
+        if (colon && strchr(route, ':') != colon)
+            colon = NULL; /* a bare IPv6 address */
+    }
+    size_t hl = colon ? (size_t)(colon - route) : strlen(route);
+    if (hl >= hostlen)
+        hl = hostlen - 1;
+    memcpy(host, route, hl);
+    host[hl] = '\0';
+    if (colon)
+        *port = (unsigned)strtoul(colon + 1, NULL, 10);
+    size_t n = strlen(host);
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+        memmove(host, host + 1, n - 2);
+        host[n - 2] = '\0';
+    }
+}
+
+static bool
+parse_source(const char *ip, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        *len = sizeof *in4;
+        return true;
+    }
+    if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        *len = sizeof *in6;
+        return true;
+    }
+    return false;
+}
+
+/* Whether ADDR is one of this node's SMTP listeners (listen.smtp): an MX
+ * that points at ourselves would loop the mail back into our own queue. A
+ * wildcard listener (0.0.0.0, ::) counts for the loopback addresses. */
+static bool
+addr_is_ours(const struct conf *c, const struct dns_addr *a)
+{
+    char ip[INET6_ADDRSTRLEN];
+    unsigned port;
+    const void *bin;
+    int fam = a->sa.ss_family;
+    if (fam == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&a->sa;
+        bin = &in->sin_addr;
+        port = ntohs(in->sin_port);
+    } else if (fam == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->sa;
+        bin = &in6->sin6_addr;
+        port = ntohs(in6->sin6_port);
+    } else {
+        return false;
+    }
+    inet_ntop(fam, bin, ip, sizeof ip);
+    bool loopback = fam == AF_INET ? strncmp(ip, "127.", 4) == 0 : strcmp(ip, "::1") == 0;
+    for (size_t i = 0; i < c->nlisten_smtp; i++) {
+        const char *l = c->listen_smtp[i];
+        const char *colon = strrchr(l, ':');
+        if (!colon || (unsigned)strtoul(colon + 1, NULL, 10) != port)
+            continue;
+        char host[INET6_ADDRSTRLEN + 2];
+        size_t hl = (size_t)(colon - l);
+        if (l[0] == '[' && hl >= 2) {
+            l++;
+            hl -= 2;
+        }
+        if (hl >= sizeof host)
+            continue;
+        memcpy(host, l, hl);
+        host[hl] = '\0';
+        if (strcmp(host, ip) == 0)
+            return true;
+        if (loopback && (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0))
+            return true;
+    }
+    return false;
+}
+
+struct dns_host *
+destination_hosts(const struct conf *c, const struct dns_result *res, size_t *n)
+{
+    struct dns_host *out = xcalloc(res->nhosts ? res->nhosts : 1, sizeof *out);
+    *n = 0;
+    for (size_t i = 0; i < res->nhosts; i++) {
+        const struct dns_host *h = &res->hosts[i];
+        struct dns_host *o = &out[*n];
+        *o = *h;
+        o->addrs = xcalloc(h->naddrs ? h->naddrs : 1, sizeof *o->addrs);
+        o->naddrs = 0;
+        for (size_t k = 0; k < h->naddrs; k++)
+            if (!addr_is_ours(c, &h->addrs[k]))
+                o->addrs[o->naddrs++] = h->addrs[k];
+        if (o->naddrs)
+            (*n)++;
+        else
+            free(o->addrs);
+    }
+    return out;
+}
+
+void
+destination_hosts_free(struct dns_host *hosts, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(hosts[i].addrs);
+    free(hosts);
+}
+
+bool
+destination_dns_failure(const struct dns_result *res, struct destination_failure *f)
+{
+    switch (res->status) {
+    case DNS_OK:
+        return false;
+    case DNS_NXDOMAIN:
+    case DNS_NO_HOSTS:
+        *f = (struct destination_failure){true, 550, "5.1.2", NULL};
+        f->diag = xasprintf("dns;%s", res->error ? res->error : "no such domain");
+        return true;
+    case DNS_NULL_MX:
+        *f = (struct destination_failure){true, 556, "5.1.10", NULL};
+        f->diag = xasprintf("dns;%s", res->error ? res->error : "domain accepts no mail (null MX)");
+        return true;
+    case DNS_TEMPFAIL:
+    default:
+        *f = (struct destination_failure){false, 451, "4.4.3", NULL};
+        f->diag = xasprintf("dns;%s", res->error ? res->error : "temporary DNS failure");
+        return true;
+    }
+}
+
+void
+destination_client_config(const struct conf *c, const struct conf_domain *d,
+                          const char *source_vmta, const char *id, struct smtp_client_config *cfg,
+                          struct sockaddr_storage *src)
+{
+    const struct conf_vmta *vmta = source_vmta[0] ? conf_vmta_lookup(c, source_vmta) : NULL;
+    socklen_t srclen = 0;
+    bool have_src =
+        vmta && vmta->smtp_source_host && parse_source(vmta->smtp_source_host, src, &srclen);
+    *cfg = (struct smtp_client_config){
+        .helo_name = vmta && vmta->helo ? vmta->helo : c->node_name,
+        .source = have_src ? (const struct sockaddr *)src : NULL,
+        .source_len = have_src ? srclen : 0,
+        .use_starttls = d->use_starttls,
+        .require_starttls = d->require_starttls,
+        .tls_verify = d->tls_verify,
+        .tls_ca_file = getenv("PGMTA_TLS_CA_FILE"),
+        .connect_timeout_ms = d->connect_timeout_ms,
+        .command_timeout_ms = d->command_timeout_ms,
+        .data_timeout_ms = d->data_timeout_ms,
+        .id = id,
+    };
+}
+
+bool
+destination_helo_is_fqdn(const char *name)
+{
+    if (!name || !*name || strlen(name) > 253 || name[0] == '[')
+        return false;
+    size_t labels = 0, len = 0;
+    bool all_digits = true;
+    for (const char *p = name;; p++) {
+        if (*p == '.' || *p == '\0') {
+            if (len == 0 || len > 63 || p[-1] == '-')
+                return *p == '\0' && len == 0 && labels >= 2; /* trailing dot */
+            labels++;
+            len = 0;
+            if (*p == '\0')
+                break;
+            continue;
+        }
+        unsigned char ch = (unsigned char)*p;
+        if (!isalnum(ch) && ch != '-')
+            return false;
+        if (len == 0 && ch == '-')
+            return false;
+        if (!isdigit(ch))
+            all_digits = false;
+        len++;
+    }
+    return labels >= 2 && !all_digits;
+}
