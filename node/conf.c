@@ -9,6 +9,7 @@
  * The struct conf returned by conf_load owns all its strings; the loader
  * state (file names, per-entry bookkeeping) lives only during conf_load. */
 #include "conf_int.h"
+#include "hostport.h"
 #include "log.h"
 #include "util.h"
 
@@ -126,100 +127,38 @@ is_name(const char *s)
     return true;
 }
 
+/* Addresses and host:port strings: one parser, node/hostport.c. */
 static bool
 is_ip_literal(const char *s)
 {
-    unsigned char buf[16];
-    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+    struct hostport hp;
+    return hostport_parse_str(s, HOSTPORT_IP_ONLY | HOSTPORT_NO_PORT | HOSTPORT_BARE_IPV6, &hp,
+                              NULL) &&
+           !hp.bracketed;
 }
 
 static bool
 is_hostname(const char *s)
 {
-    size_t len = strlen(s);
-    if (len == 0 || len > 253 || s[0] == '.' || s[0] == '-' || s[len - 1] == '.')
-        return false;
-    for (const char *p = s; *p; p++) {
-        unsigned char ch = (unsigned char)*p;
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.';
-        if (!ok || (ch == '.' && p[1] == '.'))
-            return false;
-    }
-    return true;
+    return hostport_is_hostname(s, strlen(s));
 }
 
-/* Splits "host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address.
- * port is 0 when absent. */
-static bool
-split_hostport(const char *s, char *host, size_t hostlen, unsigned *port)
-{
-    const char *h = s, *portstr = NULL;
-    size_t hlen;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close)
-            return false;
-        h = s + 1;
-        hlen = (size_t)(close - h);
-        if (close[1] == ':')
-            portstr = close + 2;
-        else if (close[1] != '\0')
-            return false;
-        if (hlen >= hostlen)
-            return false;
-        memcpy(host, h, hlen);
-        host[hlen] = '\0';
-        unsigned char buf[16];
-        if (inet_pton(AF_INET6, host, buf) != 1)
-            return false;
-    } else {
-        const char *colon = strchr(s, ':');
-        if (colon && strchr(colon + 1, ':'))
-            colon = NULL; /* a bare IPv6 address */
-        hlen = colon ? (size_t)(colon - s) : strlen(s);
-        if (colon)
-            portstr = colon + 1;
-        if (hlen == 0 || hlen >= hostlen)
-            return false;
-        memcpy(host, h, hlen);
-        host[hlen] = '\0';
-    }
-    *port = 0;
-    if (portstr) {
-        unsigned long v = 0;
-        if (!*portstr || strlen(portstr) > 5)
-            return false;
-        for (const char *p = portstr; *p; p++) {
-            if (*p < '0' || *p > '9')
-                return false;
-            v = v * 10 + (unsigned long)(*p - '0');
-        }
-        if (v < 1 || v > 65535)
-            return false;
-        *port = (unsigned)v;
-    }
-    return true;
-}
-
+/* "ip:port", "[v6]:port", or without the port unless it is required. */
 static bool
 is_ip_port(const char *s, bool port_required)
 {
-    char host[256];
-    unsigned port;
-    if (!split_hostport(s, host, sizeof host, &port))
-        return false;
-    return is_ip_literal(host) && (port != 0 || !port_required);
+    struct hostport hp;
+    return hostport_parse_str(
+        s, HOSTPORT_IP_ONLY | HOSTPORT_BARE_IPV6 | (port_required ? HOSTPORT_PORT_REQUIRED : 0),
+        &hp, NULL);
 }
 
+/* "host:port" with a name or an address. */
 static bool
 is_route(const char *s)
 {
-    char host[256];
-    unsigned port;
-    if (!split_hostport(s, host, sizeof host, &port) || port == 0)
-        return false;
-    return is_ip_literal(host) || is_hostname(host);
+    struct hostport hp;
+    return hostport_parse_str(s, HOSTPORT_PORT_REQUIRED, &hp, NULL);
 }
 
 static bool

@@ -4,7 +4,16 @@
  * statements to prepare, and a FIFO of requests in flight. A request is
  * owned by the FIFO until its callback has returned. Statement preparation
  * uses the same FIFO (internal requests without callback), so a request
- * queued right after connecting is sent after the PREPAREs it needs. */
+ * queued right after connecting is sent after the PREPAREs it needs.
+ *
+ * Callbacks run only from the db's own libevent events (socket, timer, and
+ * ev_defer), never from inside db_exec or db_connect: a send failure that
+ * db_exec finds is remembered (broken) and the connection is failed from
+ * the next loop turn. Every event handler brackets its work with
+ * db_enter/db_leave; db_free called from inside a callback (busy) fails
+ * every pending request at once, as always, but leaves the memory to the
+ * outermost handler, which frees it on the way out: no handler ever touches
+ * a freed db. */
 #include "db.h"
 
 #include <arpa/inet.h>
@@ -47,11 +56,33 @@ struct db {
     unsigned backoff_ms;
     db_ready_cb ready_cb;
     void *ready_arg;
+    struct event *ev_defer; /* runs a failure found inside db_exec */
+    bool broken;            /* a send failed: fail at the next loop turn */
+    char broken_why[256];
+    int busy; /* depth of db handlers on the stack */
+    bool freeing;
 };
 
 static void db_on_io(evutil_socket_t fd, short what, void *arg);
 static void db_on_timer(evutil_socket_t fd, short what, void *arg);
 static void db_fail(struct db *db, const char *why);
+static void db_on_defer(evutil_socket_t fd, short what, void *arg);
+static void db_destroy(struct db *db);
+
+static void
+db_enter(struct db *db)
+{
+    db->busy++;
+}
+
+/* Leaves a handler; the outermost one frees a db that db_free marked. */
+static void
+db_leave(struct db *db)
+{
+    PGMTA_ASSERT(db->busy > 0);
+    if (--db->busy == 0 && db->freeing)
+        db_destroy(db);
+}
 
 struct db *
 db_new(struct event_base *base, const char *url, const char *name)
@@ -63,6 +94,8 @@ db_new(struct event_base *base, const char *url, const char *name)
     db->sock = -1;
     db->backoff_ms = 250;
     db->ev_timer = evtimer_new(base, db_on_timer, db);
+    db->ev_defer = event_new(base, -1, 0, db_on_defer, db);
+    PGMTA_ASSERT(db->ev_timer && db->ev_defer);
     return db;
 }
 
@@ -87,7 +120,7 @@ db_prepare(struct db *db, const char *stmt, const char *sql, int nparams)
 bool
 db_ready(const struct db *db)
 {
-    return db->state == DB_READY;
+    return db->state == DB_READY && !db->broken && !db->freeing;
 }
 
 unsigned
@@ -246,7 +279,11 @@ db_connect(struct db *db)
     db->state = DB_CONNECTING;
     struct timeval tv = {10, 0};
     evtimer_add(db->ev_timer, &tv);
-    db_poll_connect(db);
+    /* libpq: after PQconnectStart, act as if PQconnectPoll had answered
+     * PGRES_POLLING_WRITING. Polling from the socket event (never from
+     * here) keeps the ready callback out of db_connect's caller. */
+    db_watch(db);
+    event_add(db->ev_write, NULL);
 }
 
 /* Completes every pending request with NULL, drops the connection and
@@ -260,6 +297,8 @@ db_fail(struct db *db, const char *why)
         if (*p == '\n')
             *p = ' ';
     bool was_ready = db->state == DB_READY;
+    db->broken = false;
+    event_del(db->ev_defer);
     db_unwatch(db);
     if (db->conn) {
         PQfinish(db->conn);
@@ -287,12 +326,26 @@ db_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct db *db = arg;
-    if (db->state == DB_CONNECTING) {
+    db_enter(db);
+    if (!db->freeing && db->state == DB_CONNECTING)
         db_fail(db, "connect timeout");
-        return;
-    }
-    if (db->state == DB_DISCONNECTED)
+    else if (!db->freeing && db->state == DB_DISCONNECTED)
         db_connect(db);
+    db_leave(db);
+}
+
+/* The send failure db_exec found: the connection fails now, from the loop,
+ * after db_exec's caller has returned. */
+static void
+db_on_defer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct db *db = arg;
+    db_enter(db);
+    if (db->broken && !db->freeing && db->state == DB_READY)
+        db_fail(db, db->broken_why);
+    db_leave(db);
 }
 
 /* The result a callback took with db_take_result (single-threaded). */
@@ -356,45 +409,75 @@ db_on_io(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     struct db *db = arg;
-    if (db->state == DB_CONNECTING) {
+    db_enter(db);
+    if (db->freeing) {
+        /* nothing: db_leave frees */
+    } else if (db->state == DB_CONNECTING) {
         db_poll_connect(db);
-        return;
+    } else if (db->state == DB_READY) {
+        if (what & EV_WRITE)
+            db_flush(db);
+        if (db->state == DB_READY && (what & EV_READ))
+            db_read(db);
     }
-    if (db->state != DB_READY)
+    db_leave(db);
+}
+
+/* Remembers a failure found inside a request function; db_on_defer fails
+ * the connection from the loop. */
+static void
+db_defer_fail(struct db *db, const char *why)
+{
+    if (db->broken)
         return;
-    if (what & EV_WRITE)
-        db_flush(db);
-    if (db->state == DB_READY && (what & EV_READ))
-        db_read(db);
+    db->broken = true;
+    snprintf(db->broken_why, sizeof db->broken_why, "%s", why ? why : "send failed");
+    event_active(db->ev_defer, EV_TIMEOUT, 0);
 }
 
 int
 db_exec(struct db *db, const char *stmt, int nparams, const char *const *values, const int *lengths,
         const int *formats, int result_format, db_cb cb, void *arg)
 {
-    if (db->state != DB_READY)
+    if (db->state != DB_READY || db->broken || db->freeing)
         return -1;
     if (!PQsendQueryPrepared(db->conn, stmt, nparams, values, lengths, formats, result_format) ||
         !PQpipelineSync(db->conn)) {
         log_warn("db=%s event=send-failed stmt=%s error=\"%s\"", db->name, stmt,
                  PQerrorMessage(db->conn));
+        /* libpq found the connection dead while sending (it may have
+         * closed the socket, so no socket event will ever tell us): fail
+         * it from the next loop turn. */
+        if (PQstatus(db->conn) == CONNECTION_BAD)
+            db_defer_fail(db, PQerrorMessage(db->conn));
         return -1;
     }
     struct db_req *r = xcalloc(1, sizeof *r);
     r->cb = cb;
     r->arg = arg;
     db_push(db, r);
-    db_flush(db);
+    /* Never db_fail here: that would call this request's callback (and
+     * every other pending one) before db_exec returns. */
+    int f = PQflush(db->conn);
+    if (f < 0 || PQstatus(db->conn) == CONNECTION_BAD)
+        db_defer_fail(db, PQerrorMessage(db->conn));
+    else if (f == 1)
+        event_add(db->ev_write, NULL);
     return 0;
 }
 
 void
 db_free(struct db *db)
 {
-    if (!db)
+    if (!db || db->freeing)
         return;
-    struct db_req *r;
+    /* Every pending request is failed now, also from inside a callback:
+     * callers free what the callbacks point to right after db_free. From
+     * now on db_exec refuses, so a callback cannot queue another. */
+    db->freeing = true;
     db->state = DB_DISCONNECTED;
+    db->busy++;
+    struct db_req *r;
     while ((r = db_pop(db))) {
         if (r->res)
             PQclear(r->res);
@@ -402,10 +485,21 @@ db_free(struct db *db)
             r->cb(NULL, r->arg);
         free(r);
     }
+    /* Inside one of this db's handlers: it frees the db when it returns
+     * (db_leave), so that it never touches freed memory. */
+    db_leave(db);
+}
+
+/* Frees the db; nothing is pending any more (db_free failed it). */
+static void
+db_destroy(struct db *db)
+{
+    PGMTA_ASSERT(db->head == NULL);
     db_unwatch(db);
     if (db->conn)
         PQfinish(db->conn);
     event_free(db->ev_timer);
+    event_free(db->ev_defer);
     while (db->stmts) {
         struct db_stmt *s = db->stmts;
         db->stmts = s->next;

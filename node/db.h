@@ -7,7 +7,15 @@
  * result, or NULL when the connection failed before the result arrived.
  * A lost connection is re-established with exponential backoff; the
  * statements registered with db_prepare are prepared again on every new
- * connection, before any request. */
+ * connection, before any request.
+ *
+ * The callback rule: no function of this module calls a callback (db_cb or
+ * the ready callback) before it returns. Callbacks run from the db's own
+ * libevent events only, so a caller may set its "in flight" state after a
+ * db_exec that returned 0. A failure db_exec finds at once (the send fails)
+ * reaches the callback with NULL from the next loop turn. db_free may be
+ * called from inside a callback: the db is freed when that callback's
+ * handler returns. */
 #ifndef PGMTA_DB_H
 #define PGMTA_DB_H
 
@@ -31,9 +39,11 @@ void db_set_ready_cb(struct db *db, db_ready_cb cb, void *arg);
 /* Registers a statement to prepare on every (re)connection. Call before the
  * first connection is up (right after db_new) for it to apply at once. */
 void db_prepare(struct db *db, const char *stmt, const char *sql, int nparams);
-/* Starts connecting (idempotent). */
+/* Starts connecting (idempotent); the ready callback comes from the loop. */
 void db_connect(struct db *db);
-/* Fails every pending request (callbacks with NULL) and frees. */
+/* Fails every pending request (callbacks with NULL, before db_free returns)
+ * and frees; from inside a callback of this db, the memory is released when
+ * that callback's handler returns. */
 void db_free(struct db *db);
 
 bool db_ready(const struct db *db);
@@ -41,9 +51,11 @@ bool db_ready(const struct db *db);
 unsigned db_pending(const struct db *db);
 
 /* Queues a prepared statement. params are text unless formats says
- * otherwise; result_format 0 = text, 1 = binary. Returns 0 on success
- * (the callback will be called exactly once), -1 if the connection is not
- * ready (the callback will not be called). */
+ * otherwise; result_format 0 = text, 1 = binary. Returns 0 when queued: the
+ * callback will be called exactly once, always after db_exec has returned
+ * (with NULL if the connection fails first, even when the failure was found
+ * inside this call). Returns -1 if the request was not queued (connection
+ * not ready, or found broken): the callback will not be called. */
 int db_exec(struct db *db, const char *stmt, int nparams, const char *const *values,
             const int *lengths, const int *formats, int result_format, db_cb cb, void *arg);
 

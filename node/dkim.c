@@ -11,6 +11,7 @@
  * caller owns. */
 #include "dkim.h"
 #include "conf.h"
+#include "hdr.h"
 #include "log.h"
 #include "util.h"
 
@@ -191,37 +192,31 @@ dkim_canon_body(struct buf *out, const unsigned char *body, size_t len)
 
 /* ---- message parsing ---------------------------------------------------- */
 
-/* Splits the header block into fields; returns the offset of the body (len
- * when there is no empty line). *fields is allocated (caller frees). */
+/* Splits the header block into fields with the header iterator (node/hdr.c;
+ * a lone CR ends a line, as the wire will show it); returns the offset of
+ * the body (len when there is no empty line). *fields is allocated (caller
+ * frees). */
 static size_t
 parse_fields(const unsigned char *msg, size_t len, struct field **fields, size_t *nfields)
 {
     struct field *f = NULL;
-    size_t n = 0, cap = 0, pos = 0;
-    size_t body = len;
-    while (pos < len) {
-        size_t next, ll = line_at(msg, len, pos, &next);
-        if (ll == 0) {
-            body = next;
-            break;
+    size_t n = 0, cap = 0;
+    struct hdr_iter it;
+    struct hdr_field hf;
+    hdr_iter_init_flags(&it, (const char *)msg, len, HDR_BARE_CR);
+    while (hdr_next(&it, &hf)) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 32;
+            f = xrealloc(f, cap * sizeof *f);
         }
-        if (is_wsp(msg[pos]) && n > 0) {
-            f[n - 1].len = pos + ll - (size_t)((const unsigned char *)f[n - 1].p - msg);
-        } else {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 32;
-                f = xrealloc(f, cap * sizeof *f);
-            }
-            f[n].p = (const char *)msg + pos;
-            f[n].len = ll;
-            f[n].used = false;
-            n++;
-        }
-        pos = next;
+        f[n].p = (const char *)msg + hf.off;
+        f[n].len = hf.len;
+        f[n].used = false;
+        n++;
     }
     *fields = f;
     *nfields = n;
-    return body;
+    return it.body;
 }
 
 /* Does field F have the name NAME (lower case)? WSP before the colon is

@@ -25,9 +25,17 @@
  * without a query. Domain literals "[1.2.3.4]" given to dns_resolve_mx, and
  * IP literals given to dns_resolve_host, resolve to themselves at once.
  *
+ * The callback rule: dns_resolve_* never call back before they return. A
+ * request that completes inside the call (cache hits, literals, invalid
+ * names, c-ares answering at once) is put on the ready list by id and
+ * answered by one event (ev_ready) from the next loop turn; a request
+ * cancelled meanwhile is simply not found. The deadline timer of a ready
+ * request is stopped, so it cannot answer twice.
+ *
  * dns_free from inside a callback is deferred until the callback returns. */
 #include "dns.h"
 
+#include "hostport.h"
 #include "log.h"
 #include "util.h"
 
@@ -107,13 +115,6 @@ struct watcher {
     struct watcher *next;
 };
 
-/* Events of closed c-ares sockets, freed at the next loop turn: the socket
- * may close inside its own event's callback. */
-struct dead_events {
-    struct event **ev;
-    size_t n, cap;
-};
-
 /* What a request collects for one MX host. */
 struct req_host {
     char *name;
@@ -151,6 +152,11 @@ struct dns_request {
     struct req_host *hosts;
     size_t nhosts;
     uint64_t started_ms;
+    /* Answer known when the request was made (invalid name) */
+    bool fixed;
+    enum dns_status fixed_status;
+    char *fixed_error;
+    bool ready; /* on the ready list */
 };
 
 struct dns {
@@ -159,7 +165,6 @@ struct dns {
     bool channel_ok;
     struct event *timer;
     struct watcher *watchers;
-    struct dead_events dead;
     uint64_t timeout_ms;
     struct record *buckets[RECORD_BUCKETS];
     struct record *oldest, *newest;
@@ -168,7 +173,11 @@ struct dns {
     size_t nrequests;
     uint64_t next_id;
     uint64_t rng;
-    int busy;     /* depth of calls into this module that may run callbacks */
+    int busy;      /* depth of calls into this module that may run callbacks */
+    int resolving; /* depth of dns_resolve_* calls: answers wait for ev_ready */
+    struct event *ev_ready;
+    uint64_t *ready; /* ids of requests answered at once, in order */
+    size_t nready, capready;
     bool freeing; /* dns_free called while busy */
     bool destroying;
 };
@@ -222,40 +231,16 @@ normalize_name(const char *in)
     return util_strlower(out);
 }
 
-/* Parses "1.2.3.4", "::1", "[1.2.3.4]", "[::1]", "[IPv6:::1]" into sa. */
+/* Parses "1.2.3.4", "::1", "[1.2.3.4]", "[::1]", "[IPv6:::1]" into sa
+ * (node/hostport.c, the one parser of addresses). */
 static bool
 parse_ip_literal(const char *s, uint16_t port, struct dns_addr *out)
 {
-    char tmp[INET6_ADDRSTRLEN + 8];
-    size_t len = strlen(s);
-    if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
-        s++;
-        len -= 2;
-        if (len > 5 && strncasecmp(s, "IPv6:", 5) == 0) {
-            s += 5;
-            len -= 5;
-        }
-    }
-    if (len == 0 || len >= sizeof tmp)
-        return false;
-    memcpy(tmp, s, len);
-    tmp[len] = '\0';
+    struct hostport hp;
     memset(out, 0, sizeof *out);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&out->sa;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->sa;
-    if (inet_pton(AF_INET, tmp, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons(port);
-        out->salen = sizeof *sin;
-        return true;
-    }
-    if (inet_pton(AF_INET6, tmp, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons(port);
-        out->salen = sizeof *sin6;
-        return true;
-    }
-    return false;
+    return hostport_parse_str(s, HOSTPORT_IP_ONLY | HOSTPORT_NO_PORT | HOSTPORT_BARE_IPV6, &hp,
+                              NULL) &&
+           hostport_sockaddr(&hp, port, &out->sa, &out->salen);
 }
 
 static bool
@@ -526,22 +511,19 @@ leave(struct dns *d)
 }
 
 static void
-free_dead_events(struct dns *d)
+event_free_cb(void *ev)
 {
-    for (size_t i = 0; i < d->dead.n; i++)
-        event_free(d->dead.ev[i]);
-    d->dead.n = 0;
+    event_free(ev);
 }
 
+/* The event of a closed c-ares socket: the socket may close inside its own
+ * event's callback, so the event is freed at the end of the loop turn
+ * (util_defer_free). */
 static void
 retire_event(struct dns *d, struct event *ev)
 {
     event_del(ev);
-    if (d->dead.n == d->dead.cap) {
-        d->dead.cap = d->dead.cap ? d->dead.cap * 2 : 8;
-        d->dead.ev = xrealloc(d->dead.ev, d->dead.cap * sizeof *d->dead.ev);
-    }
-    d->dead.ev[d->dead.n++] = ev;
+    util_defer_free(d->base, event_free_cb, ev);
 }
 
 static void
@@ -550,7 +532,6 @@ on_socket_event(evutil_socket_t fd, short what, void *arg)
     struct watcher *w = arg;
     struct dns *d = w->d;
     enter(d);
-    free_dead_events(d);
     ares_process_fd(d->channel, (what & EV_READ) ? (ares_socket_t)fd : ARES_SOCKET_BAD,
                     (what & EV_WRITE) ? (ares_socket_t)fd : ARES_SOCKET_BAD);
     leave(d);
@@ -563,7 +544,6 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct dns *d = arg;
     enter(d);
-    free_dead_events(d);
     ares_process_fd(d->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
     leave(d);
 }
@@ -718,6 +698,7 @@ request_free(struct dns_request *r)
     }
     free(r->hosts);
     free(r->mx_error);
+    free(r->fixed_error);
     free(r->name);
     free(r);
 }
@@ -769,6 +750,11 @@ static void
 request_build_result(struct dns_request *r, struct dns_result *res)
 {
     memset(res, 0, sizeof *res);
+    if (r->fixed) {
+        res->status = r->fixed_status;
+        res->error = r->fixed_error ? xstrdup(r->fixed_error) : NULL;
+        return;
+    }
     if (r->kind == REQ_MX && r->mx_status == RR_TEMPFAIL) {
         res->status = DNS_TEMPFAIL;
         res->error = xasprintf("MX lookup for %s failed: %s", r->name,
@@ -839,9 +825,28 @@ request_build_result(struct dns_request *r, struct dns_result *res)
     }
 }
 
+/* Answers the request now, or from ev_ready when a dns_resolve_* call is on
+ * the stack (the callback rule). */
 static void
 request_finish(struct dns_request *r)
 {
+    struct dns *d = r->d;
+    if (d->resolving > 0) {
+        if (r->ready)
+            return;
+        r->ready = true;
+        evtimer_del(r->deadline);
+        if (d->nready == d->capready) {
+            d->capready = d->capready ? d->capready * 2 : 16;
+            d->ready = xrealloc(d->ready, d->capready * sizeof *d->ready);
+        }
+        d->ready[d->nready++] = r->id;
+        /* a zero timer: the next loop turn, after I/O */
+        static const struct timeval zero = {0, 0};
+        if (!event_pending(d->ev_ready, EV_TIMEOUT, NULL))
+            evtimer_add(d->ev_ready, &zero);
+        return;
+    }
     struct dns_result res;
     request_build_result(r, &res);
     request_unlink(r);
@@ -1106,25 +1111,48 @@ request_new(struct dns *d, enum req_kind kind, char *name, uint16_t port, dns_cb
     return r;
 }
 
-/* Calls cb at once with a one-host result (IP literal) or an error. */
+/* Answers the requests that completed inside a dns_resolve_* call. */
 static void
-immediate(const char *name, const struct dns_addr *addr, enum dns_status st, const char *error,
-          dns_cb cb, void *arg)
+on_ready(evutil_socket_t fd, short what, void *arg)
 {
-    struct dns_result res = {0};
-    struct dns_host host = {0};
-    res.status = st;
-    res.error = (char *)error;
-    if (addr) {
-        host.name = (char *)name;
-        host.addrs = (struct dns_addr *)addr;
-        host.naddrs = 1;
-        res.hosts = &host;
-        res.nhosts = 1;
+    (void)fd;
+    (void)what;
+    struct dns *d = arg;
+    uint64_t *ids = d->ready;
+    size_t n = d->nready;
+    d->ready = NULL;
+    d->nready = d->capready = 0;
+    enter(d);
+    for (size_t i = 0; i < n && !d->freeing; i++) {
+        struct dns_request *r = request_find(d, ids[i]);
+        if (r && r->ready)
+            request_finish(r);
     }
-    log_debug("dns domain=%s status=%s hosts=%zu ttl=0 literal=1", name, dns_status_names[st],
-              res.nhosts);
-    cb(&res, arg);
+    free(ids);
+    leave(d);
+}
+
+/* A request whose answer is known now: an IP literal (one host, one
+ * address) or an invalid name. Answered from ev_ready. */
+static void
+resolve_known(struct dns *d, struct dns_request *r, const struct dns_addr *lit)
+{
+    if (lit) {
+        r->hosts = xcalloc(1, sizeof *r->hosts);
+        request_add_host(r, r->name, 0);
+        struct req_host *h = &r->hosts[0];
+        h->done[0] = h->done[1] = true;
+        if (lit->sa.ss_family == AF_INET)
+            h->a[h->na++] = ((const struct sockaddr_in *)&lit->sa)->sin_addr;
+        else
+            h->aaaa[h->naaaa++] = ((const struct sockaddr_in6 *)&lit->sa)->sin6_addr;
+        h->st[1] = h->st[0] = RR_OK;
+    }
+    log_debug("dns domain=%s status=%s literal=%d", r->name,
+              dns_status_names[lit ? DNS_OK : r->fixed_status], lit ? 1 : 0);
+    d->resolving++;
+    request_finish(r);
+    d->resolving--;
 }
 
 static struct dns_request *
@@ -1134,17 +1162,22 @@ resolve(struct dns *d, enum req_kind kind, const char *name, uint16_t port, dns_
     struct dns_addr lit;
     bool bracketed = name[0] == '[';
     if ((kind == REQ_HOST || bracketed) && parse_ip_literal(name, port, &lit)) {
-        immediate(name, &lit, DNS_OK, NULL, cb, arg);
-        return NULL;
+        struct dns_request *r = request_new(d, kind, xstrdup(name), port, cb, arg);
+        resolve_known(d, r, &lit);
+        return r;
     }
     char *norm = bracketed ? NULL : normalize_name(name);
     if (!norm) {
-        char *err = xasprintf("invalid domain name \"%.80s\"", name);
-        immediate(name, NULL, DNS_NXDOMAIN, err, cb, arg);
-        free(err);
-        return NULL;
+        struct dns_request *r =
+            request_new(d, kind, xstrndup(name, strnlen(name, 255)), port, cb, arg);
+        r->fixed = true;
+        r->fixed_status = DNS_NXDOMAIN;
+        r->fixed_error = xasprintf("invalid domain name \"%.80s\"", name);
+        resolve_known(d, r, NULL);
+        return r;
     }
     enter(d);
+    d->resolving++;
     struct dns_request *r = request_new(d, kind, norm, port, cb, arg);
     uint64_t id = r->id;
     r->pending = 1;
@@ -1158,6 +1191,7 @@ resolve(struct dns *d, enum req_kind kind, const char *name, uint16_t port, dns_
         request_start_addrs(r);
     }
     request_release(r);
+    d->resolving--;
     bool alive = leave(d);
     return alive ? request_find(d, id) : NULL;
 }
@@ -1202,53 +1236,15 @@ static bool
 servers_csv(const char *const *servers, size_t n, struct buf *out, char *err, size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
-        const char *s = servers[i];
-        char host[INET6_ADDRSTRLEN + 1];
-        unsigned long port = 53;
-        const char *portstr = NULL;
-        size_t hlen;
-        if (s[0] == '[') {
-            const char *close = strchr(s, ']');
-            if (!close)
-                goto bad;
-            hlen = (size_t)(close - s - 1);
-            s++;
-            if (close[1] == ':')
-                portstr = close + 2;
-            else if (close[1] != '\0')
-                goto bad;
-        } else {
-            const char *colon = strchr(s, ':');
-            if (colon && strchr(colon + 1, ':'))
-                colon = NULL; /* bare IPv6 address */
-            hlen = colon ? (size_t)(colon - s) : strlen(s);
-            if (colon)
-                portstr = colon + 1;
+        struct hostport hp;
+        if (!hostport_parse_str(servers[i], HOSTPORT_IP_ONLY | HOSTPORT_BARE_IPV6, &hp, NULL)) {
+            snprintf(err, errlen, "bad DNS server \"%.100s\": want ip, ip:port or [ipv6]:port",
+                     servers[i]);
+            return false;
         }
-        if (hlen == 0 || hlen >= sizeof host)
-            goto bad;
-        memcpy(host, s, hlen);
-        host[hlen] = '\0';
-        if (portstr) {
-            char *end;
-            errno = 0;
-            port = strtoul(portstr, &end, 10);
-            if (errno || *portstr == '\0' || *end != '\0' || port == 0 || port > 65535)
-                goto bad;
-        }
-        struct in6_addr a6;
-        struct in_addr a4;
-        if (inet_pton(AF_INET, host, &a4) == 1)
-            buf_printf(out, "%s%s:%lu", i ? "," : "", host, port);
-        else if (inet_pton(AF_INET6, host, &a6) == 1)
-            buf_printf(out, "%s[%s]:%lu", i ? "," : "", host, port);
-        else
-            goto bad;
-        continue;
-    bad:
-        snprintf(err, errlen, "bad DNS server \"%.100s\": want ip, ip:port or [ipv6]:port",
-                 servers[i]);
-        return false;
+        char one[HOSTPORT_HOST_MAX + 16];
+        buf_printf(out, "%s%s", i ? "," : "",
+                   hostport_format(&hp, hp.port ? 0 : 53, one, sizeof one));
     }
     return true;
 }
@@ -1317,7 +1313,8 @@ dns_new(struct event_base *base, const char *const *servers, size_t nservers, ui
     }
     buf_free(&csv);
     d->timer = evtimer_new(base, on_timer, d);
-    PGMTA_ASSERT(d->timer != NULL);
+    d->ev_ready = event_new(base, -1, 0, on_ready, d);
+    PGMTA_ASSERT(d->timer && d->ev_ready);
     return d;
 }
 
@@ -1339,9 +1336,9 @@ dns_destroy(struct dns *d)
         event_free(w->ev);
         free(w);
     }
-    free_dead_events(d);
-    free(d->dead.ev);
     event_free(d->timer);
+    event_free(d->ev_ready);
+    free(d->ready);
     free(d);
 }
 

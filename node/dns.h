@@ -56,15 +56,19 @@ typedef void (*dns_cb)(const struct dns_result *result, void *arg);
 
 /* Resolves the delivery hosts of DOMAIN: MX records (preference order), each
  * MX host's A and AAAA records; no MX -> the domain's own A/AAAA (implicit
- * MX); null MX -> DNS_NULL_MX. port is stored in every address. May call cb
- * before returning (cache hit). Returns a handle for dns_cancel, or NULL if
- * cb was already called. */
+ * MX); null MX -> DNS_NULL_MX. port is stored in every address.
+ *
+ * The callback rule: cb is called exactly once (unless cancelled), always
+ * after this function has returned, also when the answer is known at once
+ * (cache hit, IP or domain literal, invalid name: from the next loop turn).
+ * Returns the handle for dns_cancel, valid until cb is called. */
 struct dns_request *dns_resolve_mx(struct dns *d, const char *domain, uint16_t port, dns_cb cb,
                                    void *arg);
-/* Resolves one host name or IP literal (A/AAAA) for a configured route. */
+/* Resolves one host name or IP literal (A/AAAA) for a configured route;
+ * same rule and handle as dns_resolve_mx. */
 struct dns_request *dns_resolve_host(struct dns *d, const char *host, uint16_t port, dns_cb cb,
                                      void *arg);
-/* The callback will not be called. */
+/* The callback will not be called (also when its answer was ready). */
 void dns_cancel(struct dns_request *r);
 
 /* Drops every cached answer (tests, reload). */

@@ -12,7 +12,20 @@
  * NULL completes every request.
  *
  * Queues nobody uses (no slots, nothing pending, no cached tokens) are
- * dropped by a periodic sweep, so memory follows the queues in use. */
+ * dropped by a periodic sweep, so memory follows the queues in use.
+ *
+ * The callback rule: a request function never calls its callback. Answers
+ * known at once (unlimited limits, max-smtp-out 0, cached tokens, a retry
+ * wait, the database not connected) go on the sched's answer FIFO, which
+ * one event (ev_answer) empties from the next loop turn: one event for all
+ * ready answers, however many. Answers from the database come from db
+ * callbacks, which run from the loop too. Tokens answered from the cache
+ * are taken from it at once, so a later request cannot count them twice.
+ *
+ * Time: every local deadline (token cache age, retry_at, the sweep) is
+ * util_now_ms(), CLOCK_MONOTONIC, and the timers are libevent's, which use
+ * the monotonic clock too: stepping the wall clock neither freezes nor
+ * floods a throttled queue. */
 #include "sched.h"
 
 #include <limits.h>
@@ -46,6 +59,10 @@ struct sched_req {
     } cb;
     void *arg;
     uint32_t n; /* slots: max-smtp-out; tokens: want */
+    /* On the answer FIFO: the answer to deliver. */
+    bool is_slot;
+    int slot;
+    unsigned granted, wait_ms;
     struct sched_req *next;
 };
 
@@ -93,6 +110,10 @@ struct sched {
     bool freeing;
     unsigned sessions;
     struct event *ev_check;
+    struct event *ev_answer; /* delivers the answer FIFO */
+    struct sched_fifo answers;
+    bool answering;    /* on_answer is running: sched_free leaves s to it */
+    bool free_pending; /* sched_free ran inside on_answer */
     uint64_t next_sweep;
     struct sched_queue *table[SCHED_HASH_SIZE];
 };
@@ -123,6 +144,88 @@ fifo_pop(struct sched_fifo *f)
             f->tail = NULL;
     }
     return r;
+}
+
+/* ---- answers known at once (the callback rule) ---- */
+
+static void
+answer_push(struct sched *s, struct sched_req *r)
+{
+    fifo_push(&s->answers, r);
+    /* a zero timer: the next loop turn, after I/O (see util_defer_call) */
+    static const struct timeval zero = {0, 0};
+    if (!event_pending(s->ev_answer, EV_TIMEOUT, NULL))
+        evtimer_add(s->ev_answer, &zero);
+}
+
+static void
+answer_slot(struct sched *s, struct sched_req *r, int slot)
+{
+    r->is_slot = true;
+    r->slot = slot;
+    answer_push(s, r);
+}
+
+static void
+answer_tokens(struct sched *s, struct sched_req *r, unsigned granted, unsigned wait_ms)
+{
+    r->is_slot = false;
+    r->granted = granted;
+    r->wait_ms = wait_ms;
+    answer_push(s, r);
+}
+
+static struct sched_req *
+req_new(uint32_t n, void *arg)
+{
+    struct sched_req *r = xcalloc(1, sizeof *r);
+    r->n = n;
+    r->arg = arg;
+    return r;
+}
+
+static void
+answer_call(struct sched_req *r)
+{
+    if (r->is_slot)
+        r->cb.slot(r->slot, r->arg);
+    else
+        r->cb.tokens(r->granted, r->wait_ms, r->arg);
+    free(r);
+}
+
+/* Delivers the answers queued before this turn; a callback that asks again
+ * is answered at the next activation. A callback may call sched_free. */
+static void
+on_answer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct sched *s = arg;
+    struct sched_req *r = s->answers.head;
+    s->answers.head = s->answers.tail = NULL;
+    s->answering = true;
+    while (r && !s->free_pending) {
+        struct sched_req *next = r->next;
+        answer_call(r);
+        r = next;
+    }
+    s->answering = false;
+    if (!s->free_pending)
+        return;
+    /* sched_free ran inside a callback: fail the rest as it would have,
+     * then free what it left to us */
+    while (r) {
+        struct sched_req *next = r->next;
+        if (r->is_slot)
+            r->slot = -1;
+        else
+            r->granted = 0, r->wait_ms = SCHED_FAIL_WAIT_MS;
+        answer_call(r);
+        r = next;
+    }
+    event_free(s->ev_answer);
+    free(s);
 }
 
 static unsigned
@@ -317,6 +420,8 @@ sched_new(struct event_base *base, const char *db_url, const char *node_label)
     db_prepare(s->db, "sched_set_lock_pid", "SELECT mta.node_set_lock_pid($1)", 1);
     db_set_ready_cb(s->db, on_ready, s);
     s->ev_check = event_new(base, -1, EV_PERSIST, on_check, s);
+    s->ev_answer = event_new(base, -1, 0, on_answer, s);
+    PGMTA_ASSERT(s->ev_check && s->ev_answer);
     struct timeval tv = {SCHED_CHECK_MS / 1000, (SCHED_CHECK_MS % 1000) * 1000};
     event_add(s->ev_check, &tv);
     s->next_sweep = util_now_ms() + SCHED_SWEEP_MS;
@@ -349,11 +454,22 @@ sched_free(struct sched *s)
 {
     if (!s)
         return;
+    if (s->freeing)
+        return;
     s->freeing = true;
     event_free(s->ev_check);
     /* Completes the requests in flight with NULL; their handlers fail the
-     * queued ones (db_exec refuses from now on). */
+     * queued ones (db_exec refuses from now on) onto the answer FIFO. */
     db_free(s->db);
+    /* Answers not delivered yet: failures now, as promised in sched.h. */
+    struct sched_req *r;
+    while ((r = fifo_pop(&s->answers))) {
+        if (r->is_slot)
+            r->slot = -1;
+        else
+            r->granted = 0, r->wait_ms = SCHED_FAIL_WAIT_MS;
+        answer_call(r);
+    }
     for (unsigned i = 0; i < SCHED_HASH_SIZE; i++)
         while (s->table[i]) {
             struct sched_queue *q = s->table[i];
@@ -363,6 +479,12 @@ sched_free(struct sched *s)
             queue_free(q);
         }
     free(s->label);
+    s->label = NULL;
+    if (s->answering) {
+        s->free_pending = true; /* on_answer frees s when the callback returns */
+        return;
+    }
+    event_free(s->ev_answer);
     free(s);
 }
 
@@ -443,8 +565,7 @@ sched_slot_next(struct sched *s, struct sched_queue *q)
             q->taking = false;
             q->taking_req = NULL;
         }
-        r->cb.slot(-1, r->arg);
-        free(r);
+        answer_slot(s, r, -1);
     }
 }
 
@@ -452,21 +573,15 @@ void
 sched_take_slot(struct sched *s, const char *domain, const char *vmta, uint32_t max_smtp_out,
                 sched_slot_cb cb, void *arg)
 {
-    if (max_smtp_out == CONF_UNLIMITED) {
-        cb(0, arg);
-        return;
-    }
-    if (max_smtp_out == 0) {
-        cb(-1, arg);
+    struct sched_req *r = req_new(max_smtp_out, arg);
+    r->cb.slot = cb;
+    if (max_smtp_out == CONF_UNLIMITED || max_smtp_out == 0) {
+        answer_slot(s, r, max_smtp_out ? 0 : -1);
         return;
     }
     if (max_smtp_out > SCHED_MAX_SLOTS)
-        max_smtp_out = SCHED_MAX_SLOTS;
+        r->n = max_smtp_out = SCHED_MAX_SLOTS;
     struct sched_queue *q = queue_find(s, domain, vmta, true);
-    struct sched_req *r = xcalloc(1, sizeof *r);
-    r->cb.slot = cb;
-    r->arg = arg;
-    r->n = max_smtp_out;
     fifo_push(&q->slot_waiters, r);
     sched_slot_next(s, q);
 }
@@ -514,19 +629,13 @@ sched_slots_held(struct sched *s, const char *domain, const char *vmta)
 
 /* ---- rate tokens ---- */
 
-/* Answers every waiting request with 0 tokens. The list is detached first:
- * a callback that asks again is answered (or queued) afresh. */
+/* Answers every waiting request with 0 tokens, from the answer FIFO. */
 static void
-bucket_fail_all(struct sched_bucket *b, unsigned wait_ms)
+bucket_fail_all(struct sched *s, struct sched_bucket *b, unsigned wait_ms)
 {
-    struct sched_req *r = b->waiters.head;
-    b->waiters.head = b->waiters.tail = NULL;
-    while (r) {
-        struct sched_req *next = r->next;
-        r->cb.tokens(0, wait_ms, r->arg);
-        free(r);
-        r = next;
-    }
+    struct sched_req *r;
+    while ((r = fifo_pop(&b->waiters)))
+        answer_tokens(s, r, 0, wait_ms);
 }
 
 static void
@@ -547,7 +656,7 @@ on_tokens(const PGresult *res, void *arg)
             log_error("sched=%s queue=%s/%s event=take-tokens-failed kind=%s error=\"%s\"",
                       s->label, q->domain, q->vmta, kind_names[kind], PQresultErrorMessage(res));
         b->retry_at = now + SCHED_FAIL_WAIT_MS;
-        bucket_fail_all(b, SCHED_FAIL_WAIT_MS);
+        bucket_fail_all(s, b, SCHED_FAIL_WAIT_MS);
         return;
     }
     unsigned granted = (unsigned)atoi(PQgetvalue(res, 0, 0));
@@ -572,7 +681,7 @@ on_tokens(const PGresult *res, void *arg)
     if (granted)
         sched_bucket_fetch(s, q, kind); /* the batch did not cover everyone */
     else
-        bucket_fail_all(b, wait_ms ? wait_ms : 1);
+        bucket_fail_all(s, b, wait_ms ? wait_ms : 1);
 }
 
 /* Reserves a batch for the waiting requests: about one second's worth of
@@ -604,7 +713,7 @@ sched_bucket_fetch(struct sched *s, struct sched_queue *q, enum sched_kind kind)
     free(c);
     b->fetching = false;
     b->retry_at = util_now_ms() + SCHED_FAIL_WAIT_MS;
-    bucket_fail_all(b, SCHED_FAIL_WAIT_MS);
+    bucket_fail_all(s, b, SCHED_FAIL_WAIT_MS);
 }
 
 void
@@ -612,8 +721,10 @@ sched_take_tokens(struct sched *s, const char *domain, const char *vmta, enum sc
                   const struct conf_rate *rate, unsigned want, sched_tokens_cb cb, void *arg)
 {
     PGMTA_ASSERT(kind == SCHED_MSG || kind == SCHED_CONNECT);
+    struct sched_req *r = req_new(want, arg);
+    r->cb.tokens = cb;
     if (rate->count == CONF_UNLIMITED || want == 0) {
-        cb(want, 0, arg);
+        answer_tokens(s, r, want, 0);
         return;
     }
     PGMTA_ASSERT(rate->count > 0 && rate->period_ms > 0);
@@ -627,19 +738,15 @@ sched_take_tokens(struct sched *s, const char *domain, const char *vmta, enum sc
     if (!b->waiters.head) {
         if (b->cached) {
             unsigned g = want < b->cached ? want : b->cached;
-            b->cached -= g;
-            cb(g, 0, arg);
+            b->cached -= g; /* taken now, delivered from the loop */
+            answer_tokens(s, r, g, 0);
             return;
         }
         if (now < b->retry_at) {
-            cb(0, (unsigned)(b->retry_at - now), arg);
+            answer_tokens(s, r, 0, (unsigned)(b->retry_at - now));
             return;
         }
     }
-    struct sched_req *r = xcalloc(1, sizeof *r);
-    r->cb.tokens = cb;
-    r->arg = arg;
-    r->n = want;
     fifo_push(&b->waiters, r);
     if (!b->fetching)
         sched_bucket_fetch(s, q, kind);

@@ -17,10 +17,15 @@
  * second, so most requests are answered from the cache without a round
  * trip. A node that dies loses at most its unused batch.
  *
- * Callbacks: every request's callback is called exactly once. It may be
- * called before the request function returns (unlimited limits, answers from
- * the cache, database not connected): set up your state before calling. All
- * pending callbacks are called (with failure) by sched_free. */
+ * Callbacks: every request's callback is called exactly once, and never
+ * before the request function has returned: answers known at once
+ * (unlimited limits, max-smtp-out 0, cached tokens, a wait still running,
+ * database not connected) are delivered from the next loop turn, all of
+ * them by one event. A caller may set its "in flight" state after the call.
+ * All pending callbacks are called (with failure) by sched_free.
+ *
+ * Local deadlines (token cache age, waits) use the monotonic clock: a step
+ * of the wall clock neither freezes nor floods a throttled queue. */
 #ifndef PGMTA_SCHED_H
 #define PGMTA_SCHED_H
 
@@ -59,7 +64,7 @@ int sched_ready(const struct sched *s);
 
 /* Takes a free slot of the queue (domain, vmta; vmta NULL or "" = none) with
  * at most max_smtp_out slots cluster-wide. CONF_UNLIMITED: no lock, cb(0)
- * before returning; 0: cb(-1). */
+ * from the next loop turn; 0: cb(-1) likewise. */
 void sched_take_slot(struct sched *s, const char *domain, const char *vmta, uint32_t max_smtp_out,
                      sched_slot_cb cb, void *arg);
 /* Gives a slot back (fire and forget). Slot 0 of an unlimited queue, -1 and
@@ -69,7 +74,7 @@ void sched_release_slot(struct sched *s, const char *domain, const char *vmta, i
 unsigned sched_slots_held(struct sched *s, const char *domain, const char *vmta);
 
 /* Takes up to want tokens of the queue's kind bucket at rate (count per
- * period_ms, or CONF_UNLIMITED: cb(want, 0) before returning). */
+ * period_ms, or CONF_UNLIMITED: cb(want, 0) from the next loop turn). */
 void sched_take_tokens(struct sched *s, const char *domain, const char *vmta, enum sched_kind kind,
                        const struct conf_rate *rate, unsigned want, sched_tokens_cb cb, void *arg);
 

@@ -1,5 +1,6 @@
 /* util: allocation that aborts on failure, growable byte buffers, small
- * string helpers. Every module uses these instead of raw malloc. */
+ * string helpers, and the one deferred-call mechanism of the event loop.
+ * Every module uses these instead of raw malloc. */
 #ifndef PGMTA_UTIL_H
 #define PGMTA_UTIL_H
 
@@ -40,5 +41,31 @@ void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 char *util_strlower(char *s);
 /* Monotonic clock in milliseconds. */
 uint64_t util_now_ms(void);
+
+/* ---- Deferred calls: "free at the end of this loop turn" ----
+ *
+ * util_defer_call(base, fn, arg) runs fn(arg) from base's event loop after
+ * the callback that is running now (and every function that called it) has
+ * returned: one libevent event per event_base (a zero timer, armed when the
+ * first call is queued) runs the calls in the order they were queued, at the
+ * next loop turn. A call queued while the queue runs waits for the turn
+ * after, so a chain of deferred calls never starves I/O. This is how an object is freed from
+ * inside its own callback (never free yourself in place: mark yourself dead,
+ * unlink, and defer the free), and how a request function delivers an answer
+ * it found at once without calling its callback before it returns.
+ *
+ * util_defer_free(base, fn, ptr) is the same with fn a destructor (NULL:
+ * free(3)). util_defer_run(base) runs what is queued now (at shutdown, after
+ * the loop stopped); util_defer_base_free(base) runs the rest and forgets
+ * base: call it before event_base_free. Single-threaded per process, like
+ * the rest of pgmta's loop. */
+struct event_base;
+typedef void (*util_defer_fn)(void *arg);
+void util_defer_call(struct event_base *base, util_defer_fn fn, void *arg);
+void util_defer_free(struct event_base *base, util_defer_fn fn, void *ptr);
+/* Number of calls queued for base (tests). */
+size_t util_defer_pending(struct event_base *base);
+void util_defer_run(struct event_base *base);
+void util_defer_base_free(struct event_base *base);
 
 #endif

@@ -32,14 +32,14 @@
 #include "util.h"
 
 /* Delivery sessions per process at most. */
-#define WORKER_MAX_SESSIONS 1024
+#define WORKER_MAX_SESSIONS 512
 /* Sessions started per queue per scheduler tick (ramp-up). */
 #define WORKER_START_PER_TICK 4
 #define WORKER_HEARTBEAT_MS 5000
 /* How long the exit waits for node_stop to be recorded. */
 #define WORKER_STOP_WAIT_MS 3000
 /* Queues asked for per poll. */
-#define WORKER_READY_LIMIT 1000
+#define WORKER_READY_LIMIT 100
 /* Housekeeping (purging finished messages and empty queues, accounting
  * partitions, rate buckets) runs in one process per node: index 0 of the
  * default pipe. Concurrent runs on several nodes are safe. */

@@ -28,14 +28,25 @@ CREATE OR REPLACE FUNCTION mta.node_stop(p_node bigint)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int;
+    v_pipe text[];
+    v_domain text[];
+    v_vmta text[];
 BEGIN
     UPDATE mta.node SET state = 'stopped', stopped_at = now(), heartbeat_at = now()
      WHERE id = p_node;
-    UPDATE mta.recipients
-       SET next_attempt = now(), owner = NULL, lease_until = NULL, lease_token = NULL,
-           attempts = greatest(attempts - 1, 0)
-     WHERE owner = p_node;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    WITH u AS (
+        UPDATE mta.recipients
+           SET next_attempt = now(), owner = NULL, lease_until = NULL, lease_token = NULL,
+               attempts = greatest(attempts - 1, 0)
+         WHERE owner = p_node
+        RETURNING pipe, domain, vmta
+    ), k AS (
+        SELECT DISTINCT u.pipe, u.domain, u.vmta FROM u
+    )
+    SELECT (SELECT count(*) FROM u), array_agg(k.pipe), array_agg(k.domain), array_agg(k.vmta)
+      INTO n, v_pipe, v_domain, v_vmta
+      FROM k;
+    PERFORM mta.ready_note(v_pipe, v_domain, v_vmta, NULL);
     RETURN n;
 END
 $$;
@@ -64,33 +75,334 @@ BEGIN
 END
 $$;
 
--- Queues of the pipe, not paused, with at least one ready recipient of a job
--- that is not paused; the one whose oldest ready recipient waits longest comes
--- first. One index probe per queue row of the pipe (recipients_claim).
--- backoff: the queue is in backoff mode now (mta.queue_enter_backoff); the
--- node then uses the domain's backoff rate and retry interval. The result
--- type changed once (backoff added), hence the DROP; grants follow in
--- 090_roles.
+-- ---- Ready markers (see README, Scheduling) ----
+--
+-- mta.queue_ready holds one marker per queue: next_at, a lower bound on the
+-- time the queue may next have work a node can claim (NULL: no work known).
+-- Whoever makes a recipient ready at time t (enqueue, a transient failure's
+-- retry, release, node_stop, resume) lowers the marker to t through
+-- mta.ready_note(); mta.ready_queues() reads only the markers that are due,
+-- verifies each against mta.recipients, and raises the marker of a queue it
+-- finds without claimable work (to the next attempt of its rows, or NULL).
+-- A claim leaves the marker alone: the next verification finds the rows
+-- leased and sets the marker to their lease expiry, so the rows of a node
+-- that died become ready when their lease ends.
+--
+-- Lost wakeups. mta.ready_note() skips the update, and so takes no lock,
+-- when the marker is already due by t (the common case: every enqueue to a
+-- busy domain). A poller verifying with a snapshot that does not yet see
+-- such an enqueue's rows would then raise the marker over rows that nobody
+-- will mark again. So a queue found without work is not made idle at once;
+-- it cools down first:
+--   stage 0 -> 1  marker re-checked soon; ready_note() never skips while the
+--                 stage is not 0, so every later lowering writes the row;
+--   stage 1 -> 2  records the xmax of a snapshot taken after stage 1
+--                 committed: every transaction that can have skipped (it
+--                 read stage 0) has an xid below it;
+--   stage 2 -> 0  only once no transaction below that xmax is running, so
+--                 the verification's snapshot sees every skipped enqueue's
+--                 rows; then the marker becomes the queue's next attempt or
+--                 NULL.
+-- Skipping is allowed only under READ COMMITTED (each statement has a fresh
+-- snapshot taken after the transaction's xid was assigned); other isolation
+-- levels always leave a wake row. The poller changes a marker only if its
+-- row version is the one it verified (xmin), so a concurrent lowering always
+-- wins. Locks: a lowering that finds the marker row locked (another
+-- enqueue's lowering, a poller) does not wait: it inserts a row into
+-- mta.queue_wake, which the pipe's next mta.ready_queues() applies. No
+-- enqueue ever waits for another on a marker row.
+
+-- Lowers the markers of the queues (p_pipe[i], p_domain[i], p_vmta[i]) to
+-- p_at[i] (NULL: now), never below a postponement (hold_until). Creates
+-- missing marker rows.
+CREATE OR REPLACE FUNCTION mta.ready_note(p_pipe text[], p_domain text[], p_vmta text[],
+                                          p_at timestamptz[])
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(cardinality(p_pipe), 0) = 0 THEN
+        RETURN;
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        -- One snapshot for the whole transaction: it may predate our own xid,
+        -- and updating a row changed since would fail to serialise.
+        INSERT INTO mta.queue_wake (pipe, domain, vmta, at)
+            SELECT k.pipe, k.domain, coalesce(k.vmta, ''), min(coalesce(k.at, now()))
+              FROM unnest(p_pipe, p_domain, p_vmta, p_at) AS k(pipe, domain, vmta, at)
+             GROUP BY 1, 2, 3;
+        RETURN;
+    END IF;
+    WITH k AS (
+        SELECT k.pipe, k.domain, coalesce(k.vmta, '') AS vmta, min(coalesce(k.at, now())) AS at
+          FROM unnest(p_pipe, p_domain, p_vmta, p_at) AS k(pipe, domain, vmta, at)
+         GROUP BY 1, 2, 3
+    ), cur AS (
+        SELECT k.pipe, k.domain, k.vmta, k.at, m.pipe IS NOT NULL AS seen,
+               coalesce(m.stage = 0 AND m.next_at <= greatest(k.at, m.hold_until), false) AS fine
+          FROM k LEFT JOIN mta.queue_ready m
+               ON m.pipe = k.pipe AND m.domain = k.domain AND m.vmta = k.vmta
+    ), ins AS (
+        INSERT INTO mta.queue_ready AS m (pipe, domain, vmta, next_at)
+            SELECT c.pipe, c.domain, c.vmta, c.at FROM cur c WHERE NOT c.seen ORDER BY 1, 2, 3
+        ON CONFLICT DO NOTHING
+        RETURNING m.pipe, m.domain, m.vmta
+    ), up AS (
+        UPDATE mta.queue_ready m
+           SET next_at = least(coalesce(m.next_at, 'infinity'), greatest(l.at, m.hold_until)),
+               stage = 0, cool_xmax = NULL, cool_since = NULL
+          FROM (SELECT mm.pipe, mm.domain, mm.vmta, c.at
+                  FROM mta.queue_ready mm
+                  JOIN cur c ON mm.pipe = c.pipe AND mm.domain = c.domain AND mm.vmta = c.vmta
+                 WHERE c.seen AND NOT c.fine
+                 ORDER BY 1, 2, 3
+                   FOR NO KEY UPDATE OF mm SKIP LOCKED) l
+         WHERE m.pipe = l.pipe AND m.domain = l.domain AND m.vmta = l.vmta
+        RETURNING m.pipe, m.domain, m.vmta
+    )
+    INSERT INTO mta.queue_wake (pipe, domain, vmta, at)
+        SELECT c.pipe, c.domain, c.vmta, c.at
+          FROM cur c
+         WHERE NOT c.fine
+           AND NOT EXISTS (SELECT 1 FROM ins i
+                            WHERE i.pipe = c.pipe AND i.domain = c.domain AND i.vmta = c.vmta)
+           AND NOT EXISTS (SELECT 1 FROM up u
+                            WHERE u.pipe = c.pipe AND u.domain = c.domain AND u.vmta = c.vmta);
+END
+$$;
+
+-- Every path that inserts recipients (mta.enqueue, mta.submit, the DSNs of
+-- mta.finish, an administrator's INSERT) marks their queues: one statement
+-- trigger with a transition table, one mta.ready_note() per statement.
+CREATE OR REPLACE FUNCTION mta.recipients_mark_ready() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM mta.ready_note(array_agg(s.pipe), array_agg(s.domain), array_agg(s.vmta),
+                           array_agg(s.at))
+       FROM (SELECT n.pipe, n.domain, n.vmta, min(n.next_attempt) AS at
+               FROM new_rows n GROUP BY 1, 2, 3) s;
+    RETURN NULL;
+END
+$$;
+
+-- Taking the trigger's lock waits for enqueues in flight and holds new ones
+-- back until this file's transaction commits; the backfill below then sees
+-- every recipient committed without the trigger.
+CREATE OR REPLACE TRIGGER recipients_mark_ready AFTER INSERT ON mta.recipients
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION mta.recipients_mark_ready();
+
+INSERT INTO mta.queue_ready (pipe, domain, vmta, next_at)
+SELECT q.pipe, q.domain, q.vmta, now()
+  FROM mta.queue q
+ WHERE NOT EXISTS (SELECT 1 FROM mta.queue_ready m
+                    WHERE m.pipe = q.pipe AND m.domain = q.domain AND m.vmta = q.vmta)
+   AND EXISTS (SELECT 1 FROM mta.recipients r
+                WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta)
+ ORDER BY 1, 2, 3
+ON CONFLICT DO NOTHING;
+
+-- Applies the pending wake rows of a pipe (at most 10,000 per call).
+CREATE OR REPLACE FUNCTION mta.ready_apply_wakes(p_pipe text)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pipe text[];
+    v_domain text[];
+    v_vmta text[];
+    v_at timestamptz[];
+    n int;
+BEGIN
+    WITH w AS (
+        DELETE FROM mta.queue_wake w
+         WHERE w.ctid = ANY (ARRAY(SELECT ww.ctid FROM mta.queue_wake ww
+                                    WHERE ww.pipe = p_pipe LIMIT 10000
+                                      FOR UPDATE SKIP LOCKED))
+        RETURNING w.pipe, w.domain, w.vmta, w.at
+    )
+    SELECT array_agg(w.pipe), array_agg(w.domain), array_agg(w.vmta), array_agg(w.at), count(*)
+      INTO v_pipe, v_domain, v_vmta, v_at, n
+      FROM w;
+    PERFORM mta.ready_note(v_pipe, v_domain, v_vmta, v_at);
+    RETURN n;
+END
+$$;
+
+-- Contract (node/worker.c): up to p_limit queues of the pipe that have
+-- claimable work now: not paused, not postponed, at least one ready
+-- recipient of a job that is not paused. backoff: the queue is in backoff
+-- mode now (mta.queue_enter_backoff); the node then uses the domain's backoff
+-- rate and retry interval.
+--
+-- Cost: O(p_limit) index entries of queue_ready_due and one verification
+-- (a few index probes) per entry, whatever the number of queues.
+--
+-- Fairness: a rotation over the due markers in (next_at, domain, vmta)
+-- order, from a cursor per pipe (mta.ready_cursor). A round covers the
+-- markers due when it began (round_end); queues that become ready later
+-- wait for the next round, so a steady stream of new queues cannot keep the
+-- cursor from wrapping. A queue that was offered goes behind every queue not
+-- yet offered in the round, however many queues are blocked; the node
+-- removes a queue it cannot serve now with mta.queue_postpone(). Calls of the
+-- same pipe take turns on the cursor row, so concurrent nodes get
+-- consecutive slices of the rotation.
 DROP FUNCTION IF EXISTS mta.ready_queues(text, int);
 CREATE FUNCTION mta.ready_queues(p_pipe text, p_limit int)
 RETURNS TABLE (domain text, vmta text, backoff bool)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- Planned once per session: planning the statement below costs more than
+-- running it. Index probes only, so that a plan made while the tables were
+-- small stays right when they are large.
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off AS $$
 #variable_conflict use_column
+DECLARE
+    v_limit int := least(p_limit, 100000);
+    v_now timestamptz := now();
+    v_pos_at timestamptz;
+    v_pos_domain text;
+    v_pos_vmta text;
+    v_round_end timestamptz;
 BEGIN
+    IF p_pipe IS NULL OR v_limit IS NULL OR v_limit < 1 THEN
+        RETURN;
+    END IF;
+    SELECT rc.pos_at, rc.pos_domain, rc.pos_vmta, rc.round_end
+      INTO v_pos_at, v_pos_domain, v_pos_vmta, v_round_end
+      FROM mta.ready_cursor rc WHERE rc.pipe = p_pipe FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO mta.ready_cursor (pipe) VALUES (p_pipe) ON CONFLICT DO NOTHING;
+        SELECT rc.pos_at, rc.pos_domain, rc.pos_vmta, rc.round_end
+          INTO v_pos_at, v_pos_domain, v_pos_vmta, v_round_end
+          FROM mta.ready_cursor rc WHERE rc.pipe = p_pipe FOR UPDATE;
+    END IF;
+    IF EXISTS (SELECT 1 FROM mta.queue_wake w WHERE w.pipe = p_pipe) THEN
+        PERFORM mta.ready_apply_wakes(p_pipe);
+    END IF;
+
     RETURN QUERY
-    SELECT q.domain, q.vmta, coalesce(q.backoff_until > now(), false)
-      FROM mta.queue q
-     CROSS JOIN LATERAL (
-           SELECT r.next_attempt
-             FROM mta.recipients r
-            WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta
-              AND r.next_attempt <= now()
-              AND NOT EXISTS (SELECT 1 FROM mta.job j WHERE j.job_id = r.job_id AND j.paused)
-            ORDER BY r.next_attempt
-            LIMIT 1) f
-     WHERE q.pipe = p_pipe AND NOT q.paused
-     ORDER BY f.next_attempt
-     LIMIT p_limit;
+    WITH cand AS MATERIALIZED (
+        SELECT u.*, row_number() OVER (ORDER BY u.part, u.next_at, u.domain, u.vmta) AS ord
+          FROM ((SELECT 1 AS part, m.next_at, m.domain, m.vmta, m.stage, m.cool_xmax,
+                        m.cool_since, m.xmin AS x
+                   FROM mta.queue_ready m
+                  WHERE m.pipe = p_pipe AND m.next_at IS NOT NULL
+                    AND (m.next_at, m.domain, m.vmta) > (v_pos_at, v_pos_domain, v_pos_vmta)
+                    AND m.next_at <= least(v_round_end, v_now)
+                  ORDER BY m.next_at, m.domain, m.vmta
+                  LIMIT v_limit)
+                UNION ALL
+                (SELECT 2, m.next_at, m.domain, m.vmta, m.stage, m.cool_xmax, m.cool_since,
+                        m.xmin
+                   FROM mta.queue_ready m
+                  WHERE m.pipe = p_pipe AND m.next_at IS NOT NULL
+                    AND (m.next_at, m.domain, m.vmta) <= (v_pos_at, v_pos_domain, v_pos_vmta)
+                    AND m.next_at <= v_now
+                  ORDER BY m.next_at, m.domain, m.vmta
+                  LIMIT v_limit)) u
+         ORDER BY u.part, u.next_at, u.domain, u.vmta
+         LIMIT v_limit
+    ), v AS MATERIALIZED (
+        SELECT c.*, coalesce(q.backoff_until > v_now, false) AS in_backoff,
+               CASE WHEN coalesce(q.paused, false) THEN 'paused'
+                    WHEN w.ok THEN 'offer'
+                    ELSE 'none' END AS verdict
+          FROM cand c
+          LEFT JOIN mta.queue q ON q.pipe = p_pipe AND q.domain = c.domain AND q.vmta = c.vmta
+          -- LATERAL + LIMIT: one index probe per candidate, in the generic
+          -- plan too (an EXISTS may become a hashed scan of every recipient).
+          LEFT JOIN LATERAL (
+               SELECT true AS ok
+                 FROM mta.recipients r
+                 LEFT JOIN LATERAL (SELECT j.paused FROM mta.job j
+                                     WHERE j.job_id = r.job_id LIMIT 1) jp ON true
+                WHERE r.pipe = p_pipe AND r.domain = c.domain AND r.vmta = c.vmta
+                  AND r.next_attempt <= v_now AND jp.paused IS NOT TRUE
+                LIMIT 1) w ON true
+    ), nv AS (
+        -- New marker values of the queues found without claimable work.
+        SELECT v.domain, v.vmta, v.x,
+               CASE WHEN v.verdict = 'paused' THEN NULL
+                    WHEN v.stage = 2 AND pg_snapshot_xmin(pg_current_snapshot()) >= v.cool_xmax
+                    THEN f.next_attempt
+                    ELSE least(f.next_attempt,
+                               v_now + least(interval '30 s',
+                                             greatest(interval '1 s',
+                                                      v_now - coalesce(v.cool_since, v_now))))
+                    END AS next_at,
+               CASE WHEN v.verdict = 'paused' THEN 0
+                    WHEN v.stage = 0 THEN 1
+                    WHEN v.stage = 1 THEN 2
+                    WHEN pg_snapshot_xmin(pg_current_snapshot()) >= v.cool_xmax THEN 0
+                    ELSE 2 END AS stage,
+               CASE WHEN v.verdict <> 'paused' AND v.stage = 1
+                    THEN pg_snapshot_xmax(pg_current_snapshot())
+                    WHEN v.verdict <> 'paused' AND v.stage = 2
+                         AND NOT pg_snapshot_xmin(pg_current_snapshot()) >= v.cool_xmax
+                    THEN v.cool_xmax END AS cool_xmax,
+               CASE WHEN v.verdict <> 'paused' AND v.stage = 0 THEN v_now
+                    WHEN v.verdict <> 'paused' AND v.stage = 2
+                         AND pg_snapshot_xmin(pg_current_snapshot()) >= v.cool_xmax THEN NULL
+                    WHEN v.verdict <> 'paused' THEN v.cool_since END AS cool_since
+          FROM v
+          LEFT JOIN LATERAL (SELECT min(r.next_attempt) AS next_attempt
+                               FROM mta.recipients r
+                              WHERE r.pipe = p_pipe AND r.domain = v.domain AND r.vmta = v.vmta
+                                AND r.next_attempt > v_now) f ON v.verdict = 'none'
+         WHERE v.verdict <> 'offer'
+           -- Stage 1 -> 2 needs a snapshot taken after stage 1 committed: not
+           -- within the transaction that wrote stage 1.
+           AND NOT coalesce(v.verdict = 'none' AND v.stage = 1
+                            AND v.x = pg_current_xact_id_if_assigned()::xid, false)
+    ), clr AS (
+        UPDATE mta.queue_ready m
+           SET next_at = nv.next_at, stage = nv.stage, cool_xmax = nv.cool_xmax,
+               cool_since = nv.cool_since
+          FROM (SELECT mm.domain, mm.vmta
+                  FROM mta.queue_ready mm JOIN nv ON mm.domain = nv.domain AND mm.vmta = nv.vmta
+                 WHERE mm.pipe = p_pipe
+                 ORDER BY 1, 2
+                   FOR NO KEY UPDATE OF mm SKIP LOCKED) l, nv
+         WHERE m.pipe = p_pipe AND m.domain = l.domain AND m.vmta = l.vmta
+           AND nv.domain = l.domain AND nv.vmta = l.vmta
+           AND m.xmin = nv.x
+    ), mv AS (
+        UPDATE mta.ready_cursor rc
+           SET (pos_at, pos_domain, pos_vmta, round_end) =
+               (SELECT CASE WHEN count(*) < v_limit THEN 'infinity' ELSE max(c.next_at) FILTER (WHERE c.ord = n.cnt) END,
+                       CASE WHEN count(*) < v_limit THEN '' ELSE max(c.domain) FILTER (WHERE c.ord = n.cnt) END,
+                       CASE WHEN count(*) < v_limit THEN '' ELSE max(c.vmta) FILTER (WHERE c.ord = n.cnt) END,
+                       CASE WHEN count(*) < v_limit OR bool_or(c.part = 2) THEN v_now
+                            ELSE v_round_end END
+                  FROM cand c, (SELECT count(*) AS cnt FROM cand) n)
+         WHERE rc.pipe = p_pipe
+    )
+    SELECT v.domain, v.vmta, v.in_backoff FROM v WHERE v.verdict = 'offer' ORDER BY v.ord;
+END
+$$;
+
+-- Contract (node): no node is offered the queue for p_ms milliseconds (at
+-- most a day); the latest call wins, 0 ends a postponement. For a queue
+-- that cannot be served now: rate tokens exhausted (the wait is known), every
+-- connection slot taken, the destination throttled after failures. One
+-- indexed UPDATE; it does not wait for a marker row another transaction
+-- holds (the postponement is then dropped: the node will ask again).
+CREATE OR REPLACE FUNCTION mta.queue_postpone(p_pipe text, p_domain text, p_vmta text, p_ms int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_until timestamptz;
+BEGIN
+    IF p_pipe IS NULL OR p_domain IS NULL OR p_ms IS NULL OR p_ms < 0 THEN
+        RAISE EXCEPTION 'queue_postpone: pipe, domain and a non-negative p_ms are required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_until := now() + least(p_ms, 86400000) * interval '1 millisecond';
+    UPDATE mta.queue_ready m
+       SET hold_until = CASE WHEN p_ms = 0 THEN NULL ELSE v_until END,
+           next_at = CASE WHEN m.next_at IS NULL THEN NULL
+                          WHEN p_ms = 0 THEN least(m.next_at, v_until)
+                          ELSE v_until END
+     WHERE (m.pipe, m.domain, m.vmta) =
+           (SELECT mm.pipe, mm.domain, mm.vmta FROM mta.queue_ready mm
+             WHERE mm.pipe = p_pipe AND mm.domain = p_domain AND mm.vmta = coalesce(p_vmta, '')
+               FOR NO KEY UPDATE SKIP LOCKED);
 END
 $$;
 
@@ -161,13 +473,24 @@ CREATE OR REPLACE FUNCTION mta.release(p_node bigint, p_rcpt_ids bigint[], p_tok
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int;
+    v_pipe text[];
+    v_domain text[];
+    v_vmta text[];
 BEGIN
-    UPDATE mta.recipients r
-       SET next_attempt = now(), owner = NULL, lease_until = NULL, lease_token = NULL,
-           attempts = greatest(r.attempts - 1, 0)
-      FROM unnest(p_rcpt_ids, p_tokens) AS f(id, token)
-     WHERE r.id = f.id AND r.lease_token = f.token;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    WITH u AS (
+        UPDATE mta.recipients r
+           SET next_attempt = now(), owner = NULL, lease_until = NULL, lease_token = NULL,
+               attempts = greatest(r.attempts - 1, 0)
+          FROM unnest(p_rcpt_ids, p_tokens) AS f(id, token)
+         WHERE r.id = f.id AND r.lease_token = f.token
+        RETURNING r.pipe, r.domain, r.vmta
+    ), k AS (
+        SELECT DISTINCT u.pipe, u.domain, u.vmta FROM u
+    )
+    SELECT (SELECT count(*) FROM u), array_agg(k.pipe), array_agg(k.domain), array_agg(k.vmta)
+      INTO n, v_pipe, v_domain, v_vmta
+      FROM k;
+    PERFORM mta.ready_note(v_pipe, v_domain, v_vmta, NULL);
     RETURN n;
 END
 $$;

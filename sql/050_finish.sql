@@ -130,6 +130,10 @@ DECLARE
     b_diag text[];
     b_mta text[];
     v_dsn record;
+    k_pipe text[];
+    k_domain text[];
+    k_vmta text[];
+    k_at timestamptz[];
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_types) t WHERE t IS NULL OR t NOT IN ('d', 'b', 't')) THEN
         RAISE EXCEPTION 'finish: p_types must hold only ''d'', ''b'' or ''t'', got %', p_types
@@ -187,7 +191,7 @@ BEGIN
          WHERE r.id = f.id AND r.lease_token = f.token
         RETURNING r.id AS rid, r.message_id, r.rcpt, r.domain, r.vmta, r.pipe, r.job_id,
                   r.queued_at, r.attempts, f.status, f.diag, f.dsn_mta, f.cat, f.src_ip,
-                  f.dst_ip, f.tls_proto, f.tls_cipher
+                  f.dst_ip, f.tls_proto, f.tls_cipher, r.next_attempt
     ), a AS (
         INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
                               dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
@@ -214,8 +218,16 @@ BEGIN
     ), qu AS (
         UPDATE mta.queue q SET last_error = l.diag, last_error_at = now()
           FROM l WHERE q.pipe = l.pipe AND q.domain = l.domain AND q.vmta = l.vmta
+    ), k AS (
+        -- The retry times, for the queues' ready markers (sql/040_node.sql).
+        SELECT u.pipe, u.domain, u.vmta, min(u.next_attempt) AS at
+          FROM u GROUP BY 1, 2, 3
     )
-    SELECT count(*) INTO n_defer FROM a;
+    SELECT (SELECT count(*) FROM a), array_agg(k.pipe), array_agg(k.domain), array_agg(k.vmta),
+           array_agg(k.at)
+      INTO n_defer, k_pipe, k_domain, k_vmta, k_at
+      FROM k;
+    PERFORM mta.ready_note(k_pipe, k_domain, k_vmta, k_at);
 
     IF p_generate_bounces AND b_msg IS NOT NULL THEN
         FOR v_dsn IN

@@ -27,18 +27,33 @@ BEGIN
 END
 $$;
 
+-- A paused queue's ready marker is cleared by the next mta.ready_queues()
+-- that meets it; resuming marks the queue ready again (sql/040_node.sql).
 CREATE OR REPLACE FUNCTION mta.resume_queue(p_domain text, p_vmta text DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int;
+    v_pipe text[];
+    v_domain text[];
+    v_vmta text[];
 BEGIN
-    UPDATE mta.queue SET paused = false
-     WHERE domain = lower(p_domain) AND (p_vmta IS NULL OR vmta = p_vmta) AND paused;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    WITH u AS (
+        UPDATE mta.queue SET paused = false
+         WHERE domain = lower(p_domain) AND (p_vmta IS NULL OR vmta = p_vmta) AND paused
+        RETURNING pipe, domain, vmta
+    )
+    SELECT count(*), array_agg(u.pipe), array_agg(u.domain), array_agg(u.vmta)
+      INTO n, v_pipe, v_domain, v_vmta
+      FROM u;
+    PERFORM mta.ready_note(v_pipe, v_domain, v_vmta, NULL);
     RETURN n;
 END
 $$;
 
+-- Pausing a job changes no marker: a queue whose ready recipients all belong
+-- to paused jobs is found without claimable work and cools down like an
+-- empty one. Resuming marks every queue holding recipients of the job ready
+-- (one scan of mta.recipients: there is no index on job_id).
 CREATE OR REPLACE FUNCTION mta.pause_job(p_job text)
 RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO mta.job (job_id, paused) VALUES (p_job, true)
@@ -46,8 +61,22 @@ RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 $$;
 
 CREATE OR REPLACE FUNCTION mta.resume_job(p_job text)
-RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE mta.job SET paused = false WHERE job_id = p_job AND paused
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pipe text[];
+    v_domain text[];
+    v_vmta text[];
+BEGIN
+    UPDATE mta.job SET paused = false WHERE job_id = p_job AND paused;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(k.pipe), array_agg(k.domain), array_agg(k.vmta)
+      INTO v_pipe, v_domain, v_vmta
+      FROM (SELECT DISTINCT r.pipe, r.domain, r.vmta FROM mta.recipients r
+             WHERE r.job_id = p_job) k;
+    PERFORM mta.ready_note(v_pipe, v_domain, v_vmta, NULL);
+END
 $$;
 
 -- Deletes recipients (leased ones too: the node's finish then no longer
@@ -138,6 +167,19 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM mta.recipients r
                         WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta);
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- Ready markers of queues without recipients: no enqueue is in flight
+    -- (the table lock above), and every other marking path concerns queues
+    -- that have recipients. SKIP LOCKED: never wait for a poller.
+    DELETE FROM mta.queue_ready m
+     WHERE m.ctid = ANY (ARRAY(
+           SELECT mm.ctid FROM mta.queue_ready mm
+            WHERE NOT EXISTS (SELECT 1 FROM mta.recipients r
+                               WHERE r.pipe = mm.pipe AND r.domain = mm.domain
+                                 AND r.vmta = mm.vmta)
+              FOR UPDATE SKIP LOCKED));
+    -- Slot keys of queues that are gone.
+    DELETE FROM mta.slot_key k
+     WHERE NOT EXISTS (SELECT 1 FROM mta.queue q WHERE q.domain = k.domain AND q.vmta = k.vmta);
     RETURN n;
 END
 $$;

@@ -5,11 +5,31 @@
 -- Counting is done when the view is read (one pass over the recipients of each
 -- queue); nothing on the enqueue or delivery path maintains counters.
 
+-- Every key a slot can be held under, with the queue it serves: the
+-- recorded pairs, and each queue's own key.
+CREATE OR REPLACE VIEW mta.slot_keys AS
+SELECT k.queue_key, k.key_domain, k.key_vmta, k.domain, k.vmta, 0 AS pref
+  FROM mta.slot_key k
+UNION ALL
+SELECT mta.queue_key(q.domain, q.vmta), q.domain, q.vmta, q.domain, q.vmta, 1
+  FROM (SELECT DISTINCT qq.domain, qq.vmta FROM mta.queue qq) q;
+
+-- Connections serving each queue (all pipes together: a queue's
+-- max-smtp-out counts for every pipe): slots held under its own key or
+-- under a key recorded for it (its rollup, its pool's members). Domains of
+-- one rollup share their connections, so each of them counts all of them.
+CREATE OR REPLACE VIEW mta.queue_slot_counts AS
+SELECT s.domain, s.vmta, count(*) AS connections
+  FROM mta.slot_locks l
+  JOIN (SELECT DISTINCT k.queue_key, k.domain, k.vmta FROM mta.slot_keys k) s
+    ON s.queue_key = l.queue_key
+ GROUP BY 1, 2;
+
 -- One row per queue. ready: next_attempt has come (including expired leases,
 -- which are claimable again); in_flight: leased and the lease still runs;
 -- deferred: waiting for a later attempt. next_attempt: the earliest attempt
--- not in flight. connections: slots held cluster-wide for this destination
--- and virtual MTA (all pipes together), from pg_locks.
+-- not in flight. connections: slots held cluster-wide that serve the queue
+-- (mta.queue_slot_counts), from pg_locks.
 CREATE OR REPLACE VIEW mta.queues AS
 SELECT q.domain,
        nullif(q.vmta, '') AS vmta,
@@ -22,7 +42,7 @@ SELECT q.domain,
        s.next_attempt,
        q.paused,
        coalesce(q.backoff_until > now(), false) AS backoff,
-       mta.queue_connections(q.domain, q.vmta) AS connections,
+       coalesce(c.connections, 0) AS connections,
        q.last_error
   FROM mta.queue q
   LEFT JOIN LATERAL (
@@ -38,7 +58,8 @@ SELECT q.domain,
                                                      AND r.lease_until > now()))
                   AS next_attempt
          FROM mta.recipients r
-        WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta) s ON true;
+        WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta) s ON true
+  LEFT JOIN mta.queue_slot_counts c ON c.domain = q.domain AND c.vmta = q.vmta;
 
 -- mta.connections (live SMTP connections cluster-wide, from pg_locks) is
 -- defined in 080_shaping_views.

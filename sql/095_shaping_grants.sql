@@ -24,3 +24,9 @@ GRANT EXECUTE ON FUNCTION mta.queue_backoff_state(text, text),
                           mta.queue_key(text, text)
     TO mta_monitor;
 GRANT SELECT ON mta.slot_locks TO mta_node, mta_monitor;
+
+-- Scheduling (sql/040_node.sql) and connection slots with their key
+-- (080_shaping_views.sql).
+GRANT EXECUTE ON FUNCTION mta.queue_postpone(text, text, text, int),
+                          mta.take_slot(text, text, int, int[], text, text)
+    TO mta_node;

@@ -427,7 +427,6 @@ class HttpApiTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
         return r.stdout
 
-    @unittest.skipUnless(shutil.which("chromium"), "chromium is not installed")
     def test_dashboard_in_browser(self):
         # The page takes the token from the fragment, calls the API and
         # renders what it answers.

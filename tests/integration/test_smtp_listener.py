@@ -616,8 +616,7 @@ class LimitsAndReloadTest(unittest.TestCase):
         self.assertEqual(code, 421, lines)
 
     def test_ipv6_listener(self):
-        if not self.port6:
-            self.skipTest("no IPv6 loopback")
+        self.assertTrue(self.port6, "no IPv6 loopback: tests/run enables it")
         c = self.client(self.port6, host="::1")
         self.assertEqual(c.cmd("EHLO client.test")[0], 250)
         self.assertEqual(c.cmd("MAIL FROM:<s6@sender.test>")[0], 250)

@@ -211,6 +211,7 @@ main(int argc, char **argv)
         run_for(base, 300);
     dns_free(resolver);
     free(probes);
+    util_defer_base_free(base); /* the socket events dns retired */
     event_base_free(base);
     return 0;
 }

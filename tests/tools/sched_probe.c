@@ -310,6 +310,7 @@ main(int argc, char **argv)
     event_base_dispatch(base);
     sched_free(sched);
     event_free(hold_timer);
+    util_defer_base_free(base);
     event_base_free(base);
     free(slots);
     return 0;
