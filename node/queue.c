@@ -21,6 +21,7 @@ queue_prepare(struct db *db)
                15);
     db_prepare(db, "release", "SELECT mta.release($1::bigint, $2::bigint[], $3::bigint[])", 3);
     db_prepare(db, "set_aside", "SELECT mta.set_aside($1::bigint[], $2::bigint[], $3)", 3);
+    db_prepare(db, "postpone", "SELECT mta.queue_postpone($1, $2, $3, $4::int)", 4);
     db_prepare(db, "enter_backoff", "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)",
                4);
 }
@@ -103,4 +104,13 @@ queue_enter_backoff(struct db *db, const char *domain, const char *vmta, long lo
     const char *values[4] = {domain, vmta, until.data, reply};
     db_exec(db, "enter_backoff", 4, values, NULL, NULL, 0, ignore_result, NULL);
     buf_free(&until);
+}
+
+void
+queue_postpone(struct db *db, const char *pipe, const char *domain, const char *vmta, long long ms)
+{
+    char v[32];
+    snprintf(v, sizeof v, "%lld", ms > 86400000 ? 86400000LL : ms);
+    const char *values[4] = {pipe, domain, vmta, v};
+    db_exec(db, "postpone", 4, values, NULL, NULL, 0, ignore_result, NULL);
 }

@@ -264,6 +264,21 @@ session_timer(struct session *s, unsigned ms)
     evtimer_add(s->ev_timer, &tv);
 }
 
+/* The queue cannot be served for MS: rate tokens exhausted (the wait is
+ * known), every slot taken cluster-wide, the destination throttled or
+ * deferred. Held here, and postponed in the database so that no node is
+ * offered it meanwhile (mta.queue_postpone). */
+static void
+session_postpone(struct session *s, long long ms)
+{
+    if (ms <= 0)
+        return;
+    admission_hold(s->q, admission_now_ms(), ms);
+    struct db *db = session_env_db(s->e);
+    if (db)
+        queue_postpone(db, s->e->pipe, s->q->domain, s->q->vmta, ms);
+}
+
 /* ---- outcomes ---- */
 
 static double
@@ -299,7 +314,7 @@ session_after_patterns(struct session *s)
                  s->pattern_reply ? s->pattern_reply : "");
     }
     if (s->pattern_effects & POLICY_EFFECT_DEFER_QUEUE) {
-        admission_hold(s->q, admission_now_ms(), (long long)s->dom->retry_after_ms);
+        session_postpone(s, (long long)s->dom->retry_after_ms);
         s->no_reuse = true;
         log_info("session=%llu queue=%s event=defer-queue for_s=%llu", (unsigned long long)s->id,
                  s->q->name, (unsigned long long)(s->dom->retry_after_ms / 1000));
@@ -628,7 +643,9 @@ react_batch_done(struct session *s, const struct session_event *ev)
     if (!s->connect_reported) {
         /* Feedback for admission: did any MX answer at all? */
         s->connect_reported = true;
-        admission_connected(s->q, s->dom, answered, admission_now_ms());
+        long long now = admission_now_ms();
+        if (admission_connected(s->q, s->dom, answered, now))
+            session_postpone(s, s->q->throttle_until - now);
     }
     session_after_patterns(s);
     if (!ev->usable) {
@@ -700,7 +717,7 @@ react_tokens(struct session *s, const struct session_event *ev)
         session_enter(s, SESSION_WAIT);
         return;
     }
-    admission_hold(s->q, admission_now_ms(), wait_ms);
+    session_postpone(s, wait_ms);
     session_end(s);
 }
 
@@ -716,7 +733,7 @@ session_react(struct session *s, const struct session_event *ev)
         if (ev->slot < 0) {
             /* Every slot of the queue is taken somewhere in the cluster: do
              * not ask again on every scheduler tick. */
-            admission_hold(s->q, admission_now_ms(), SESSION_SLOT_RETRY_MS);
+            session_postpone(s, SESSION_SLOT_RETRY_MS);
             session_end(s);
             return;
         }
@@ -727,7 +744,7 @@ session_react(struct session *s, const struct session_event *ev)
         if (ev->type != EV_TOKENS)
             break;
         if (ev->granted == 0) {
-            admission_hold(s->q, admission_now_ms(), ev->wait_ms ? ev->wait_ms : 100);
+            session_postpone(s, ev->wait_ms ? ev->wait_ms : 100);
             session_end(s);
             return;
         }

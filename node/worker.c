@@ -25,6 +25,7 @@
 #include "dkim.h"
 #include "dns.h"
 #include "log.h"
+#include "queue.h"
 #include "registry.h"
 #include "sched.h"
 #include "session.h"
@@ -82,6 +83,24 @@ worker_ignore_result(const PGresult *res, void *arg)
 
 /* ---- the tick: which queues have work, which may start a session ---- */
 
+/* A queue offered that this process cannot serve now, for a reason of the
+ * queue itself (not of the process): postponed in the database, so that the
+ * rotation of ready queues moves on (mta.queue_postpone). */
+static void
+worker_postpone(struct worker *w, const struct admission_queue *q, unsigned why, long long now)
+{
+    long long ms = 0;
+    if (why & ADMISSION_LIMIT_THROTTLED)
+        ms = q->throttle_until - now;
+    else if (why & ADMISSION_LIMIT_HOLD)
+        ms = q->hold_until - now;
+    else if (why & (ADMISSION_LIMIT_CONNS | ADMISSION_LIMIT_PROBING))
+        ms = SESSION_SLOT_RETRY_MS;
+    struct db *db = ms > 0 ? session_env_db(&w->env) : NULL;
+    if (db)
+        queue_postpone(db, w->pipe, q->domain, q->vmta, ms);
+}
+
 static void
 worker_admit(struct worker *w, struct admission_queue *q, const struct conf_domain *dom,
              long long now)
@@ -102,6 +121,8 @@ worker_admit(struct worker *w, struct admission_queue *q, const struct conf_doma
                 admission_reasons(why, reasons, sizeof reasons);
                 log_trace("queue=%s event=not-admitted reasons=%s", q->name, reasons);
             }
+            if (k == 0)
+                worker_postpone(w, q, why, now);
             return;
         }
         session_start(&w->env, q, dom);
