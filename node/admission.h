@@ -64,7 +64,6 @@ struct admission_queue {
      * one queue take alternate rows and split its messages); the others
      * wait in line, in order (admission_claim_*). */
     bool claiming;
-    double rows_per_msg; /* recipients per transaction in recent claims */
     struct admission_waiter *claim_wait;
     struct admission_waiter **claim_wait_tail;
     struct admission_queue *hnext;

@@ -145,24 +145,19 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
 }
 
 unsigned
-batch_claim_rows(double rows_per_msg, unsigned max_rcpt, unsigned tokens, unsigned max_rows)
+batch_claim_rows(unsigned max_rcpt, unsigned tokens, unsigned max_rows)
 {
-    double per = rows_per_msg >= 1 ? rows_per_msg : 1;
-    if (per > max_rcpt)
-        per = max_rcpt;
-    double rows = (double)tokens * per + 0.5;
+    unsigned long long rows = (unsigned long long)tokens * (max_rcpt ? max_rcpt : 1);
     return rows > max_rows ? max_rows : rows < 1 ? 1 : (unsigned)rows;
 }
 
 void
-batch_learn(const struct batch *b, size_t held, double *avg_row_bytes, double *rows_per_msg)
+batch_learn(const struct batch *b, size_t held, double *avg_row_bytes)
 {
-    if (b->nrcpts == 0 || b->nmsgs == 0)
+    if (b->nrcpts == 0)
         return;
     double sample = (double)held / (double)b->nrcpts;
     *avg_row_bytes = sample > *avg_row_bytes ? sample : 0.5 * *avg_row_bytes + 0.5 * sample;
-    *rows_per_msg = 0.5 * (*rows_per_msg >= 1 ? *rows_per_msg : 1) +
-                    0.5 * ((double)b->nrcpts / (double)b->nmsgs);
 }
 
 size_t

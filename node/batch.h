@@ -82,17 +82,16 @@ size_t batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, bat
                     void *arg, int *lease_left_ms);
 /* Rows to claim for TOKENS messages, at most MAX_ROWS: message tokens
  * (max-msg-rate) and max-msg-per-connection count messages, i.e. SMTP
- * transactions, as PowerMTA does, while a claim counts recipient rows. The
- * queue's recent recipients per transaction (ROWS_PER_MSG, at most
- * MAX_RCPT) turn one into the other; transactions claimed beyond the tokens
- * are given back (batch_trim). */
-unsigned batch_claim_rows(double rows_per_msg, unsigned max_rcpt, unsigned tokens,
-                          unsigned max_rows);
+ * transactions, as PowerMTA does, while a claim counts recipient rows. A
+ * claim asks for enough rows for TOKENS whole transactions of MAX_RCPT
+ * recipients (max-rcpt-per-message), so that a message is never cut by
+ * the limit; transactions claimed beyond the tokens are given back
+ * (batch_trim). */
+unsigned batch_claim_rows(unsigned max_rcpt, unsigned tokens, unsigned max_rows);
 /* Learns from a decoded batch that holds HELD content bytes: the content
  * bytes per row (up at once, down by halves: claims in flight reserve by
- * this estimate, and one too low lets several large claims in) and the
- * queue's recipients per transaction. */
-void batch_learn(const struct batch *b, size_t held, double *avg_row_bytes, double *rows_per_msg);
+ * this estimate, and one too low lets several large claims in). */
+void batch_learn(const struct batch *b, size_t held, double *avg_row_bytes);
 /* Drops the transactions from KEEP on, appending their recipient ids and
  * lease tokens to the array literals IDS and TOKENS (written with braces).
  * Returns the content bytes released. */

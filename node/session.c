@@ -389,8 +389,7 @@ session_on_finished(const PGresult *res, void *arg)
 static unsigned
 session_claim_rows(const struct session *s, unsigned tokens)
 {
-    return batch_claim_rows(s->q->rows_per_msg, s->dom->max_rcpt_per_message, tokens,
-                            SESSION_BATCH_MAX);
+    return batch_claim_rows(s->dom->max_rcpt_per_message, tokens, SESSION_BATCH_MAX);
 }
 
 static void
@@ -443,7 +442,7 @@ session_take_claim(struct session *s, const PGresult *res)
      * the rows were sent), on our monotonic clock. */
     s->lease_deadline_ms = admission_now_ms() + lease_left_ms;
     struct batch *b = &s->batch;
-    batch_learn(b, held, &e->avg_row_bytes, &s->q->rows_per_msg);
+    batch_learn(b, held, &e->avg_row_bytes);
     session_trim(s, s->tokens);
     log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
               (unsigned long long)s->id, s->q->name, b->nrcpts, b->nmsgs);
