@@ -182,6 +182,30 @@ destination_client_config(const struct conf *c, const struct conf_domain *d,
     };
 }
 
+struct smtp_client *
+destination_connect(struct event_base *base, const struct conf *c, const struct conf_domain *d,
+                    const char *source_vmta, const char *domain, const char *id,
+                    const struct dns_result *res, struct destination_failure *f)
+{
+    if (destination_dns_failure(res, f))
+        return NULL;
+    size_t nhosts;
+    struct dns_host *hosts = destination_hosts(c, res, &nhosts);
+    if (nhosts == 0) {
+        /* Every MX is this node: delivering would loop (Postfix: 5.4.6). */
+        destination_hosts_free(hosts, 0);
+        *f = (struct destination_failure){true, 554, "5.4.6", NULL};
+        f->diag = xasprintf("dns;mail for %s loops back to myself", domain);
+        return NULL;
+    }
+    struct smtp_client_config cfg;
+    struct sockaddr_storage src;
+    destination_client_config(c, d, source_vmta, id, &cfg, &src);
+    struct smtp_client *client = smtp_client_new(base, &cfg, hosts, nhosts);
+    destination_hosts_free(hosts, nhosts);
+    return client;
+}
+
 bool
 destination_helo_is_fqdn(const char *name)
 {

@@ -42,6 +42,15 @@ void destination_client_config(const struct conf *c, const struct conf_domain *d
                                const char *source_vmta, const char *id,
                                struct smtp_client_config *cfg, struct sockaddr_storage *src);
 
+/* The SMTP client for DOMAIN after its DNS answer RES, connecting to the
+ * hosts that are not ours; or NULL with *F filled (DNS failure, or 5.4.6
+ * when every MX is this node: delivering would loop). */
+struct smtp_client *destination_connect(struct event_base *base, const struct conf *c,
+                                        const struct conf_domain *d, const char *source_vmta,
+                                        const char *domain, const char *id,
+                                        const struct dns_result *res,
+                                        struct destination_failure *f);
+
 /* Whether NAME looks like a fully qualified domain name (two labels or
  * more, letters, digits and hyphens, no address literal): strict receivers
  * refuse a HELO that is not one. */

@@ -10,6 +10,19 @@
 #include "log.h"
 #include "util.h"
 
+struct db *
+queue_pick_db(struct db *const *dbs, size_t n, size_t *rr)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct db *db = dbs[(*rr + i) % n];
+        if (db_ready(db)) {
+            *rr = (*rr + i + 1) % n;
+            return db;
+        }
+    }
+    return NULL;
+}
+
 void
 queue_prepare(struct db *db)
 {

@@ -7,11 +7,14 @@
 #define PGMTA_QUEUE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "db.h"
 
 struct batch;
 
+/* A ready connection among DBS, round robin from *RR, or NULL. */
+struct db *queue_pick_db(struct db *const *dbs, size_t n, size_t *rr);
 /* Prepares the statements below on DB. */
 void queue_prepare(struct db *db);
 

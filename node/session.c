@@ -10,13 +10,10 @@
 #include "session.h"
 
 #include <libpq-fe.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/time.h>
 
 #include "batch.h"
-#include "bounce.h"
 #include "db.h"
 #include "destination.h"
 #include "dns.h"
@@ -102,7 +99,6 @@ struct session {
 
 static void session_enter(struct session *s, enum session_state st);
 static void session_react(struct session *s, const struct session_event *ev);
-static void session_end(struct session *s);
 
 /* The wall clock, for what is stored (retry times, expiry against
  * queued_at, backoff end); deadlines use admission_now_ms. */
@@ -114,31 +110,10 @@ wall_us(void)
     return (long long)tv.tv_sec * 1000000LL + tv.tv_usec;
 }
 
-void
-session_env_init(struct session_env *e)
-{
-    /* Pessimistic until the first claims tell: the first tick starts many
-     * sessions at once, before any content size is known. */
-    e->avg_row_bytes = 64 * 1024;
-}
-
 struct db *
 session_env_db(struct session_env *e)
 {
-    for (size_t i = 0; i < e->ndbs; i++) {
-        struct db *db = e->dbs[(e->rr + i) % e->ndbs];
-        if (db_ready(db)) {
-            e->rr = (e->rr + i + 1) % e->ndbs;
-            return db;
-        }
-    }
-    return NULL;
-}
-
-void
-session_prepare(struct db *db)
-{
-    queue_prepare(db);
+    return queue_pick_db(e->dbs, e->ndbs, &e->rr);
 }
 
 /* ---- lifetime ---- */
@@ -385,13 +360,6 @@ session_on_finished(const PGresult *res, void *arg)
 
 /* ---- claim ---- */
 
-/* Rows to claim for TOKENS messages (see batch_claim_rows). */
-static unsigned
-session_claim_rows(const struct session *s, unsigned tokens)
-{
-    return batch_claim_rows(s->dom->max_rcpt_per_message, tokens, SESSION_BATCH_MAX);
-}
-
 static void
 session_set_aside(long long id, long long token, const char *reason, void *arg)
 {
@@ -464,7 +432,9 @@ enter_tokens(struct session *s)
      * claim is admitted when what it is expected to hold fits beside what
      * is held, or when nothing is held (progress). Over the budget, a new
      * connection gives up and a connected one waits a little. */
-    size_t expect = (size_t)((double)session_claim_rows(s, want) * e->avg_row_bytes);
+    size_t expect =
+        (size_t)((double)batch_claim_rows(s->dom->max_rcpt_per_message, want, SESSION_BATCH_MAX) *
+                 e->avg_row_bytes);
     if (e->content_bytes > 0 && e->content_bytes + expect > SESSION_CONTENT_BUDGET) {
         if (s->smtp && !e->stopping && s->token_waited_ms + 50 <= SESSION_MAX_TOKEN_WAIT_MS) {
             s->token_waited_ms += 50;
@@ -491,7 +461,7 @@ enter_claim(struct session *s)
         session_enter(s, SESSION_CLAIM_QUEUED);
         return;
     }
-    unsigned limit = session_claim_rows(s, s->tokens);
+    unsigned limit = batch_claim_rows(s->dom->max_rcpt_per_message, s->tokens, SESSION_BATCH_MAX);
     /* Claims in flight count against the budget until their rows arrive. */
     s->reserved = (size_t)((double)limit * e->avg_row_bytes);
     e->content_bytes += s->reserved;
@@ -574,11 +544,9 @@ session_enter(struct session *s, enum session_state st)
     case SESSION_FINISH_WAIT:
         session_timer(s, st == SESSION_WAIT ? s->timer_ms : 1000);
         break;
-    case SESSION_CLAIM_QUEUED: {
-        struct admission_queue *q = s->q;
-        admission_claim_wait(q, &s->claim_turn, s);
+    case SESSION_CLAIM_QUEUED:
+        admission_claim_wait(s->q, &s->claim_turn, s);
         break;
-    }
     case SESSION_CLAIM:
         enter_claim(s);
         break;
@@ -603,28 +571,14 @@ react_resolved(struct session *s, const struct dns_result *res)
 {
     struct session_env *e = s->e;
     struct destination_failure f;
-    if (destination_dns_failure(res, &f)) {
+    s->smtp = destination_connect(e->base, e->conf, s->dom, s->source_vmta, s->q->domain,
+                                  s->q->name, res, &f);
+    if (!s->smtp) {
         session_fail_all(s, f.permanent, f.code, f.status, f.diag);
         free(f.diag);
         session_enter(s, SESSION_FINISH);
         return;
     }
-    size_t nhosts;
-    struct dns_host *hosts = destination_hosts(e->conf, res, &nhosts);
-    if (nhosts == 0) {
-        /* Every MX is this node: delivering would loop (Postfix: 5.4.6). */
-        destination_hosts_free(hosts, 0);
-        char *diag = xasprintf("dns;mail for %s loops back to myself", s->q->domain);
-        session_fail_all(s, true, 554, "5.4.6", diag);
-        free(diag);
-        session_enter(s, SESSION_FINISH);
-        return;
-    }
-    struct smtp_client_config cfg;
-    struct sockaddr_storage src;
-    destination_client_config(e->conf, s->dom, s->source_vmta, s->q->name, &cfg, &src);
-    s->smtp = smtp_client_new(e->base, &cfg, hosts, nhosts);
-    destination_hosts_free(hosts, nhosts);
     s->usable = true;
     s->connect_reported = false;
     session_enter(s, SESSION_SEND);

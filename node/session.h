@@ -37,6 +37,9 @@
 #define SESSION_MAX_TOKEN_WAIT_MS 5000
 /* After a queue had no free slot cluster-wide, ask again after this. */
 #define SESSION_SLOT_RETRY_MS 200
+/* Content bytes per claimed row assumed until the first claims tell:
+ * pessimistic, since the first tick starts many sessions at once. */
+#define SESSION_ROW_BYTES_START (64 * 1024)
 /* The worker's fast poll: used-up connections pause a little longer. */
 #define SESSION_FAST_POLL_MS 20
 
@@ -69,12 +72,8 @@ struct session_env {
     void *arg;
 };
 
-/* Sets defaults: pessimistic row size until the first claims tell. */
-void session_env_init(struct session_env *e);
 /* A ready connection of the env, round robin, or NULL. */
 struct db *session_env_db(struct session_env *e);
-/* Prepares the statements sessions use on DB. */
-void session_prepare(struct db *db);
 
 /* Starts a session of Q (domain settings DOM, which must outlive it). */
 void session_start(struct session_env *e, struct admission_queue *q, const struct conf_domain *dom);

@@ -358,7 +358,7 @@ static void
 worker_prepare(struct db *db)
 {
     registry_prepare(db);
-    session_prepare(db);
+    queue_prepare(db);
     db_prepare(db, "ready_queues",
                "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
     db_prepare(db, "purge_messages", "SELECT mta.purge_messages(10000)", 0);
@@ -416,7 +416,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     w->queues = admission_new();
     worker_check_helo(conf, pipe_name);
     struct session_env *e = &w->env;
-    session_env_init(e);
+    e->avg_row_bytes = SESSION_ROW_BYTES_START;
     e->base = w->base;
     e->conf = conf;
     e->pipe = w->pipe;
