@@ -8,6 +8,7 @@
  * request, the callback clears it, and a session that ended meanwhile is
  * freed by that callback instead of at the end of the loop turn. */
 #include "session.h"
+#include "session_int.h"
 
 #include <libpq-fe.h>
 #include <stdlib.h>
@@ -24,81 +25,11 @@
 #include "smtp_client.h"
 #include "util.h"
 
-enum session_state {
-    SESSION_SLOT,
-    SESSION_CONNECT_TOKEN,
-    SESSION_TOKENS,
-    SESSION_WAIT, /* for tokens or budget, on the timer */
-    SESSION_CLAIM_QUEUED,
-    SESSION_CLAIM,
-    SESSION_RESOLVE,
-    SESSION_SEND,
-    SESSION_FINISH,
-    SESSION_FINISH_WAIT,
-    SESSION_DONE
-};
-static const char *const state_names[] = {"slot",         "connect-token", "tokens",  "wait",
-                                          "claim-queued", "claim",         "resolve", "send",
-                                          "finish",       "finish-wait",   "done"};
-
-enum session_event_type {
-    EV_SLOT,
-    EV_TOKENS,
-    EV_CLAIM_TURN,
-    EV_CLAIMED,
-    EV_RESOLVED,
-    EV_BATCH_DONE,
-    EV_FINISHED,
-    EV_TIMER
-};
+static const char *const state_names[] = {"slot", "slot+claim",   "connect-token", "tokens",
+                                          "wait", "claim-queued", "claim",         "resolve",
+                                          "send", "finish",       "finish-wait",   "done"};
 static const char *const event_names[] = {"slot",     "tokens",     "claim-turn", "claimed",
                                           "resolved", "batch-done", "finished",   "timer"};
-
-struct session_event {
-    enum session_event_type type;
-    int slot;
-    unsigned granted, wait_ms;
-    const PGresult *res;
-    const struct dns_result *dns;
-    const struct smtp_rcpt_result *const *results;
-    const struct smtp_conn_info *info;
-    bool usable;
-};
-
-struct session {
-    uint64_t id;
-    struct session_env *e;
-    struct admission_queue *q;
-    const struct conf_domain *dom;
-    enum session_state state;
-    struct smtp_client *smtp;
-    struct dns_request *dnsreq;
-    bool resolving;
-    struct event *ev_timer;
-    unsigned timer_ms; /* for SESSION_WAIT */
-    struct batch batch;
-    size_t reserved; /* content budget reserved for a claim in flight */
-    unsigned sent;   /* transactions on this connection */
-    bool usable;
-    long long lease_deadline_ms; /* monotonic, from the server's lease_until */
-    /* Shaping key: limits are per (destination, source virtual MTA); the
-     * destination is the mx-rollup name when the domain has one. */
-    char *limit_domain;
-    const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
-    int slot;                /* connection slot held, -1 none */
-    unsigned tokens;         /* message tokens granted for the next claim */
-    unsigned token_waited_ms;
-    bool no_reuse;            /* quit after the current batch */
-    unsigned pattern_effects; /* POLICY_EFFECT_* of this batch's replies */
-    char *pattern_reply;
-    bool pending;                       /* a database or sched answer is due */
-    bool connect_reported;              /* admission_connected was told about this connection */
-    struct admission_waiter claim_turn; /* in q's claim line */
-    struct session *next;
-};
-
-static void session_enter(struct session *s, enum session_state st);
-static void session_react(struct session *s, const struct session_event *ev);
 
 /* The wall clock, for what is stored (retry times, expiry against
  * queued_at, backoff end); deadlines use admission_now_ms. */
@@ -118,7 +49,7 @@ session_env_db(struct session_env *e)
 
 /* ---- lifetime ---- */
 
-static void
+void
 session_unreserve(struct session *s)
 {
     s->e->content_bytes -= s->reserved;
@@ -156,29 +87,20 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 
 /* First thing in every database or sched answer: false when the session
  * ended meanwhile (it is freed here, the answer ignored). */
-static bool
+bool
 session_returned(struct session *s)
 {
-    s->pending = false;
+    s->pending--;
     if (s->state != SESSION_DONE)
         return true;
-    session_destroy(s);
+    if (s->pending == 0)
+        session_destroy(s);
     return false;
-}
-
-/* The queue's claim returned: the next waiting session claims. */
-static void
-queue_claim_done(struct admission_queue *q)
-{
-    q->claiming = false;
-    struct session *s = admission_claim_next(q);
-    if (s)
-        session_react(s, &(struct session_event){.type = EV_CLAIM_TURN});
 }
 
 /* Unlinks the session, gives back what it holds outside itself, and frees
  * it at the end of this loop turn (or from the answer it waits for). */
-static void
+void
 session_end(struct session *s)
 {
     struct session_env *e = s->e;
@@ -243,7 +165,7 @@ session_timer(struct session *s, unsigned ms)
  * known), every slot taken cluster-wide, the destination throttled or
  * deferred. Held here, and postponed in the database so that no node is
  * offered it meanwhile (mta.queue_postpone). */
-static void
+void
 session_postpone(struct session *s, long long ms)
 {
     if (ms <= 0)
@@ -301,34 +223,24 @@ session_after_patterns(struct session *s)
 
 /* ---- callbacks: arguments to events ---- */
 
-static void
+void
 session_on_slot(int slot, void *arg)
 {
     struct session *s = arg;
+    /* A slot granted to a session that ended meanwhile goes back at once. */
+    if (s->state == SESSION_DONE && slot >= 0)
+        sched_release_slot(s->e->sched, s->limit_domain, s->source_vmta, slot);
     if (session_returned(s))
         session_react(s, &(struct session_event){.type = EV_SLOT, .slot = slot});
 }
 
-static void
+void
 session_on_tokens(unsigned granted, unsigned wait_ms, void *arg)
 {
     struct session *s = arg;
     if (session_returned(s))
         session_react(
             s, &(struct session_event){.type = EV_TOKENS, .granted = granted, .wait_ms = wait_ms});
-}
-
-static void
-session_on_claimed(const PGresult *res, void *arg)
-{
-    struct session *s = arg;
-    struct admission_queue *q = s->q;
-    session_unreserve(s);
-    bool alive = session_returned(s);
-    if (alive)
-        session_react(s, &(struct session_event){.type = EV_CLAIMED, .res = res});
-    /* The next claim of the queue only after this one's rows are decoded. */
-    queue_claim_done(q);
 }
 
 static void
@@ -360,122 +272,7 @@ session_on_finished(const PGresult *res, void *arg)
 
 /* ---- claim ---- */
 
-static void
-session_set_aside(long long id, long long token, const char *reason, void *arg)
-{
-    struct session *s = arg;
-    struct db *db = session_env_db(s->e);
-    log_warn("session=%llu queue=%s event=set-aside rcpt_id=%lld reason=\"%s\"",
-             (unsigned long long)s->id, s->q->name, id, reason);
-    if (db)
-        queue_set_aside(db, id, token, reason);
-}
-
-/* Gives back the transactions of the claimed batch beyond KEEP (their
- * recipients become claimable again at once, their attempt not counted). */
-static void
-session_trim(struct session *s, size_t keep)
-{
-    if (s->batch.nmsgs <= keep)
-        return;
-    struct buf ids, tokens;
-    buf_init(&ids);
-    buf_init(&tokens);
-    size_t before = s->batch.nrcpts;
-    s->e->content_bytes -= batch_trim(&s->batch, keep, &ids, &tokens);
-    log_debug("session=%llu queue=%s event=trim rcpts=%zu", (unsigned long long)s->id, s->q->name,
-              before - s->batch.nrcpts);
-    struct db *db = session_env_db(s->e);
-    if (db)
-        queue_release(db, s->e->node_id, ids.data, tokens.data);
-    buf_free(&ids);
-    buf_free(&tokens);
-}
-
-/* Decodes the claimed rows; false when there is nothing to deliver. */
-static bool
-session_take_claim(struct session *s, const PGresult *res)
-{
-    struct session_env *e = s->e;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        log_warn("session=%llu queue=%s event=claim-failed error=\"%s\"", (unsigned long long)s->id,
-                 s->q->name, res ? PQresultErrorMessage(res) : "no database connection");
-        return false;
-    }
-    int lease_left_ms;
-    size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, session_set_aside, s,
-                               &lease_left_ms);
-    e->content_bytes += held;
-    /* The lease deadline is the server's (lease_until, as time left when
-     * the rows were sent), on our monotonic clock. */
-    s->lease_deadline_ms = admission_now_ms() + lease_left_ms;
-    struct batch *b = &s->batch;
-    batch_learn(b, held, &e->avg_row_bytes);
-    session_trim(s, s->tokens);
-    log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
-              (unsigned long long)s->id, s->q->name, b->nrcpts, b->nmsgs);
-    return b->nrcpts > 0;
-}
-
 /* ---- entering a state ---- */
-
-static void
-enter_tokens(struct session *s)
-{
-    struct session_env *e = s->e;
-    unsigned want = s->dom->max_msg_per_connection - s->sent;
-    if (want > SESSION_BATCH_MAX)
-        want = SESSION_BATCH_MAX;
-    /* The content budget admits a whole claim or none: the first row of a
-     * message costs its whole size and the others nothing, so shrinking a
-     * claim to fit would only split messages into more transactions. A
-     * claim is admitted when what it is expected to hold fits beside what
-     * is held, or when nothing is held (progress). Over the budget, a new
-     * connection gives up and a connected one waits a little. */
-    size_t expect =
-        (size_t)((double)batch_claim_rows(s->dom->max_rcpt_per_message, want, SESSION_BATCH_MAX) *
-                 e->avg_row_bytes);
-    if (e->content_bytes > 0 && e->content_bytes + expect > SESSION_CONTENT_BUDGET) {
-        if (s->smtp && !e->stopping && s->token_waited_ms + 50 <= SESSION_MAX_TOKEN_WAIT_MS) {
-            s->token_waited_ms += 50;
-            s->timer_ms = 50;
-            session_enter(s, SESSION_WAIT);
-            return;
-        }
-        session_end(s);
-        return;
-    }
-    const struct conf_rate *rate =
-        s->q->backoff ? &s->dom->backoff_max_msg_rate : &s->dom->max_msg_rate;
-    s->pending = true;
-    sched_take_tokens(e->sched, s->limit_domain, s->source_vmta, SCHED_MSG, rate, want,
-                      session_on_tokens, s);
-}
-
-static void
-enter_claim(struct session *s)
-{
-    struct session_env *e = s->e;
-    if (s->q->claiming) {
-        /* One claim of a queue at a time: wait for the turn. */
-        session_enter(s, SESSION_CLAIM_QUEUED);
-        return;
-    }
-    unsigned limit = batch_claim_rows(s->dom->max_rcpt_per_message, s->tokens, SESSION_BATCH_MAX);
-    /* Claims in flight count against the budget until their rows arrive. */
-    s->reserved = (size_t)((double)limit * e->avg_row_bytes);
-    e->content_bytes += s->reserved;
-    struct db *db = session_env_db(e);
-    s->q->claiming = true;
-    s->pending = true;
-    if (!db || queue_claim(db, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
-                           e->conf->lease_ms, session_on_claimed, s) < 0) {
-        s->pending = false;
-        session_unreserve(s);
-        session_end(s);
-        queue_claim_done(s->q);
-    }
-}
 
 static void
 enter_resolve(struct session *s)
@@ -509,17 +306,17 @@ enter_finish(struct session *s)
 {
     struct session_env *e = s->e;
     struct db *db = session_env_db(e);
-    s->pending = true;
+    s->pending++;
     int rc = db ? queue_finish(db, e->node_id, e->node_label, &s->batch, e->conf->generate_bounces,
                                session_on_finished, s)
                 : -1;
     if (rc < 0) {
-        s->pending = false;
+        s->pending--;
         session_react(s, &(struct session_event){.type = EV_FINISHED, .res = NULL});
     }
 }
 
-static void
+void
 session_enter(struct session *s, enum session_state st)
 {
     log_trace("session=%llu queue=%s event=state from=%s to=%s", (unsigned long long)s->id,
@@ -527,18 +324,21 @@ session_enter(struct session *s, enum session_state st)
     s->state = st;
     struct session_env *e = s->e;
     switch (st) {
+    case SESSION_SLOT_CLAIM:
+        session_enter_slot_claim(s);
+        break;
     case SESSION_SLOT:
-        s->pending = true;
+        s->pending++;
         sched_take_slot(e->sched, s->limit_domain, s->source_vmta, s->dom->max_smtp_out,
                         session_on_slot, s);
         break;
     case SESSION_CONNECT_TOKEN:
-        s->pending = true;
+        s->pending++;
         sched_take_tokens(e->sched, s->limit_domain, s->source_vmta, SCHED_CONNECT,
                           &s->dom->max_connect_rate, 1, session_on_tokens, s);
         break;
     case SESSION_TOKENS:
-        enter_tokens(s);
+        session_enter_tokens(s);
         break;
     case SESSION_WAIT:
     case SESSION_FINISH_WAIT:
@@ -548,7 +348,7 @@ session_enter(struct session *s, enum session_state st)
         admission_claim_wait(s->q, &s->claim_turn, s);
         break;
     case SESSION_CLAIM:
-        enter_claim(s);
+        session_enter_claim(s);
         break;
     case SESSION_RESOLVE:
         enter_resolve(s);
@@ -674,7 +474,7 @@ react_tokens(struct session *s, const struct session_event *ev)
     session_end(s);
 }
 
-static void
+void
 session_react(struct session *s, const struct session_event *ev)
 {
     log_trace("session=%llu queue=%s event=%s state=%s", (unsigned long long)s->id, s->q->name,
@@ -692,6 +492,18 @@ session_react(struct session *s, const struct session_event *ev)
         }
         s->slot = ev->slot;
         session_enter(s, SESSION_CONNECT_TOKEN);
+        return;
+    case SESSION_SLOT_CLAIM:
+        if (ev->type == EV_SLOT) {
+            s->slot_answer = ev->slot;
+            s->slot = ev->slot >= 0 ? ev->slot : -1;
+        } else if (ev->type == EV_CLAIMED) {
+            s->claim_answered = true;
+            s->claim_ok = session_take_claim(s, ev->res);
+        } else {
+            break;
+        }
+        session_slot_claim_step(s);
         return;
     case SESSION_CONNECT_TOKEN:
         if (ev->type != EV_TOKENS)
@@ -779,7 +591,7 @@ session_start(struct session_env *e, struct admission_queue *q, const struct con
     q->last_active = admission_now_ms();
     log_debug("session=%llu queue=%s event=start active=%u source=%s", (unsigned long long)s->id,
               q->name, q->active, s->source_vmta);
-    session_enter(s, SESSION_SLOT);
+    session_enter(s, session_may_slot_claim(s) ? SESSION_SLOT_CLAIM : SESSION_SLOT);
 }
 
 void
