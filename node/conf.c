@@ -833,6 +833,15 @@ validate(struct loader *ld)
     /* The HTTP API always wants a token (RELIABILITY.md, security defaults). */
     if (c->listen_http && !c->http_token)
         return fail(ld, top_loc(ld, "listen"), "listen.http: the HTTP API needs http.token");
+    /* The admin token must not inject and an inject token must not steer. */
+    for (size_t i = 0; i < c->nhttp_inject_tokens; i++) {
+        if (!c->http_inject_tokens[i][0])
+            return fail(ld, top_loc(ld, "http"), "http.inject-tokens: empty token");
+        if (c->http_token && !strcmp(c->http_inject_tokens[i], c->http_token))
+            return fail(ld, top_loc(ld, "http"),
+                        "http.inject-tokens: equal to http.token (the admin token must not "
+                        "inject)");
+    }
     /* Required fields of list entries (checked once all files merged). */
     for (const struct field *f = conf_top_fields; f->name; f++) {
         if (f->type != F_LIST)
@@ -898,6 +907,11 @@ conf_load(const char *path, char *err, size_t errlen)
     c->dns_timeout_ms = 5000;
     c->listen_smtp = xcalloc(1, sizeof *c->listen_smtp);
     c->http_allowed_hosts = xcalloc(1, sizeof *c->http_allowed_hosts);
+    c->http_inject_tokens = xcalloc(1, sizeof *c->http_inject_tokens);
+    c->http_max_body_size = 32 * 1024 * 1024;
+    c->http_max_connections = 512;
+    c->http_header_timeout_ms = 10000;
+    c->http_request_timeout_ms = 120000;
     c->smtp_port = 25;
     c->default_pipe = xstrdup("bulk");
     c->generate_bounces = true;
@@ -913,6 +927,13 @@ conf_load(const char *path, char *err, size_t errlen)
     c->smtp_listener_max_rcpt = 1000;
     c->smtp_listener_idle_timeout_ms = 5 * 60000;
     c->smtp_listener_data_timeout_ms = 3 * 60000;
+    c->smtp_listener_processes = 0; /* one per core */
+    c->smtp_listener_max_sessions_per_client = 20;
+    c->smtp_listener_reserved_sessions = 10;
+    c->smtp_listener_max_data_time_ms = 10 * 60000;
+    c->smtp_listener_batch_max_messages = 64;
+    c->smtp_listener_batch_max_bytes = 8 * 1024 * 1024;
+    c->smtp_listener_batch_max_wait_ms = 1;
 
     int rc = load_file(&ld, path);
     if (rc == 0)

@@ -111,6 +111,12 @@ struct conf {
     char *http_dashboard_dir;  /* NULL: the built-in default (see http.h) */
     char **http_allowed_hosts; /* Host names accepted besides loopback and listen.http */
     size_t nhttp_allowed_hosts;
+    char **http_inject_tokens; /* Bearer tokens of POST /api/inject/v1 only */
+    size_t nhttp_inject_tokens;
+    uint32_t http_max_body_size;   /* bytes of a request body, inflated too */
+    uint32_t http_max_connections; /* open HTTP connections; more wait */
+    uint64_t http_header_timeout_ms;
+    uint64_t http_request_timeout_ms;
     uint32_t smtp_port;
     struct conf_pipe *pipes;
     size_t npipes;
@@ -138,10 +144,17 @@ struct conf {
     struct conf_smtp_user *smtp_listener_users;
     size_t nsmtp_listener_users;
     uint32_t smtp_listener_max_sessions;
-    uint32_t smtp_listener_max_message_size; /* bytes */
-    uint32_t smtp_listener_max_rcpt;         /* recipients per message */
-    uint64_t smtp_listener_idle_timeout_ms;  /* waiting for a command */
-    uint64_t smtp_listener_data_timeout_ms;  /* silence during DATA */
+    uint32_t smtp_listener_max_message_size;        /* bytes */
+    uint32_t smtp_listener_max_rcpt;                /* recipients per message */
+    uint64_t smtp_listener_idle_timeout_ms;         /* waiting for a command */
+    uint64_t smtp_listener_data_timeout_ms;         /* silence during DATA */
+    uint32_t smtp_listener_processes;               /* smtp-in processes; 0: one per core */
+    uint32_t smtp_listener_max_sessions_per_client; /* per address not in allow */
+    uint32_t smtp_listener_reserved_sessions;       /* for addresses in allow only */
+    uint64_t smtp_listener_max_data_time_ms;        /* the whole of DATA */
+    uint32_t smtp_listener_batch_max_messages;      /* group commit: messages per COMMIT */
+    uint32_t smtp_listener_batch_max_bytes;         /* group commit: content bytes */
+    uint64_t smtp_listener_batch_max_wait_ms;       /* group commit: wait after the first */
 };
 
 /* Loads PATH plus conf.d/ *.conf beside it. On error returns NULL and writes

@@ -1,8 +1,11 @@
 /* http: the HTTP API, the Prometheus metrics and the dashboard's static files,
  * served by evhttp in the root process's event loop (see http.h).
  *
- * Ownership: struct http owns the evhttp server, its bound socket, its own
- * database connection and the list of calls waiting for the database. A call
+ * Ownership: struct http owns the evhttp server, its bound socket, the
+ * http_conn that binds it and limits its connections (http_conn.h), its own
+ * database connection and the list of calls waiting for the database. An
+ * injection call owns its inject_batch (http_inject.h): the SQL parameters
+ * point into it until the call is freed. A call
  * (one API request waiting for SQL) belongs to the database request it was
  * handed to: db.c calls back exactly once, and that callback frees it. The
  * evhttp request belongs to libevent; a call keeps it until it replies
@@ -21,6 +24,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -31,6 +35,8 @@
 #include <openssl/evp.h>
 
 #include "db.h"
+#include "http_conn.h"
+#include "http_inject.h"
 #include "json.h"
 #include "log.h"
 #include "util.h"
@@ -95,18 +101,20 @@ static const struct {
     {"http_pause_job", "SELECT mta.pause_job($1)", 1},
     {"http_resume_job", "SELECT mta.resume_job($1)", 1},
     {"http_metrics", METRICS_SQL, 0},
+    {"http_inject", HTTP_INJECT_SQL, HTTP_INJECT_NPARAMS},
 };
 
-enum call_kind { CALL_ROWS, CALL_STATUS, CALL_STEER, CALL_METRICS };
+enum call_kind { CALL_ROWS, CALL_STATUS, CALL_STEER, CALL_METRICS, CALL_INJECT };
 
 struct call {
     uint64_t id;
     struct http *h;
     struct evhttp_request *req; /* NULL once answered */
     enum call_kind kind;
-    bool pause;  /* CALL_STEER */
-    char *queue; /* CALL_STEER: "DOMAIN[/VMTA]" or NULL */
-    char *job;   /* CALL_STEER: job id or NULL */
+    bool pause;                 /* CALL_STEER */
+    char *queue;                /* CALL_STEER: "DOMAIN[/VMTA]" or NULL */
+    char *job;                  /* CALL_STEER: job id or NULL */
+    struct inject_batch *batch; /* CALL_INJECT */
     struct event *timer;
     struct call *prev, *next;
 };
@@ -115,15 +123,20 @@ struct http {
     struct event_base *base;
     struct evhttp *evh;
     struct evhttp_bound_socket *bound;
+    struct http_conn *hc;
     char *listen;      /* "ip:port" we listen on, or NULL */
     char *listen_host; /* its ip, without brackets */
     bool stopped;
     bool has_token;
     unsigned char token_hash[TOKEN_HASH_LEN];
+    unsigned char (*inject_hashes)[TOKEN_HASH_LEN];
+    size_t ninject_hashes;
+    size_t max_body; /* POST /api/inject/v1, inflated too */
     char **allowed_hosts;
     size_t nallowed_hosts;
     char *dashboard_dir;
     char *node_name;
+    char *default_pipe; /* of injected mail without "pipe" */
     char *db_url;
     struct db *db; /* only while listening */
     struct call *calls;
@@ -151,12 +164,16 @@ reason(int code)
         return "Method Not Allowed";
     case 413:
         return "Payload Too Large";
+    case 415:
+        return "Unsupported Media Type";
     case 422:
         return "Unprocessable Entity";
     case 500:
         return "Internal Server Error";
     case 503:
         return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
     default:
         return "Error";
     }
@@ -333,6 +350,7 @@ call_unlink_free(struct call *c)
     event_free(c->timer);
     free(c->queue);
     free(c->job);
+    http_inject_free(c->batch);
     free(c);
 }
 
@@ -347,7 +365,13 @@ call_timeout(evutil_socket_t fd, short what, void *arg)
     if (!c->req)
         return;
     log_warn("http call=%llu event=database-timeout", (unsigned long long)c->id);
-    reply_error(c->req, 503, "database did not answer in time");
+    if (c->kind == CALL_INJECT)
+        /* the statement may still commit: say so instead of "not stored" */
+        reply_error(c->req, 504,
+                    "database did not answer in time: the request may or may not "
+                    "have been stored");
+    else
+        reply_error(c->req, 503, "database did not answer in time");
     c->req = NULL;
 }
 
@@ -387,7 +411,16 @@ call_done(const PGresult *res, void *arg)
         return;
     }
     c->req = NULL;
-    if (!res) {
+    if (c->kind == CALL_INJECT) {
+        struct buf b;
+        buf_init(&b);
+        int code = http_inject_reply(c->batch, res, &b);
+        log_info("http call=%llu event=%s status=%d recipients=%zu messages=%zu",
+                 (unsigned long long)c->id, code == 200 ? "injected" : "inject-refused", code,
+                 http_inject_nrecipients(c->batch), http_inject_nmessages(c->batch));
+        reply_json(req, code, &b);
+        buf_free(&b);
+    } else if (!res) {
         reply_error(req, 503, "database unavailable");
     } else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char msg[512];
@@ -431,22 +464,27 @@ call_done(const PGresult *res, void *arg)
             render_metrics(c->h, &b, res);
             reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
             break;
+        case CALL_INJECT: /* answered above */
+            break;
         }
         buf_free(&b);
     }
     call_unlink_free(c);
 }
 
-/* Sends STMT for REQ; the reply follows from call_done. C is consumed. */
+/* Sends STMT for REQ; the reply follows from call_done. C is consumed.
+ * lengths and formats as for db_exec (NULL: text). */
 static void
-call_start(struct http *h, struct call *c, const char *stmt, int nparams, const char *const *values)
+call_start_params(struct http *h, struct call *c, const char *stmt, int nparams,
+                  const char *const *values, const int *lengths, const int *formats)
 {
     if (!h->db || !db_ready(h->db) || h->ncalls >= HTTP_MAX_CALLS) {
         reply_error(c->req, 503,
                     h->ncalls >= HTTP_MAX_CALLS ? "too many requests in progress"
-                                                : "database unavailable");
+                                                : "database unavailable: nothing was stored");
         free(c->queue);
         free(c->job);
+        http_inject_free(c->batch);
         free(c);
         return;
     }
@@ -459,15 +497,22 @@ call_start(struct http *h, struct call *c, const char *stmt, int nparams, const 
         h->calls->prev = c;
     h->calls = c;
     h->ncalls++;
-    struct timeval tv = {HTTP_DB_TIMEOUT_MS / 1000, (HTTP_DB_TIMEOUT_MS % 1000) * 1000};
+    unsigned ms = c->kind == CALL_INJECT ? HTTP_INJECT_DB_TIMEOUT_MS : HTTP_DB_TIMEOUT_MS;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(c->timer, &tv);
     log_trace("http call=%llu event=query stmt=%s", (unsigned long long)c->id, stmt);
     /* db_exec may call call_done before it returns (connection lost while
      * sending): c must not be touched after a successful db_exec. */
-    if (db_exec(h->db, stmt, nparams, values, NULL, NULL, 0, call_done, c) < 0) {
-        reply_error(c->req, 503, "database unavailable");
+    if (db_exec(h->db, stmt, nparams, values, lengths, formats, 0, call_done, c) < 0) {
+        reply_error(c->req, 503, "database unavailable: nothing was stored");
         call_unlink_free(c);
     }
+}
+
+static void
+call_start(struct http *h, struct call *c, const char *stmt, int nparams, const char *const *values)
+{
+    call_start_params(h, c, stmt, nparams, values, NULL, NULL);
 }
 
 static struct call *
@@ -686,6 +731,59 @@ api_metrics(struct http *h, struct evhttp_request *req)
     call_start(h, call_new(req, CALL_METRICS), "http_metrics", 0, NULL);
 }
 
+/* POST /api/inject/v1: the body (gzip inflated) -> one mta.inject_batch. */
+static void
+api_inject(struct http *h, struct evhttp_request *req)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const unsigned char *raw = evbuffer_pullup(in, -1);
+    const char *enc = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Encoding");
+    struct buf inflated;
+    buf_init(&inflated);
+    const char *body = (const char *)raw;
+    if (enc && strcasecmp(enc, "identity") != 0) {
+        if (strcasecmp(enc, "gzip") != 0) {
+            reply_error(req, 415, "Content-Encoding: only gzip is accepted");
+            return;
+        }
+        int rc = http_inject_gunzip(body, n, h->max_body, &inflated);
+        if (rc < 0) {
+            buf_free(&inflated);
+            if (rc == -2)
+                reply_error(req, 413,
+                            "request body: larger than http.max-body-size once "
+                            "inflated");
+            else
+                reply_error(req, 400, "request body: not valid gzip");
+            return;
+        }
+        body = inflated.data;
+        n = inflated.len;
+    }
+    struct buf err;
+    buf_init(&err);
+    int status = 400;
+    struct inject_batch *batch =
+        http_inject_parse(body ? body : "", n, h->node_name, (long long)time(NULL), &err, &status);
+    buf_free(&inflated);
+    if (!batch) {
+        log_info("http event=inject-refused status=%d", status);
+        reply_json(req, status, &err);
+        buf_free(&err);
+        return;
+    }
+    buf_free(&err);
+    struct call *c = call_new(req, CALL_INJECT);
+    c->batch = batch;
+    const char *values[HTTP_INJECT_NPARAMS];
+    int lengths[HTTP_INJECT_NPARAMS], formats[HTTP_INJECT_NPARAMS];
+    http_inject_params(batch, values, lengths, formats);
+    if (!values[6]) /* "pipe" absent: the node's default-pipe, as for SMTP */
+        values[6] = h->default_pipe;
+    call_start_params(h, c, "http_inject", HTTP_INJECT_NPARAMS, values, lengths, formats);
+}
+
 #define M_GET (EVHTTP_REQ_GET | EVHTTP_REQ_HEAD)
 #define M_POST EVHTTP_REQ_POST
 
@@ -731,6 +829,24 @@ authorized(const struct http *h, struct evhttp_request *req)
     unsigned char got[TOKEN_HASH_LEN];
     token_hash(a, got);
     return CRYPTO_memcmp(got, h->token_hash, TOKEN_HASH_LEN) == 0;
+}
+
+/* An inject token (http.inject-tokens); never the admin token. */
+static bool
+inject_authorized(const struct http *h, struct evhttp_request *req)
+{
+    const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!h->ninject_hashes || !a || strncasecmp(a, "Bearer ", 7) != 0)
+        return false;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    unsigned char got[TOKEN_HASH_LEN];
+    token_hash(a, got);
+    bool ok = false;
+    for (size_t i = 0; i < h->ninject_hashes; i++)
+        ok |= CRYPTO_memcmp(got, h->inject_hashes[i], TOKEN_HASH_LEN) == 0;
+    return ok;
 }
 
 /* Splits a Host header value into the host name (brackets of an IPv6
@@ -877,18 +993,42 @@ static void
 on_request(struct evhttp_request *req, void *arg)
 {
     struct http *h = arg;
-    if (!host_allowed(h, req)) {
+    http_conn_request_read(h->hc, req);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    /* The Host check keeps browsers led here by DNS rebinding away from
+     * the dashboard and the admin API; injection is for programs, which
+     * send a Bearer token a rebinding page cannot know, under whatever
+     * name they reach us by. */
+    if (!(path && !strcmp(path, HTTP_INJECT_PATH)) && !host_allowed(h, req)) {
         reply_error(req, 400, "Host not allowed");
         return;
     }
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path) {
         reply_error(req, 404, "not found");
         return;
     }
     if (strncmp(path, "/api/", 5) != 0 && strcmp(path, "/metrics") != 0) {
         serve_file(h, req, path);
+        return;
+    }
+    if (!strcmp(path, HTTP_INJECT_PATH)) {
+        if (!inject_authorized(h, req)) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                              "Bearer realm=\"pgmta-inject\"");
+            reply_error(req, 401,
+                        "missing or wrong Bearer token (an http.inject-tokens entry "
+                        "is required)");
+        } else if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+            reply_405(req, "POST");
+        } else {
+            api_inject(h, req);
+        }
+        return;
+    }
+    /* Only the injection API takes large bodies. */
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > HTTP_MAX_BODY) {
+        reply_error(req, 413, "request body too large");
         return;
     }
     if (!authorized(h, req)) {
@@ -922,7 +1062,9 @@ http_new(struct event_base *base, http_reload_fn reload, void *reload_arg)
     h->evh = evhttp_new(base);
     PGMTA_ASSERT(h->evh != NULL);
     evhttp_set_timeout(h->evh, HTTP_TIMEOUT_S);
-    evhttp_set_max_body_size(h->evh, HTTP_MAX_BODY);
+    h->max_body = 32 * 1024 * 1024;
+    evhttp_set_max_body_size(h->evh, h->max_body);
+    h->hc = http_conn_new(base, h->evh);
     evhttp_set_max_headers_size(h->evh, HTTP_MAX_HEADERS);
     /* Every method reaches on_request, which answers 405 with Allow. */
     evhttp_set_allowed_methods(h->evh, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
@@ -937,7 +1079,7 @@ static void
 unbind(struct http *h)
 {
     if (h->bound) {
-        evhttp_del_accept_socket(h->evh, h->bound);
+        http_conn_unbind(h->hc, h->bound);
         h->bound = NULL;
         log_info("http event=closed listen=%s", h->listen);
     }
@@ -974,9 +1116,10 @@ split_listen(const char *s, char *ip, size_t iplen, unsigned *port)
 static struct evhttp_bound_socket *
 bind_listen(struct http *h, const char *listen, const char *ip, unsigned port)
 {
-    struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(h->evh, ip, (uint16_t)port);
+    char err[256];
+    struct evhttp_bound_socket *s = http_conn_bind(h->hc, ip, port, err, sizeof err);
     if (!s)
-        log_error("http event=listen-failed listen=%s error=\"%s\"", listen, strerror(errno));
+        log_error("http event=listen-failed listen=%s error=\"%s\"", listen, err);
     return s;
 }
 
@@ -1045,6 +1188,17 @@ default_dashboard_dir(void)
 void
 http_apply(struct http *h, const struct conf *conf)
 {
+    free(h->inject_hashes);
+    h->ninject_hashes = conf->nhttp_inject_tokens;
+    h->inject_hashes = xcalloc(h->ninject_hashes + 1, sizeof *h->inject_hashes);
+    for (size_t i = 0; i < h->ninject_hashes; i++)
+        token_hash(conf->http_inject_tokens[i], h->inject_hashes[i]);
+    h->max_body = conf->http_max_body_size;
+    /* evhttp refuses larger bodies itself (413); the other routes check
+     * HTTP_MAX_BODY once the body is in. */
+    evhttp_set_max_body_size(h->evh, h->max_body > HTTP_MAX_BODY ? h->max_body : HTTP_MAX_BODY);
+    http_conn_set_limits(h->hc, conf->http_max_connections, conf->http_header_timeout_ms,
+                         conf->http_request_timeout_ms);
     h->has_token = conf->http_token != NULL;
     if (h->has_token)
         token_hash(conf->http_token, h->token_hash);
@@ -1062,6 +1216,8 @@ http_apply(struct http *h, const struct conf *conf)
         conf->http_dashboard_dir ? xstrdup(conf->http_dashboard_dir) : default_dashboard_dir();
     free(h->node_name);
     h->node_name = conf->node_name ? xstrdup(conf->node_name) : NULL;
+    free(h->default_pipe);
+    h->default_pipe = conf->default_pipe ? xstrdup(conf->default_pipe) : NULL;
 
     const char *want = conf->listen_http;
     if (want && !conf->http_token) {
@@ -1106,11 +1262,14 @@ http_free(struct http *h)
     db_stop(h);
     PGMTA_ASSERT(h->calls == NULL);
     unbind(h);
+    http_conn_free(h->hc);
     evhttp_free(h->evh);
+    free(h->inject_hashes);
     for (size_t i = 0; i < h->nallowed_hosts; i++)
         free(h->allowed_hosts[i]);
     free(h->allowed_hosts);
     free(h->dashboard_dir);
     free(h->node_name);
+    free(h->default_pipe);
     free(h);
 }

@@ -15,6 +15,9 @@
  *   POST /api/pause, /api/resume  queue=DOMAIN[/VMTA] or job=ID (query or
  *                               form body)
  *   POST /api/reload            reloads the configuration like SIGHUP
+ *   POST /api/inject/v1         injection (http_inject.h): its own Bearer
+ *                               tokens, http.inject-tokens; the admin
+ *                               token does not inject
  *   GET  /metrics               Prometheus text format
  *   GET  /, /NAME.{html,js,css,svg,png,ico}  the dashboard
  *
@@ -37,12 +40,17 @@ struct http;
  * running configuration kept. */
 typedef int (*http_reload_fn)(void *arg, char *err, size_t errlen);
 
-/* Limits (exported for the tests' sake: they are part of the behaviour). */
+/* Limits (exported for the tests' sake: they are part of the behaviour).
+ * HTTP_MAX_BODY holds for every route but /api/inject/v1, whose bodies are
+ * bounded by http.max-body-size. Connections, header and request timeouts:
+ * http_conn.h. */
 #define HTTP_MAX_BODY (64 * 1024)
 #define HTTP_MAX_HEADERS (16 * 1024)
 #define HTTP_TIMEOUT_S 30
 #define HTTP_DB_TIMEOUT_MS 10000 /* a database answer slower than this: 503 */
 #define HTTP_MAX_CALLS 256       /* database calls in flight; more: 503 */
+/* mta.inject_batch slower than this: 504, outcome unknown */
+#define HTTP_INJECT_DB_TIMEOUT_MS 120000
 
 struct http *http_new(struct event_base *base, http_reload_fn reload, void *reload_arg);
 /* Applies a configuration (at start and after each reload): starts, moves

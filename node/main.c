@@ -3,9 +3,11 @@
  * Parses the command line, loads the configuration (--check prints it and
  * exits), then runs the root process's event loop: it owns the signals
  * (SIGCHLD, SIGTERM, SIGINT, SIGHUP as libevent signal events), the current
- * configuration, the supervisor of the pipe processes (pipe.c) and the
- * root's row in mta.node (one non-blocking connection, db.c). Reloads build a new configuration and
- * swap it in only when it loads cleanly. */
+ * configuration, the supervisor of the pipe and smtp-in processes (pipe.c)
+ * and the root's row in mta.node (one non-blocking connection, db.c).
+ * Reloads build a new configuration and swap it in only when it loads
+ * cleanly. The root parses no mail: the SMTP injection listener runs in
+ * the smtp-in processes (smtp_in.c), and so does the HTTP API. */
 #include <getopt.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -20,10 +22,9 @@
 #include "conf.h"
 #include "dkim.h"
 #include "db.h"
-#include "http.h"
 #include "log.h"
 #include "pipe.h"
-#include "smtp_server.h"
+#include "smtp_in.h"
 #include "util.h"
 #include "worker.h"
 
@@ -40,8 +41,6 @@ struct root {
     struct db *db; /* the root's own connection, NULL without database.url */
     long long node_id;
     struct event *heartbeat;
-    struct http *http;        /* the HTTP API and dashboard (listen.http) */
-    struct smtp_server *smtp; /* the SMTP injection listener (listen.smtp) */
 };
 
 static void
@@ -213,33 +212,20 @@ root_stop(struct root *r, const char *why)
     uint64_t kill_after = r->conf->shutdown_timeout_ms + PIPE_KILL_GRACE_MS;
     log_info("root event=stopping signal=%s children=%zu kill_after=%llums", why,
              pipe_sup_running(r->sup), (unsigned long long)kill_after);
-    /* Root services (SMTP injection listener, HTTP API) stop accepting here,
-     * before the pipes go. */
-    smtp_server_stop_accepting(r->smtp);
-    http_stop(r->http);
+    /* The smtp-in processes (SMTP and HTTP) stop accepting when they get
+     * their SIGTERM. */
     pipe_sup_stop(r->sup, kill_after, root_stopped, r);
 }
 
-/* conf_load plus what the configuration points at: the DKIM keys must
- * load (readable, not world-readable, a supported type), so that a bad key
- * is refused at start and on reload like any other configuration error. */
+/* conf_load plus the DKIM keys (see smtp_in.h). */
 static struct conf *
 load_config(const char *path, char *err, size_t errlen)
 {
-    struct conf *c = conf_load(path, err, errlen);
-    if (!c)
-        return NULL;
-    struct dkim *keys = dkim_new(c, err, errlen);
-    if (!keys) {
-        conf_free(c);
-        return NULL;
-    }
-    dkim_free(keys);
-    return c;
+    return smtp_in_conf_load(path, err, errlen);
 }
 
-/* SIGHUP and POST /api/reload: 0 when the new configuration is in place,
- * else -1 with the reason in err and the running configuration kept. */
+/* SIGHUP (also sent by an smtp-in process for POST /api/reload): 0 when the new configuration is in
+ * place, else -1 with the reason in err and the running configuration kept. */
 static int
 root_reload(struct root *r, char *err, size_t errlen)
 {
@@ -255,22 +241,11 @@ root_reload(struct root *r, char *err, size_t errlen)
     struct conf *old = r->conf;
     r->conf = fresh;
     apply_log_level(fresh);
-    /* Root services get the new configuration here. */
-    http_apply(r->http, fresh);
-    char smtp_err[CONF_ERR_LEN] = "";
-    if (smtp_server_reload(r->smtp, fresh, smtp_err, sizeof smtp_err) != 0)
-        log_error("root event=smtp-listener-reload-failed error=\"%s\"", smtp_err);
+    /* The children reload by themselves on the SIGHUP forwarded to them. */
     pipe_sup_apply(r->sup, fresh, true);
     conf_free(old);
     log_info("root event=reloaded path=%s pipes=%zu", fresh->path, fresh->npipes);
     return 0;
-}
-
-static int
-root_reload_http(void *arg, char *err, size_t errlen)
-{
-    log_info("root event=reload source=http");
-    return root_reload(arg, err, errlen);
 }
 
 static void
@@ -323,27 +298,13 @@ root_run(struct conf *conf)
     log_info("root event=starting version=%s node=%s config=%s pipes=%zu", PGMTA_VERSION,
              conf->node_name ? conf->node_name : "-", conf->path, conf->npipes);
     /* SIGCHLD is watched before the first fork, so no exit goes unseen. */
-    r.sup = pipe_sup_new(r.base, worker_run);
+    r.sup = pipe_sup_new(r.base, worker_run, smtp_in_run);
     pipe_sup_apply(r.sup, conf, false);
     /* After the first fork: the children do not inherit the connection. */
     root_db_start(&r);
 
-    /* Root services start here: the SMTP injection listener (listen.smtp) and
-     * the HTTP API and dashboard (listen.http). They run in this event loop;
-     * nothing in it may block. */
-    r.http = http_new(r.base, root_reload_http, &r);
-    http_apply(r.http, conf);
-    char smtp_err[CONF_ERR_LEN] = "";
-    r.smtp = smtp_server_new(r.base, conf, smtp_err, sizeof smtp_err);
-    if (!r.smtp) {
-        log_error("root event=smtp-listener-failed error=\"%s\"", smtp_err);
-        root_stop(&r, "smtp-listener-failed");
-    }
-
     event_base_dispatch(r.base);
 
-    smtp_server_free(r.smtp);
-    http_free(r.http);
     pipe_sup_free(r.sup);
     if (r.heartbeat)
         event_free(r.heartbeat);

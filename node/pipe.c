@@ -1,6 +1,10 @@
 /* pipe: process supervision in pgmtad's root process (see pipe.h).
  *
- * The supervisor owns a list of struct pipe_proc, one per (pipe, index). An
+ * The supervisor owns a list of struct pipe_proc, one per (kind, name,
+ * index): a pipe process (kind PIPE, the pipe's name) or an smtp-in process
+ * (kind SMTP_IN, the name "smtp-in"). Both kinds are started, restarted,
+ * signalled and stopped the same way; only the child function and the
+ * number wanted differ. An
  * entry's state is one of: running (a live pid), waiting (no process, a
  * restart timer pending) or stopping (SIGTERM sent, removed once reaped; a
  * timer sends SIGKILL at the deadline). Entries are freed only from
@@ -35,7 +39,9 @@ enum proc_state {
 
 struct pipe_proc {
     struct pipe_sup *sup;
-    char *pipe;
+    enum pipe_kind kind;
+    char *pipe;  /* the pipe's name, or "smtp-in" */
+    char *label; /* for the log: "pipe=NAME" or "proc=smtp-in" */
     unsigned index;
     enum proc_state state;
     pid_t pid;           /* 0 when no process exists */
@@ -47,7 +53,7 @@ struct pipe_proc {
 
 struct pipe_sup {
     struct event_base *base;
-    pipe_child_fn child_fn;
+    pipe_child_fn child_fn[PIPE_NKINDS];
     const struct conf *conf; /* borrowed, see pipe_sup_apply */
     struct pipe_proc *procs;
     pid_t root_pid;
@@ -79,11 +85,13 @@ arm_timer(struct pipe_proc *p, uint64_t ms)
 }
 
 static struct pipe_proc *
-proc_new(struct pipe_sup *s, const char *pipe, unsigned index)
+proc_new(struct pipe_sup *s, enum pipe_kind kind, const char *pipe, unsigned index)
 {
     struct pipe_proc *p = xcalloc(1, sizeof *p);
     p->sup = s;
+    p->kind = kind;
     p->pipe = xstrdup(pipe);
+    p->label = xasprintf("%s=%s", kind == PIPE_KIND_PIPE ? "pipe" : "proc", pipe);
     p->index = index;
     p->state = PROC_WAITING;
     p->timer = evtimer_new(s->base, proc_timer_cb, p);
@@ -103,6 +111,7 @@ proc_free(struct pipe_proc *p)
     *pp = p->next;
     event_free(p->timer);
     free(p->pipe);
+    free(p->label);
     free(p);
 }
 
@@ -143,7 +152,7 @@ static void __attribute__((noreturn)) child_main(struct pipe_sup *s, struct pipe
     /* The child's copy of the configuration and of the pipe name; the
      * root's memory is not touched again in this process. */
     struct conf *conf = (struct conf *)s->conf;
-    int rc = s->child_fn(conf, p->pipe, p->index);
+    int rc = s->child_fn[p->kind](conf, p->pipe, p->index);
     _exit(rc & 0xff);
 }
 
@@ -158,7 +167,7 @@ proc_start(struct pipe_proc *p)
     if (pid < 0) {
         p->failures++;
         uint64_t delay = pipe_restart_delay_ms(p->failures);
-        log_error("pipe=%s index=%u fork failed error=\"%s\" restart_in=%llus", p->pipe, p->index,
+        log_error("%s index=%u fork failed error=\"%s\" restart_in=%llus", p->label, p->index,
                   strerror(errno), (unsigned long long)(delay / 1000));
         p->state = PROC_WAITING;
         arm_timer(p, delay);
@@ -169,7 +178,7 @@ proc_start(struct pipe_proc *p)
     p->pid = pid;
     p->state = PROC_RUNNING;
     p->started_at = util_now_ms();
-    log_info("pipe=%s index=%u pid=%d started", p->pipe, p->index, (int)pid);
+    log_info("%s index=%u pid=%d started", p->label, p->index, (int)pid);
 }
 
 /* Asks a child to stop for good; the entry goes when it is reaped. */
@@ -184,7 +193,7 @@ proc_retire(struct pipe_proc *p, uint64_t kill_after_ms)
         return;
     }
     p->state = PROC_STOPPING;
-    log_info("pipe=%s index=%u pid=%d stopping kill_in=%llums", p->pipe, p->index, (int)p->pid,
+    log_info("%s index=%u pid=%d stopping kill_in=%llums", p->label, p->index, (int)p->pid,
              (unsigned long long)kill_after_ms);
     kill(p->pid, SIGTERM);
     arm_timer(p, kill_after_ms);
@@ -223,7 +232,7 @@ proc_timer_cb(evutil_socket_t fd, short what, void *arg)
         break;
     case PROC_STOPPING:
         if (p->pid > 0) {
-            log_warn("pipe=%s index=%u pid=%d did not stop in time, killing", p->pipe, p->index,
+            log_warn("%s index=%u pid=%d did not stop in time, killing", p->label, p->index,
                      (int)p->pid);
             kill(p->pid, SIGKILL);
         }
@@ -234,11 +243,12 @@ proc_timer_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 struct pipe_sup *
-pipe_sup_new(struct event_base *base, pipe_child_fn child_fn)
+pipe_sup_new(struct event_base *base, pipe_child_fn pipe_fn, pipe_child_fn smtp_in_fn)
 {
     struct pipe_sup *s = xcalloc(1, sizeof *s);
     s->base = base;
-    s->child_fn = child_fn;
+    s->child_fn[PIPE_KIND_PIPE] = pipe_fn;
+    s->child_fn[PIPE_KIND_SMTP_IN] = smtp_in_fn;
     s->root_pid = getpid();
     s->done_ev = evtimer_new(base, done_cb, s);
     PGMTA_ASSERT(s->done_ev != NULL);
@@ -257,13 +267,35 @@ pipe_sup_free(struct pipe_sup *s)
 }
 
 static struct pipe_proc *
-find_proc(struct pipe_sup *s, const char *pipe, unsigned index)
+find_proc(struct pipe_sup *s, enum pipe_kind kind, const char *pipe, unsigned index)
 {
     for (struct pipe_proc *p = s->procs; p; p = p->next) {
-        if (p->state != PROC_STOPPING && p->index == index && strcmp(p->pipe, pipe) == 0)
+        if (p->state != PROC_STOPPING && p->kind == kind && p->index == index &&
+            strcmp(p->pipe, pipe) == 0)
             return p;
     }
     return NULL;
+}
+
+unsigned
+pipe_smtp_in_wanted(const struct conf *conf)
+{
+    if (conf->nlisten_smtp == 0 && !conf->listen_http)
+        return 0;
+    if (conf->smtp_listener_processes > 0)
+        return conf->smtp_listener_processes;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1u : n > 256 ? 256u : (unsigned)n;
+}
+
+/* How many processes of P's kind and name CONF wants. */
+static unsigned
+wanted(const struct pipe_sup *s, const struct conf *conf, const struct pipe_proc *p)
+{
+    if (p->kind == PIPE_KIND_SMTP_IN)
+        return s->child_fn[PIPE_KIND_SMTP_IN] ? pipe_smtp_in_wanted(conf) : 0;
+    const struct conf_pipe *cp = conf_pipe_lookup(conf, p->pipe);
+    return cp ? cp->processes : 0;
 }
 
 static uint64_t
@@ -285,9 +317,8 @@ pipe_sup_apply(struct pipe_sup *s, const struct conf *conf, bool forward_hup)
         next = p->next;
         if (p->state == PROC_STOPPING)
             continue;
-        const struct conf_pipe *cp = conf_pipe_lookup(conf, p->pipe);
-        if (!cp || p->index >= cp->processes) {
-            log_info("pipe=%s index=%u removed from the configuration", p->pipe, p->index);
+        if (p->index >= wanted(s, conf, p)) {
+            log_info("%s index=%u removed from the configuration", p->label, p->index);
             proc_retire(p, kill_deadline_ms(conf));
         } else if (forward_hup && p->state == PROC_RUNNING) {
             kill(p->pid, SIGHUP);
@@ -298,9 +329,14 @@ pipe_sup_apply(struct pipe_sup *s, const struct conf *conf, bool forward_hup)
     for (size_t i = 0; i < conf->npipes; i++) {
         const struct conf_pipe *cp = &conf->pipes[i];
         for (unsigned k = 0; k < cp->processes; k++) {
-            if (!find_proc(s, cp->name, k))
-                proc_start(proc_new(s, cp->name, k));
+            if (!find_proc(s, PIPE_KIND_PIPE, cp->name, k))
+                proc_start(proc_new(s, PIPE_KIND_PIPE, cp->name, k));
         }
+    }
+    unsigned nin = s->child_fn[PIPE_KIND_SMTP_IN] ? pipe_smtp_in_wanted(conf) : 0;
+    for (unsigned k = 0; k < nin; k++) {
+        if (!find_proc(s, PIPE_KIND_SMTP_IN, PIPE_SMTP_IN_NAME, k))
+            proc_start(proc_new(s, PIPE_KIND_SMTP_IN, PIPE_SMTP_IN_NAME, k));
     }
 }
 
@@ -329,7 +365,7 @@ proc_exited(struct pipe_proc *p, int status)
     p->pid = 0;
 
     if (p->state == PROC_STOPPING) {
-        log_info("pipe=%s index=%u pid=%d stopped status=%s", p->pipe, p->index, (int)pid, desc);
+        log_info("%s index=%u pid=%d stopped status=%s", p->label, p->index, (int)pid, desc);
         proc_free(p);
         return;
     }
@@ -344,9 +380,8 @@ proc_exited(struct pipe_proc *p, int status)
     if (failed)
         p->failures++;
     uint64_t delay = pipe_restart_delay_ms(p->failures);
-    log_warn("pipe=%s index=%u pid=%d exited status=%s ran=%llums restart_in=%llus", p->pipe,
-             p->index, (int)pid, desc, (unsigned long long)ran_ms,
-             (unsigned long long)(delay / 1000));
+    log_warn("%s index=%u pid=%d exited status=%s ran=%llums restart_in=%llus", p->label, p->index,
+             (int)pid, desc, (unsigned long long)ran_ms, (unsigned long long)(delay / 1000));
     p->state = PROC_WAITING;
     arm_timer(p, delay);
 }

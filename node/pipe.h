@@ -1,7 +1,8 @@
-/* pipe: supervision of the pipe processes by pgmtad's root process.
+/* pipe: supervision of the child processes by pgmtad's root process: the
+ * pipe processes (delivery) and the smtp-in processes (SMTP injection).
  *
- * The supervisor owns the child table: one entry per (pipe, index) that the
- * configuration asks for. It forks the children, reaps them on SIGCHLD,
+ * The supervisor owns the child table: one entry per (kind, pipe, index)
+ * that the configuration asks for. It forks the children, reaps them on SIGCHLD,
  * restarts the ones that exit without being asked to, with exponential
  * backoff, and stops them (SIGTERM, then SIGKILL after a deadline) when their
  * pipe disappears from the configuration or the root shuts down. It installs
@@ -27,24 +28,36 @@
 #define PIPE_KILL_GRACE_MS 5000u
 
 /* The body of a child process; its return value is the exit status. It
- * receives its own copy of the configuration (the child's memory). */
+ * receives its own copy of the configuration (the child's memory). For an
+ * smtp-in process pipe_name is PIPE_SMTP_IN_NAME. */
 typedef int (*pipe_child_fn)(struct conf *conf, const char *pipe_name, unsigned index);
+
+enum pipe_kind { PIPE_KIND_PIPE = 0, PIPE_KIND_SMTP_IN, PIPE_NKINDS };
+#define PIPE_SMTP_IN_NAME "smtp-in"
 
 /* Called once when pipe_sup_stop has seen the last child exit. */
 typedef void (*pipe_stopped_cb)(void *arg);
 
 struct pipe_sup;
 
-struct pipe_sup *pipe_sup_new(struct event_base *base, pipe_child_fn child_fn);
+/* PIPE_FN runs a pipe process, SMTP_IN_FN an smtp-in process (NULL: none
+ * are started). */
+struct pipe_sup *pipe_sup_new(struct event_base *base, pipe_child_fn pipe_fn,
+                              pipe_child_fn smtp_in_fn);
 /* Frees the table without signalling anyone (use pipe_sup_stop first). */
 void pipe_sup_free(struct pipe_sup *s);
 
+/* Number of smtp-in processes CONF asks for: smtp-listener.processes, or
+ * one per online core when that is 0; none without listen.smtp and
+ * listen.http (the smtp-in processes serve both). */
+unsigned pipe_smtp_in_wanted(const struct conf *conf);
+
 /* Makes the running children match CONF, which the supervisor borrows until
  * the next pipe_sup_apply (the caller frees an old configuration only after
- * applying the new one). Missing (pipe, index) entries are started; entries
- * whose pipe is gone or whose index is beyond the pipe's process count are
- * stopped. With forward_hup, children that are kept get SIGHUP (they reload
- * the configuration themselves). Ignored once pipe_sup_stop was called. */
+ * applying the new one). Missing entries are started; entries whose pipe is
+ * gone or whose index is beyond the process count wanted are stopped. With forward_hup, children
+ * that are kept get SIGHUP (they reload the configuration themselves). Ignored once pipe_sup_stop
+ * was called. */
 void pipe_sup_apply(struct pipe_sup *s, const struct conf *conf, bool forward_hup);
 
 /* Reaps every exited child (waitpid WNOHANG) and schedules restarts; call

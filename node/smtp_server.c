@@ -1,4 +1,4 @@
-/* smtp_server: the SMTP injection listener, run by the root process.
+/* smtp_server: the SMTP injection listener, run by each smtp-in process.
  *
  * One state machine per session: session_enter() performs the entry
  * actions of a state (arm the timer, log the transition), session_react()
@@ -8,7 +8,8 @@
  *
  * Ownership: the server owns its listeners, its settings (copied from the
  * configuration, replaced whole on reload; a session reads the current
- * ones), its database connection and the list of sessions. A session owns
+ * ones), the batcher (smtp_in_batch.c, which owns the database
+ * connection) and the list of sessions. A session owns
  * its bufferevent (the socket, or the OpenSSL filter on top of it), its
  * timers and the message being received. Sessions are freed by a deferred
  * event at the end of the loop turn, never inside their own callbacks. An
@@ -43,10 +44,19 @@
 
 #include "db.h"
 #include "log.h"
+#include "smtp_in_batch.h"
+#include "smtp_in_settings.h"
 
 /* Reading stops while this much input is buffered and not yet processed
  * (e.g. pipelined commands while an enqueue is in flight). */
 #define SESSION_READ_HIGH_WATER (64 * 1024)
+/* Output backpressure: no command is read while more than this much reply
+ * text is unsent (a client that sends and never reads); reading resumes
+ * once the output has drained below the low mark. */
+#define SESSION_WRITE_HIGH_WATER (64 * 1024)
+#define SESSION_WRITE_LOW_WATER (16 * 1024)
+/* Accepting pauses this long after EMFILE, ENFILE, ENOBUFS or ENOMEM. */
+#define ACCEPT_PAUSE_MS 500
 /* An over-long command line is skipped up to its end; one that goes on for
  * longer than this closes the session. */
 #define SESSION_SKIP_LIMIT (64 * 1024)
@@ -61,20 +71,6 @@
  * Server and settings
  */
 
-struct settings {
-    SSL_CTX *tls; /* NULL: no STARTTLS */
-    struct smtp_server_cidr *allow;
-    size_t nallow;
-    struct conf_smtp_user *users; /* deep copy */
-    size_t nusers;
-    uint32_t max_sessions;
-    uint32_t max_size;
-    uint32_t max_rcpt;
-    uint64_t idle_ms;
-    uint64_t data_ms;
-    char *hostname;
-};
-
 struct listener {
     char *addr;
     struct evconnlistener *lev;
@@ -84,100 +80,19 @@ struct session;
 
 struct smtp_server {
     struct event_base *base;
-    struct db *db;
-    struct settings *set;
+    struct smtp_in_batch *batch; /* group commit; owns the database connection */
+    struct smtp_in_settings *set;
     struct listener *listeners;
     size_t nlisteners;
     struct session *sessions; /* doubly linked */
     size_t nsessions;
+    size_t nrefused;             /* sessions told 421 at connect, closing */
+    struct event *accept_resume; /* re-enables accepting after EMFILE and the like */
+    bool accept_paused;
+    unsigned long accept_pauses;
     unsigned long next_sid;
     bool stopping; /* no new sessions; idle ones are told 421 */
 };
-
-static void
-settings_free(struct settings *st)
-{
-    if (!st)
-        return;
-    if (st->tls)
-        SSL_CTX_free(st->tls);
-    free(st->allow);
-    for (size_t i = 0; i < st->nusers; i++) {
-        free(st->users[i].name);
-        if (st->users[i].password)
-            OPENSSL_cleanse(st->users[i].password, strlen(st->users[i].password));
-        free(st->users[i].password);
-    }
-    free(st->users);
-    free(st->hostname);
-    free(st);
-}
-
-static SSL_CTX *
-tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx) {
-        snprintf(err, errlen, "SSL_CTX_new failed");
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
-    const char *what = NULL;
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
-        what = "cannot load smtp-listener.tls-cert";
-    else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
-        what = "cannot load smtp-listener.tls-key";
-    else if (SSL_CTX_check_private_key(ctx) != 1)
-        what = "smtp-listener.tls-key does not match tls-cert";
-    if (what) {
-        char why[256];
-        ERR_error_string_n(ERR_get_error(), why, sizeof why);
-        ERR_clear_error();
-        snprintf(err, errlen, "%s: %s", what, why);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
-static struct settings *
-settings_new(const struct conf *conf, char *err, size_t errlen)
-{
-    struct settings *st = xcalloc(1, sizeof *st);
-    if (conf->smtp_listener_tls_cert && conf->smtp_listener_tls_key) {
-        st->tls =
-            tls_server_ctx(conf->smtp_listener_tls_cert, conf->smtp_listener_tls_key, err, errlen);
-        if (!st->tls) {
-            settings_free(st);
-            return NULL;
-        }
-    }
-    st->allow = xcalloc(conf->nsmtp_listener_allow + 1, sizeof *st->allow);
-    for (size_t i = 0; i < conf->nsmtp_listener_allow; i++) {
-        if (smtp_server_parse_cidr(conf->smtp_listener_allow[i], &st->allow[st->nallow]) != 0) {
-            snprintf(err, errlen, "smtp-listener.allow: bad network \"%s\"",
-                     conf->smtp_listener_allow[i]);
-            settings_free(st);
-            return NULL;
-        }
-        st->nallow++;
-    }
-    st->users = xcalloc(conf->nsmtp_listener_users + 1, sizeof *st->users);
-    for (size_t i = 0; i < conf->nsmtp_listener_users; i++) {
-        st->users[i].name = xstrdup(conf->smtp_listener_users[i].name);
-        st->users[i].password = xstrdup(conf->smtp_listener_users[i].password);
-        st->nusers++;
-    }
-    st->max_sessions = conf->smtp_listener_max_sessions;
-    st->max_size = conf->smtp_listener_max_message_size;
-    st->max_rcpt = conf->smtp_listener_max_rcpt;
-    st->idle_ms = conf->smtp_listener_idle_timeout_ms;
-    st->data_ms = conf->smtp_listener_data_timeout_ms;
-    st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
-    return st;
-}
 
 /* ---------------------------------------------------------------------------
  * Sessions
@@ -190,7 +105,7 @@ enum session_state {
     SS_AUTH_LOGIN_PASS, /* AUTH LOGIN: waiting for the password */
     SS_DATA,            /* reading message content */
     SS_TLS,             /* TLS handshake after STARTTLS */
-    SS_ENQUEUE,         /* waiting for mta.enqueue to commit */
+    SS_ENQUEUE,         /* waiting for the message's batch to commit */
     SS_CLOSING,         /* last reply being flushed */
     SS_DEAD,            /* freed at the end of the loop turn */
 };
@@ -244,20 +159,14 @@ struct session {
     struct buf content;
     size_t header_start; /* where the client's content begins (after Received) */
     struct smtp_server_data data;
+    uint64_t data_deadline; /* monotonic ms: the end of DATA at the latest */
 
     /* the enqueue in flight */
     unsigned long seq;
-    const PGresult *result; /* valid during SE_ENQUEUED only */
-    bool result_lost;       /* the database connection went away */
+    const struct smtp_in_result *result; /* valid during SE_ENQUEUED only */
+    bool read_paused;                    /* output backpressure */
+    bool refused;                        /* told 421 at connect */
     char auth_login_name[256];
-};
-
-struct enqueue_ctx {
-    struct smtp_server *srv;
-    unsigned long sid;
-    unsigned long seq;
-    size_t size;
-    size_t nrcpts;
 };
 
 static void session_enter(struct session *s, enum session_state st);
@@ -311,6 +220,8 @@ session_free(struct session *s)
     if (s->next)
         s->next->prev = s->prev;
     srv->nsessions--;
+    if (s->refused)
+        srv->nrefused--;
     txn_reset(s);
     if (s->bev)
         bufferevent_free(s->bev);
@@ -336,6 +247,16 @@ arm_timer(struct session *s, uint64_t ms)
     evtimer_add(s->timer, &tv);
 }
 
+/* DATA: the silence timeout, but never beyond the deadline for the whole
+ * of DATA (a client trickling a byte at a time is cut off all the same). */
+static void
+arm_data_timer(struct session *s)
+{
+    uint64_t now = util_now_ms();
+    uint64_t left = s->data_deadline > now ? s->data_deadline - now : 0;
+    arm_timer(s, left < s->srv->set->data_ms ? left : s->srv->set->data_ms);
+}
+
 static bool
 session_allowed(const struct session *s)
 {
@@ -345,7 +266,7 @@ session_allowed(const struct session *s)
 static void
 session_enter(struct session *s, enum session_state st)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     log_trace("smtp-in session=%lu state=%s->%s", s->id, state_names[s->state], state_names[st]);
     s->state = st;
     evtimer_del(s->timer);
@@ -357,7 +278,8 @@ session_enter(struct session *s, enum session_state st)
         arm_timer(s, set->idle_ms);
         break;
     case SS_DATA:
-        arm_timer(s, set->data_ms);
+        s->data_deadline = util_now_ms() + set->data_max_ms;
+        arm_data_timer(s);
         break;
     case SS_TLS:
         arm_timer(s, SESSION_TLS_TIMEOUT_MS);
@@ -408,112 +330,91 @@ protocol_error(struct session *s)
 
 /* ---- the enqueue -------------------------------------------------------- */
 
+/* A result from the batcher; it finds its session by id and sequence, so a
+ * session that went away or timed out meanwhile is only logged. */
 static void
-enqueue_done(const PGresult *res, void *arg)
+enqueue_done(void *arg, unsigned long sid, unsigned long seq, const struct smtp_in_result *r)
 {
-    struct enqueue_ctx *ctx = arg;
-    struct session *s = ctx->srv->sessions;
-    while (s && s->id != ctx->sid)
+    struct smtp_server *srv = arg;
+    struct session *s = srv->sessions;
+    while (s && s->id != sid)
         s = s->next;
-    if (!s || s->state != SS_ENQUEUE || s->seq != ctx->seq) {
-        if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+    if (!s || s->state != SS_ENQUEUE || s->seq != seq) {
+        if (r->status == SMTP_IN_STORED)
             log_warn("smtp-in session=%lu event=stored-without-reply msg=%s rcpts=%zu size=%zu",
-                     ctx->sid, PQgetvalue(res, 0, 0), ctx->nrcpts, ctx->size);
-        free(ctx);
+                     sid, r->id, r->nrcpts, r->size);
         return;
     }
-    free(ctx);
-    s->result = res;
-    s->result_lost = res == NULL;
+    s->result = r;
     session_react(s, SE_ENQUEUED);
     s->result = NULL;
-}
-
-/* The first line of a PostgreSQL error, printable ASCII only. */
-static void
-error_text(const PGresult *res, char *out, size_t outlen)
-{
-    const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    if (!m)
-        m = PQresultErrorMessage(res);
-    size_t o = 0;
-    for (const char *p = m ? m : ""; *p && *p != '\n' && o + 1 < outlen; p++)
-        out[o++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
-    out[o] = '\0';
 }
 
 static void
 enqueue_result(struct session *s)
 {
-    const PGresult *res = s->result;
-    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-        !PQgetisnull(res, 0, 0)) {
-        const char *id = PQgetvalue(res, 0, 0);
-        reply(s, "250 2.0.0 Ok: queued as %s", id);
-        log_info("smtp-in session=%lu from=%s msg=%s rcpts=%zu size=%zu%s%s", s->id, s->ip, id,
-                 s->nrcpts, s->content.len, s->auth_user ? " user=" : "",
+    const struct smtp_in_result *r = s->result;
+    if (r->status == SMTP_IN_STORED) {
+        reply(s, "250 2.0.0 Ok: queued as %s", r->id);
+        log_info("smtp-in session=%lu from=%s msg=%s rcpts=%zu size=%zu batch=%zu%s%s", s->id,
+                 s->ip, r->id, r->nrcpts, r->size, r->batch, s->auth_user ? " user=" : "",
                  s->auth_user ? s->auth_user : "");
-    } else if (res) {
-        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        char msg[256];
-        error_text(res, msg, sizeof msg);
-        /* Data exceptions (22xxx), integrity (23xxx) and raised errors
-         * (P0001) are about this message: refused for good. Anything else
-         * may pass: try again later. */
+    } else if (r->status == SMTP_IN_REFUSED) {
+        const char *state = r->sqlstate;
+        /* Data exceptions (22xxx), integrity (23xxx), program limits
+         * (54000: e.g. an index row too large) and raised errors (P0001)
+         * are about this message: refused for good. Anything else may pass:
+         * try again later. */
         if (state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
-                      strcmp(state, "P0001") == 0)) {
-            reply(s, "554 5.6.0 Message refused: %s", msg);
+                      strcmp(state, "54000") == 0 || strcmp(state, "P0001") == 0)) {
+            reply(s, "554 5.6.0 Message refused: %s", r->error);
             log_info("smtp-in session=%lu from=%s event=refused sqlstate=%s error=\"%s\"", s->id,
-                     s->ip, state, msg);
+                     s->ip, state, r->error);
         } else {
             reply(s, "451 4.3.0 Temporary failure, try again later");
             log_warn("smtp-in session=%lu from=%s event=enqueue-failed sqlstate=%s error=\"%s\"",
-                     s->id, s->ip, state ? state : "-", msg);
+                     s->id, s->ip, state ? state : "-", r->error);
         }
     } else {
         reply(s, "451 4.3.0 Database unavailable, try again later");
-        log_warn("smtp-in session=%lu from=%s event=enqueue-failed error=\"connection lost\"",
-                 s->id, s->ip);
+        log_warn("smtp-in session=%lu from=%s event=enqueue-failed error=\"%s\"", s->id, s->ip,
+                 r->error ? r->error : "connection lost");
     }
     txn_reset(s);
 }
 
+/* Hands the message to the batcher. The session is in SS_ENQUEUE before
+ * that, so a result (even an immediate failure, delivered from the next
+ * loop turn) always finds it waiting. */
 static void
-enqueue_start(struct session *s, const char *job_id, const char *vmta)
+enqueue_start(struct session *s, char *job_id, char *vmta)
 {
-    struct smtp_server *srv = s->srv;
-    struct buf rcpts;
-    buf_init(&rcpts);
-    buf_puts(&rcpts, "{");
-    for (size_t i = 0; i < s->nrcpts; i++) {
-        if (i)
-            buf_puts(&rcpts, ",");
-        db_array_append_text(&rcpts, s->rcpts[i]);
-    }
-    buf_puts(&rcpts, "}");
-    const char *values[5] = {s->mail_from, rcpts.data, s->content.data, job_id, vmta};
-    int lengths[5] = {0, 0, (int)s->content.len, 0, 0};
-    int formats[5] = {0, 0, 1, 0, 0};
-    struct enqueue_ctx *ctx = xcalloc(1, sizeof *ctx);
-    ctx->srv = srv;
-    ctx->sid = s->id;
-    ctx->seq = ++s->seq;
-    ctx->size = s->content.len;
-    ctx->nrcpts = s->nrcpts;
-    int rc = -1;
-    if (srv->db)
-        rc = db_exec(srv->db, "smtp_enqueue", 5, values, lengths, formats, 0, enqueue_done, ctx);
-    buf_free(&rcpts);
-    if (rc != 0) {
-        free(ctx);
+    if (!s->srv->batch) {
+        free(job_id);
+        free(vmta);
         reply(s, "451 4.3.0 Database unavailable, try again later");
-        log_warn("smtp-in session=%lu from=%s event=enqueue-failed error=\"database not ready\"",
-                 s->id, s->ip);
+        log_warn("smtp-in session=%lu from=%s event=enqueue-failed error=\"no database\"", s->id,
+                 s->ip);
         txn_reset(s);
         session_enter(s, SS_CMD);
         return;
     }
+    struct smtp_in_msg m = {
+        .mail_from = s->mail_from,
+        .rcpts = s->rcpts,
+        .nrcpts = s->nrcpts,
+        .content = s->content,
+        .job_id = job_id,
+        .vmta = vmta,
+        .sid = s->id,
+        .seq = ++s->seq,
+    };
+    s->mail_from = NULL;
+    s->rcpts = NULL;
+    s->nrcpts = 0;
+    buf_init(&s->content);
     session_enter(s, SS_ENQUEUE);
+    smtp_in_batch_add(s->srv->batch, &m);
 }
 
 /* ---- DATA --------------------------------------------------------------- */
@@ -521,7 +422,7 @@ enqueue_start(struct session *s, const char *job_id, const char *vmta)
 static void
 received_header(struct session *s)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     char date[64];
     time_t now = time(NULL);
     struct tm tm;
@@ -550,8 +451,6 @@ data_finished(struct session *s)
     char *job = NULL, *vmta = NULL;
     smtp_server_take_headers(&s->content, s->header_start, &job, &vmta);
     enqueue_start(s, job, vmta);
-    free(job);
-    free(vmta);
 }
 
 /* ---- commands ----------------------------------------------------------- */
@@ -559,7 +458,7 @@ data_finished(struct session *s)
 static void
 cmd_ehlo(struct session *s, const struct smtp_server_cmd *c, bool esmtp)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     if (c->arglen == 0 || memchr(c->arg, ' ', c->arglen) || c->arglen > 255) {
         reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         protocol_error(s);
@@ -689,7 +588,7 @@ cmd_data(struct session *s, const struct smtp_server_cmd *c)
 static void
 cmd_starttls(struct session *s, const struct smtp_server_cmd *c)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     if (!set->tls) {
         reply(s, "502 5.5.1 Error: STARTTLS not available");
         protocol_error(s);
@@ -741,7 +640,7 @@ cmd_starttls(struct session *s, const struct smtp_server_cmd *c)
 static void
 auth_check(struct session *s, const char *user, const char *pass, size_t passlen)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     bool ok = false;
     for (size_t i = 0; i < set->nusers; i++) {
         if (strcmp(set->users[i].name, user) == 0) {
@@ -808,7 +707,7 @@ auth_plain(struct session *s, const char *line, size_t len)
 static void
 cmd_auth(struct session *s, const struct smtp_server_cmd *c)
 {
-    const struct settings *set = s->srv->set;
+    const struct smtp_in_settings *set = s->srv->set;
     if (!s->tls) {
         reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
         protocol_error(s);
@@ -1034,7 +933,7 @@ session_process_input(struct session *s)
     for (;;) {
         enum session_state st = s->state;
         if (st == SS_DATA) {
-            arm_timer(s, s->srv->set->data_ms);
+            arm_data_timer(s);
             read_data(s);
             if (s->state == SS_DATA)
                 return;
@@ -1043,6 +942,18 @@ session_process_input(struct session *s)
         if (st != SS_CMD && st != SS_AUTH_PLAIN && st != SS_AUTH_LOGIN_USER &&
             st != SS_AUTH_LOGIN_PASS)
             return;
+        if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SESSION_WRITE_HIGH_WATER) {
+            /* The client does not read its replies: stop reading its
+             * commands until they have gone (SE_FLUSHED resumes). */
+            if (!s->read_paused) {
+                s->read_paused = true;
+                bufferevent_disable(s->bev, EV_READ);
+                bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_WRITE_LOW_WATER, 0);
+                log_debug("smtp-in session=%lu from=%s event=read-paused unsent=%zu", s->id, s->ip,
+                          evbuffer_get_length(bufferevent_get_output(s->bev)));
+            }
+            return;
+        }
         size_t len = 0;
         int r = read_line(s, line, &len);
         if (r == 0)
@@ -1090,6 +1001,13 @@ session_react(struct session *s, enum session_event ev)
         } else if (s->state == SS_TLS) {
             log_info("smtp-in session=%lu from=%s event=tls-timeout", s->id, s->ip);
             session_enter(s, SS_DEAD);
+        } else if (s->state == SS_DATA && util_now_ms() >= s->data_deadline) {
+            reply(s, "421 4.4.2 %s Error: DATA took too long, closing connection",
+                  s->srv->set->hostname);
+            log_info("smtp-in session=%lu from=%s event=data-deadline received=%llu", s->id, s->ip,
+                     (unsigned long long)s->data.total);
+            txn_reset(s);
+            session_close(s, "data-deadline");
         } else {
             reply(s, "421 4.4.2 %s Error: timeout exceeded", s->srv->set->hostname);
             session_close(s, "timeout");
@@ -1127,8 +1045,16 @@ session_react(struct session *s, enum session_event ev)
         session_process_input(s);
         break;
     case SE_FLUSHED:
-        if (s->state == SS_CLOSING && output_flushed(s))
+        if (s->state == SS_CLOSING && output_flushed(s)) {
             session_enter(s, SS_DEAD);
+        } else if (s->read_paused && s->state != SS_CLOSING &&
+                   evbuffer_get_length(bufferevent_get_output(s->bev)) <= SESSION_WRITE_LOW_WATER) {
+            s->read_paused = false;
+            bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+            bufferevent_enable(s->bev, EV_READ);
+            log_debug("smtp-in session=%lu from=%s event=read-resumed", s->id, s->ip);
+            session_process_input(s);
+        }
         break;
     }
 }
@@ -1179,6 +1105,33 @@ session_setup_bev(struct session *s)
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
+/* May the new session S start? NULL, or the reason it may not. Sessions
+ * being refused do not count. Addresses in smtp-listener.allow share every
+ * slot; the others (strangers, who may still authenticate) share all but
+ * the reserved ones, at most max_per_client per address. */
+static const char *
+admission(const struct smtp_server *srv, const struct session *s)
+{
+    const struct smtp_in_settings *set = srv->set;
+    if (srv->nsessions - srv->nrefused > set->max_sessions)
+        return "max-sessions";
+    if (s->allowed_by_addr)
+        return NULL;
+    size_t strangers = 0, same = 0;
+    for (const struct session *o = srv->sessions; o; o = o->next) {
+        if (o->refused || o->allowed_by_addr)
+            continue;
+        strangers++;
+        same += o->family == s->family && memcmp(o->addr, s->addr, 16) == 0;
+    }
+    uint32_t open = set->max_sessions > set->reserved ? set->max_sessions - set->reserved : 0;
+    if (strangers > open)
+        return "reserved-for-allowed-clients";
+    if (same > set->max_per_client)
+        return "max-sessions-per-client";
+    return NULL;
+}
+
 static void
 on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen,
           void *arg)
@@ -1186,7 +1139,7 @@ on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, i
     (void)lev;
     (void)socklen;
     struct smtp_server *srv = arg;
-    const struct settings *set = srv->set;
+    const struct smtp_in_settings *set = srv->set;
     struct session *s = xcalloc(1, sizeof *s);
     s->id = srv->next_sid++;
     s->srv = srv;
@@ -1218,10 +1171,13 @@ on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, i
     srv->sessions = s;
     srv->nsessions++;
     session_setup_bev(s);
-    if (srv->nsessions > set->max_sessions) {
+    const char *refuse = admission(srv, s);
+    if (refuse) {
+        s->refused = true;
+        srv->nrefused++;
         reply(s, "421 4.3.2 %s Too many connections, try again later", set->hostname);
-        log_warn("smtp-in session=%lu from=%s event=refused reason=max-sessions sessions=%zu",
-                 s->id, s->ip, srv->nsessions - 1);
+        log_warn("smtp-in session=%lu from=%s event=refused reason=%s sessions=%zu", s->id, s->ip,
+                 refuse, srv->nsessions - srv->nrefused);
         session_enter(s, SS_CLOSING);
         return;
     }
@@ -1235,6 +1191,49 @@ on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, i
  * Listeners
  */
 
+/* accept() failed. Out of descriptors or memory: the listening socket stays
+ * readable, so accepting again at once would spin. Every listener pauses for
+ * ACCEPT_PAUSE_MS (one log line per pause) and resumes from the timer. */
+static void
+on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    (void)lev;
+    struct smtp_server *srv = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
+        log_debug("smtp-in event=accept-error error=\"%s\"", strerror(e));
+        return;
+    }
+    if (srv->accept_paused)
+        return;
+    srv->accept_paused = true;
+    srv->accept_pauses++;
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i].lev)
+            evconnlistener_disable(srv->listeners[i].lev);
+    log_warn("smtp-in event=accept-paused error=\"%s\" sessions=%zu pause=%dms pauses=%lu",
+             strerror(e), srv->nsessions, ACCEPT_PAUSE_MS, srv->accept_pauses);
+    struct timeval tv = {ACCEPT_PAUSE_MS / 1000, (ACCEPT_PAUSE_MS % 1000) * 1000};
+    evtimer_add(srv->accept_resume, &tv);
+}
+
+static void
+on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct smtp_server *srv = arg;
+    srv->accept_paused = false;
+    if (srv->stopping)
+        return;
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i].lev)
+            evconnlistener_enable(srv->listeners[i].lev);
+}
+
+/* Every smtp-in process binds the same addresses with SO_REUSEPORT: the
+ * kernel spreads new connections over the processes (see README, Over
+ * SMTP). */
 static struct evconnlistener *
 listen_on(struct smtp_server *srv, const char *addr, char *err, size_t errlen)
 {
@@ -1245,7 +1244,8 @@ listen_on(struct smtp_server *srv, const char *addr, char *err, size_t errlen)
         snprintf(err, errlen, "listen.smtp: bad address \"%s\"", addr);
         return NULL;
     }
-    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+    unsigned flags =
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE_PORT;
     if (ss.ss_family == AF_INET6)
         flags |= LEV_OPT_BIND_IPV6ONLY;
     struct evconnlistener *lev =
@@ -1254,6 +1254,9 @@ listen_on(struct smtp_server *srv, const char *addr, char *err, size_t errlen)
         snprintf(err, errlen, "listen.smtp: cannot listen on %s: %s", addr, strerror(errno));
         return NULL;
     }
+    evconnlistener_set_error_cb(lev, on_accept_error);
+    if (srv->accept_paused)
+        evconnlistener_disable(lev);
     log_info("smtp-in event=listening address=%s", addr);
     return lev;
 }
@@ -1303,14 +1306,32 @@ listeners_apply(struct smtp_server *srv, char *const *list, size_t n, char *err,
  * Public
  */
 
+/* The listener's connection and its batcher, once there is something to
+ * listen on and a database; the URL is read at start only. Without them a
+ * message is answered 451 (no batcher: never stored). */
+static void
+start_db(struct smtp_server *srv, const struct conf *conf)
+{
+    if (srv->batch || conf->nlisten_smtp == 0 || !conf->database_url)
+        return;
+    struct db *db = db_new(srv->base, conf->database_url, "pgmtad-smtp-in");
+    db_prepare(db, SMTP_IN_BATCH_STMT, SMTP_IN_BATCH_SQL, SMTP_IN_BATCH_NPARAMS);
+    db_connect(db);
+    srv->batch = smtp_in_batch_new(srv->base, db, enqueue_done, srv);
+    smtp_in_batch_set_limits(srv->batch, &srv->set->batch);
+}
+
 struct smtp_server *
 smtp_server_new(struct event_base *base, const struct conf *conf, char *err, size_t errlen)
 {
     struct smtp_server *srv = xcalloc(1, sizeof *srv);
     srv->base = base;
     srv->next_sid = 1;
-    srv->set = settings_new(conf, err, errlen);
+    srv->accept_resume = evtimer_new(base, on_accept_resume, srv);
+    PGMTA_ASSERT(srv->accept_resume != NULL);
+    srv->set = smtp_in_settings_new(conf, err, errlen);
     if (!srv->set) {
+        event_free(srv->accept_resume);
         free(srv);
         return NULL;
     }
@@ -1318,14 +1339,7 @@ smtp_server_new(struct event_base *base, const struct conf *conf, char *err, siz
         smtp_server_free(srv);
         return NULL;
     }
-    if (conf->nlisten_smtp > 0 && conf->database_url) {
-        srv->db = db_new(base, conf->database_url, "pgmtad-smtp-in");
-        db_prepare(srv->db, "smtp_enqueue",
-                   "SELECT mta.enqueue($1::text, $2::text[], $3::bytea, $4::text, $5::text, "
-                   "NULL, NULL)",
-                   5);
-        db_connect(srv->db);
-    }
+    start_db(srv, conf);
     return srv;
 }
 
@@ -1334,20 +1348,15 @@ smtp_server_reload(struct smtp_server *srv, const struct conf *conf, char *err, 
 {
     if (!srv)
         return 0;
-    struct settings *fresh = settings_new(conf, err, errlen);
+    struct smtp_in_settings *fresh = smtp_in_settings_new(conf, err, errlen);
     if (!fresh)
         return -1;
-    settings_free(srv->set);
+    smtp_in_settings_free(srv->set);
     srv->set = fresh;
     int rc = listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen);
-    if (!srv->db && conf->nlisten_smtp > 0 && conf->database_url) {
-        srv->db = db_new(srv->base, conf->database_url, "pgmtad-smtp-in");
-        db_prepare(srv->db, "smtp_enqueue",
-                   "SELECT mta.enqueue($1::text, $2::text[], $3::bytea, $4::text, $5::text, "
-                   "NULL, NULL)",
-                   5);
-        db_connect(srv->db);
-    }
+    start_db(srv, conf);
+    if (srv->batch) /* none without listen.smtp */
+        smtp_in_batch_set_limits(srv->batch, &srv->set->batch);
     return rc;
 }
 
@@ -1382,15 +1391,17 @@ smtp_server_free(struct smtp_server *srv)
         return;
     listeners_apply(srv, NULL, 0, NULL, 0);
     free(srv->listeners);
-    /* Pending enqueues complete with NULL first: no session is waiting
-     * on a freed database. */
-    db_free(srv->db);
-    srv->db = NULL;
+    /* A batch in flight completes (451) first: no session is waiting on a
+     * freed database. */
+    smtp_in_batch_free(srv->batch);
+    srv->batch = NULL;
+    if (srv->accept_resume)
+        event_free(srv->accept_resume);
     while (srv->sessions) {
         struct session *s = srv->sessions;
         event_del(s->free_ev);
         session_free(s);
     }
-    settings_free(srv->set);
+    smtp_in_settings_free(srv->set);
     free(srv);
 }

@@ -1,11 +1,14 @@
-/* smtp_server: the SMTP injection listener of the root process (DESIGN §6).
+/* smtp_server: the SMTP injection listener, run by each smtp-in process
+ * (smtp_in.c; see README, Over SMTP).
  *
  * ESMTP with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS and
  * AUTH PLAIN/LOGIN over TLS. Clients are allowed by address
  * (smtp-listener.allow) or by authentication; everyone else gets 5.7.1 for
- * every recipient. A message is stored with mta.enqueue() on the listener's
- * own database connection and "250" is sent only once that statement has
- * committed. Only CRLF.CRLF ends DATA.
+ * every recipient. Messages are stored in groups by mta.enqueue_batch() on
+ * the listener's own database connection (smtp_in_batch.c) and "250" is
+ * sent only once that statement has committed. Only CRLF.CRLF ends DATA.
+ * Limits per process: sessions in all, per stranger address and reserved
+ * for allowed addresses; unsent replies (backpressure); the whole of DATA.
  *
  * The pure parsing functions below (smtp_server_parse.c) are exported for
  * the unit and fuzz tests; the daemon only uses

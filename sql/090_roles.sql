@@ -76,12 +76,17 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.resume_job(text),
                           mta.purge_messages(int),
                           mta.purge_queues(),
-                          mta.acct_ensure_partitions(int)
+                          mta.acct_ensure_partitions(int),
+                          mta.inject_batch(text, bytea[], text[], int[], text, text, text, text)
     TO mta_node;
 GRANT INSERT ON mta.submit TO mta_node;
 GRANT USAGE ON SEQUENCE mta.submit_id_seq TO mta_node;
 GRANT SELECT ON mta.queues, mta.connections, mta.nodes, mta.jobs TO mta_node;
 GRANT SELECT ON mta.queue, mta.pipes, mta.node, mta.job TO mta_node;
+-- group commit of the SMTP listener (025_enqueue_batch.sql)
+GRANT EXECUTE ON FUNCTION mta.enqueue_batch(text[], int[], text[], bytea[], text[], text[],
+                                            text[], text[])
+    TO mta_node;
 GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO mta_node;
 
 -- mta_admin

@@ -292,6 +292,52 @@ class SchedTest(unittest.TestCase):
             self.assertGreater(int(self.lines(p, "total=")[0]), 5, p.output()[-500:])
             self.exited_cleanly(p)
 
+    def test_wall_clock_step_neither_freezes_nor_floods(self):
+        """Token cache and waits run on the monotonic clock: the wall clock
+        stepped an hour back, or two hours ahead, in the middle of a
+        throttled run (libfaketime, monotonic clock left alone) changes
+        nothing about the rate."""
+        lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+        self.assertTrue(os.path.exists(lib), "faketime is not installed (admin/deps.sh --tests)")
+        for before, after in (("-1h", "-2h"), ("-1h", "+1h")):
+            domain = self.queue()
+            stamp = os.path.join(self.dir, "faketime-%s" % uuid.uuid4().hex[:8])
+            with open(stamp, "w") as f:
+                f.write(before + "\n")
+            env = {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": stamp, "FAKETIME_NO_CACHE": "1",
+                   "FAKETIME_CACHE_DURATION": "1",
+                   "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PGMTA_LOG_LEVEL": "info"}
+            argv = [tool("sched_probe"), "--db", self.pg.dsn, "--domain", domain, "--tokens", 1,
+                    "--rate", "10/s", "--for-ms", 5000]
+            p = Proc([str(a) for a in argv], os.path.join(self.dir, stamp + ".log"), env=env)
+            p.name = "clock-step-%s" % after
+            # (the probe's output is buffered until it exits: wait by time)
+            time.sleep(2.0)
+            with open(stamp + ".new", "w") as f:
+                f.write(after + "\n")
+            os.rename(stamp + ".new", stamp)  # never an empty file to read
+            self.wait_prefix(p, "total=", timeout=30)
+            grants = []
+            for ln in self.lines(p, "tokens="):
+                n, t, at = ln.split(" ")
+                grants.append((int(t.split("=")[1]), int(at.split("=")[1]), int(n)))
+            # the probe really saw the wall clock jump, at t_jump
+            steps = [(b[0], b[1] - a[1]) for a, b in zip(grants, grants[1:])
+                     if abs(b[1] - a[1]) > 1800 * 1000]
+            self.assertEqual(len(steps), 1, (before, after, grants[:5]))
+            t_jump = steps[0][0]
+            self.assertLess(t_jump, 4000, steps)
+            # after the step the rate went on: neither frozen nor flooded
+            late = sum(n for t, _, n in grants if t >= t_jump)
+            want = (5000 - t_jump) / 1000.0 * 10
+            total = sum(n for _, _, n in grants)
+            print("step %s -> %s at %d ms: total %d, %d after the step (rate: %.0f)"
+                  % (before, after, t_jump, total, late, want))
+            self.assertGreaterEqual(late, want * 0.6, p.output()[-2000:])
+            self.assertLessEqual(late, want * 1.4 + 2, p.output()[-2000:])
+            self.assertLessEqual(total, 5 * 10 + 11 + 5)
+            self.exited_cleanly(p)
+
     def test_connect_rate_per_vmta(self):
         domain = self.queue(vmta="v1")
         p = self.probe("--domain", domain, "--vmta", "v1", "--kind", "connect", "--tokens", 2,

@@ -552,7 +552,8 @@ class LimitsAndReloadTest(unittest.TestCase):
         if cls.port6:
             addrs.append('"[::1]:%d"' % cls.port6)
         cls.listen = "listen = { smtp = [ %s ]; };\n" % ", ".join(addrs)
-        cls.limits = 'smtp-listener = { max-sessions = 2; idle-timeout = "1s"; };\n'
+        # max-sessions is per smtp-in process: one process, so 2 in all
+        cls.limits = 'smtp-listener = { processes = 1; max-sessions = 2; idle-timeout = "1s"; };\n'
         cls.node = Pgmtad(cls.pg, domains=domain_conf(cls.dead), extra=cls.listen + cls.limits)
         wait_for(lambda: "db=pgmtad-smtp-in event=connected" in cls.node.log() and
                  cls.pg.scalar("SELECT count(*) FROM mta.pipes") > 0,

@@ -1,0 +1,105 @@
+/* smtp_in_settings: builds and frees the SMTP listener's settings (see
+ * smtp_in_settings.h). A settings object owns deep copies of everything it
+ * holds (allow networks, users and passwords, the TLS context, the host
+ * name); nothing points back into the configuration. */
+#include "smtp_in_settings.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+
+#include "util.h"
+
+void
+smtp_in_settings_free(struct smtp_in_settings *st)
+{
+    if (!st)
+        return;
+    if (st->tls)
+        SSL_CTX_free(st->tls);
+    free(st->allow);
+    for (size_t i = 0; i < st->nusers; i++) {
+        free(st->users[i].name);
+        if (st->users[i].password)
+            OPENSSL_cleanse(st->users[i].password, strlen(st->users[i].password));
+        free(st->users[i].password);
+    }
+    free(st->users);
+    free(st->hostname);
+    free(st);
+}
+
+static SSL_CTX *
+tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        snprintf(err, errlen, "SSL_CTX_new failed");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    const char *what = NULL;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+        what = "cannot load smtp-listener.tls-cert";
+    else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+        what = "cannot load smtp-listener.tls-key";
+    else if (SSL_CTX_check_private_key(ctx) != 1)
+        what = "smtp-listener.tls-key does not match tls-cert";
+    if (what) {
+        char why[256];
+        ERR_error_string_n(ERR_get_error(), why, sizeof why);
+        ERR_clear_error();
+        snprintf(err, errlen, "%s: %s", what, why);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+struct smtp_in_settings *
+smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
+{
+    struct smtp_in_settings *st = xcalloc(1, sizeof *st);
+    if (conf->smtp_listener_tls_cert && conf->smtp_listener_tls_key) {
+        st->tls =
+            tls_server_ctx(conf->smtp_listener_tls_cert, conf->smtp_listener_tls_key, err, errlen);
+        if (!st->tls) {
+            smtp_in_settings_free(st);
+            return NULL;
+        }
+    }
+    st->allow = xcalloc(conf->nsmtp_listener_allow + 1, sizeof *st->allow);
+    for (size_t i = 0; i < conf->nsmtp_listener_allow; i++) {
+        if (smtp_server_parse_cidr(conf->smtp_listener_allow[i], &st->allow[st->nallow]) != 0) {
+            snprintf(err, errlen, "smtp-listener.allow: bad network \"%s\"",
+                     conf->smtp_listener_allow[i]);
+            smtp_in_settings_free(st);
+            return NULL;
+        }
+        st->nallow++;
+    }
+    st->users = xcalloc(conf->nsmtp_listener_users + 1, sizeof *st->users);
+    for (size_t i = 0; i < conf->nsmtp_listener_users; i++) {
+        st->users[i].name = xstrdup(conf->smtp_listener_users[i].name);
+        st->users[i].password = xstrdup(conf->smtp_listener_users[i].password);
+        st->nusers++;
+    }
+    st->max_sessions = conf->smtp_listener_max_sessions;
+    st->max_size = conf->smtp_listener_max_message_size;
+    st->max_rcpt = conf->smtp_listener_max_rcpt;
+    st->idle_ms = conf->smtp_listener_idle_timeout_ms;
+    st->data_ms = conf->smtp_listener_data_timeout_ms;
+    st->data_max_ms = conf->smtp_listener_max_data_time_ms;
+    st->max_per_client = conf->smtp_listener_max_sessions_per_client;
+    st->reserved = conf->smtp_listener_reserved_sessions;
+    st->batch.max_messages = conf->smtp_listener_batch_max_messages;
+    st->batch.max_bytes = conf->smtp_listener_batch_max_bytes;
+    st->batch.max_wait_ms = conf->smtp_listener_batch_max_wait_ms;
+    st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
+    return st;
+}
