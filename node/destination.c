@@ -5,39 +5,27 @@
 #include "destination.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hostport.h"
 #include "util.h"
 
 void
 destination_parse_route(const char *route, char *host, size_t hostlen, unsigned default_port,
                         unsigned *port)
 {
-    *port = default_port;
-    const char *colon;
-    if (route[0] == '[') {
-        const char *close = strchr(route, ']');
-        colon = close && close[1] == ':' ? close + 1 : NULL;
-    } else {
-        colon = strrchr(route, ':');
-        if (colon && strchr(route, ':') != colon)
-            colon = NULL; /* a bare IPv6 address */
+    /* Routes were checked by the configuration (the same parser). */
+    struct hostport hp;
+    if (!hostport_parse_str(route, HOSTPORT_BARE_IPV6, &hp, NULL)) {
+        snprintf(host, hostlen, "%s", route);
+        *port = default_port;
+        return;
     }
-    size_t hl = colon ? (size_t)(colon - route) : strlen(route);
-    if (hl >= hostlen)
-        hl = hostlen - 1;
-    memcpy(host, route, hl);
-    host[hl] = '\0';
-    if (colon)
-        *port = (unsigned)strtoul(colon + 1, NULL, 10);
-    size_t n = strlen(host);
-    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
-        memmove(host, host + 1, n - 2);
-        host[n - 2] = '\0';
-    }
+    snprintf(host, hostlen, "%s", hp.host);
+    *port = hp.port ? hp.port : default_port;
 }
 
 static bool
@@ -83,23 +71,13 @@ addr_is_ours(const struct conf *c, const struct dns_addr *a)
     inet_ntop(fam, bin, ip, sizeof ip);
     bool loopback = fam == AF_INET ? strncmp(ip, "127.", 4) == 0 : strcmp(ip, "::1") == 0;
     for (size_t i = 0; i < c->nlisten_smtp; i++) {
-        const char *l = c->listen_smtp[i];
-        const char *colon = strrchr(l, ':');
-        if (!colon || (unsigned)strtoul(colon + 1, NULL, 10) != port)
+        struct hostport l;
+        if (!hostport_parse_str(c->listen_smtp[i], HOSTPORT_PORT_REQUIRED, &l, NULL) ||
+            l.port != port)
             continue;
-        char host[INET6_ADDRSTRLEN + 2];
-        size_t hl = (size_t)(colon - l);
-        if (l[0] == '[' && hl >= 2) {
-            l++;
-            hl -= 2;
-        }
-        if (hl >= sizeof host)
-            continue;
-        memcpy(host, l, hl);
-        host[hl] = '\0';
-        if (strcmp(host, ip) == 0)
+        if (strcmp(l.host, ip) == 0)
             return true;
-        if (loopback && (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0))
+        if (loopback && (strcmp(l.host, "0.0.0.0") == 0 || strcmp(l.host, "::") == 0))
             return true;
     }
     return false;
@@ -209,28 +187,8 @@ destination_connect(struct event_base *base, const struct conf *c, const struct 
 bool
 destination_helo_is_fqdn(const char *name)
 {
-    if (!name || !*name || strlen(name) > 253 || name[0] == '[')
+    if (!name || !hostport_is_hostname(name, strlen(name)) || !strchr(name, '.'))
         return false;
-    size_t labels = 0, len = 0;
-    bool all_digits = true;
-    for (const char *p = name;; p++) {
-        if (*p == '.' || *p == '\0') {
-            if (len == 0 || len > 63 || p[-1] == '-')
-                return *p == '\0' && len == 0 && labels >= 2; /* trailing dot */
-            labels++;
-            len = 0;
-            if (*p == '\0')
-                break;
-            continue;
-        }
-        unsigned char ch = (unsigned char)*p;
-        if (!isalnum(ch) && ch != '-')
-            return false;
-        if (len == 0 && ch == '-')
-            return false;
-        if (!isdigit(ch))
-            all_digits = false;
-        len++;
-    }
-    return labels >= 2 && !all_digits;
+    /* "1.2.3.4" is an address written without brackets, not a name. */
+    return !hostport_is_ip_literal(name);
 }
