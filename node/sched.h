@@ -1,7 +1,7 @@
-/* sched: cluster-wide traffic shaping for one node process (DESIGN §4.5,
- * §4.6): connection slots (max-smtp-out) and rate tokens (max-msg-rate,
- * max-connect-rate), enforced through PostgreSQL so that the limits hold for
- * the whole cluster.
+/* sched: cluster-wide traffic shaping for one node process (see README,
+ * "Traffic shaping, cluster-wide"): connection slots (max-smtp-out) and rate
+ * tokens (max-msg-rate, max-connect-rate), enforced through PostgreSQL so
+ * that the limits hold for the whole cluster.
  *
  * A slot is a session advisory lock held on a dedicated database connection
  * of this sched (never a pooled one) for as long as the SMTP connection is
