@@ -504,8 +504,8 @@ http_api_reload(struct http_api *a, struct evhttp_request *req)
 {
     char err[1024] = "";
     log_info("http event=reload-requested");
-    /* The reload applies the new configuration to this module too
-     * (http_apply): nothing of a that the reply needs may change. */
+    /* The reload may apply the new configuration to this module before it
+     * returns (http_apply): the reply uses nothing of a. */
     int rc = a->reload ? a->reload(a->reload_arg, err, sizeof err) : -1;
     struct buf b;
     buf_init(&b);
