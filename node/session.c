@@ -326,8 +326,8 @@ session_enter(struct session *s, enum session_state st)
         break;
     case SESSION_SLOT:
         s->pending++;
-        sched_take_slot(e->sched, s->limit_domain, s->source_vmta, s->dom->max_smtp_out,
-                        session_on_slot, s);
+        sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
+                            s->dom->max_smtp_out, session_on_slot, s);
         break;
     case SESSION_CONNECT_TOKEN:
         s->pending++;
