@@ -256,7 +256,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- running it. Index probes only, so that a plan made while the tables were
 -- small stays right when they are large.
 SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
-SET enable_mergejoin = off AS $$
+SET enable_mergejoin = off SET enable_bitmapscan = off AS $$
 #variable_conflict use_column
 DECLARE
     v_limit int := least(p_limit, 100000);
@@ -310,9 +310,14 @@ BEGIN
                     WHEN w.ok THEN 'offer'
                     ELSE 'none' END AS verdict
           FROM cand c
-          LEFT JOIN mta.queue q ON q.pipe = p_pipe AND q.domain = c.domain AND q.vmta = c.vmta
           -- LATERAL + LIMIT: one index probe per candidate, in the generic
-          -- plan too (an EXISTS may become a hashed scan of every recipient).
+          -- plan too (a plain join may become a scan of every queue of the
+          -- pipe per candidate, an EXISTS a hashed scan of every recipient).
+          LEFT JOIN LATERAL (
+               SELECT qq.paused, qq.backoff_until
+                 FROM mta.queue qq
+                WHERE qq.pipe = p_pipe AND qq.domain = c.domain AND qq.vmta = c.vmta
+                LIMIT 1) q ON true
           LEFT JOIN LATERAL (
                SELECT true AS ok
                  FROM mta.recipients r
@@ -360,11 +365,13 @@ BEGIN
         UPDATE mta.queue_ready m
            SET next_at = nv.next_at, stage = nv.stage, cool_xmax = nv.cool_xmax,
                cool_since = nv.cool_since
+          -- One primary-key probe per marker (SKIP LOCKED never waits, so
+          -- the order of the locks does not matter).
           FROM (SELECT mm.domain, mm.vmta
-                  FROM mta.queue_ready mm JOIN nv ON mm.domain = nv.domain AND mm.vmta = nv.vmta
-                 WHERE mm.pipe = p_pipe
-                 ORDER BY 1, 2
-                   FOR NO KEY UPDATE OF mm SKIP LOCKED) l, nv
+                  FROM nv CROSS JOIN LATERAL (
+                       SELECT m3.domain, m3.vmta FROM mta.queue_ready m3
+                        WHERE m3.pipe = p_pipe AND m3.domain = nv.domain AND m3.vmta = nv.vmta
+                          FOR NO KEY UPDATE SKIP LOCKED) mm) l, nv
          WHERE m.pipe = p_pipe AND m.domain = l.domain AND m.vmta = l.vmta
            AND nv.domain = l.domain AND nv.vmta = l.vmta
            AND m.xmin = nv.x
