@@ -362,28 +362,31 @@ BEGIN
            AND NOT coalesce(v.verdict = 'none' AND v.stage = 1
                             AND v.x = pg_current_xact_id_if_assigned()::xid, false)
     ), clr AS (
+        -- One primary-key probe and lock per marker, driven by nv (SKIP
+        -- LOCKED never waits, so the order of the locks does not matter).
         UPDATE mta.queue_ready m
-           SET next_at = nv.next_at, stage = nv.stage, cool_xmax = nv.cool_xmax,
-               cool_since = nv.cool_since
-          -- One primary-key probe per marker (SKIP LOCKED never waits, so
-          -- the order of the locks does not matter).
-          FROM (SELECT mm.domain, mm.vmta
+           SET next_at = l.next_at, stage = l.stage, cool_xmax = l.cool_xmax,
+               cool_since = l.cool_since
+          FROM (SELECT nv.*
                   FROM nv CROSS JOIN LATERAL (
-                       SELECT m3.domain, m3.vmta FROM mta.queue_ready m3
+                       SELECT 1 FROM mta.queue_ready m3
                         WHERE m3.pipe = p_pipe AND m3.domain = nv.domain AND m3.vmta = nv.vmta
-                          FOR NO KEY UPDATE SKIP LOCKED) mm) l, nv
+                          FOR NO KEY UPDATE SKIP LOCKED) mm) l
          WHERE m.pipe = p_pipe AND m.domain = l.domain AND m.vmta = l.vmta
-           AND nv.domain = l.domain AND nv.vmta = l.vmta
-           AND m.xmin = nv.x
+           AND m.xmin = l.x
     ), mv AS (
+        -- The cursor moves to the last candidate (one pass over cand).
         UPDATE mta.ready_cursor rc
            SET (pos_at, pos_domain, pos_vmta, round_end) =
-               (SELECT CASE WHEN count(*) < v_limit THEN 'infinity' ELSE max(c.next_at) FILTER (WHERE c.ord = n.cnt) END,
-                       CASE WHEN count(*) < v_limit THEN '' ELSE max(c.domain) FILTER (WHERE c.ord = n.cnt) END,
-                       CASE WHEN count(*) < v_limit THEN '' ELSE max(c.vmta) FILTER (WHERE c.ord = n.cnt) END,
-                       CASE WHEN count(*) < v_limit OR bool_or(c.part = 2) THEN v_now
-                            ELSE v_round_end END
-                  FROM cand c, (SELECT count(*) AS cnt FROM cand) n)
+               (SELECT CASE WHEN n.cnt < v_limit THEN 'infinity' ELSE n.last_at END,
+                       CASE WHEN n.cnt < v_limit THEN '' ELSE n.last_domain END,
+                       CASE WHEN n.cnt < v_limit THEN '' ELSE n.last_vmta END,
+                       CASE WHEN n.cnt < v_limit OR n.wrapped THEN v_now ELSE v_round_end END
+                  FROM (SELECT count(*) AS cnt, coalesce(bool_or(c.part = 2), false) AS wrapped,
+                               (array_agg(c.next_at ORDER BY c.ord DESC))[1] AS last_at,
+                               (array_agg(c.domain ORDER BY c.ord DESC))[1] AS last_domain,
+                               (array_agg(c.vmta ORDER BY c.ord DESC))[1] AS last_vmta
+                          FROM cand c) n)
          WHERE rc.pipe = p_pipe
     )
     SELECT v.domain, v.vmta, v.in_backoff FROM v WHERE v.verdict = 'offer' ORDER BY v.ord;
