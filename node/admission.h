@@ -64,6 +64,10 @@ struct admission_queue {
      * one queue take alternate rows and split its messages); the others
      * wait in line, in order (admission_claim_*). */
     bool claiming;
+    /* The last claim of the queue came back full (as many rows as asked):
+     * more sessions may help. Until then a tick starts one session only,
+     * so that a queue of one or two messages costs one slot and one claim. */
+    bool more_work;
     struct admission_waiter *claim_wait;
     struct admission_waiter **claim_wait_tail;
     struct admission_queue *hnext;

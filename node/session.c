@@ -9,6 +9,7 @@
  * freed by that callback instead of at the end of the loop turn. */
 #include "session.h"
 #include "session_int.h"
+#include "session_finish.h"
 
 #include <libpq-fe.h>
 #include <stdlib.h>
@@ -304,9 +305,16 @@ enter_finish(struct session *s)
     struct session_env *e = s->e;
     struct db *db = session_env_db(e);
     s->pending++;
-    int rc = db ? queue_finish(db, e->node_id, e->node_label, &s->batch, e->conf->generate_bounces,
+    int rc;
+    if (db && e->finish && !e->stopping) {
+        session_finish_add(e->finish, e->node_id, e->node_label, &s->batch,
+                           e->conf->generate_bounces, session_on_finished, s);
+        rc = 0;
+    } else {
+        rc = db ? queue_finish(db, e->node_id, e->node_label, &s->batch, e->conf->generate_bounces,
                                session_on_finished, s)
                 : -1;
+    }
     if (rc < 0) {
         s->pending--;
         session_react(s, &(struct session_event){.type = EV_FINISHED, .res = NULL});
@@ -434,7 +442,7 @@ react_finished(struct session *s, const PGresult *res)
              (unsigned long long)s->id, s->q->name, s->batch.nrcpts, counts[0], counts[1],
              counts[2], (long long)s->batch.nrcpts - finished);
     session_clear_batch(s);
-    if (s->smtp && s->usable && !s->no_reuse && !e->stopping &&
+    if (s->smtp && s->usable && !s->no_reuse && !s->drained && !e->stopping &&
         s->sent < s->dom->max_msg_per_connection) {
         session_enter(s, SESSION_TOKENS);
         return;

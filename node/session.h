@@ -58,6 +58,7 @@ struct session_env {
     struct db **dbs;
     size_t ndbs;
     size_t rr;
+    struct session_finish *finish; /* finishes shared by sessions (session_finish.h) */
     const char *pipe;
     const char *node_label;
     long long node_id;

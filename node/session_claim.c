@@ -82,6 +82,12 @@ session_take_claim(struct session *s, const PGresult *res)
         return false;
     }
     int lease_left_ms;
+    /* A short claim means the queue had no more ready rows for us: the
+     * session ends after this batch instead of claiming nothing, and the
+     * worker starts no second session for the queue on this evidence. */
+    unsigned rows = (unsigned)PQntuples(res);
+    s->drained = rows < s->claim_limit;
+    s->q->more_work = !s->drained;
     size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, session_set_aside, s,
                                &lease_left_ms);
     e->content_bytes += held;
@@ -136,6 +142,7 @@ send_claim(struct session *s)
 {
     struct session_env *e = s->e;
     unsigned limit = batch_claim_rows(s->dom->max_rcpt_per_message, s->tokens, SESSION_BATCH_MAX);
+    s->claim_limit = limit;
     /* Claims in flight count against the budget until their rows arrive. */
     s->reserved = (size_t)((double)limit * e->avg_row_bytes);
     e->content_bytes += s->reserved;

@@ -71,6 +71,8 @@ struct session {
     const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
     int slot;                /* connection slot held, -1 none */
     unsigned tokens;         /* message tokens granted for the next claim */
+    unsigned claim_limit;    /* rows asked for by the claim in flight */
+    bool drained;            /* the last claim came back short: no reuse */
     unsigned token_waited_ms;
     bool no_reuse;            /* quit after the current batch */
     unsigned pattern_effects; /* POLICY_EFFECT_* of this batch's replies */

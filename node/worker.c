@@ -29,6 +29,7 @@
 #include "registry.h"
 #include "sched.h"
 #include "session.h"
+#include "session_finish.h"
 #include "smtp_client.h"
 #include "util.h"
 
@@ -45,6 +46,10 @@
  * partitions, rate buckets) runs in one process per node: index 0 of the
  * default pipe. Concurrent runs on several nodes are safe. */
 #define WORKER_HOUSEKEEPING_MS 30000
+/* How long a finish waits for others to share its statement (see
+ * session_finish.h): short beside an SMTP transaction, long enough for the
+ * sessions of one poll to meet. */
+#define WORKER_FINISH_DELAY_MS 3
 
 struct worker {
     struct event_base *base;
@@ -106,6 +111,10 @@ worker_admit(struct worker *w, struct admission_queue *q, const struct conf_doma
              long long now)
 {
     for (int k = 0; k < WORKER_START_PER_TICK; k++) {
+        /* More than one session per tick, or one beside a claim in flight,
+         * only for a queue whose last claim came back full. */
+        if ((k > 0 || q->claiming) && !q->more_work)
+            return;
         struct admission_process p = {
             .sessions = w->env.nsessions,
             .max_sessions = WORKER_MAX_SESSIONS,
@@ -418,6 +427,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     struct session_env *e = &w->env;
     e->avg_row_bytes = SESSION_ROW_BYTES_START;
     e->base = w->base;
+    e->finish = session_finish_new(w->base, WORKER_FINISH_DELAY_MS, worker_pick_db, w);
     e->conf = conf;
     e->pipe = w->pipe;
     e->node_label = w->node_label;
@@ -481,6 +491,9 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     session_end_all(e);
     /* Run what the last loop turn left (deferred frees included). */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
+    util_defer_run(w->base);
+    session_finish_free(e->finish);
+    e->finish = NULL;
     util_defer_run(w->base);
     registry_free(w->registry);
     sched_free(e->sched);
