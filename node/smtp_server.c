@@ -19,6 +19,7 @@
 #include "smtp_server.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -804,9 +805,14 @@ command(struct session *s, const char *line, size_t len)
         auth_line(s, line, len);
         return;
     }
-    /* AUTH's initial response is a credential: only the mechanism is logged. */
-    log_debug("smtp-in session=%lu command=\"%.*s\"", s->id,
-              (int)(len > 10 && strncasecmp(line, "AUTH ", 5) == 0 ? 10 : len), line);
+    /* An AUTH command carries a credential (the initial response), however
+     * it is spelt ("AUTH\tPLAIN ...", "auth  login ..."): only its length is
+     * logged, as for the continuation lines after a 334. */
+    if (len >= 4 && strncasecmp(line, "AUTH", 4) == 0 &&
+        (len == 4 || !isalnum((unsigned char)line[4])))
+        log_debug("smtp-in session=%lu command=\"AUTH (%zu bytes, redacted)\"", s->id, len);
+    else
+        log_debug("smtp-in session=%lu command=\"%.*s\"", s->id, (int)len, line);
     struct smtp_server_cmd c;
     const char *err = smtp_server_parse_command(line, len, &c);
     if (err) {

@@ -1,0 +1,168 @@
+"""Security of pgmtad seen from outside (see README, Security): no secret in
+`pgmtad --check` or in the debug log, log lines that a remote peer cannot
+split, against a real PostgreSQL and the real SMTP listener."""
+import base64
+import os
+import re
+import socket
+import ssl
+import subprocess
+import unittest
+
+import pgmta_test
+from pgmta_test import PgServer, Pgmtad, free_port, make_cert, tmpdir, wait_for
+
+SECRETS = ("Tok3n-admin-secret", "Inj3ct-secret-one", "Inj3ct-secret-two", "Db-pa55word",
+           "Us3r-pa55word", "Db-kw-pa55")
+
+
+class CheckRedactsSecrets(unittest.TestCase):
+    def check(self, url):
+        d = tmpdir()
+        path = os.path.join(d, "pgmta.conf")
+        with open(path, "w") as f:
+            f.write('node-name = "sec";\n'
+                    'database = { url = "%s"; };\n'
+                    'pipes = ( { name = "bulk"; processes = 1; } );\n'
+                    'default-pipe = "bulk";\n'
+                    'listen = { http = "127.0.0.1:1"; };\n'
+                    'http = { token = "Tok3n-admin-secret"; '
+                    'inject-tokens = [ "Inj3ct-secret-one", "Inj3ct-secret-two" ]; };\n'
+                    'smtp-listener = { users = ( { name = "alice"; '
+                    'password = "Us3r-pa55word"; } ); };\n' % url)
+        r = subprocess.run([pgmta_test.PGMTAD, "--check", "-c", path], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for s in SECRETS:
+            self.assertNotIn(s, r.stdout + r.stderr)
+        self.assertIn('token = "***";', r.stdout)
+        self.assertIn('inject-tokens = [ "***", "***" ];', r.stdout)
+        self.assertRegex(r.stdout, r'name = "alice";\s*password = "\*\*\*";')
+        return r.stdout
+
+    def test_uri_password(self):
+        out = self.check("postgresql://mta:Db-pa55word@127.0.0.1:5432/mta?password=Db-kw-pa55"
+                         "&sslmode=disable")
+        self.assertIn('url = "postgresql://mta:***@127.0.0.1:5432/mta?password=***'
+                      '&sslmode=disable";', out)
+
+    def test_keyword_password(self):
+        out = self.check("host=127.0.0.1 password = 'Db-kw-pa55' user=mta dbname=mta")
+        self.assertIn("url = \"host=127.0.0.1 password = *** user=mta dbname=mta\";", out)
+
+    def test_url_without_password_unchanged(self):
+        out = self.check("postgresql://mta@127.0.0.1:5432/mta")
+        self.assertIn('url = "postgresql://mta@127.0.0.1:5432/mta";', out)
+
+
+def tls_socket(port):
+    """A raw STARTTLS connection to the listener, after EHLO."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = s.makefile("rb")
+
+    def reply(fh):
+        lines = []
+        while True:
+            ln = fh.readline()
+            if not ln:
+                raise AssertionError("connection closed")
+            lines.append(ln)
+            if ln[3:4] != b"-":
+                return int(ln[:3]), lines
+
+    assert reply(f)[0] == 220
+    s.sendall(b"EHLO client.test\r\n")
+    reply(f)
+    s.sendall(b"STARTTLS\r\n")
+    assert reply(f)[0] == 220
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    t = ctx.wrap_socket(s, server_hostname="mx.pgmta.test")
+    tf = t.makefile("rb")
+    t.sendall(b"EHLO client.test\r\n")
+    reply(tf)
+    return t, tf, reply
+
+
+class NodeBase(unittest.TestCase):
+    extra_listener = ""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tmpdir()
+        cls.cert, cls.key = make_cert(cls.dir, cn="mx.pgmta.test")
+        cls.pg = PgServer()
+        cls.port = free_port()
+        extra = ('log-level = "debug";\n'
+                 'listen = { smtp = [ "127.0.0.1:%d" ]; };\n'
+                 'smtp-listener = { tls-cert = "%s"; tls-key = "%s"; allow = [ ]; %s '
+                 'users = ( { name = "alice"; password = "Us3r-pa55word"; } ); };\n'
+                 % (cls.port, cls.cert, cls.key, cls.extra_listener))
+        cls.node = Pgmtad(cls.pg, extra=extra)
+
+        def up():
+            if not cls.node.proc.alive():
+                raise AssertionError("pgmtad exited:\n" + cls.node.log()[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
+            except OSError:
+                return False
+            return "db=pgmtad-smtp-in event=connected" in cls.node.log()
+        wait_for(up, timeout=20, what="the listener")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+
+class LogHasNoCredentials(NodeBase):
+    def test_auth_lines_redacted_and_log_not_split(self):
+        secret = b"Us3r-pa55word"
+        wrong = b"Wr0ng-pa55word"
+        plain_ok = base64.b64encode(b"\0alice\0" + secret)
+        plain_bad = base64.b64encode(b"\0alice\0" + wrong)
+        # A user name that would forge a log line if written raw.
+        forged = base64.b64encode(b"\0evil\r\n2026-01-01T00:00:00.000Z forged: x\x1b[31m\0"
+                                  + wrong)
+        t, tf, reply = tls_socket(self.port)
+        # Spellings of AUTH with an initial response, each a failure here.
+        for cmd in (b"AUTH\tPLAIN " + plain_bad, b"auth  plain " + plain_bad,
+                    b"AUTH PLAIN " + forged):
+            t.sendall(cmd + b"\r\n")
+            code, lines = reply(tf)
+            self.assertIn(code, (535, 501), (cmd, lines))
+            if code == 501:  # a listener that refuses the odd spelling is fine
+                continue
+        t.close()
+        t, tf, reply = tls_socket(self.port)
+        # AUTH LOGIN with the credentials in the continuation lines after 334.
+        t.sendall(b"AUTH LOGIN\r\n")
+        self.assertEqual(reply(tf)[0], 334)
+        t.sendall(base64.b64encode(b"alice") + b"\r\n")
+        self.assertEqual(reply(tf)[0], 334)
+        t.sendall(base64.b64encode(secret) + b"\r\n")
+        self.assertEqual(reply(tf)[0], 235)
+        t.close()
+        t, tf, reply = tls_socket(self.port)
+        t.sendall(b"AUTH PLAIN " + plain_ok + b"\r\n")
+        self.assertEqual(reply(tf)[0], 235)
+        t.sendall(b"QUIT\r\n")
+        t.close()
+
+        def logged():
+            return self.node.log().count("event=auth user=\"alice\"") >= 2
+        wait_for(logged, timeout=10, what="the auth log lines")
+        log = self.node.log()
+        self.assertIn("command=", log)  # the debug log is on
+        for s in (secret, wrong, plain_ok, plain_bad, forged, base64.b64encode(secret),
+                  base64.b64encode(b"alice")):
+            self.assertNotIn(s.decode(), log)
+        for line in log.splitlines():
+            self.assertFalse(line.startswith("2026-01-01T00:00:00.000Z forged"), line)
+            self.assertNotIn("\x1b", line)
+        self.assertIn('user="evil\\r\\n2026-01-01T00:00:00.000Z forged: x\\x1b[31m"', log)
+
+
+if __name__ == "__main__":
+    unittest.main()
