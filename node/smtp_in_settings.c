@@ -11,6 +11,8 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 
+#include "log.h"
+#include "smtp_in_auth.h"
 #include "util.h"
 
 void
@@ -87,6 +89,11 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
     for (size_t i = 0; i < conf->nsmtp_listener_users; i++) {
         st->users[i].name = xstrdup(conf->smtp_listener_users[i].name);
         st->users[i].password = xstrdup(conf->smtp_listener_users[i].password);
+        enum smtp_in_password_form form = smtp_in_password_form(st->users[i].password);
+        if (form != SMTP_IN_PW_CRYPT)
+            log_warn("smtp-listener user=\"%s\" event=weak-password-form form=%s: store a "
+                     "crypt(3) hash (pgmta passwd)",
+                     st->users[i].name, form == SMTP_IN_PW_SHA256 ? "{SHA256}" : "clear-text");
         st->nusers++;
     }
     st->max_sessions = conf->smtp_listener_max_sessions;
@@ -97,6 +104,11 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
     st->data_max_ms = conf->smtp_listener_max_data_time_ms;
     st->max_per_client = conf->smtp_listener_max_sessions_per_client;
     st->reserved = conf->smtp_listener_reserved_sessions;
+    st->max_auth_failures = conf->smtp_listener_max_auth_failures;
+    /* never less than a second, whatever the configuration says */
+    st->auth_delay_ms = conf->smtp_listener_auth_failure_delay_ms < 1000
+                            ? 1000
+                            : conf->smtp_listener_auth_failure_delay_ms;
     st->batch.max_messages = conf->smtp_listener_batch_max_messages;
     st->batch.max_bytes = conf->smtp_listener_batch_max_bytes;
     st->batch.max_wait_ms = conf->smtp_listener_batch_max_wait_ms;

@@ -27,6 +27,8 @@ struct smtp_in_settings {
     uint64_t idle_ms;
     uint64_t data_ms;     /* silence during DATA */
     uint64_t data_max_ms; /* the whole of DATA */
+    uint32_t max_auth_failures;
+    uint64_t auth_delay_ms; /* after the first failed AUTH; doubles per failure */
     struct smtp_in_batch_limits batch;
     char *hostname;
 };

@@ -6,6 +6,8 @@
  * directly, smtp_server.c drives them from its sessions. */
 #include "smtp_server.h"
 
+#include "smtp_in_auth.h"
+
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,6 +225,30 @@ smtp_server_parse_path(const char *arg, size_t arglen, bool mail, char *addr, si
     return NULL;
 }
 
+/* RFC 3461 xtext: printable ASCII but '=' and '+', "+XX" hex escapes. */
+static bool
+xtext_ok(const char *v, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '+') {
+            if (i + 2 >= n)
+                return false;
+            for (int k = 1; k <= 2; k++) {
+                unsigned char h = (unsigned char)v[i + (size_t)k];
+                if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F')))
+                    return false;
+            }
+            i += 2;
+        } else if (c < '!' || c > '~' || c == '=') {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Case-insensitive "KEY=" prefix test; *value gets what follows. */
 static bool
 param_is(const char *p, size_t n, const char *key, const char **value, size_t *vlen)
@@ -268,6 +294,11 @@ smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declare
             if (!((vlen == 4 && strncasecmp(v, "7BIT", 4) == 0) ||
                   (vlen == 8 && strncasecmp(v, "8BITMIME", 8) == 0)))
                 return "501 5.5.4 Bad BODY parameter";
+        } else if (param_is(p, n, "AUTH", &v, &vlen)) {
+            /* RFC 4954: the authenticated sender as xtext, or <> for
+             * unknown; accepted and not used (the sender is MAIL FROM). */
+            if (!(vlen == 2 && v[0] == '<' && v[1] == '>') && !xtext_ok(v, vlen))
+                return "501 5.5.4 Bad AUTH parameter";
         } else {
             return "555 5.5.4 Unsupported MAIL parameter";
         }
@@ -491,40 +522,10 @@ smtp_server_base64_decode(const char *in, size_t inlen, unsigned char *out, size
     return (long)o;
 }
 
-static int
-hex_value(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 bool
 smtp_server_password_ok(const char *configured, const char *given, size_t givenlen)
 {
-    static const char tag[] = "{SHA256}";
-    if (strncmp(configured, tag, sizeof tag - 1) == 0) {
-        const char *hex = configured + sizeof tag - 1;
-        unsigned char want[32], got[32];
-        if (strlen(hex) != 64)
-            return false;
-        for (int i = 0; i < 32; i++) {
-            int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-            if (hi < 0 || lo < 0)
-                return false;
-            want[i] = (unsigned char)(hi << 4 | lo);
-        }
-        unsigned int len = 0;
-        if (!EVP_Digest(given, givenlen, got, &len, EVP_sha256(), NULL) || len != 32)
-            return false;
-        return CRYPTO_memcmp(want, got, 32) == 0;
-    }
-    size_t clen = strlen(configured);
-    return clen == givenlen && CRYPTO_memcmp(configured, given, clen) == 0;
+    return smtp_in_password_ok(configured, given, givenlen);
 }
 
 int

@@ -2,11 +2,13 @@
 `pgmtad --check` or in the debug log, log lines that a remote peer cannot
 split, against a real PostgreSQL and the real SMTP listener."""
 import base64
+import hashlib
 import os
 import re
 import socket
 import ssl
 import subprocess
+import time
 import unittest
 
 import pgmta_test
@@ -55,9 +57,10 @@ class CheckRedactsSecrets(unittest.TestCase):
         self.assertIn('url = "postgresql://mta@127.0.0.1:5432/mta";', out)
 
 
-def tls_socket(port):
-    """A raw STARTTLS connection to the listener, after EHLO."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+def tls_socket(port, source="127.0.0.1"):
+    """A raw STARTTLS connection to the listener from the loopback address
+    source, after EHLO."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0))
     f = s.makefile("rb")
 
     def reply(fh):
@@ -88,6 +91,8 @@ def tls_socket(port):
 class NodeBase(unittest.TestCase):
     extra_listener = ""
 
+    users = '{ name = "alice"; password = "Us3r-pa55word"; }'
+
     @classmethod
     def setUpClass(cls):
         cls.dir = tmpdir()
@@ -97,8 +102,8 @@ class NodeBase(unittest.TestCase):
         extra = ('log-level = "debug";\n'
                  'listen = { smtp = [ "127.0.0.1:%d" ]; };\n'
                  'smtp-listener = { tls-cert = "%s"; tls-key = "%s"; allow = [ ]; %s '
-                 'users = ( { name = "alice"; password = "Us3r-pa55word"; } ); };\n'
-                 % (cls.port, cls.cert, cls.key, cls.extra_listener))
+                 'users = ( %s ); };\n'
+                 % (cls.port, cls.cert, cls.key, cls.extra_listener, cls.users))
         cls.node = Pgmtad(cls.pg, extra=extra)
 
         def up():
@@ -162,6 +167,113 @@ class LogHasNoCredentials(NodeBase):
             self.assertFalse(line.startswith("2026-01-01T00:00:00.000Z forged"), line)
             self.assertNotIn("\x1b", line)
         self.assertIn('user="evil\\r\\n2026-01-01T00:00:00.000Z forged: x\\x1b[31m"', log)
+
+
+def passwd(password, *args):
+    r = subprocess.run([pgmta_test.PGMTA, "passwd"] + list(args), input=password + "\n",
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise AssertionError("pgmta passwd: " + r.stderr)
+    return r.stdout.strip()
+
+
+def plain(user, password):
+    return b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + password) + b"\r\n"
+
+
+class AuthLimits(NodeBase):
+    """Failed AUTH: a delay of at least a second before the 535, growing per
+    failure of the client address across its connections, the connection
+    closed after max-auth-failures; passwords stored as crypt(3) hashes.
+    Each test uses its own loopback source address (the backoff is per
+    address)."""
+    # one smtp-in process: the backoff table is per process
+    extra_listener = "max-auth-failures = 3; processes = 1;"
+    users = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hash_y = passwd("Yes-crypt pass")
+        cls.hash_6 = passwd("Sha-crypt pass", "--sha512")
+        sha = hashlib.sha256(b"old pass").hexdigest()
+        cls.users = ('{ name = "yes"; password = "%s"; }, { name = "six"; password = "%s"; }, '
+                     '{ name = "old"; password = "{SHA256}%s"; }'
+                     % (cls.hash_y, cls.hash_6, sha))
+        super().setUpClass()
+
+    def test_passwd_prints_salted_hashes(self):
+        self.assertRegex(self.hash_y, r"^\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]+\$[./A-Za-z0-9]{20,}$")
+        self.assertRegex(self.hash_6, r"^\$6\$[./A-Za-z0-9]+\$[./A-Za-z0-9]{80,}$")
+        self.assertNotEqual(passwd("Yes-crypt pass"), self.hash_y)  # salted
+        self.assertNotIn("Yes-crypt", self.hash_y)
+        r = subprocess.run([pgmta_test.PGMTA, "passwd"], input="", capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stdout, "")
+
+    def test_crypt_hashes_and_old_form(self):
+        for i, (user, pw) in enumerate(((b"yes", b"Yes-crypt pass"), (b"six", b"Sha-crypt pass"),
+                                        (b"old", b"old pass"))):
+            t, tf, reply = tls_socket(self.port, "127.0.0.%d" % (10 + i))
+            t.sendall(plain(user, pw))
+            self.assertEqual(reply(tf)[0], 235, user)
+            # RFC 4954 AUTH=<> on MAIL FROM
+            t.sendall(b"MAIL FROM:<a@sender.test> AUTH=<>\r\n")
+            self.assertEqual(reply(tf)[0], 250)
+            t.sendall(b"RSET\r\nMAIL FROM:<a@sender.test> AUTH=a+40sender.test\r\n")
+            self.assertEqual(reply(tf)[0], 250)
+            self.assertEqual(reply(tf)[0], 250)
+            t.close()
+        log = self.node.log()
+        self.assertRegex(log, r'user="old" event=weak-password-form form=\{SHA256\}')
+        self.assertNotRegex(log, r'user="(yes|six)" event=weak-password-form')
+
+    def test_failure_delayed_and_connection_closed(self):
+        src = "127.0.0.20"
+        t, tf, reply = tls_socket(self.port, src)
+        # A failed attempt with a command pipelined behind it: nothing is
+        # answered before the delay is over, the NOOP after the 535.
+        start = time.monotonic()
+        t.sendall(plain(b"yes", b"wrong one") + b"NOOP\r\n")
+        code, _ = reply(tf)
+        first = time.monotonic() - start
+        self.assertEqual(code, 535)
+        self.assertGreaterEqual(first, 0.95)
+        self.assertEqual(reply(tf)[0], 250)
+        start = time.monotonic()
+        t.sendall(plain(b"yes", b"wrong two"))
+        self.assertEqual(reply(tf)[0], 535)
+        second = time.monotonic() - start
+        self.assertGreaterEqual(second, 1.9)  # doubled
+        # The third failure closes the connection, the right password too late.
+        t.sendall(plain(b"yes", b"wrong three"))
+        self.assertEqual(reply(tf)[0], 535)
+        self.assertEqual(reply(tf)[0], 421)
+        self.assertEqual(tf.readline(), b"")
+        t.close()
+        self.assertIn("reason=too-many-auth-failures", self.node.log())
+
+    def test_backoff_across_connections(self):
+        src = "127.0.0.30"
+        for want in (0.95, 1.9, 3.8):
+            t, tf, reply = tls_socket(self.port, src)
+            start = time.monotonic()
+            t.sendall(plain(b"six", b"wrong"))
+            self.assertEqual(reply(tf)[0], 535)
+            self.assertGreaterEqual(time.monotonic() - start, want)
+            t.close()
+        # Another address is not slowed down by these failures.
+        t, tf, reply = tls_socket(self.port, "127.0.0.31")
+        start = time.monotonic()
+        t.sendall(plain(b"six", b"wrong"))
+        self.assertEqual(reply(tf)[0], 535)
+        self.assertLess(time.monotonic() - start, 1.9)
+        # The right password is still accepted at once.
+        start = time.monotonic()
+        t.sendall(plain(b"six", b"Sha-crypt pass"))
+        self.assertEqual(reply(tf)[0], 235)
+        self.assertLess(time.monotonic() - start, 1.5)
+        t.close()
 
 
 if __name__ == "__main__":

@@ -214,7 +214,11 @@ static const struct param_case param_cases[] = {
     {"SIZE", 1000, 555, 0},
     {"BODY=BINARYMIME", 1000, 501, 0},
     {"SMTPUTF8", 1000, 555, 0},
-    {"AUTH=<>", 1000, 555, 0},
+    {"AUTH=<>", 1000, 0, 0},
+    {"AUTH=a+40b.test SIZE=10", 1000, 0, 10},
+    {"AUTH=", 1000, 501, 0},
+    {"AUTH=a+4", 1000, 501, 0},
+    {"AUTH=a=b", 1000, 501, 0},
 };
 
 static void
@@ -499,6 +503,18 @@ test_password(void **state)
                         "2BB80D537B1DA3E38BD30361AA855686BDE0EACD7162FEF6A25FE97BF527A25B";
     assert_true(smtp_server_password_ok(upper, "secret", 6));
     assert_false(smtp_server_password_ok("{SHA256}abc", "secret", 6));
+    /* crypt(3): yescrypt and SHA-512-crypt of "hunter2" */
+    const char *y = "$y$j9T$qKQuvO5TjrFLans02Lslv/$FZuvB1tqm0f6S6.5ryR8vbfNphJOvOFp6ieZZ0MIK8A";
+    assert_true(smtp_server_password_ok(y, "hunter2", 7));
+    assert_false(smtp_server_password_ok(y, "hunter3", 7));
+    assert_false(smtp_server_password_ok(y, "hunter2\0x", 9));
+    assert_false(smtp_server_password_ok(y, y, strlen(y)));
+    const char *six = "$6$N9diYfyzbAFhiLd3$jtj70sOV279rg.Mcw/ZYzTkJaHQ.PISxK0pxG/"
+                      "2rtCTWa5E4//WBQqmuM80081aUNndqeFJCJVy6exSTpCpJh1";
+    assert_true(smtp_server_password_ok(six, "hunter2", 7));
+    assert_false(smtp_server_password_ok(six, "Hunter2", 7));
+    /* a damaged hash never matches */
+    assert_false(smtp_server_password_ok("$y$j9T$qKQuvO5TjrFLans02Lslv/$", "hunter2", 7));
 }
 
 static void
