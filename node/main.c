@@ -7,8 +7,7 @@
  * and the root's row in mta.node (one non-blocking connection, db.c).
  * Reloads build a new configuration and swap it in only when it loads
  * cleanly. The root parses no mail: the SMTP injection listener runs in
- * the smtp-in processes (smtp_in.c). The HTTP API stays here unless
- * SMTP_IN_RUNS_HTTP moves it into the smtp-in processes. */
+ * the smtp-in processes (smtp_in.c), and so does the HTTP API. */
 #include <getopt.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -23,7 +22,6 @@
 #include "conf.h"
 #include "dkim.h"
 #include "db.h"
-#include "http.h"
 #include "log.h"
 #include "pipe.h"
 #include "smtp_in.h"
@@ -43,7 +41,6 @@ struct root {
     struct db *db; /* the root's own connection, NULL without database.url */
     long long node_id;
     struct event *heartbeat;
-    struct http *http; /* the HTTP API and dashboard (listen.http), unless SMTP_IN_RUNS_HTTP */
 };
 
 static void
@@ -215,9 +212,8 @@ root_stop(struct root *r, const char *why)
     uint64_t kill_after = r->conf->shutdown_timeout_ms + PIPE_KILL_GRACE_MS;
     log_info("root event=stopping signal=%s children=%zu kill_after=%llums", why,
              pipe_sup_running(r->sup), (unsigned long long)kill_after);
-    /* The HTTP API (if here) stops accepting; the smtp-in processes stop
-     * accepting when they get their SIGTERM below. */
-    http_stop(r->http);
+    /* The smtp-in processes (SMTP and HTTP) stop accepting when they get
+     * their SIGTERM. */
     pipe_sup_stop(r->sup, kill_after, root_stopped, r);
 }
 
@@ -228,8 +224,8 @@ load_config(const char *path, char *err, size_t errlen)
     return smtp_in_conf_load(path, err, errlen);
 }
 
-/* SIGHUP and POST /api/reload: 0 when the new configuration is in place,
- * else -1 with the reason in err and the running configuration kept. */
+/* SIGHUP (also sent by an smtp-in process for POST /api/reload): 0 when the new configuration is in
+ * place, else -1 with the reason in err and the running configuration kept. */
 static int
 root_reload(struct root *r, char *err, size_t errlen)
 {
@@ -245,21 +241,11 @@ root_reload(struct root *r, char *err, size_t errlen)
     struct conf *old = r->conf;
     r->conf = fresh;
     apply_log_level(fresh);
-    /* Root services get the new configuration here; the children reload
-     * by themselves on the SIGHUP forwarded to them. */
-    if (r->http)
-        http_apply(r->http, fresh);
+    /* The children reload by themselves on the SIGHUP forwarded to them. */
     pipe_sup_apply(r->sup, fresh, true);
     conf_free(old);
     log_info("root event=reloaded path=%s pipes=%zu", fresh->path, fresh->npipes);
     return 0;
-}
-
-static int
-root_reload_http(void *arg, char *err, size_t errlen)
-{
-    log_info("root event=reload source=http");
-    return root_reload(arg, err, errlen);
 }
 
 static void
@@ -313,21 +299,12 @@ root_run(struct conf *conf)
              conf->node_name ? conf->node_name : "-", conf->path, conf->npipes);
     /* SIGCHLD is watched before the first fork, so no exit goes unseen. */
     r.sup = pipe_sup_new(r.base, worker_run, smtp_in_run);
-    pipe_sup_set_smtp_in_http(r.sup, SMTP_IN_RUNS_HTTP);
     pipe_sup_apply(r.sup, conf, false);
     /* After the first fork: the children do not inherit the connection. */
     root_db_start(&r);
 
-    /* The HTTP API and dashboard (listen.http) run in this event loop
-     * unless the smtp-in processes serve them; nothing here may block. */
-    if (!SMTP_IN_RUNS_HTTP) {
-        r.http = http_new(r.base, root_reload_http, &r);
-        http_apply(r.http, conf);
-    }
-
     event_base_dispatch(r.base);
 
-    http_free(r.http);
     pipe_sup_free(r.sup);
     if (r.heartbeat)
         event_free(r.heartbeat);

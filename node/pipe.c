@@ -57,7 +57,6 @@ struct pipe_sup {
     const struct conf *conf; /* borrowed, see pipe_sup_apply */
     struct pipe_proc *procs;
     pid_t root_pid;
-    bool smtp_in_http; /* the smtp-in processes also serve listen.http */
     bool stopping;
     uint64_t kill_after_ms;
     pipe_stopped_cb done;
@@ -279,9 +278,9 @@ find_proc(struct pipe_sup *s, enum pipe_kind kind, const char *pipe, unsigned in
 }
 
 unsigned
-pipe_smtp_in_wanted(const struct conf *conf, bool runs_http)
+pipe_smtp_in_wanted(const struct conf *conf)
 {
-    if (conf->nlisten_smtp == 0 && !(runs_http && conf->listen_http))
+    if (conf->nlisten_smtp == 0 && !conf->listen_http)
         return 0;
     if (conf->smtp_listener_processes > 0)
         return conf->smtp_listener_processes;
@@ -294,7 +293,7 @@ static unsigned
 wanted(const struct pipe_sup *s, const struct conf *conf, const struct pipe_proc *p)
 {
     if (p->kind == PIPE_KIND_SMTP_IN)
-        return s->child_fn[PIPE_KIND_SMTP_IN] ? pipe_smtp_in_wanted(conf, s->smtp_in_http) : 0;
+        return s->child_fn[PIPE_KIND_SMTP_IN] ? pipe_smtp_in_wanted(conf) : 0;
     const struct conf_pipe *cp = conf_pipe_lookup(conf, p->pipe);
     return cp ? cp->processes : 0;
 }
@@ -334,7 +333,7 @@ pipe_sup_apply(struct pipe_sup *s, const struct conf *conf, bool forward_hup)
                 proc_start(proc_new(s, PIPE_KIND_PIPE, cp->name, k));
         }
     }
-    unsigned nin = s->child_fn[PIPE_KIND_SMTP_IN] ? pipe_smtp_in_wanted(conf, s->smtp_in_http) : 0;
+    unsigned nin = s->child_fn[PIPE_KIND_SMTP_IN] ? pipe_smtp_in_wanted(conf) : 0;
     for (unsigned k = 0; k < nin; k++) {
         if (!find_proc(s, PIPE_KIND_SMTP_IN, PIPE_SMTP_IN_NAME, k))
             proc_start(proc_new(s, PIPE_KIND_SMTP_IN, PIPE_SMTP_IN_NAME, k));
@@ -427,12 +426,6 @@ pipe_sup_stop(struct pipe_sup *s, uint64_t kill_after_ms, pipe_stopped_cb done, 
         proc_retire(p, kill_after_ms);
     }
     sup_check_done(s);
-}
-
-void
-pipe_sup_set_smtp_in_http(struct pipe_sup *s, bool on)
-{
-    s->smtp_in_http = on;
 }
 
 size_t

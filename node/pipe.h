@@ -47,13 +47,10 @@ struct pipe_sup *pipe_sup_new(struct event_base *base, pipe_child_fn pipe_fn,
 /* Frees the table without signalling anyone (use pipe_sup_stop first). */
 void pipe_sup_free(struct pipe_sup *s);
 
-/* Whether the smtp-in processes also serve listen.http: they are then
- * started for listen.http even without listen.smtp. Call before the first
- * pipe_sup_apply. */
-void pipe_sup_set_smtp_in_http(struct pipe_sup *s, bool on);
 /* Number of smtp-in processes CONF asks for: smtp-listener.processes, or
- * one per online core when that is 0; none without anything to serve. */
-unsigned pipe_smtp_in_wanted(const struct conf *conf, bool runs_http);
+ * one per online core when that is 0; none without listen.smtp and
+ * listen.http (the smtp-in processes serve both). */
+unsigned pipe_smtp_in_wanted(const struct conf *conf);
 
 /* Makes the running children match CONF, which the supervisor borrows until
  * the next pipe_sup_apply (the caller frees an old configuration only after

@@ -2,8 +2,9 @@
  *
  * Ownership: the process owns its event loop, its configuration (replaced
  * on a successful SIGHUP reload), the SMTP server (smtp_server.c, with its
- * listeners, sessions and the batcher's database connection), optionally
- * the HTTP API (SMTP_IN_RUNS_HTTP), and a second small connection for its
+ * listeners, sessions and the batcher's database connection), the HTTP
+ * API and dashboard (http.c, on listen.http, shared by every smtp-in
+ * process through SO_REUSEPORT), and a second small connection for its
  * row in mta.node. A stop (SIGTERM, SIGINT, or the root going away) closes
  * the listeners at once, lets sessions that are receiving or storing a
  * message finish, and exits when none is left or shutdown-timeout has
@@ -288,10 +289,8 @@ smtp_in_run(struct conf *conf, const char *name, unsigned index)
         log_error("smtp-in index=%u event=smtp-listener-failed error=\"%s\"", index, err);
         status = 1;
     } else {
-        if (SMTP_IN_RUNS_HTTP) {
-            in.http = http_new(in.base, reload_via_root, &in);
-            http_apply(in.http, conf);
-        }
+        in.http = http_new(in.base, reload_via_root, &in);
+        http_apply(in.http, conf);
         node_db_start(&in);
         log_info("smtp-in index=%u event=started pid=%d", index, (int)getpid());
         event_base_dispatch(in.base);

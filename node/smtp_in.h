@@ -16,12 +16,6 @@
 
 #include "conf.h"
 
-/* Whether the smtp-in processes also run the HTTP API and dashboard on
- * listen.http. That needs every process to bind listen.http with
- * SO_REUSEPORT, which http.c does not do yet: until it does, the HTTP API
- * stays in the root process. */
-#define SMTP_IN_RUNS_HTTP false
-
 /* Runs until SIGTERM/SIGINT: stops accepting, lets sessions that are
  * receiving or storing a message finish (at most shutdown-timeout), then
  * exits. SIGHUP reloads the configuration from conf->path (kept on error).

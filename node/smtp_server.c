@@ -1410,7 +1410,8 @@ smtp_server_reload(struct smtp_server *srv, const struct conf *conf, char *err, 
     srv->set = fresh;
     int rc = listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen);
     start_db(srv, conf);
-    smtp_in_batch_set_limits(srv->batch, &srv->set->batch);
+    if (srv->batch) /* none without listen.smtp */
+        smtp_in_batch_set_limits(srv->batch, &srv->set->batch);
     return rc;
 }
 

@@ -13,6 +13,35 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN coalesce(p_vmta, '') = '' THEN p_domain ELSE p_domain || '/' || p_vmta END
 $$;
 
+-- Whether enqueue writes an 'r' (received) accounting row per recipient: the
+-- setting mta.acct_received, on unless set to off (per database, role or
+-- session: ALTER DATABASE pgmta SET mta.acct_received = off). PowerMTA's
+-- accounting file records only deliveries and bounces by default; pgmta keeps
+-- 'r' rows by default because the mta.acct contract lists them. See README,
+-- From SQL.
+CREATE OR REPLACE FUNCTION mta.acct_received() RETURNS bool
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v text := lower(current_setting('mta.acct_received', true));
+BEGIN
+    IF v IS NULL OR v IN ('', 'on', 'true', 'yes', '1') THEN
+        RETURN true;
+    END IF;
+    IF v IN ('off', 'false', 'no', '0') THEN
+        RETURN false;
+    END IF;
+    RAISE EXCEPTION 'invalid mta.acct_received %: on or off expected', mta.show(v)
+        USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+
+-- The work of both public overloads (and of the SMTP and HTTP injection
+-- paths, which call it once per message). This runs once per injected
+-- message, so it is kept to few statements: the checks are plain
+-- expressions (no query each), and a message with one recipient, the usual
+-- case for SMTP injection, takes a path with single-row statements instead
+-- of array expansion and aggregation. Measured per call: 20-30% less
+-- PostgreSQL CPU than one query per check (see README, Enqueue cost).
 CREATE OR REPLACE FUNCTION mta.enqueue_bytes(p_mail_from text, p_rcpt_to text[], p_content bytea,
                                              p_job_id text, p_vmta text, p_pipe text,
                                              p_envid text, p_priority int,
@@ -22,12 +51,25 @@ DECLARE
     v_pipe text;
     v_vmta text;
     v_domains text[];
+    v_domain text;
+    v_rcpt text;
     v_id bigint;
+    v_rid bigint;
     v_size int;
+    v_n int;
     v_at timestamptz := coalesce(p_not_before, now());
+    v_acct bool;
+    v_ignore text;
 BEGIN
-    PERFORM mta.check_sender(p_mail_from);
-    IF p_rcpt_to IS NULL OR cardinality(p_rcpt_to) = 0 THEN
+    -- Each check below first tests the common good case in a plain
+    -- expression and calls the full check (which raises with the reason)
+    -- only when that test fails.
+    IF p_mail_from IS NULL
+       OR (p_mail_from <> '' AND NOT coalesce(mta.address_plain(p_mail_from), false)) THEN
+        v_ignore := mta.check_sender(p_mail_from);
+    END IF;
+    v_n := cardinality(p_rcpt_to);
+    IF v_n IS NULL OR v_n = 0 THEN
         RAISE EXCEPTION 'rcpt_to is empty: at least one recipient is required'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -35,45 +77,81 @@ BEGIN
         RAISE EXCEPTION 'rcpt_to must be a one-dimensional array'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF cardinality(p_rcpt_to) > 100000 THEN
+    IF v_n > 100000 THEN
         RAISE EXCEPTION 'rcpt_to has % recipients: at most 100000 per call',
-            cardinality(p_rcpt_to) USING ERRCODE = 'invalid_parameter_value';
+            v_n USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT array_agg(mta.address_domain(u.r, 'rcpt_to[' || u.i || ']') ORDER BY u.i)
-      INTO v_domains
-      FROM unnest(p_rcpt_to) WITH ORDINALITY AS u(r, i);
-    PERFORM mta.check_content(p_content);
+    IF v_n = 1 THEN
+        v_rcpt := p_rcpt_to[array_lower(p_rcpt_to, 1)];
+        v_domain := mta.address_domain(v_rcpt, 'rcpt_to[1]');
+    ELSE
+        SELECT array_agg(mta.address_domain(u.r, 'rcpt_to[' || u.i || ']') ORDER BY u.i)
+          INTO v_domains
+          FROM unnest(p_rcpt_to) WITH ORDINALITY AS u(r, i);
+    END IF;
     v_size := octet_length(p_content);
-    v_vmta := mta.check_vmta(p_vmta);
+    IF v_size IS NULL OR v_size = 0 OR v_size > 67108864 THEN
+        PERFORM mta.check_content(p_content);
+    END IF;
+    IF p_vmta IS NULL OR p_vmta = '' THEN
+        v_vmta := '';
+    ELSE
+        v_vmta := mta.check_vmta(p_vmta);
+    END IF;
     v_pipe := mta.resolve_pipe(p_pipe);
     IF p_priority IS NULL THEN
         p_priority := 0;
     END IF;
+    v_acct := mta.acct_received();
 
     IF p_job_id IS NOT NULL THEN
         INSERT INTO mta.job (job_id) VALUES (p_job_id) ON CONFLICT DO NOTHING;
     END IF;
-    INSERT INTO mta.queue (pipe, domain, vmta)
-        SELECT DISTINCT v_pipe, d, v_vmta FROM unnest(v_domains) AS d ORDER BY 2
-        ON CONFLICT DO NOTHING;
+    IF v_n = 1 THEN
+        INSERT INTO mta.queue (pipe, domain, vmta) VALUES (v_pipe, v_domain, v_vmta)
+            ON CONFLICT DO NOTHING;
+    ELSE
+        INSERT INTO mta.queue (pipe, domain, vmta)
+            SELECT DISTINCT v_pipe, d, v_vmta FROM unnest(v_domains) AS d ORDER BY 2
+            ON CONFLICT DO NOTHING;
+    END IF;
     INSERT INTO mta.messages (mail_from, content, size, job_id, envid, vmta, pipe, priority,
                               message_id_header)
         VALUES (p_mail_from, p_content, v_size, p_job_id, p_envid, nullif(v_vmta, ''), v_pipe,
                 p_priority, mta.header_message_id(p_content))
         RETURNING id INTO v_id;
-    WITH r AS (
+    IF v_n = 1 THEN
+        INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id, next_attempt,
+                                    queued_at)
+            VALUES (v_id, v_rcpt, v_domain, v_vmta, v_pipe, p_job_id, v_at, now())
+            RETURNING id INTO v_rid;
+        IF v_acct THEN
+            INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid,
+                                  queue, pipe, message_id, rcpt_id, dlv_size)
+                VALUES ('r', now(), now(), p_mail_from, v_rcpt, nullif(v_vmta, ''), p_job_id,
+                        p_envid, mta.queue_name(v_domain, v_vmta), v_pipe, v_id, v_rid, v_size);
+        END IF;
+    ELSIF v_acct THEN
+        WITH r AS (
+            INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id,
+                                        next_attempt, queued_at)
+                SELECT v_id, u.r, u.d, v_vmta, v_pipe, p_job_id, v_at, now()
+                  FROM unnest(p_rcpt_to, v_domains) WITH ORDINALITY AS u(r, d, i)
+                 ORDER BY u.i
+            RETURNING id, rcpt, domain
+        )
+        INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid,
+                              queue, pipe, message_id, rcpt_id, dlv_size)
+            SELECT 'r', now(), now(), p_mail_from, r.rcpt, nullif(v_vmta, ''), p_job_id, p_envid,
+                   mta.queue_name(r.domain, v_vmta), v_pipe, v_id, r.id, v_size
+              FROM r;
+    ELSE
         INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id, next_attempt,
                                     queued_at)
             SELECT v_id, u.r, u.d, v_vmta, v_pipe, p_job_id, v_at, now()
               FROM unnest(p_rcpt_to, v_domains) WITH ORDINALITY AS u(r, d, i)
-             ORDER BY u.i
-        RETURNING id, rcpt, domain
-    )
-    INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid, queue,
-                          pipe, message_id, rcpt_id, dlv_size)
-        SELECT 'r', now(), now(), p_mail_from, r.rcpt, nullif(v_vmta, ''), p_job_id, p_envid,
-               mta.queue_name(r.domain, v_vmta), v_pipe, v_id, r.id, v_size
-          FROM r;
+             ORDER BY u.i;
+    END IF;
     RETURN v_id;
 END
 $$;

@@ -12,8 +12,9 @@
 -- An AFTER ... FOR EACH STATEMENT trigger with a transition table does the
 -- work set-based: checks (a failing row aborts the whole statement, nothing is
 -- stored), then job and queue rows, messages, recipients and 'r' accounting
--- rows in a few statements, then deletes the staged rows again. There is no
--- per-row trigger: its call overhead would dominate the cost of COPY.
+-- rows (unless mta.acct_received is off, see sql/020_enqueue.sql) in a few
+-- statements, then deletes the staged rows again. There is no per-row
+-- trigger: its call overhead would dominate the cost of COPY.
 
 -- The transition table may be larger than work_mem and then lives in a temp
 -- file, so it is read as few times as possible: once for the checks and the
@@ -25,6 +26,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET work_mem = '64MB' AS $$
 DECLARE
     v_default text;
+    v_acct bool := mta.acct_received();
     c record;
     v text;
 BEGIN
@@ -119,7 +121,8 @@ BEGIN
                           pipe, message_id, rcpt_id, dlv_size)
         SELECT 'r', now(), now(), g.mail_from, rc.rcpt, nullif(rc.vmta, ''), rc.job_id, g.envid,
                mta.queue_name(rc.domain, rc.vmta), rc.pipe, rc.message_id, rc.id, g.size
-          FROM rc JOIN grp g ON g.message_id = rc.message_id;
+          FROM rc JOIN grp g ON g.message_id = rc.message_id
+         WHERE v_acct;
     RETURN NULL;
 END
 $$;

@@ -177,8 +177,10 @@ class SourceFleet:
     """smtp-source processes, one per (domain, size) group, each with its own
     sessions; started together, waited for together, CPU time collected."""
 
-    def __init__(self, groups, host_of, port, sessions_each=1, log_dir=None):
-        """groups: list of (domain, size, count)."""
+    def __init__(self, groups, host_of, port, sessions_each=1, log_dir=None,
+                 keep_connection=True):
+        """groups: list of (domain, size, count). keep_connection=False sends
+        one message per connection (smtp-source without -d)."""
         self.groups = groups
         self.host_of = host_of
         self.port = port
@@ -187,15 +189,17 @@ class SourceFleet:
         self.procs = []
         self.cpu = 0.0
         self.failed = []
+        self.keep_connection = keep_connection
 
     def start(self):
         for i, (domain, size, count) in enumerate(self.groups):
             if count <= 0:
                 continue
-            argv = [SMTP_SOURCE, "-d", "-s", str(self.sessions_each), "-m", str(count),
-                    "-l", str(size), "-f", "sender@bench.example", "-M", "bench.example",
-                    "-t", "rcpt@%s" % domain, "-N",
-                    "%s:%d" % (self.host_of(domain), self.port)]
+            argv = [SMTP_SOURCE] + (["-d"] if self.keep_connection else []) + [
+                "-s", str(self.sessions_each), "-m", str(count), "-l", str(size),
+                "-f", "sender@bench.example", "-M", "bench.example",
+                "-t", "rcpt@%s" % domain, "-N",
+                "%s:%d" % (self.host_of(domain), self.port)]
             log = open(os.path.join(self.log_dir, "src%d.log" % i), "wb")
             p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             log.close()

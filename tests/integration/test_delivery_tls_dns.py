@@ -19,7 +19,9 @@ class TlsAndDns(unittest.TestCase):
         cls.dns = DnsServer()
         port = free_port("127.0.0.30")
         cert, key = make_cert(tmpdir(), "mx-tls.test")
-        cls.tls_sink = Sink(host="127.0.0.30", port=port, tls_cert=cert, tls_key=key)
+        cls.tls_sink = Sink(host="127.0.0.30", port=port, tls_cert=cert, tls_key=key,
+                            rules={"rcpt:nouser@*": "550 5.1.1 no such user",
+                                   "rcpt:later@*": "452 4.2.2 mailbox full"})
         cls.clear_sink = Sink(host="127.0.0.31", port=port)
         cls.report_sink = Sink(host="127.0.0.32", port=port)
         cls.dns.add_mx("tls.test", 10, "mx-tls.test")
@@ -45,6 +47,8 @@ class TlsAndDns(unittest.TestCase):
         cls.pg.query(q, ("", "b@gone.test", BODY))
         cls.pg.query(q, ("", "a@loop.test", BODY))
         cls.pg.query(q, ("", "a@halfloop.test", BODY))
+        cls.pg.query("SELECT mta.enqueue('', ARRAY['nouser@tls.test', 'later@tls.test'], %s)",
+                     (BODY,))
         cls.node = Pgmtad(cls.pg, cls.dns, extra='smtp-port = %d; listen = { smtp = '
                           '[ "127.0.0.33:%d" ]; };' % (port, port),
                           domains=['{ name = "strict.test"; require-starttls = true; }'])
@@ -54,7 +58,9 @@ class TlsAndDns(unittest.TestCase):
                  cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 't' AND "
                                "rcpt IN ('a@strict.test', 'a@broken.test')") >= 2 and
                  cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE type IN ('d', 'b') AND "
-                               "rcpt IN ('a@loop.test', 'a@halfloop.test')") == 2,
+                               "rcpt IN ('a@loop.test', 'a@halfloop.test')") == 2 and
+                 cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE (type, rcpt) IN "
+                               "(('b', 'nouser@tls.test'), ('t', 'later@tls.test'))") >= 2,
                  timeout=60, what="deliveries, reports and deferrals")
 
     @classmethod
@@ -74,6 +80,16 @@ class TlsAndDns(unittest.TestCase):
         sess = [s for s in self.tls_sink.sessions() if s.messages]
         self.assertTrue(sess and sess[0].tls)
         self.assertEqual(sess[0].tls_version, "TLSv1.3")
+
+    def test_tls_on_bounced_and_deferred_rows(self):
+        # b and t rows of a TLS session carry its protocol and cipher, and
+        # t rows a bounce category, as d rows and PowerMTA's rows do
+        b = self.acct("nouser@tls.test", types=("b",))[0]
+        self.assertEqual((b[1], b[2], b[3]), ("5.1.1", "bad-mailbox", "TLSv1.3"))
+        self.assertTrue(b[4])
+        t = self.acct("later@tls.test", types=("t",))[0]
+        self.assertEqual((t[1], t[2], t[3]), ("4.2.2", "quota-issues", "TLSv1.3"))
+        self.assertTrue(t[4])
 
     def test_require_starttls_defers_without_sending(self):
         rows = self.acct("a@strict.test")

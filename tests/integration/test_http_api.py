@@ -151,6 +151,18 @@ class HttpApiTest(unittest.TestCase):
     def tearDown(self):
         self.assertTrue(self.node.proc.alive(), self.node.log()[-3000:])
 
+    def test_served_by_the_smtp_in_processes(self):
+        # Every smtp-in process binds listen.http (SO_REUSEPORT); the root
+        # parses no request.
+        pids = [int(p) for p in re.findall(r"proc=smtp-in index=\d+ pid=(\d+) started",
+                                           self.node.log())]
+        self.assertGreaterEqual(len(pids), 1)
+        out = subprocess.run(["ss", "-Htlnp", "sport = :%d" % self.port], capture_output=True,
+                             text=True, check=True).stdout
+        owners = sorted(int(p) for p in re.findall(r"pid=(\d+),", out))
+        self.assertEqual(owners, sorted(pids), out)
+        self.assertNotIn(self.node.proc.pid, owners)
+
     # ---- authentication ----
 
     def test_token_required(self):
@@ -483,7 +495,10 @@ class HttpReloadTest(unittest.TestCase):
                                           'token = "n3w"; allowed-hosts = [ "mta.test" ];'))
         st, _, r = self.c.json("POST", "/api/reload")
         self.assertEqual((st, r), (200, {"reloaded": True}))
-        self.assertEqual(self.c.request("GET", "/api/status")[0], 401)
+        # The root reloads and tells every process that serves listen.http;
+        # new connections land on any of them, so ask several times.
+        wait_for(lambda: all(self.c.request("GET", "/api/status")[0] == 401 for _ in range(10)),
+                 what="every HTTP process on the new configuration")
         self.assertEqual(self.c.request("GET", "/api/status", token="n3w")[0], 200)
         self.assertEqual(self.c.request("GET", "/api/status", token="n3w", host="mta.test")[0],
                          200)

@@ -6,6 +6,45 @@ import psycopg2
 
 from pgmta_test import DbTestCase, main
 
+BAD_RECIPIENTS = [
+    ("a\r\n@x.example", "contains CR or LF"),
+    ("a@x.example\r\nRCPT TO:<b@y.example>", "contains CR or LF"),
+    ("a@x.example\n", "contains CR or LF"),
+    ("a\x01b@x.example", "contains a control character"),
+    ("a\x7f@x.example", "contains a control character"),
+    ("a\tb@x.example", "contains a control character"),
+    ("<a@x.example>", "contains '<' or '>'"),
+    ('"a>b"@x.example', "contains '<' or '>'"),
+    ("x" * 65 + "@x.example", "local part is 65 octets long, at most 64"),
+    ("é" * 33 + "@x.example", "local part is 66 octets long, at most 64"),
+    ("a@" + ".".join(["b" * 60] * 5), "at most 254 allowed"),
+    ("a@b@x.example", "more than one '@' outside a quoted local part"),
+    ("a b@x.example", "space outside quotes"),
+    ("@x.example", "empty local part"),
+    ('""@x.example', "empty local part"),
+    ("a@", "empty domain"),
+    ("noatsign", "no '@'"),
+    ("", "empty address"),
+    ('"abc@x.example', "quoted local part not closed"),
+    (".a@x.example", "local part starts or ends with '.'"),
+    ("a.@x.example", "local part starts or ends with '.'"),
+    ("a..b@x.example", "local part starts or ends with '.' or has '..'"),
+    ("a(b)@x.example", "special character"),
+    ("a,b@x.example", "special character"),
+    ("a@x..example", "empty label in the domain"),
+    ("a@x.example.", "empty label in the domain"),
+    ("a@" + "b" * 64 + ".example", "domain label is 64 octets long, at most 63"),
+    ("a@x_y.example", "domain has a character other than letters, digits"),
+    ("a@x!.example", "domain has a character other than letters, digits"),
+    ("a@x y.example", "space in the domain"),
+    ("a@-x.example", "domain label starts or ends with '-'"),
+    ("a@x-.example", "domain label starts or ends with '-'"),
+    ("a@[192.0.2.256]", "invalid IPv4 address literal"),
+    ("a@[IPv6:zz::1]", "invalid address literal"),
+    ("a@[IPv6:1:2:3:4:5:6:7:8:9]", "invalid IPv6 address literal"),
+    ("a@[foo]", "invalid address literal"),
+]
+
 COUNTED = ("mta.messages", "mta.recipients", "mta.acct", "mta.queue", "mta.job")
 
 
@@ -110,51 +149,67 @@ class EnqueueTest(DbTestCase):
                 self.assertEqual(self.q("SELECT rcpt, domain FROM mta.recipients"
                                         " WHERE message_id = %s", (mid,)), [(addr, domain)])
 
+    def test_single_recipient_array_not_one_based(self):
+        mid = self.q1("SELECT mta.enqueue('s@example.org', '[0:0]={Zero@Based.Example}'::text[],"
+                      " 'x', job_id => 'job-zero')")
+        self.assertEqual(self.q("SELECT rcpt, domain, job_id FROM mta.recipients"
+                                " WHERE message_id = %s", (mid,)),
+                         [("Zero@Based.Example", "based.example", "job-zero")])
+        self.assertEqual(self.q("SELECT type, rcpt, queue FROM mta.acct WHERE message_id = %s",
+                                (mid,)), [("r", "Zero@Based.Example", "based.example")])
+
+    def test_acct_received_off(self):
+        """mta.acct_received = off: the message and its recipients are stored,
+        no 'r' row is written; the setting is read per call."""
+        c = self.pg.connect()
+        with c.cursor() as cur:
+            cur.execute("SET mta.acct_received = off")
+            cur.execute("SELECT mta.enqueue('s@example.org', ARRAY['a@off.example'], 'x')")
+            one = cur.fetchone()[0]
+            cur.execute("SELECT mta.enqueue('s@example.org',"
+                        " ARRAY['b@off.example', 'c@off2.example'], 'y', vmta => 'v1')")
+            two = cur.fetchone()[0]
+            cur.execute("SET mta.acct_received = on")
+            cur.execute("SELECT mta.enqueue('s@example.org', ARRAY['d@off.example'], 'z')")
+            three = cur.fetchone()[0]
+        c.close()
+        self.assertEqual(self.q("SELECT message_id, count(*) FROM mta.recipients"
+                                " WHERE message_id IN (%s, %s, %s) GROUP BY 1 ORDER BY 1",
+                                (one, two, three)), [(one, 1), (two, 2), (three, 1)])
+        self.assertEqual(self.q("SELECT message_id, rcpt FROM mta.acct"
+                                " WHERE message_id IN (%s, %s, %s)", (one, two, three)),
+                         [(three, "d@off.example")])
+        self.assertEqual(self.q("SELECT domain, vmta FROM mta.queue WHERE domain LIKE 'off%%'"
+                                " ORDER BY 1, 2"),
+                         [("off.example", ""), ("off.example", "v1"), ("off2.example", "v1")])
+
+    def test_acct_received_bad_value(self):
+        c = self.pg.connect()
+        with c.cursor() as cur:
+            cur.execute("SET mta.acct_received = maybe")
+            before = self.counts()
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute("SELECT mta.enqueue('s@example.org', ARRAY['a@bad.example'], 'x')")
+        c.close()
+        self.assertIn('invalid mta.acct_received "maybe": on or off expected',
+                      cm.exception.diag.message_primary)
+        self.assertEqual(self.counts(), before)
+
     # --- bad input --------------------------------------------------------
 
     def test_bad_recipients(self):
-        cases = [
-            ("a\r\n@x.example", "contains CR or LF"),
-            ("a@x.example\r\nRCPT TO:<b@y.example>", "contains CR or LF"),
-            ("a@x.example\n", "contains CR or LF"),
-            ("a\x01b@x.example", "contains a control character"),
-            ("a\x7f@x.example", "contains a control character"),
-            ("a\tb@x.example", "contains a control character"),
-            ("<a@x.example>", "contains '<' or '>'"),
-            ('"a>b"@x.example', "contains '<' or '>'"),
-            ("x" * 65 + "@x.example", "local part is 65 octets long, at most 64"),
-            ("é" * 33 + "@x.example", "local part is 66 octets long, at most 64"),
-            ("a@" + ".".join(["b" * 60] * 5), "at most 254 allowed"),
-            ("a@b@x.example", "more than one '@' outside a quoted local part"),
-            ("a b@x.example", "space outside quotes"),
-            ("@x.example", "empty local part"),
-            ('""@x.example', "empty local part"),
-            ("a@", "empty domain"),
-            ("noatsign", "no '@'"),
-            ("", "empty address"),
-            ('"abc@x.example', "quoted local part not closed"),
-            (".a@x.example", "local part starts or ends with '.'"),
-            ("a.@x.example", "local part starts or ends with '.'"),
-            ("a..b@x.example", "local part starts or ends with '.' or has '..'"),
-            ("a(b)@x.example", "special character"),
-            ("a,b@x.example", "special character"),
-            ("a@x..example", "empty label in the domain"),
-            ("a@x.example.", "empty label in the domain"),
-            ("a@" + "b" * 64 + ".example", "domain label is 64 octets long, at most 63"),
-            ("a@x_y.example", "domain has a character other than letters, digits"),
-            ("a@x!.example", "domain has a character other than letters, digits"),
-            ("a@x y.example", "space in the domain"),
-            ("a@-x.example", "domain label starts or ends with '-'"),
-            ("a@x-.example", "domain label starts or ends with '-'"),
-            ("a@[192.0.2.256]", "invalid IPv4 address literal"),
-            ("a@[IPv6:zz::1]", "invalid address literal"),
-            ("a@[IPv6:1:2:3:4:5:6:7:8:9]", "invalid IPv6 address literal"),
-            ("a@[foo]", "invalid address literal"),
-        ]
-        for addr, expect in cases:
+        for addr, expect in BAD_RECIPIENTS:
             with self.subTest(addr=addr):
                 msg = self.assert_refused(expect, "s@example.org", ["ok@good.example", addr])
                 self.assertIn("rcpt_to[2]", msg)
+
+    def test_bad_single_recipient(self):
+        """A message with one recipient takes its own path: the same checks."""
+        for addr, expect in BAD_RECIPIENTS:
+            with self.subTest(addr=addr):
+                msg = self.assert_refused(expect, "s@example.org", [addr])
+                self.assertIn("rcpt_to[1]", msg)
+        self.assert_refused("rcpt_to[1] is NULL", "s@example.org", [None])
 
     def test_message_shows_control_characters_escaped(self):
         msg = self.assert_refused("contains CR or LF", "s@example.org", ["a@b.example\r\nDATA"])

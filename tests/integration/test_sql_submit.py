@@ -45,6 +45,26 @@ class SubmitTest(DbTestCase):
               "<c12345@sender.example>", "copy05.example", True, True)])
         self.assertEqual(self.q("SELECT queued FROM mta.jobs WHERE job_id = 'copyjob'"), [(n,)])
 
+    def test_acct_received_off(self):
+        """mta.acct_received = off: COPY and INSERT store messages and
+        recipients but no 'r' rows; the staging table is left empty."""
+        c = self.pg.connect()
+        with c.cursor() as cur:
+            cur.execute("SET mta.acct_received = off")
+            cur.copy_expert("COPY mta.submit (mail_from, rcpt_to, content, job_id) FROM STDIN",
+                            io.StringIO("s@sender.example\ta@offcopy.example\tx\toffjob\n"
+                                        "s@sender.example\tb@offcopy.example\ty\toffjob\n"))
+            cur.execute("INSERT INTO mta.submit (mail_from, rcpt_to, content, job_id)"
+                        " VALUES ('s@sender.example', 'c@offins.example', 'z', 'offjob')")
+        c.close()
+        self.assertEqual(self.q("SELECT rcpt FROM mta.recipients WHERE job_id = 'offjob'"
+                                " ORDER BY 1"),
+                         [("a@offcopy.example",), ("b@offcopy.example",), ("c@offins.example",)])
+        self.assertEqual(self.q("SELECT count(*) FROM mta.messages WHERE job_id = 'offjob'"),
+                         [(3,)])
+        self.assertEqual(self.q("SELECT count(*) FROM mta.acct WHERE job_id = 'offjob'"), [(0,)])
+        self.assertEqual(self.q("SELECT count(*) FROM mta.submit"), [(0,)])
+
     def test_insert_select_groups_identical_content(self):
         self.q("INSERT INTO mta.submit (mail_from, rcpt_to, content, job_id, vmta, pipe)"
                " SELECT 'news@sender.example', 'r' || i || '@ins' || (i % 3) || '.example',"

@@ -1,0 +1,361 @@
+/* batch: claim decoding and finish encoding for one delivery session (see
+ * batch.h). The batch owns its PGresult (content is read in place), the
+ * recipient and transaction arrays, the signed copies and the connection
+ * facts; the session owns the batch. Nothing here does I/O. */
+#include "batch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "db.h"
+#include "dkim.h"
+#include "util.h"
+
+static char *
+col_text(const PGresult *res, int row, int col)
+{
+    if (col < 0 || PQgetisnull(res, row, col))
+        return NULL;
+    return xstrndup(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
+}
+
+/* A binary boolean column; NULL reads as false. */
+static bool
+col_bool(const PGresult *res, int row, int col)
+{
+    return col >= 0 && !PQgetisnull(res, row, col) && PQgetlength(res, row, col) == 1 &&
+           PQgetvalue(res, row, col)[0] != 0;
+}
+
+static bool
+address_sane(const char *a, bool allow_empty)
+{
+    if (!a)
+        return false;
+    if (!*a)
+        return allow_empty;
+    if (strlen(a) > 320 || !strchr(a, '@'))
+        return false;
+    for (const unsigned char *p = (const unsigned char *)a; *p; p++)
+        if (*p < 0x21 || *p == 0x7f || *p == '<' || *p == '>')
+            return false;
+    return true;
+}
+
+/* Why the content of a message (its first claimed row) cannot be sent, or
+ * NULL when it can. */
+static const char *
+content_nonsense(const PGresult *res, int row, int c_content, int c_missing)
+{
+    if (col_bool(res, row, c_missing) || PQgetisnull(res, row, c_content))
+        return "message content missing";
+    if (PQgetlength(res, row, c_content) == 0)
+        return "message content empty";
+    if ((unsigned)PQgetlength(res, row, c_content) > BATCH_MAX_CONTENT)
+        return "message content too large";
+    return NULL;
+}
+
+/* Why a claimed recipient row cannot be delivered, or NULL when it can. */
+static const char *
+row_nonsense(const PGresult *res, int row, int c_rcpt, int c_from, int c_att)
+{
+    if (PQgetisnull(res, row, c_rcpt) || !address_sane(PQgetvalue(res, row, c_rcpt), false))
+        return "invalid recipient address";
+    if (PQgetisnull(res, row, c_from) || !address_sane(PQgetvalue(res, row, c_from), true))
+        return "invalid sender address";
+    if (db_get_int4(res, row, c_att) < 1)
+        return "invalid attempt count";
+    return NULL;
+}
+
+size_t
+batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reject_cb reject,
+             void *arg, int *lease_left_ms)
+{
+    int n = PQntuples(res);
+    *lease_left_ms = 0;
+    if (n == 0)
+        return 0;
+    int c_id = PQfnumber(res, "rcpt_id"), c_tok = PQfnumber(res, "lease_token"),
+        c_mid = PQfnumber(res, "message_id"), c_from = PQfnumber(res, "mail_from"),
+        c_rcpt = PQfnumber(res, "rcpt"), c_content = PQfnumber(res, "content"),
+        c_att = PQfnumber(res, "attempt"), c_envid = PQfnumber(res, "envid"),
+        c_qat = PQfnumber(res, "queued_at"), c_first = PQfnumber(res, "content_first"),
+        c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms");
+    b->rcpts = xcalloc((size_t)n, sizeof *b->rcpts);
+    b->msgs = xcalloc((size_t)n, sizeof *b->msgs);
+    *lease_left_ms = c_left >= 0 ? db_get_int4(res, 0, c_left) : 0;
+    /* Rows come ordered by message, its content on the first row only. */
+    struct batch_msg *cur = NULL;
+    long long content_mid = -1; /* the message whose content is below */
+    const unsigned char *content = NULL;
+    size_t content_len = 0;
+    const char *content_why = NULL;
+    long owner = -1;
+    size_t held = 0;
+    for (int i = 0; i < n; i++) {
+        long long mid = db_get_int8(res, i, c_mid);
+        if (mid != content_mid) {
+            content_mid = mid;
+            owner = -1;
+            content_why = col_bool(res, i, c_first) ? content_nonsense(res, i, c_content, c_missing)
+                                                    : "message content missing";
+            content = content_why ? NULL : (const unsigned char *)PQgetvalue(res, i, c_content);
+            content_len = content_why ? 0 : (size_t)PQgetlength(res, i, c_content);
+        }
+        const char *why = content_why ? content_why : row_nonsense(res, i, c_rcpt, c_from, c_att);
+        if (why) {
+            reject(db_get_int8(res, i, c_id), db_get_int8(res, i, c_tok), why, arg);
+            continue;
+        }
+        struct batch_rcpt *r = &b->rcpts[b->nrcpts++];
+        r->id = db_get_int8(res, i, c_id);
+        r->token = db_get_int8(res, i, c_tok);
+        r->message_id = mid;
+        r->rcpt = col_text(res, i, c_rcpt);
+        r->attempt = db_get_int4(res, i, c_att);
+        r->queued_at_us = db_get_timestamptz_us(res, i, c_qat);
+        if (!r->rcpt)
+            r->rcpt = xstrdup("");
+        if (!cur || cur->message_id != r->message_id || cur->nrcpts >= max_rcpt) {
+            cur = &b->msgs[b->nmsgs++];
+            cur->message_id = r->message_id;
+            cur->mail_from = col_text(res, i, c_from);
+            if (!cur->mail_from)
+                cur->mail_from = xstrdup("");
+            cur->envid = col_text(res, i, c_envid);
+            cur->content = content;
+            cur->content_len = content_len;
+            cur->owner = owner;
+            if (owner < 0) {
+                /* The first transaction of this message holds its content. */
+                owner = (long)(b->nmsgs - 1);
+                held += content_len;
+            }
+            cur->first = b->nrcpts - 1;
+            cur->rcpt_ptrs = xcalloc((size_t)n, sizeof(char *));
+        }
+        cur->rcpt_ptrs[cur->nrcpts++] = r->rcpt;
+    }
+    b->res = db_take_result(res);
+    return held;
+}
+
+unsigned
+batch_claim_rows(unsigned max_rcpt, unsigned tokens, unsigned max_rows)
+{
+    unsigned long long rows = (unsigned long long)tokens * (max_rcpt ? max_rcpt : 1);
+    return rows > max_rows ? max_rows : rows < 1 ? 1 : (unsigned)rows;
+}
+
+void
+batch_learn(const struct batch *b, size_t held, double *avg_row_bytes)
+{
+    if (b->nrcpts == 0)
+        return;
+    double sample = (double)held / (double)b->nrcpts;
+    *avg_row_bytes = sample > *avg_row_bytes ? sample : 0.5 * *avg_row_bytes + 0.5 * sample;
+}
+
+size_t
+batch_trim(struct batch *b, size_t keep, struct buf *ids, struct buf *tokens)
+{
+    buf_puts(ids, "{");
+    buf_puts(tokens, "{");
+    size_t released = 0;
+    if (b->nmsgs > keep) {
+        size_t first = b->msgs[keep].first;
+        for (size_t i = first; i < b->nrcpts; i++) {
+            buf_printf(ids, "%s%lld", i > first ? "," : "", b->rcpts[i].id);
+            buf_printf(tokens, "%s%lld", i > first ? "," : "", b->rcpts[i].token);
+            free(b->rcpts[i].rcpt);
+            free(b->rcpts[i].diag);
+        }
+        b->nrcpts = first;
+        for (size_t i = keep; i < b->nmsgs; i++) {
+            struct batch_msg *m = &b->msgs[i];
+            if (m->owner < 0) {
+                released += m->content_len + m->signed_len;
+                free(m->signed_content);
+            }
+            free(m->mail_from);
+            free(m->envid);
+            free(m->rcpt_ptrs);
+        }
+        b->nmsgs = keep;
+    }
+    buf_puts(ids, "}");
+    buf_puts(tokens, "}");
+    return released;
+}
+
+size_t
+batch_clear(struct batch *b)
+{
+    size_t released = 0;
+    for (size_t i = 0; i < b->nrcpts; i++) {
+        free(b->rcpts[i].rcpt);
+        free(b->rcpts[i].diag);
+    }
+    free(b->rcpts);
+    for (size_t i = 0; i < b->nmsgs; i++) {
+        if (b->msgs[i].owner < 0) {
+            released += b->msgs[i].content_len + b->msgs[i].signed_len;
+            free(b->msgs[i].signed_content);
+        }
+        free(b->msgs[i].mail_from);
+        free(b->msgs[i].envid);
+        free(b->msgs[i].rcpt_ptrs);
+    }
+    free(b->msgs);
+    free(b->smtp_msgs);
+    if (b->res)
+        PQclear(b->res);
+    free(b->dsn_mta);
+    free(b->source_ip);
+    free(b->dest_ip);
+    free(b->tls_protocol);
+    free(b->tls_cipher);
+    memset(b, 0, sizeof *b);
+    return released;
+}
+
+size_t
+batch_smtp_messages(struct batch *b, struct dkim *keys)
+{
+    size_t added = 0;
+    struct smtp_message *m = xcalloc(b->nmsgs ? b->nmsgs : 1, sizeof *m);
+    for (size_t i = 0; i < b->nmsgs; i++) {
+        struct batch_msg *msg = &b->msgs[i];
+        m[i].mail_from = msg->mail_from;
+        m[i].envid = msg->envid;
+        m[i].rcpts = msg->rcpt_ptrs;
+        m[i].nrcpts = msg->nrcpts;
+        bool utf8 = false;
+        for (const char *p = msg->mail_from; *p; p++)
+            utf8 |= (*p & 0x80) != 0;
+        for (size_t k = 0; k < msg->nrcpts; k++)
+            for (const char *p = msg->rcpt_ptrs[k]; *p; p++)
+                utf8 |= (*p & 0x80) != 0;
+        m[i].smtputf8 = utf8;
+        if (msg->owner >= 0) {
+            /* A later transaction of the same message: the same bytes. */
+            m[i].content = m[msg->owner].content;
+            m[i].content_len = m[msg->owner].content_len;
+            m[i].eightbit = m[msg->owner].eightbit;
+            continue;
+        }
+        m[i].content = msg->content;
+        m[i].content_len = msg->content_len;
+        /* DKIM signature and BIMI-Selector of the sender domain, once per
+         * message (not per recipient or transaction). */
+        char *hdr =
+            keys ? dkim_headers(keys, msg->mail_from, msg->content, msg->content_len) : NULL;
+        if (hdr) {
+            size_t hl = strlen(hdr);
+            msg->signed_content = xmalloc(hl + msg->content_len);
+            memcpy(msg->signed_content, hdr, hl);
+            memcpy(msg->signed_content + hl, msg->content, msg->content_len);
+            m[i].content = msg->signed_content;
+            m[i].content_len = hl + msg->content_len;
+            msg->signed_len = m[i].content_len;
+            added += msg->signed_len;
+            free(hdr);
+        }
+        for (size_t k = 0; k < msg->content_len; k++) {
+            if (msg->content[k] & 0x80) {
+                m[i].eightbit = true;
+                break;
+            }
+        }
+    }
+    free(b->smtp_msgs);
+    b->smtp_msgs = m;
+    return added;
+}
+
+void
+batch_set_connection(struct batch *b, const struct smtp_conn_info *info)
+{
+    free(b->dsn_mta);
+    free(b->source_ip);
+    free(b->dest_ip);
+    free(b->tls_protocol);
+    free(b->tls_cipher);
+    b->dsn_mta = info->host || info->ip
+                     ? xasprintf("%s (%s)", info->host ? info->host : "", info->ip ? info->ip : "")
+                     : NULL;
+    b->source_ip = info->source_ip ? xstrdup(info->source_ip) : NULL;
+    b->dest_ip = info->ip ? xstrdup(info->ip) : NULL;
+    b->tls_protocol = info->tls_protocol ? xstrdup(info->tls_protocol) : NULL;
+    b->tls_cipher = info->tls_cipher ? xstrdup(info->tls_cipher) : NULL;
+}
+
+void
+batch_rcpt_set(struct batch_rcpt *r, char type, const char *status, const char *diag,
+               const char *cat)
+{
+    r->type = type;
+    snprintf(r->status, sizeof r->status, "%s", status ? status : "");
+    free(r->diag);
+    r->diag = xstrdup(diag ? diag : "");
+    r->bounce_cat = cat;
+}
+
+char *
+batch_reply_diag(const struct smtp_rcpt_result *r)
+{
+    /* The reply text carries its code on every line already. */
+    char *d = r->code ? xasprintf("smtp;%s", r->reply ? r->reply : "")
+                      : xasprintf("%s", r->reply ? r->reply : "");
+    for (char *p = d; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    return d;
+}
+
+void
+batch_append_ts(struct buf *out, long long us, bool quoted)
+{
+    time_t t = (time_t)(us / 1000000LL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    buf_printf(out, "%s%04d-%02d-%02d %02d:%02d:%02d.%06lld+00%s", quoted ? "\"" : "",
+               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+               us % 1000000LL, quoted ? "\"" : "");
+}
+
+void
+batch_finish_arrays(const struct batch *b, struct buf *a)
+{
+    for (int i = 0; i < BATCH_F_N; i++) {
+        buf_init(&a[i]);
+        buf_puts(&a[i], "{");
+    }
+    for (size_t i = 0; i < b->nrcpts; i++) {
+        const struct batch_rcpt *r = &b->rcpts[i];
+        if (i > 0)
+            for (int k = 0; k < BATCH_F_N; k++)
+                buf_puts(&a[k], ",");
+        buf_printf(&a[BATCH_F_IDS], "%lld", r->id);
+        buf_printf(&a[BATCH_F_TOKENS], "%lld", r->token);
+        buf_printf(&a[BATCH_F_TYPES], "%c", r->type);
+        if (r->type == 't')
+            batch_append_ts(&a[BATCH_F_RETRY], r->retry_at_us, true);
+        else
+            buf_puts(&a[BATCH_F_RETRY], "NULL");
+        db_array_append_text(&a[BATCH_F_STATUS], r->status);
+        db_array_append_text(&a[BATCH_F_DIAG], r->diag);
+        db_array_append_text(&a[BATCH_F_MTA], b->dsn_mta);
+        db_array_append_text(&a[BATCH_F_CAT], r->type != 'd' ? r->bounce_cat : NULL);
+        db_array_append_text(&a[BATCH_F_SRC], b->source_ip);
+        db_array_append_text(&a[BATCH_F_DST], b->dest_ip);
+        db_array_append_text(&a[BATCH_F_TLSP], b->tls_protocol);
+        db_array_append_text(&a[BATCH_F_TLSC], b->tls_cipher);
+    }
+    for (int i = 0; i < BATCH_F_N; i++)
+        buf_puts(&a[i], "}");
+}

@@ -1,0 +1,194 @@
+/* destination: the connection side of a delivery session (see
+ * destination.h). Pure helpers over the configuration and DNS results: the
+ * session calls them between resolving and connecting and owns what they
+ * return. */
+#include "destination.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hostport.h"
+#include "util.h"
+
+void
+destination_parse_route(const char *route, char *host, size_t hostlen, unsigned default_port,
+                        unsigned *port)
+{
+    /* Routes were checked by the configuration (the same parser). */
+    struct hostport hp;
+    if (!hostport_parse_str(route, HOSTPORT_BARE_IPV6, &hp, NULL)) {
+        snprintf(host, hostlen, "%s", route);
+        *port = default_port;
+        return;
+    }
+    snprintf(host, hostlen, "%s", hp.host);
+    *port = hp.port ? hp.port : default_port;
+}
+
+static bool
+parse_source(const char *ip, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        *len = sizeof *in4;
+        return true;
+    }
+    if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        *len = sizeof *in6;
+        return true;
+    }
+    return false;
+}
+
+/* Whether ADDR is one of this node's SMTP listeners (listen.smtp): an MX
+ * that points at ourselves would loop the mail back into our own queue. A
+ * wildcard listener (0.0.0.0, ::) counts for the loopback addresses. */
+static bool
+addr_is_ours(const struct conf *c, const struct dns_addr *a)
+{
+    char ip[INET6_ADDRSTRLEN];
+    unsigned port;
+    const void *bin;
+    int fam = a->sa.ss_family;
+    if (fam == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&a->sa;
+        bin = &in->sin_addr;
+        port = ntohs(in->sin_port);
+    } else if (fam == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->sa;
+        bin = &in6->sin6_addr;
+        port = ntohs(in6->sin6_port);
+    } else {
+        return false;
+    }
+    inet_ntop(fam, bin, ip, sizeof ip);
+    bool loopback = fam == AF_INET ? strncmp(ip, "127.", 4) == 0 : strcmp(ip, "::1") == 0;
+    for (size_t i = 0; i < c->nlisten_smtp; i++) {
+        struct hostport l;
+        if (!hostport_parse_str(c->listen_smtp[i], HOSTPORT_PORT_REQUIRED, &l, NULL) ||
+            l.port != port)
+            continue;
+        if (strcmp(l.host, ip) == 0)
+            return true;
+        if (loopback && (strcmp(l.host, "0.0.0.0") == 0 || strcmp(l.host, "::") == 0))
+            return true;
+    }
+    return false;
+}
+
+struct dns_host *
+destination_hosts(const struct conf *c, const struct dns_result *res, size_t *n)
+{
+    struct dns_host *out = xcalloc(res->nhosts ? res->nhosts : 1, sizeof *out);
+    *n = 0;
+    for (size_t i = 0; i < res->nhosts; i++) {
+        const struct dns_host *h = &res->hosts[i];
+        struct dns_host *o = &out[*n];
+        *o = *h;
+        o->addrs = xcalloc(h->naddrs ? h->naddrs : 1, sizeof *o->addrs);
+        o->naddrs = 0;
+        for (size_t k = 0; k < h->naddrs; k++)
+            if (!addr_is_ours(c, &h->addrs[k]))
+                o->addrs[o->naddrs++] = h->addrs[k];
+        if (o->naddrs)
+            (*n)++;
+        else
+            free(o->addrs);
+    }
+    return out;
+}
+
+void
+destination_hosts_free(struct dns_host *hosts, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(hosts[i].addrs);
+    free(hosts);
+}
+
+bool
+destination_dns_failure(const struct dns_result *res, struct destination_failure *f)
+{
+    switch (res->status) {
+    case DNS_OK:
+        return false;
+    case DNS_NXDOMAIN:
+    case DNS_NO_HOSTS:
+        *f = (struct destination_failure){true, 550, "5.1.2", NULL};
+        f->diag = xasprintf("dns;%s", res->error ? res->error : "no such domain");
+        return true;
+    case DNS_NULL_MX:
+        *f = (struct destination_failure){true, 556, "5.1.10", NULL};
+        f->diag = xasprintf("dns;%s", res->error ? res->error : "domain accepts no mail (null MX)");
+        return true;
+    case DNS_TEMPFAIL:
+    default:
+        *f = (struct destination_failure){false, 451, "4.4.3", NULL};
+        f->diag = xasprintf("dns;%s", res->error ? res->error : "temporary DNS failure");
+        return true;
+    }
+}
+
+void
+destination_client_config(const struct conf *c, const struct conf_domain *d,
+                          const char *source_vmta, const char *id, struct smtp_client_config *cfg,
+                          struct sockaddr_storage *src)
+{
+    const struct conf_vmta *vmta = source_vmta[0] ? conf_vmta_lookup(c, source_vmta) : NULL;
+    socklen_t srclen = 0;
+    bool have_src =
+        vmta && vmta->smtp_source_host && parse_source(vmta->smtp_source_host, src, &srclen);
+    *cfg = (struct smtp_client_config){
+        .helo_name = vmta && vmta->helo ? vmta->helo : c->node_name,
+        .source = have_src ? (const struct sockaddr *)src : NULL,
+        .source_len = have_src ? srclen : 0,
+        .use_starttls = d->use_starttls,
+        .require_starttls = d->require_starttls,
+        .tls_verify = d->tls_verify,
+        .tls_ca_file = getenv("PGMTA_TLS_CA_FILE"),
+        .connect_timeout_ms = d->connect_timeout_ms,
+        .command_timeout_ms = d->command_timeout_ms,
+        .data_timeout_ms = d->data_timeout_ms,
+        .id = id,
+    };
+}
+
+struct smtp_client *
+destination_connect(struct event_base *base, const struct conf *c, const struct conf_domain *d,
+                    const char *source_vmta, const char *domain, const char *id,
+                    const struct dns_result *res, struct destination_failure *f)
+{
+    if (destination_dns_failure(res, f))
+        return NULL;
+    size_t nhosts;
+    struct dns_host *hosts = destination_hosts(c, res, &nhosts);
+    if (nhosts == 0) {
+        /* Every MX is this node: delivering would loop (Postfix: 5.4.6). */
+        destination_hosts_free(hosts, 0);
+        *f = (struct destination_failure){true, 554, "5.4.6", NULL};
+        f->diag = xasprintf("dns;mail for %s loops back to myself", domain);
+        return NULL;
+    }
+    struct smtp_client_config cfg;
+    struct sockaddr_storage src;
+    destination_client_config(c, d, source_vmta, id, &cfg, &src);
+    struct smtp_client *client = smtp_client_new(base, &cfg, hosts, nhosts);
+    destination_hosts_free(hosts, nhosts);
+    return client;
+}
+
+bool
+destination_helo_is_fqdn(const char *name)
+{
+    if (!name || !hostport_is_hostname(name, strlen(name)) || !strchr(name, '.'))
+        return false;
+    /* "1.2.3.4" is an address written without brackets, not a name. */
+    return !hostport_is_ip_literal(name);
+}

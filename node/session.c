@@ -1,0 +1,611 @@
+/* session: the delivery session state machine (see session.h).
+ *
+ * Ownership: a session owns its batch (the claim result and everything
+ * decoded from it), its SMTP client, its DNS request and its timer. The
+ * session_env (the worker's) owns the list of sessions; the queue
+ * (admission) outlives its sessions. A request function may call its
+ * callback before it returns or later: "pending" is set before each
+ * request, the callback clears it, and a session that ended meanwhile is
+ * freed by that callback instead of at the end of the loop turn. */
+#include "session.h"
+#include "session_int.h"
+
+#include <libpq-fe.h>
+#include <stdlib.h>
+#include <sys/time.h>
+
+#include "batch.h"
+#include "db.h"
+#include "destination.h"
+#include "dns.h"
+#include "log.h"
+#include "policy.h"
+#include "queue.h"
+#include "sched.h"
+#include "smtp_client.h"
+#include "util.h"
+
+static const char *const state_names[] = {"slot", "slot+claim",   "connect-token", "tokens",
+                                          "wait", "claim-queued", "claim",         "resolve",
+                                          "send", "finish",       "finish-wait",   "done"};
+static const char *const event_names[] = {"slot",     "tokens",     "claim-turn", "claimed",
+                                          "resolved", "batch-done", "finished",   "timer"};
+
+/* The wall clock, for what is stored (retry times, expiry against
+ * queued_at, backoff end); deadlines use admission_now_ms. */
+static long long
+wall_us(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (long long)tv.tv_sec * 1000000LL + tv.tv_usec;
+}
+
+struct db *
+session_env_db(struct session_env *e)
+{
+    return queue_pick_db(e->dbs, e->ndbs, &e->rr);
+}
+
+/* ---- lifetime ---- */
+
+void
+session_unreserve(struct session *s)
+{
+    s->e->content_bytes -= s->reserved;
+    s->reserved = 0;
+}
+
+static void
+session_clear_batch(struct session *s)
+{
+    s->e->content_bytes -= batch_clear(&s->batch);
+}
+
+static void
+session_destroy(struct session *s)
+{
+    struct session_env *e = s->e;
+    session_unreserve(s);
+    session_clear_batch(s);
+    free(s->limit_domain);
+    free(s->pattern_reply);
+    if (s->ev_timer)
+        event_free(s->ev_timer);
+    free(s);
+    if (e->on_freed)
+        e->on_freed(e->arg);
+}
+
+static void
+session_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_destroy(arg);
+}
+
+/* First thing in every database or sched answer: false when the session
+ * ended meanwhile (it is freed here, the answer ignored). */
+bool
+session_returned(struct session *s)
+{
+    s->pending--;
+    if (s->state != SESSION_DONE)
+        return true;
+    if (s->pending == 0)
+        session_destroy(s);
+    return false;
+}
+
+/* Unlinks the session, gives back what it holds outside itself, and frees
+ * it at the end of this loop turn (or from the answer it waits for). */
+void
+session_end(struct session *s)
+{
+    struct session_env *e = s->e;
+    if (s->state == SESSION_DONE)
+        return;
+    enum session_state was = s->state;
+    session_enter(s, SESSION_DONE);
+    if (s->dnsreq) {
+        dns_cancel(s->dnsreq);
+        s->dnsreq = NULL;
+    }
+    s->resolving = false;
+    if (s->ev_timer)
+        evtimer_del(s->ev_timer);
+    if (was == SESSION_CLAIM_QUEUED)
+        admission_claim_leave(s->q, &s->claim_turn);
+    if (s->slot >= 0) {
+        sched_release_slot(e->sched, s->limit_domain, s->source_vmta, s->slot);
+        s->slot = -1;
+    }
+    if (s->smtp) {
+        if (s->usable)
+            smtp_client_quit(s->smtp);
+        else
+            smtp_client_free(s->smtp);
+        s->smtp = NULL;
+    }
+    for (struct session **pp = &e->sessions; *pp; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    e->nsessions--;
+    s->q->active--;
+    s->q->last_active = admission_now_ms();
+    if (s->pending)
+        return; /* freed by the answer */
+    struct timeval zero = {0, 0};
+    event_base_once(e->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
+}
+
+static void
+session_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_react(arg, &(struct session_event){.type = EV_TIMER});
+}
+
+/* The session's one timer (token and budget waits, finish retries). */
+static void
+session_timer(struct session *s, unsigned ms)
+{
+    if (!s->ev_timer)
+        s->ev_timer = evtimer_new(s->e->base, session_on_timer, s);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(s->ev_timer, &tv);
+}
+
+/* The queue cannot be served for MS: rate tokens exhausted (the wait is
+ * known), every slot taken cluster-wide, the destination throttled or
+ * deferred. Held here, and postponed in the database so that no node is
+ * offered it meanwhile (mta.queue_postpone). */
+void
+session_postpone(struct session *s, long long ms)
+{
+    if (ms <= 0)
+        return;
+    admission_hold(s->q, admission_now_ms(), ms);
+    struct db *db = session_env_db(s->e);
+    if (db)
+        queue_postpone(db, s->e->pipe, s->q->domain, s->q->vmta, ms);
+}
+
+/* ---- outcomes ---- */
+
+static double
+draw_random(void)
+{
+    return (double)random() / (double)RAND_MAX;
+}
+
+/* Applies one failure to every recipient of the batch (see policy.h). */
+static void
+session_fail_all(struct session *s, bool permanent, int code, const char *status, const char *diag)
+{
+    policy_fail_all(s->dom, &s->batch, s->q->backoff, permanent, code, status, diag, wall_us(),
+                    draw_random);
+}
+
+/* Makes the pattern effects of a batch known: backoff in the database (all
+ * nodes see it, and it ends by itself backoff-to-normal-after after the last
+ * matching reply), defer-queue as a hold of this queue on this process. */
+static void
+session_after_patterns(struct session *s)
+{
+    if (s->pattern_effects & POLICY_EFFECT_BACKOFF) {
+        s->q->backoff = true;
+        struct db *db = session_env_db(s->e);
+        if (db)
+            queue_enter_backoff(db, s->q->domain, s->q->vmta,
+                                wall_us() + (long long)s->dom->backoff_to_normal_after_ms * 1000LL,
+                                s->pattern_reply);
+        log_info("session=%llu queue=%s event=backoff until_s=%llu reply=\"%s\"",
+                 (unsigned long long)s->id, s->q->name,
+                 (unsigned long long)(s->dom->backoff_to_normal_after_ms / 1000),
+                 s->pattern_reply ? s->pattern_reply : "");
+    }
+    if (s->pattern_effects & POLICY_EFFECT_DEFER_QUEUE) {
+        session_postpone(s, (long long)s->dom->retry_after_ms);
+        s->no_reuse = true;
+        log_info("session=%llu queue=%s event=defer-queue for_s=%llu", (unsigned long long)s->id,
+                 s->q->name, (unsigned long long)(s->dom->retry_after_ms / 1000));
+    }
+    s->pattern_effects = 0;
+    free(s->pattern_reply);
+    s->pattern_reply = NULL;
+}
+
+/* ---- callbacks: arguments to events ---- */
+
+void
+session_on_slot(int slot, void *arg)
+{
+    struct session *s = arg;
+    /* A slot granted to a session that ended meanwhile goes back at once. */
+    if (s->state == SESSION_DONE && slot >= 0)
+        sched_release_slot(s->e->sched, s->limit_domain, s->source_vmta, slot);
+    if (session_returned(s))
+        session_react(s, &(struct session_event){.type = EV_SLOT, .slot = slot});
+}
+
+void
+session_on_tokens(unsigned granted, unsigned wait_ms, void *arg)
+{
+    struct session *s = arg;
+    if (session_returned(s))
+        session_react(
+            s, &(struct session_event){.type = EV_TOKENS, .granted = granted, .wait_ms = wait_ms});
+}
+
+static void
+session_on_dns(const struct dns_result *res, void *arg)
+{
+    struct session *s = arg;
+    s->dnsreq = NULL;
+    s->resolving = false;
+    session_react(s, &(struct session_event){.type = EV_RESOLVED, .dns = res});
+}
+
+static void
+session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *results,
+                 const struct smtp_conn_info *info, bool usable, void *arg)
+{
+    (void)c;
+    session_react(arg,
+                  &(struct session_event){
+                      .type = EV_BATCH_DONE, .results = results, .info = info, .usable = usable});
+}
+
+static void
+session_on_finished(const PGresult *res, void *arg)
+{
+    struct session *s = arg;
+    if (session_returned(s))
+        session_react(s, &(struct session_event){.type = EV_FINISHED, .res = res});
+}
+
+/* ---- claim ---- */
+
+/* ---- entering a state ---- */
+
+static void
+enter_resolve(struct session *s)
+{
+    struct session_env *e = s->e;
+    struct dns_request *req;
+    s->resolving = true;
+    if (s->dom->route) {
+        char host[256];
+        unsigned port;
+        destination_parse_route(s->dom->route, host, sizeof host, 25, &port);
+        req = dns_resolve_host(e->dns, host, (uint16_t)port, session_on_dns, s);
+    } else {
+        req = dns_resolve_mx(e->dns, s->q->domain, (uint16_t)e->conf->smtp_port, session_on_dns, s);
+    }
+    /* The answer may have come already (a cached one). */
+    if (s->resolving)
+        s->dnsreq = req;
+}
+
+static void
+enter_send(struct session *s)
+{
+    s->e->content_bytes += batch_smtp_messages(&s->batch, s->e->dkim);
+    /* The client reads the array until the batch callback. */
+    smtp_client_send(s->smtp, s->batch.smtp_msgs, s->batch.nmsgs, session_on_batch, s);
+}
+
+static void
+enter_finish(struct session *s)
+{
+    struct session_env *e = s->e;
+    struct db *db = session_env_db(e);
+    s->pending++;
+    int rc = db ? queue_finish(db, e->node_id, e->node_label, &s->batch, e->conf->generate_bounces,
+                               session_on_finished, s)
+                : -1;
+    if (rc < 0) {
+        s->pending--;
+        session_react(s, &(struct session_event){.type = EV_FINISHED, .res = NULL});
+    }
+}
+
+void
+session_enter(struct session *s, enum session_state st)
+{
+    log_trace("session=%llu queue=%s event=state from=%s to=%s", (unsigned long long)s->id,
+              s->q->name, state_names[s->state], state_names[st]);
+    s->state = st;
+    struct session_env *e = s->e;
+    switch (st) {
+    case SESSION_SLOT_CLAIM:
+        session_enter_slot_claim(s);
+        break;
+    case SESSION_SLOT:
+        s->pending++;
+        sched_take_slot(e->sched, s->limit_domain, s->source_vmta, s->dom->max_smtp_out,
+                        session_on_slot, s);
+        break;
+    case SESSION_CONNECT_TOKEN:
+        s->pending++;
+        sched_take_tokens(e->sched, s->limit_domain, s->source_vmta, SCHED_CONNECT,
+                          &s->dom->max_connect_rate, 1, session_on_tokens, s);
+        break;
+    case SESSION_TOKENS:
+        session_enter_tokens(s);
+        break;
+    case SESSION_WAIT:
+    case SESSION_FINISH_WAIT:
+        session_timer(s, st == SESSION_WAIT ? s->timer_ms : 1000);
+        break;
+    case SESSION_CLAIM_QUEUED:
+        admission_claim_wait(s->q, &s->claim_turn, s);
+        break;
+    case SESSION_CLAIM:
+        session_enter_claim(s);
+        break;
+    case SESSION_RESOLVE:
+        enter_resolve(s);
+        break;
+    case SESSION_SEND:
+        enter_send(s);
+        break;
+    case SESSION_FINISH:
+        enter_finish(s);
+        break;
+    case SESSION_DONE:
+        break;
+    }
+}
+
+/* ---- reacting to an event ---- */
+
+static void
+react_resolved(struct session *s, const struct dns_result *res)
+{
+    struct session_env *e = s->e;
+    struct destination_failure f;
+    s->smtp = destination_connect(e->base, e->conf, s->dom, s->source_vmta, s->q->domain,
+                                  s->q->name, res, &f);
+    if (!s->smtp) {
+        session_fail_all(s, f.permanent, f.code, f.status, f.diag);
+        free(f.diag);
+        session_enter(s, SESSION_FINISH);
+        return;
+    }
+    s->usable = true;
+    s->connect_reported = false;
+    session_enter(s, SESSION_SEND);
+}
+
+static void
+react_batch_done(struct session *s, const struct session_event *ev)
+{
+    struct batch *b = &s->batch;
+    s->usable = ev->usable;
+    batch_set_connection(b, ev->info);
+    bool answered = policy_batch_outcomes(s->dom, b, ev->results, s->q->backoff, wall_us(),
+                                          draw_random, &s->pattern_effects, &s->pattern_reply);
+    s->sent += (unsigned)b->nmsgs;
+    if (!s->connect_reported) {
+        /* Feedback for admission: did any MX answer at all? */
+        s->connect_reported = true;
+        long long now = admission_now_ms();
+        if (admission_connected(s->q, s->dom, answered, now))
+            session_postpone(s, s->q->throttle_until - now);
+    }
+    session_after_patterns(s);
+    if (!ev->usable) {
+        smtp_client_free(s->smtp);
+        s->smtp = NULL;
+    }
+    session_enter(s, SESSION_FINISH);
+}
+
+static void
+react_finished(struct session *s, const PGresult *res)
+{
+    struct session_env *e = s->e;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        /* Keep the outcome and try again while our leases are valid: the
+         * database may be restarting. After that, the leases expire and the
+         * recipients are delivered again (a duplicate, never a loss). */
+        long long left = s->lease_deadline_ms - admission_now_ms();
+        log_warn("session=%llu queue=%s event=finish-failed error=\"%s\" lease_left_ms=%lld",
+                 (unsigned long long)s->id, s->q->name,
+                 res ? PQresultErrorMessage(res) : "no database connection", left);
+        if (left <= 1000)
+            session_end(s);
+        else
+            session_enter(s, SESSION_FINISH_WAIT);
+        return;
+    }
+    long long finished = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    size_t counts[3] = {0, 0, 0};
+    for (size_t i = 0; i < s->batch.nrcpts; i++) {
+        char t = s->batch.rcpts[i].type;
+        counts[t == 'd' ? 0 : t == 'b' ? 1 : 2]++;
+    }
+    log_info("session=%llu queue=%s event=finished rcpts=%zu delivered=%zu bounced=%zu "
+             "deferred=%zu fenced=%lld",
+             (unsigned long long)s->id, s->q->name, s->batch.nrcpts, counts[0], counts[1],
+             counts[2], (long long)s->batch.nrcpts - finished);
+    session_clear_batch(s);
+    if (s->smtp && s->usable && !s->no_reuse && !e->stopping &&
+        s->sent < s->dom->max_msg_per_connection) {
+        session_enter(s, SESSION_TOKENS);
+        return;
+    }
+    if (s->sent >= s->dom->max_msg_per_connection && s->dom->max_smtp_out != CONF_UNLIMITED) {
+        /* The connection is used up and its slot goes back: let the other
+         * nodes of the cluster have a turn at it before this one asks again
+         * (a short random pause, shorter than the fast poll of the others). */
+        long long pause_ms = SESSION_FAST_POLL_MS + random() % (3 * SESSION_FAST_POLL_MS);
+        admission_hold(s->q, admission_now_ms(), pause_ms);
+    }
+    session_end(s);
+}
+
+static void
+react_tokens(struct session *s, const struct session_event *ev)
+{
+    if (ev->granted > 0) {
+        s->tokens = ev->granted;
+        s->token_waited_ms = 0;
+        session_enter(s, SESSION_CLAIM);
+        return;
+    }
+    unsigned wait_ms = ev->wait_ms < 20 ? 20 : ev->wait_ms > 1000 ? 1000 : ev->wait_ms;
+    /* A connected session waits a little for the rate to allow the next
+     * message; an unconnected one gives up its slot at once. */
+    if (s->smtp && !s->e->stopping && s->token_waited_ms + wait_ms <= SESSION_MAX_TOKEN_WAIT_MS) {
+        s->token_waited_ms += wait_ms;
+        s->timer_ms = wait_ms;
+        session_enter(s, SESSION_WAIT);
+        return;
+    }
+    session_postpone(s, wait_ms);
+    session_end(s);
+}
+
+void
+session_react(struct session *s, const struct session_event *ev)
+{
+    log_trace("session=%llu queue=%s event=%s state=%s", (unsigned long long)s->id, s->q->name,
+              event_names[ev->type], state_names[s->state]);
+    switch (s->state) {
+    case SESSION_SLOT:
+        if (ev->type != EV_SLOT)
+            break;
+        if (ev->slot < 0) {
+            /* Every slot of the queue is taken somewhere in the cluster: do
+             * not ask again on every scheduler tick. */
+            session_postpone(s, SESSION_SLOT_RETRY_MS);
+            session_end(s);
+            return;
+        }
+        s->slot = ev->slot;
+        session_enter(s, SESSION_CONNECT_TOKEN);
+        return;
+    case SESSION_SLOT_CLAIM:
+        if (ev->type == EV_SLOT) {
+            s->slot_answer = ev->slot;
+            s->slot = ev->slot >= 0 ? ev->slot : -1;
+        } else if (ev->type == EV_CLAIMED) {
+            s->claim_answered = true;
+            s->claim_ok = session_take_claim(s, ev->res);
+        } else {
+            break;
+        }
+        session_slot_claim_step(s);
+        return;
+    case SESSION_CONNECT_TOKEN:
+        if (ev->type != EV_TOKENS)
+            break;
+        if (ev->granted == 0) {
+            session_postpone(s, ev->wait_ms ? ev->wait_ms : 100);
+            session_end(s);
+            return;
+        }
+        session_enter(s, SESSION_TOKENS);
+        return;
+    case SESSION_TOKENS:
+        if (ev->type != EV_TOKENS)
+            break;
+        react_tokens(s, ev);
+        return;
+    case SESSION_WAIT:
+        if (ev->type != EV_TIMER)
+            break;
+        session_enter(s, SESSION_TOKENS);
+        return;
+    case SESSION_CLAIM_QUEUED:
+        if (ev->type != EV_CLAIM_TURN)
+            break;
+        session_enter(s, SESSION_CLAIM);
+        return;
+    case SESSION_CLAIM:
+        if (ev->type != EV_CLAIMED)
+            break;
+        if (!session_take_claim(s, ev->res))
+            session_end(s);
+        else
+            session_enter(s, s->smtp ? SESSION_SEND : SESSION_RESOLVE);
+        return;
+    case SESSION_RESOLVE:
+        if (ev->type != EV_RESOLVED)
+            break;
+        react_resolved(s, ev->dns);
+        return;
+    case SESSION_SEND:
+        if (ev->type != EV_BATCH_DONE)
+            break;
+        react_batch_done(s, ev);
+        return;
+    case SESSION_FINISH:
+        if (ev->type != EV_FINISHED)
+            break;
+        react_finished(s, ev->res);
+        return;
+    case SESSION_FINISH_WAIT:
+        if (ev->type != EV_TIMER)
+            break;
+        session_enter(s, SESSION_FINISH);
+        return;
+    case SESSION_DONE:
+        return; /* late events of an ended session are ignored */
+    }
+    log_error("session=%llu queue=%s event=unexpected got=%s state=%s", (unsigned long long)s->id,
+              s->q->name, event_names[ev->type], state_names[s->state]);
+    util_panic(__func__, "event not expected in this state");
+}
+
+/* ---- the env's sessions ---- */
+
+void
+session_start(struct session_env *e, struct admission_queue *q, const struct conf_domain *dom)
+{
+    struct session *s = xcalloc(1, sizeof *s);
+    s->id = ++e->next_id;
+    s->e = e;
+    s->q = q;
+    s->dom = dom;
+    s->state = SESSION_SLOT;
+    s->slot = -1;
+    s->limit_domain = dom->mx_rollup ? xasprintf("rollup:%s", dom->mx_rollup) : xstrdup(q->domain);
+    /* A queue whose virtual MTA is a pool sends through its members in turn;
+     * limits then apply per member (per source address). */
+    const struct conf_vmta_pool *pool = q->vmta[0] ? conf_vmta_pool_lookup(e->conf, q->vmta) : NULL;
+    s->source_vmta =
+        pool && pool->nmembers ? pool->members[q->pool_next++ % pool->nmembers] : q->vmta;
+    s->next = e->sessions;
+    e->sessions = s;
+    e->nsessions++;
+    q->active++;
+    q->last_active = admission_now_ms();
+    log_debug("session=%llu queue=%s event=start active=%u source=%s", (unsigned long long)s->id,
+              q->name, q->active, s->source_vmta);
+    session_enter(s, session_may_slot_claim(s) ? SESSION_SLOT_CLAIM : SESSION_SLOT);
+}
+
+void
+session_end_all(struct session_env *e)
+{
+    while (e->sessions)
+        session_end(e->sessions);
+}
+
+void
+session_slots_lost(struct session_env *e)
+{
+    for (struct session *s = e->sessions; s; s = s->next) {
+        s->slot = -1;
+        s->no_reuse = true;
+    }
+}

@@ -1,0 +1,105 @@
+/* session_int: what the files of the session module share (session.c, the
+ * state machine; session_claim.c, the claim side): the states, the events
+ * and struct session. Nothing outside the session module includes it. */
+#ifndef PGMTA_SESSION_INT_H
+#define PGMTA_SESSION_INT_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "batch.h"
+#include "dns.h"
+#include "session.h"
+#include "smtp_client.h"
+
+enum session_state {
+    SESSION_SLOT,
+    SESSION_SLOT_CLAIM, /* a new connection's slot and first claim, in parallel */
+    SESSION_CONNECT_TOKEN,
+    SESSION_TOKENS,
+    SESSION_WAIT, /* for tokens or budget, on the timer */
+    SESSION_CLAIM_QUEUED,
+    SESSION_CLAIM,
+    SESSION_RESOLVE,
+    SESSION_SEND,
+    SESSION_FINISH,
+    SESSION_FINISH_WAIT,
+    SESSION_DONE
+};
+
+enum session_event_type {
+    EV_SLOT,
+    EV_TOKENS,
+    EV_CLAIM_TURN,
+    EV_CLAIMED,
+    EV_RESOLVED,
+    EV_BATCH_DONE,
+    EV_FINISHED,
+    EV_TIMER
+};
+
+struct session_event {
+    enum session_event_type type;
+    int slot;
+    unsigned granted, wait_ms;
+    const PGresult *res;
+    const struct dns_result *dns;
+    const struct smtp_rcpt_result *const *results;
+    const struct smtp_conn_info *info;
+    bool usable;
+};
+
+struct session {
+    uint64_t id;
+    struct session_env *e;
+    struct admission_queue *q;
+    const struct conf_domain *dom;
+    enum session_state state;
+    struct smtp_client *smtp;
+    struct dns_request *dnsreq;
+    bool resolving;
+    struct event *ev_timer;
+    unsigned timer_ms; /* for SESSION_WAIT */
+    struct batch batch;
+    size_t reserved; /* content budget reserved for a claim in flight */
+    unsigned sent;   /* transactions on this connection */
+    bool usable;
+    long long lease_deadline_ms; /* monotonic, from the server's lease_until */
+    /* Shaping key: limits are per (destination, source virtual MTA); the
+     * destination is the mx-rollup name when the domain has one. */
+    char *limit_domain;
+    const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
+    int slot;                /* connection slot held, -1 none */
+    unsigned tokens;         /* message tokens granted for the next claim */
+    unsigned token_waited_ms;
+    bool no_reuse;            /* quit after the current batch */
+    unsigned pattern_effects; /* POLICY_EFFECT_* of this batch's replies */
+    char *pattern_reply;
+    unsigned pending;                   /* database or sched answers due */
+    int slot_answer;                    /* SESSION_SLOT_CLAIM: -2 none yet */
+    bool claim_answered, claim_ok;      /* SESSION_SLOT_CLAIM */
+    bool connect_reported;              /* admission_connected was told about this connection */
+    struct admission_waiter claim_turn; /* in q's claim line */
+    struct session *next;
+};
+
+/* session.c */
+void session_enter(struct session *s, enum session_state st);
+void session_react(struct session *s, const struct session_event *ev);
+void session_end(struct session *s);
+bool session_returned(struct session *s);
+void session_unreserve(struct session *s);
+void session_postpone(struct session *s, long long ms);
+void session_on_tokens(unsigned granted, unsigned wait_ms, void *arg);
+void session_on_slot(int slot, void *arg);
+
+/* session_claim.c */
+void session_enter_tokens(struct session *s);
+void session_enter_claim(struct session *s);
+void session_enter_slot_claim(struct session *s);
+void session_slot_claim_step(struct session *s);
+bool session_may_slot_claim(const struct session *s);
+/* Decodes the claimed rows; false when there is nothing to deliver. */
+bool session_take_claim(struct session *s, const PGresult *res);
+
+#endif
