@@ -31,7 +31,19 @@ smtp_in_settings_free(struct smtp_in_settings *st)
     }
     free(st->users);
     free(st->hostname);
+    for (size_t i = 0; i < st->nvmtas; i++)
+        free(st->vmtas[i]);
+    free(st->vmtas);
     free(st);
+}
+
+bool
+smtp_in_settings_vmta_known(const struct smtp_in_settings *st, const char *name)
+{
+    for (size_t i = 0; i < st->nvmtas; i++)
+        if (strcmp(st->vmtas[i], name) == 0)
+            return true;
+    return false;
 }
 
 static SSL_CTX *
@@ -113,5 +125,10 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
     st->batch.max_bytes = conf->smtp_listener_batch_max_bytes;
     st->batch.max_wait_ms = conf->smtp_listener_batch_max_wait_ms;
     st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
+    st->vmtas = xcalloc(conf->nvmtas + conf->nvmta_pools + 1, sizeof *st->vmtas);
+    for (size_t i = 0; i < conf->nvmtas; i++)
+        st->vmtas[st->nvmtas++] = xstrdup(conf->vmtas[i].name);
+    for (size_t i = 0; i < conf->nvmta_pools; i++)
+        st->vmtas[st->nvmtas++] = xstrdup(conf->vmta_pools[i].name);
     return st;
 }

@@ -463,6 +463,18 @@ data_finished(struct session *s)
     }
     char *job = NULL, *vmta = NULL;
     smtp_server_take_headers(&s->content, s->header_start, &job, &vmta);
+    if (vmta && *vmta && !smtp_in_settings_vmta_known(s->srv->set, vmta)) {
+        /* never sent from the default address instead */
+        reply(s, "554 5.6.0 Message refused: X-Virtual-MTA names no configured virtual MTA or "
+                 "pool");
+        log_info("smtp-in session=%lu from=%s event=refused reason=unknown-vmta vmta=\"%s\"", s->id,
+                 s->ip, vmta);
+        free(job);
+        free(vmta);
+        txn_reset(s);
+        session_enter(s, SS_CMD);
+        return;
+    }
     enqueue_start(s, job, vmta);
 }
 

@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "addr.h"
 #include "hdr.h"
 #include "util.h"
 
@@ -62,86 +63,6 @@ smtp_server_parse_command(const char *line, size_t len, struct smtp_server_cmd *
     cmd->arg = line + a;
     cmd->arglen = end - a;
     return NULL;
-}
-
-static bool
-is_atext(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return true;
-    return ch && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL;
-}
-
-/* RFC 5321 Local-part: Dot-string or Quoted-string. */
-static bool
-local_part_ok(const char *p, size_t n)
-{
-    if (n == 0 || n > 64)
-        return false;
-    if (p[0] == '"') {
-        if (n < 2 || p[n - 1] != '"')
-            return false;
-        for (size_t i = 1; i < n - 1; i++) {
-            unsigned char ch = (unsigned char)p[i];
-            if (ch == '\\') {
-                if (++i >= n - 1)
-                    return false;
-                continue;
-            }
-            if (ch == '"')
-                return false;
-        }
-        return true;
-    }
-    if (p[0] == '.' || p[n - 1] == '.')
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (ch == '.') {
-            if (p[i + 1] == '.')
-                return false;
-        } else if (!is_atext(ch)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* A host name (letters, digits, hyphens, dots between labels of 1..63) or
- * an address literal in brackets. */
-static bool
-domain_ok(const char *p, size_t n)
-{
-    if (n == 0 || n > 255)
-        return false;
-    if (p[0] == '[') {
-        if (n < 3 || p[n - 1] != ']')
-            return false;
-        /* IPv4 or "IPv6:" literals: letters, digits, dots and colons. */
-        for (size_t i = 1; i < n - 1; i++) {
-            unsigned char ch = (unsigned char)p[i];
-            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                  (ch >= '0' && ch <= '9') || ch == '.' || ch == ':'))
-                return false;
-        }
-        return true;
-    }
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (ch == '.') {
-            if (label == 0)
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_'))
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return label > 0;
 }
 
 const char *
@@ -217,8 +138,9 @@ smtp_server_parse_path(const char *arg, size_t arglen, bool mail, char *addr, si
     if (!at)
         return mail ? "501 5.1.7 Sender address needs a domain"
                     : "501 5.1.3 Recipient address needs a domain";
-    size_t llen = (size_t)(at - a);
-    if (!local_part_ok(a, llen) || !domain_ok(at + 1, n - llen - 1))
+    /* The one validator (addr.c, the rules of sql/010_validate.sql): what
+     * RCPT accepts is what the enqueue stores. */
+    if (!addr_validate(a, n, NULL, NULL))
         return bad;
     memcpy(addr, a, n);
     addr[n] = '\0';

@@ -3,13 +3,18 @@
 split, against a real PostgreSQL and the real SMTP listener."""
 import base64
 import hashlib
+import http.client
+import json
 import os
 import re
+import smtplib
 import socket
 import ssl
 import subprocess
 import time
 import unittest
+
+import psycopg2
 
 import pgmta_test
 from pgmta_test import PgServer, Pgmtad, free_port, make_cert, tmpdir, wait_for
@@ -274,6 +279,134 @@ class AuthLimits(NodeBase):
         self.assertEqual(reply(tf)[0], 235)
         self.assertLess(time.monotonic() - start, 1.5)
         t.close()
+
+
+class FieldChecks(unittest.TestCase):
+    """job_id, envid, vmta and addresses checked once, with the same rules
+    on every door: SQL (22023 naming the field), SMTP (5xx), HTTP (400)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PgServer()
+        cls.port, cls.http = free_port(), free_port()
+        cls.pg.query("SELECT mta.pause_queue('example.test')")
+        cls.pg.query("SELECT mta.pause_queue('example.test', 'known')")
+        extra = ('listen = { smtp = [ "127.0.0.1:%d" ]; http = "127.0.0.1:%d"; };\n'
+                 'http = { token = "adm1n"; inject-tokens = [ "inj3ct" ]; };\n'
+                 'virtual-mtas = ( { name = "known"; } );\n' % (cls.port, cls.http))
+        cls.node = Pgmtad(cls.pg, extra=extra)
+
+        def up():
+            if not cls.node.proc.alive():
+                raise AssertionError("pgmtad exited:\n" + cls.node.log()[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", cls.http), timeout=1).close()
+            except OSError:
+                return False
+            return cls.pg.scalar("SELECT count(*) FROM mta.pipes") > 0 and \
+                "db=pgmtad-smtp-in event=connected" in cls.node.log()
+        wait_for(up, timeout=20, what="the listener")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def stored(self):
+        return self.pg.scalar("SELECT count(*) FROM mta.messages WHERE mail_from <> ''")
+
+    def sql_error(self, sql, args):
+        c = self.pg.connect()
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql, args)
+        except psycopg2.Error as e:
+            return e.pgcode, e.pgerror
+        finally:
+            c.close()
+        return None, None
+
+    BAD = (("job_id", "j" * 201, "at most 200"), ("job_id", "a\x01b", "control character"),
+           ("job_id", "a\nb", "control character"), ("envid", "e" * 101, "100"),
+           ("envid", "+" * 34, "100"), ("envid", "caf\u00e9", "printable ASCII"),
+           ("envid", "a\tb", "printable ASCII"))
+
+    def test_sql_enqueue_and_submit(self):
+        before = self.stored()
+        for field, value, why in self.BAD:
+            code, msg = self.sql_error(
+                "SELECT mta.enqueue('s@sender.test', ARRAY['r@example.test'], "
+                "'Subject: x\r\n\r\nx\r\n'::bytea, %s => %%s)" % field, (value,))
+            self.assertEqual(code, "22023", (field, value, msg))
+            self.assertIn("invalid %s" % field, msg)
+            self.assertIn(why, msg)
+            code, msg = self.sql_error(
+                "INSERT INTO mta.submit (mail_from, rcpt_to, content, %s) VALUES "
+                "('s@sender.test', 'r@example.test', 'Subject: x\r\n\r\nx\r\n'::bytea, %%s)"
+                % field, (value,))
+            self.assertEqual(code, "22023", (field, value, msg))
+            self.assertIn("invalid %s" % field, msg)
+        # the limits themselves are allowed
+        self.pg.query("SELECT mta.enqueue('s@sender.test', ARRAY['r@example.test'], "
+                      "'Subject: x\r\n\r\nx\r\n'::bytea, job_id => %s, envid => %s)",
+                      ("j" * 200, "e" * 97 + "+"))
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.messages WHERE job_id = %s",
+                                        ("j" * 200,)), 1)
+
+    def http_inject(self, **kw):
+        req = {"envelope_sender": "s@sender.test", "recipients": [{"email": "r@example.test"}],
+               "content": "Subject: x\r\n\r\nx\r\n"}
+        req.update(kw)
+        c = http.client.HTTPConnection("127.0.0.1", self.http, timeout=30)
+        try:
+            c.request("POST", "/api/inject/v1", body=json.dumps(req).encode(),
+                      headers={"Host": "127.0.0.1", "Content-Type": "application/json",
+                               "Authorization": "Bearer inj3ct"})
+            r = c.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            c.close()
+
+    def test_http(self):
+        before = self.stored()
+        for field, value, why in self.BAD:
+            st, body = self.http_inject(**{field: value})
+            self.assertEqual(st, 400, (field, value, body))
+            self.assertIn(field, body)
+        self.assertEqual(self.stored(), before)
+
+    def smtp(self):
+        c = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        self.addCleanup(c.close)
+        c.ehlo("client.test")
+        return c
+
+    def test_smtp_fields(self):
+        before = self.stored()
+        s = self.smtp()
+        for header, why in ((b"X-Job: " + b"j" * 201, b"job_id"),
+                            (b"X-Virtual-MTA: unknown-vmta", b"X-Virtual-MTA")):
+            with self.assertRaises(smtplib.SMTPDataError) as e:
+                s.sendmail("s@sender.test", ["r@example.test"], header + b"\r\n\r\nx\r\n")
+            self.assertEqual(e.exception.smtp_code, 554)
+            self.assertIn(why, e.exception.smtp_error)
+        self.assertEqual(self.stored(), before)
+        s.sendmail("s@sender.test", ["r@example.test"], b"X-Virtual-MTA: known\r\n\r\nx\r\n")
+        self.assertEqual(self.stored(), before + 1)
+
+    def test_rcpt_refuses_what_sql_refuses(self):
+        s = self.smtp()
+        s.mail("s@sender.test")
+        for rcpt in ("r@ex_ample.test", "r@-example.test", "r@example-.test", "r@[300.1.1.1]",
+                     "r@[IPv6:1:2:3]", "r@[example.test]"):
+            code, msg = s.rcpt(rcpt)
+            self.assertIn(code, (501, 553), (rcpt, msg))
+            # and SQL agrees
+            code, _ = self.sql_error("SELECT mta.enqueue('s@sender.test', ARRAY[%s], "
+                                     "'Subject: x\r\n\r\nx\r\n'::bytea)", (rcpt,))
+            self.assertEqual(code, "22023", rcpt)
+        self.assertEqual(s.rcpt("r@[127.0.0.1]")[0], 250)
+        self.assertEqual(s.rcpt("r@[IPv6:2001:db8::1]")[0], 250)
 
 
 if __name__ == "__main__":
