@@ -311,6 +311,12 @@ const struct field conf_top_fields[] = {
      .count_off = C_OFF(npipes),
      .kind = &pipe_kind},
     {.name = "default-pipe", .type = F_NAME, .off = C_OFF(default_pipe)},
+    /* mail loops: Received: fields at injection (see README, Security) */
+    {.name = "hop-count-limit",
+     .type = F_UINT,
+     .off = C_OFF(hop_count_limit),
+     .min = 1,
+     .max = 1000},
     {.name = "virtual-mtas",
      .type = F_LIST,
      .off = C_OFF(vmtas),

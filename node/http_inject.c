@@ -21,7 +21,18 @@
 #include "json.h"
 #include "json_parse.h"
 #include "mime.h"
+#include "smtp_server.h"
 #include "util.h"
+
+/* hop-count-limit (see http_inject.h) */
+static unsigned http_inject_hop_limit = 50;
+
+void
+http_inject_set_hop_limit(unsigned limit)
+{
+    if (limit)
+        http_inject_hop_limit = limit;
+}
 
 #define OID_BYTEA 17
 #define OID_INT4 23
@@ -595,6 +606,12 @@ build_all(struct ctx *c, struct inject_batch *b, const struct content *ct,
             }
             buf_free(&one);
             return false;
+        }
+        if (smtp_server_hop_count(one.data, one.len, http_inject_hop_limit) >=
+            http_inject_hop_limit) {
+            buf_free(&one);
+            return bad(c, 400, "content: too many hops (%u Received: fields), mail loop? (5.4.6)",
+                       http_inject_hop_limit);
         }
         total += one.len;
         if (total > HTTP_INJECT_MAX_TOTAL || one.len > 67108864) {

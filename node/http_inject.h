@@ -25,6 +25,10 @@ struct inject_batch;
 /* Every message of one request together, after substitution. */
 #define HTTP_INJECT_MAX_TOTAL (256u * 1024 * 1024)
 
+/* hop-count-limit: a message carrying this many Received: fields is refused
+ * (400, "too many hops"). Default 50; process-wide. */
+void http_inject_set_hop_limit(unsigned limit);
+
 /* Parses BODY and builds every message. Returns the batch, or NULL with
  * *status (400, 413, 422) and a JSON error in ERRBODY naming the field at
  * fault. node_name is the Message-ID domain of last resort; now the Date. */

@@ -28,6 +28,7 @@ struct smtp_in_settings {
     uint64_t data_ms;     /* silence during DATA */
     uint64_t data_max_ms; /* the whole of DATA */
     uint32_t max_auth_failures;
+    uint32_t hop_limit;     /* Received: fields a message may carry in */
     uint64_t auth_delay_ms; /* after the first failed AUTH; doubles per failure */
     struct smtp_in_batch_limits batch;
     char *hostname;

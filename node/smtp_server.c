@@ -461,6 +461,16 @@ data_finished(struct session *s)
         session_enter(s, SS_CMD);
         return;
     }
+    if (smtp_server_hop_count(s->content.data + s->header_start, s->content.len - s->header_start,
+                              s->srv->set->hop_limit) >= s->srv->set->hop_limit) {
+        reply(s, "554 5.4.6 Too many hops (%u Received: fields), mail loop?",
+              s->srv->set->hop_limit);
+        log_info("smtp-in session=%lu from=%s event=refused reason=too-many-hops limit=%u", s->id,
+                 s->ip, s->srv->set->hop_limit);
+        txn_reset(s);
+        session_enter(s, SS_CMD);
+        return;
+    }
     char *job = NULL, *vmta = NULL;
     smtp_server_take_headers(&s->content, s->header_start, &job, &vmta);
     if (vmta && *vmta && !smtp_in_settings_vmta_known(s->srv->set, vmta)) {

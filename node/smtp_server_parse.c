@@ -444,6 +444,19 @@ smtp_server_base64_decode(const char *in, size_t inlen, unsigned char *out, size
     return (long)o;
 }
 
+unsigned
+smtp_server_hop_count(const char *buf, size_t len, unsigned limit)
+{
+    unsigned n = 0;
+    struct hdr_iter it;
+    struct hdr_field f;
+    hdr_iter_init(&it, buf, len);
+    while (n < limit && hdr_next(&it, &f))
+        if (f.valid && hdr_name_is(&f, "Received"))
+            n++;
+    return n;
+}
+
 bool
 smtp_server_password_ok(const char *configured, const char *given, size_t givenlen)
 {

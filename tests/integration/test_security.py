@@ -281,6 +281,11 @@ class AuthLimits(NodeBase):
         t.close()
 
 
+def hops(n):
+    return b"".join(b"Received: from h%d.test by h%d.test; Mon, 1 Dec 2026 00:00:00 +0000\r\n"
+                    % (i, i + 1) for i in range(n))
+
+
 class FieldChecks(unittest.TestCase):
     """job_id, envid, vmta and addresses checked once, with the same rules
     on every door: SQL (22023 naming the field), SMTP (5xx), HTTP (400)."""
@@ -293,7 +298,8 @@ class FieldChecks(unittest.TestCase):
         cls.pg.query("SELECT mta.pause_queue('example.test', 'known')")
         extra = ('listen = { smtp = [ "127.0.0.1:%d" ]; http = "127.0.0.1:%d"; };\n'
                  'http = { token = "adm1n"; inject-tokens = [ "inj3ct" ]; };\n'
-                 'virtual-mtas = ( { name = "known"; } );\n' % (cls.port, cls.http))
+                 'virtual-mtas = ( { name = "known"; } );\n'
+                 'hop-count-limit = 10;\n' % (cls.port, cls.http))
         cls.node = Pgmtad(cls.pg, extra=extra)
 
         def up():
@@ -393,6 +399,26 @@ class FieldChecks(unittest.TestCase):
         self.assertEqual(self.stored(), before)
         s.sendmail("s@sender.test", ["r@example.test"], b"X-Virtual-MTA: known\r\n\r\nx\r\n")
         self.assertEqual(self.stored(), before + 1)
+
+    def test_hop_count_limit(self):
+        before = self.stored()
+        s = self.smtp()
+        with self.assertRaises(smtplib.SMTPDataError) as e:
+            s.sendmail("s@sender.test", ["r@example.test"], hops(10) + b"Subject: loop\r\n\r\nx\r\n")
+        self.assertEqual(e.exception.smtp_code, 554)
+        self.assertIn(b"5.4.6", e.exception.smtp_error)
+        self.assertEqual(self.stored(), before)
+        # folded Received fields count once each
+        s.sendmail("s@sender.test", ["r@example.test"],
+                   hops(9).replace(b" by", b"\r\n by") + b"Subject: ok\r\n\r\nx\r\n")
+        self.assertEqual(self.stored(), before + 1)
+        # HTTP: a raw message carrying its Received fields
+        st, body = self.http_inject(content=(hops(50) + b"Subject: loop\r\n\r\nx\r\n").decode())
+        self.assertEqual(st, 400, body)
+        self.assertIn("hops", body)
+        st, body = self.http_inject(content=(hops(3) + b"Subject: ok\r\n\r\nx\r\n").decode())
+        self.assertEqual(st, 200, body)
+        self.assertEqual(self.stored(), before + 2)
 
     def test_rcpt_refuses_what_sql_refuses(self):
         s = self.smtp()
