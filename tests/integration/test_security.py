@@ -11,6 +11,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import unittest
 
@@ -18,6 +19,7 @@ import psycopg2
 
 import pgmta_test
 from pgmta_test import PgServer, Pgmtad, free_port, make_cert, tmpdir, wait_for
+from sink import Sink, smtp_send
 
 SECRETS = ("Tok3n-admin-secret", "Inj3ct-secret-one", "Inj3ct-secret-two", "Db-pa55word",
            "Us3r-pa55word", "Db-kw-pa55")
@@ -433,6 +435,97 @@ class FieldChecks(unittest.TestCase):
             self.assertEqual(code, "22023", rcpt)
         self.assertEqual(s.rcpt("r@[127.0.0.1]")[0], 250)
         self.assertEqual(s.rcpt("r@[IPv6:2001:db8::1]")[0], 250)
+
+
+def san_cert(d, san):
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=mx.test", "-addext", "subjectAltName=" + san, "-days", "1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+class SniRecorder:
+    """A minimal STARTTLS server that records the SNI name of the handshake
+    (None when the client sends none)."""
+
+    def __init__(self, cert, key):
+        self.names = []
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.sni_callback = lambda sock, name, ctx: self.names.append(name)
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        try:
+            conn, _ = self.srv.accept()
+            conn.settimeout(10)
+            f = conn.makefile("rb")
+            conn.sendall(b"220 sni.test ESMTP\r\n")
+            f.readline()
+            conn.sendall(b"250-sni.test\r\n250 STARTTLS\r\n")
+            f.readline()
+            conn.sendall(b"220 go\r\n")
+            t = self.ctx.wrap_socket(conn, server_side=True)
+            t.sendall(b"421 bye\r\n")
+            t.close()
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self):
+        self.thread.join(15)
+        self.srv.close()
+
+
+class TlsToAddressLiterals(unittest.TestCase):
+    """The SMTP client's TLS to an address literal: the certificate's IP
+    SAN is checked, no SNI is sent; an empty host name is checked against
+    the address connected to, never skipped."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ip_cert, cls.ip_key = san_cert(tmpdir(), "DNS:mx.test,IP:127.0.0.1")
+        cls.dns_cert, cls.dns_key = san_cert(tmpdir(), "DNS:mx.test")
+
+    def send(self, sink, cert, name):
+        args = ["--host", "127.0.0.1:%d" % sink.port]
+        if name is not None:
+            args += ["--name", name]
+        return smtp_send(args + ["--from", "s@a.test", "--to", "r@b.test", "--starttls",
+                                 "--tls-verify", "--ca", cert, "--timeout-ms", "5000"])
+
+    def outcome(self, cert, key, name):
+        with Sink(tls_cert=cert, tls_key=key) as sink:
+            r = self.send(sink, cert, name)
+            return r.rcpt("r@b.test")["outcome"], r
+
+    def test_ip_san_checked(self):
+        for name in ("127.0.0.1", "[127.0.0.1]", None):
+            out, r = self.outcome(self.ip_cert, self.ip_key, name)
+            self.assertEqual(out, "delivered", (name, r))
+            out, r = self.outcome(self.dns_cert, self.dns_key, name)
+            self.assertEqual(out, "transient", (name, r))
+        # a name still matches the DNS SAN
+        out, r = self.outcome(self.dns_cert, self.dns_key, "mx.test")
+        self.assertEqual(out, "delivered", r)
+
+    def test_no_sni_for_literals(self):
+        for name, want in (("127.0.0.1", None), ("[127.0.0.1]", None), (None, None),
+                           ("mx.test", "mx.test")):
+            rec = SniRecorder(self.ip_cert, self.ip_key)
+            try:
+                args = ["--host", "127.0.0.1:%d" % rec.port]
+                if name is not None:
+                    args += ["--name", name]
+                smtp_send(args + ["--from", "s@a.test", "--to", "r@b.test", "--starttls",
+                                  "--timeout-ms", "5000"])
+            finally:
+                rec.close()
+            self.assertEqual(rec.names, [want], name)
 
 
 if __name__ == "__main__":
