@@ -1,11 +1,17 @@
-/* http: the HTTP API and the web dashboard of the root process (DESIGN §6).
+/* http: the HTTP API and the web dashboard, served by every smtp-in process.
  *
- * libevent's evhttp on listen.http, in the root's event loop. Every /api/...
- * and /metrics request needs "Authorization: Bearer <http.token>"; the
- * dashboard's static files do not (the page asks for the token and sends it
- * with its API calls). The API reads and steers the queue through its own
- * non-blocking database connection (db.c); replies are sent from the
- * database callbacks.
+ * libevent's evhttp on listen.http, in the process's event loop; every
+ * smtp-in process binds the same address (SO_REUSEPORT, http_conn.h) and
+ * the kernel spreads the connections. Every /api/... and /metrics request
+ * needs "Authorization: Bearer <http.token>"; the dashboard's static files
+ * do not (the page asks for the token and sends it with its API calls). The
+ * API reads and steers the queue through its own non-blocking database
+ * connection (db.c); replies are sent from the database callbacks.
+ *
+ * Modules: http.c (server, access checks, routes), http_api.c (handlers and
+ * database calls), http_metrics.c (Prometheus), http_files.c (dashboard),
+ * http_reply.c (replies), http_inject.c (injection bodies), http_conn.c
+ * (binding and connection limits).
  *
  * Endpoints:
  *   GET  /api/status            totals (the same as `pgmta show status`)

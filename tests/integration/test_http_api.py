@@ -1,5 +1,5 @@
-"""HTTP API and dashboard of pgmtad's root process (DESIGN §6), driven over
-real HTTP against a real pgmtad and a real PostgreSQL.
+"""HTTP API and dashboard of pgmtad (served by its smtp-in processes), driven
+over real HTTP against a real pgmtad and a real PostgreSQL.
 
 The node runs only the "transactional" pipe; test mail is enqueued into the
 "bulk" pipe (it exists from the first migration), so nothing claims it and
@@ -365,6 +365,28 @@ class HttpApiTest(unittest.TestCase):
             st, _, _ = self.c.request("GET", "/api/status", host=host)
             self.assertEqual(st, 200, host)
 
+    def test_host_header_parsing(self):
+        # Host goes through the one host:port parser (node/hostport.c): a
+        # host name, an IPv4 address or a bracketed IP address, with an
+        # optional port of 1..65535.
+        p = self.port
+        for host in ("[::1]:%d" % p, "[::1]", "127.0.0.1:%d" % p,
+                     "[127.0.0.1]:%d" % p, "localhost:1", "localhost:65535", "LocalHost:%d" % p,
+                     "MTA.Example.NET:8080"):
+            st, _, body = self.c.request("GET", "/api/status", host=host)
+            self.assertEqual(st, 200, (host, body))
+        for host in ("localhost:notaport", "127.0.0.1:notaport", "[::1]:notaport",
+                     "localhost:0", "localhost:65536", "localhost:99999", "localhost:",
+                     "[::1]:", "[::1]:123456", "::1", "::1:%d" % p, "[::1]x", "[::1]:%dx" % p,
+                     "[localhost]", "[localhost]:%d" % p, "[IPv6:::1]:%d" % p, "localhost.",
+                     "local host", "localhost:%d:%d" % (p, p), "[::2]:%d" % p,
+                     "mta.example.net:x", "[mta.example.net]"):
+            for path in ("/api/status", "/"):
+                st, _, body = self.c.request("GET", path, host=host)
+                self.assertEqual(st, 400, (host, path, body))
+                if path == "/api/status":
+                    self.assertIn(b"Host not allowed", body)
+
     def test_idle_client_goes_away(self):
         # a client that disconnects before its answer must not hurt the daemon
         import socket
@@ -526,8 +548,15 @@ class HttpReloadTest(unittest.TestCase):
         self.assertEqual(st, 200, r)
         c2 = Client(port2)
         wait_for(c2.up, what="the API on the new port")
-        with self.assertRaises(OSError):
-            self.c.request("GET", "/api/status")
+
+        def old_port_closed():
+            # every smtp-in process moves on its own SIGHUP from the root
+            try:
+                self.c.request("GET", "/api/status")
+                return False
+            except OSError:
+                return True
+        wait_for(old_port_closed, what="the old port closed in every smtp-in process")
         # SIGHUP reloads the same way
         self.write_conf(self.conf)
         self.node.proc.signal(signal.SIGHUP)

@@ -306,7 +306,10 @@ class SchedTest(unittest.TestCase):
                 f.write(before + "\n")
             env = {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": stamp, "FAKETIME_NO_CACHE": "1",
                    "FAKETIME_CACHE_DURATION": "1",
-                   "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PGMTA_LOG_LEVEL": "info"}
+                   "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PGMTA_LOG_LEVEL": "info",
+                   # on a sanitizer build: libfaketime is preloaded before ASan
+                   "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "")
+                   + ":verify_asan_link_order=0"}
             argv = [tool("sched_probe"), "--db", self.pg.dsn, "--domain", domain, "--tokens", 1,
                     "--rate", "10/s", "--for-ms", 5000]
             p = Proc([str(a) for a in argv], os.path.join(self.dir, stamp + ".log"), env=env)
