@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -58,6 +59,16 @@ tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* The private key, as DKIM keys: only the daemon's user may read it. */
+    struct stat st;
+    if (stat(key, &st) == 0 && (st.st_mode & S_IRWXO)) {
+        snprintf(err, errlen,
+                 "%s: smtp-listener.tls-key is accessible by others (mode %04o); allow only "
+                 "the daemon's user (chmod 600)",
+                 key, (unsigned)(st.st_mode & 07777));
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     const char *what = NULL;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
         what = "cannot load smtp-listener.tls-cert";

@@ -528,5 +528,26 @@ class TlsToAddressLiterals(unittest.TestCase):
             self.assertEqual(rec.names, [want], name)
 
 
+class TlsKeyMode(unittest.TestCase):
+    def test_listener_refuses_key_readable_by_others(self):
+        pg = PgServer()
+        d = tmpdir()
+        cert, key = make_cert(d, cn="mx.pgmta.test")
+        os.chmod(key, 0o644)
+        port = free_port()
+        node = Pgmtad(pg, extra='listen = { smtp = [ "127.0.0.1:%d" ]; };\n'
+                                'smtp-listener = { tls-cert = "%s"; tls-key = "%s"; };\n'
+                                % (port, cert, key))
+        try:
+            wait_for(lambda: "accessible by others" in node.log(), timeout=20,
+                     what="the refusal of the key")
+            self.assertIn("%s: smtp-listener.tls-key is accessible by others (mode 0644)" % key,
+                          node.log())
+            with self.assertRaises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        finally:
+            node.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
