@@ -300,6 +300,27 @@ BEGIN
 END
 $$;
 
+-- A queue's domain as given to the admin functions: a valid domain (the
+-- rules of an address's domain) or an error naming p_field. Returns it
+-- lower-cased.
+CREATE OR REPLACE FUNCTION mta.check_domain(p_domain text, p_field text DEFAULT 'domain')
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_domain IS NULL THEN
+        RAISE EXCEPTION '% is NULL', p_field USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF mta.address_plain('x@' || p_domain) THEN
+        RETURN lower(p_domain);
+    END IF;
+    BEGIN
+        RETURN mta.address_domain_full('x@' || p_domain, p_field);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        RAISE EXCEPTION 'invalid % %: not a valid domain', p_field, mta.show(p_domain)
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+END
+$$;
+
 -- The pipe to use: p_pipe if it is registered, the default pipe if p_pipe is NULL.
 CREATE OR REPLACE FUNCTION mta.resolve_pipe(p_pipe text)
 RETURNS text LANGUAGE plpgsql STABLE AS $$

@@ -528,6 +528,35 @@ class TlsToAddressLiterals(unittest.TestCase):
             self.assertEqual(rec.names, [want], name)
 
 
+class MonitorRole(unittest.TestCase):
+    def test_monitor_reads_views_and_acct_only(self):
+        pg = PgServer()
+        dsn = pg.role_dsn("mta_monitor")
+        for rel in ("mta.queues", "mta.connections", "mta.nodes", "mta.jobs", "mta.acct"):
+            r = pg.psql("SELECT count(*) FROM %s" % rel, dsn=dsn, check=False)
+            self.assertEqual(r.returncode, 0, (rel, r.stderr))
+        for rel in ("mta.messages", "mta.recipients"):
+            r = pg.psql("SELECT count(*) FROM %s" % rel, dsn=dsn, check=False)
+            self.assertNotEqual(r.returncode, 0, rel)
+            self.assertIn("permission denied", r.stderr)
+
+
+    def test_pause_queue_refuses_invalid_domains(self):
+        pg = PgServer()
+        before = pg.scalar("SELECT count(*) FROM mta.queue")
+        for bad in ("bad_domain.test", "-x.test", "a..b", "", "x.test\n", "a b.test",
+                    "[300.0.0.1]"):
+            r = pg.psql("SELECT mta.pause_queue(%s)" % pg.scalar("SELECT quote_literal(%s)",
+                                                                 (bad,)), check=False)
+            self.assertNotEqual(r.returncode, 0, bad)
+            self.assertIn("invalid domain", r.stderr, bad)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.queue"), before)
+        pg.query("SELECT mta.pause_queue('Good.Example')")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.queue WHERE domain = 'good.example' "
+                                   "AND paused"),
+                         pg.scalar("SELECT count(*) FROM mta.pipes"))
+
+
 class TlsKeyMode(unittest.TestCase):
     def test_listener_refuses_key_readable_by_others(self):
         pg = PgServer()
