@@ -9,7 +9,6 @@
  * cleanly. The root parses no mail: the SMTP injection listener runs in
  * the smtp-in processes (smtp_in.c), and so does the HTTP API. */
 #include <getopt.h>
-#include <libpq-fe.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -24,6 +23,7 @@
 #include "db.h"
 #include "log.h"
 #include "pipe.h"
+#include "registry.h"
 #include "smtp_in.h"
 #include "util.h"
 #include "worker.h"
@@ -38,9 +38,8 @@ struct root {
     struct pipe_sup *sup;
     struct event *signals[4];
     bool stopping;
-    struct db *db; /* the root's own connection, NULL without database.url */
-    long long node_id;
-    struct event *heartbeat;
+    struct db *db;             /* the root's own connection, NULL without database.url */
+    struct registry *registry; /* the root's row in mta.node */
 };
 
 static void
@@ -67,83 +66,26 @@ apply_log_level(const struct conf *conf)
         log_warn("root event=log-level-unknown log-level=\"%s\"", conf->log_level);
 }
 
-/* Registers the node once at startup. This is the root's only database
- * access and it happens before the event loop runs, so blocking here is
- * acceptable (bounded by connect_timeout). The root does not heartbeat: that
- * needs a non-blocking connection in the loop; the pipe processes keep their
- * own database sessions alive. A failure is logged, never fatal: the
- * database may come later and the pipes reconnect by themselves. */
 /* ---- the root's row in mta.node ----
- * The root registers itself (pipe NULL), heartbeats every
- * ROOT_HEARTBEAT_MS and marks itself stopped on exit, through one
+ * The root registers itself (pipe NULL), heartbeats and marks itself
+ * stopped on exit through the shared registry (registry.c) and one
  * non-blocking connection (db.c) driven by the root's event loop. The
  * database being away is never fatal: db.c reconnects by itself and the
  * root registers as soon as the connection is ready. */
 
-/* First line of a libpq message: log records are one line each. */
-static const char *
-first_line(const char *msg, char *out, size_t outlen)
-{
-    size_t n = msg ? strcspn(msg, "\r\n") : 0;
-    if (n >= outlen)
-        n = outlen - 1;
-    memcpy(out, msg ? msg : "", n);
-    out[n] = '\0';
-    return out;
-}
-
-static void
-root_db_registered(const PGresult *res, void *arg)
+static struct db *
+root_db_pick(void *arg)
 {
     struct root *r = arg;
-    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-        r->node_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        log_info("root event=registered node=%s id=%lld", r->conf->node_name, r->node_id);
-    } else {
-        char msg[256];
-        log_warn("root event=register-failed node=%s error=\"%s\"", r->conf->node_name,
-                 res ? first_line(PQresultErrorMessage(res), msg, sizeof msg)
-                     : "no database connection");
-    }
+    return r->db && db_ready(r->db) ? r->db : NULL;
 }
 
 static void
 root_db_ready(struct db *db, void *arg)
 {
     struct root *r = arg;
-    if (r->node_id != 0 || r->stopping)
-        return;
-    char pid[16], host[256];
-    snprintf(pid, sizeof pid, "%d", (int)getpid());
-    if (gethostname(host, sizeof host) != 0)
-        snprintf(host, sizeof host, "unknown");
-    host[sizeof host - 1] = '\0';
-    const char *values[5] = {r->conf->node_name, NULL, "0", pid, host};
-    db_exec(db, "node_register", 5, values, NULL, NULL, 0, root_db_registered, r);
-}
-
-static void
-root_db_heartbeat_done(const PGresult *res, void *arg)
-{
-    (void)arg;
-    char msg[256];
-    if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
-        log_warn("root event=heartbeat-failed error=\"%s\"",
-                 first_line(PQresultErrorMessage(res), msg, sizeof msg));
-}
-
-static void
-root_db_heartbeat(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct root *r = arg;
-    if (r->node_id == 0 || !r->db || !db_ready(r->db))
-        return;
-    char id[32];
-    snprintf(id, sizeof id, "%lld", r->node_id);
-    const char *values[1] = {id};
-    db_exec(r->db, "node_heartbeat", 1, values, NULL, NULL, 0, root_db_heartbeat_done, r);
+    if (!r->stopping)
+        registry_db_ready(r->registry, db);
 }
 
 static void
@@ -151,26 +93,19 @@ root_db_start(struct root *r)
 {
     if (!r->conf->database_url)
         return;
+    r->registry = registry_new(r->base, r->conf->node_name, NULL, 0, ROOT_HEARTBEAT_MS, "root",
+                               root_db_pick, NULL, r);
     r->db = db_new(r->base, r->conf->database_url, "pgmtad-root");
-    db_prepare(r->db, "node_register", "SELECT mta.node_register($1, $2, $3::int, $4::int, $5)", 5);
-    db_prepare(r->db, "node_heartbeat", "SELECT mta.node_heartbeat($1::bigint)", 1);
-    db_prepare(r->db, "node_stop", "SELECT mta.node_stop($1::bigint)", 1);
+    registry_prepare(r->db);
     db_set_ready_cb(r->db, root_db_ready, r);
     db_connect(r->db);
-    r->heartbeat = event_new(r->base, -1, EV_PERSIST, root_db_heartbeat, r);
-    struct timeval tv = {ROOT_HEARTBEAT_MS / 1000, (ROOT_HEARTBEAT_MS % 1000) * 1000};
-    evtimer_add(r->heartbeat, &tv);
 }
 
 static void
-root_db_stopped(const PGresult *res, void *arg)
+root_db_stopped(bool ok, void *arg)
 {
+    (void)ok; /* the registry logged it */
     struct root *r = arg;
-    char msg[256];
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-        log_warn("root event=stop-unrecorded error=\"%s\"",
-                 res ? first_line(PQresultErrorMessage(res), msg, sizeof msg)
-                     : "no database connection");
     event_base_loopbreak(r->base);
 }
 
@@ -179,18 +114,11 @@ root_db_stopped(const PGresult *res, void *arg)
 static void
 root_db_stop_and_exit(struct root *r)
 {
-    if (r->heartbeat)
-        evtimer_del(r->heartbeat);
-    char id[32];
-    snprintf(id, sizeof id, "%lld", r->node_id);
-    const char *values[1] = {id};
-    if (r->node_id == 0 || !r->db || !db_ready(r->db) ||
-        db_exec(r->db, "node_stop", 1, values, NULL, NULL, 0, root_db_stopped, r) < 0) {
+    if (!r->registry) {
         event_base_loopbreak(r->base);
         return;
     }
-    struct timeval tv = {ROOT_DB_STOP_WAIT_MS / 1000, (ROOT_DB_STOP_WAIT_MS % 1000) * 1000};
-    event_base_loopexit(r->base, &tv);
+    registry_stop(r->registry, ROOT_DB_STOP_WAIT_MS, root_db_stopped, r);
 }
 
 static void
@@ -306,11 +234,11 @@ root_run(struct conf *conf)
     event_base_dispatch(r.base);
 
     pipe_sup_free(r.sup);
-    if (r.heartbeat)
-        event_free(r.heartbeat);
+    registry_free(r.registry);
     db_free(r.db);
     for (size_t i = 0; i < 4; i++)
         event_free(r.signals[i]);
+    util_defer_base_free(r.base);
     event_base_free(r.base);
     log_info("root event=exit status=0");
     conf_free(r.conf);

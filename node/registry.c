@@ -147,12 +147,14 @@ registry_on_registered(const PGresult *res, void *arg)
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         log_error("%s event=register-failed error=\"%s\"", r->label,
                   res ? PQresultErrorMessage(res) : "no database connection");
-        r->registered(0, r->arg);
+        if (r->registered)
+            r->registered(0, r->arg);
         return;
     }
     r->node_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     log_info("%s index=%u event=registered node_id=%lld", r->label, r->index, r->node_id);
-    r->registered(r->node_id, r->arg);
+    if (r->registered)
+        r->registered(r->node_id, r->arg);
 }
 
 void

@@ -25,7 +25,8 @@ typedef void (*registry_registered_cb)(long long node_id, void *arg);
 typedef void (*registry_stopped_cb)(bool ok, void *arg);
 
 /* PIPE NULL for the root process (index 0). Heartbeats every HEARTBEAT_MS
- * once registered. LABEL prefixes log lines ("root", "pipe=bulk"). */
+ * once registered. LABEL prefixes log lines ("root", "pipe=bulk").
+ * REGISTERED may be NULL. */
 struct registry *registry_new(struct event_base *base, const char *node_name, const char *pipe,
                               unsigned index, unsigned heartbeat_ms, const char *label,
                               registry_pick_cb pick, registry_registered_cb registered, void *arg);

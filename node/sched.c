@@ -59,6 +59,8 @@ struct sched_req {
     } cb;
     void *arg;
     uint32_t n; /* slots: max-smtp-out; tokens: want */
+    /* Slots: the queue the slot serves (recorded by mta.take_slot). */
+    char *qdomain, *qvmta;
     /* On the answer FIFO: the answer to deliver. */
     bool is_slot;
     int slot;
@@ -185,13 +187,21 @@ req_new(uint32_t n, void *arg)
 }
 
 static void
+req_free(struct sched_req *r)
+{
+    free(r->qdomain);
+    free(r->qvmta);
+    free(r);
+}
+
+static void
 answer_call(struct sched_req *r)
 {
     if (r->is_slot)
         r->cb.slot(r->slot, r->arg);
     else
         r->cb.tokens(r->granted, r->wait_ms, r->arg);
-    free(r);
+    req_free(r);
 }
 
 /* Delivers the answers queued before this turn; a callback that asks again
@@ -400,17 +410,16 @@ sched_new(struct event_base *base, const char *db_url, const char *node_label)
     char *name = xasprintf("%s/sched", node_label);
     s->db = db_new(base, db_url, name);
     free(name);
-    /* Tries slots 0..max-1 in order and stops at the first one taken: LIMIT 1
-     * stops pulling rows from generate_series, so at most one lock is taken.
-     * Slots this session already holds ($4) are skipped without calling
-     * pg_try_advisory_lock (CASE fixes the order of evaluation), since it
-     * would succeed again on a lock the session holds. */
+    /* mta.take_slot tries slots 0..max-1 of the key ($1, $2) in order and
+     * stops at the first one it locks, so at most one lock is taken; slots
+     * this session already holds ($4) are skipped, since
+     * pg_try_advisory_lock would succeed again on them. It records that the
+     * key serves the queue ($5, $6), for mta.connections and
+     * mta.queues.connections (see README, Scheduling). */
     db_prepare(s->db, "sched_take_slot",
-               "SELECT s FROM generate_series(0, $3::int - 1) s"
-               " WHERE CASE WHEN s = ANY ($4::int[]) THEN false"
-               " ELSE pg_try_advisory_lock(1347223552 + s, hashtext($1::text || '/' || $2::text))"
-               " END LIMIT 1",
-               4);
+               "SELECT slot FROM mta.take_slot($1::text, $2::text, $3::int, $4::int[],"
+               " $5::text, $6::text)",
+               6);
     db_prepare(s->db, "sched_release_slot",
                "SELECT pg_advisory_unlock(1347223552 + $3::int,"
                " hashtext($1::text || '/' || $2::text))",
@@ -534,7 +543,7 @@ on_slot(const PGresult *res, void *arg)
     log_debug("sched=%s queue=%s/%s event=take-slot max=%u slot=%d held=%u", s->label, q->domain,
               q->vmta, r->n, slot, q->nheld);
     r->cb.slot(slot, r->arg);
-    free(r);
+    req_free(r);
     sched_slot_next(s, q);
 }
 
@@ -553,11 +562,11 @@ sched_slot_next(struct sched *s, struct sched_queue *q)
             buf_puts(&held, "}");
             char max[16];
             snprintf(max, sizeof max, "%u", r->n);
-            const char *values[] = {q->domain, q->vmta, max, held.data};
+            const char *values[] = {q->domain, q->vmta, max, held.data, r->qdomain, r->qvmta};
             struct sched_call *c = call_new(s, q, SCHED_MSG, -1);
             q->taking = true;
             q->taking_req = r;
-            int rc = db_exec(s->db, "sched_take_slot", 4, values, NULL, NULL, 0, on_slot, c);
+            int rc = db_exec(s->db, "sched_take_slot", 6, values, NULL, NULL, 0, on_slot, c);
             buf_free(&held);
             if (rc == 0)
                 return;
@@ -570,8 +579,9 @@ sched_slot_next(struct sched *s, struct sched_queue *q)
 }
 
 void
-sched_take_slot(struct sched *s, const char *domain, const char *vmta, uint32_t max_smtp_out,
-                sched_slot_cb cb, void *arg)
+sched_take_slot_for(struct sched *s, const char *key_domain, const char *key_vmta,
+                    const char *domain, const char *vmta, uint32_t max_smtp_out, sched_slot_cb cb,
+                    void *arg)
 {
     struct sched_req *r = req_new(max_smtp_out, arg);
     r->cb.slot = cb;
@@ -581,9 +591,18 @@ sched_take_slot(struct sched *s, const char *domain, const char *vmta, uint32_t 
     }
     if (max_smtp_out > SCHED_MAX_SLOTS)
         r->n = max_smtp_out = SCHED_MAX_SLOTS;
-    struct sched_queue *q = queue_find(s, domain, vmta, true);
+    r->qdomain = xstrdup(domain ? domain : key_domain);
+    r->qvmta = xstrdup(domain ? (vmta ? vmta : "") : (key_vmta ? key_vmta : ""));
+    struct sched_queue *q = queue_find(s, key_domain, key_vmta, true);
     fifo_push(&q->slot_waiters, r);
     sched_slot_next(s, q);
+}
+
+void
+sched_take_slot(struct sched *s, const char *domain, const char *vmta, uint32_t max_smtp_out,
+                sched_slot_cb cb, void *arg)
+{
+    sched_take_slot_for(s, domain, vmta, NULL, NULL, max_smtp_out, cb, arg);
 }
 
 static void

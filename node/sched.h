@@ -1,7 +1,7 @@
-/* sched: cluster-wide traffic shaping for one node process (DESIGN §4.5,
- * §4.6): connection slots (max-smtp-out) and rate tokens (max-msg-rate,
- * max-connect-rate), enforced through PostgreSQL so that the limits hold for
- * the whole cluster.
+/* sched: cluster-wide traffic shaping for one node process (see README,
+ * "Traffic shaping, cluster-wide"): connection slots (max-smtp-out) and rate
+ * tokens (max-msg-rate, max-connect-rate), enforced through PostgreSQL so
+ * that the limits hold for the whole cluster.
  *
  * A slot is a session advisory lock held on a dedicated database connection
  * of this sched (never a pooled one) for as long as the SMTP connection is
@@ -62,9 +62,20 @@ void sched_set_node_id(struct sched *s, long long node_id);
 /* True while the slot connection is up. */
 int sched_ready(const struct sched *s);
 
-/* Takes a free slot of the queue (domain, vmta; vmta NULL or "" = none) with
- * at most max_smtp_out slots cluster-wide. CONF_UNLIMITED: no lock, cb(0)
- * from the next loop turn; 0: cb(-1) likewise. */
+/* Takes a free slot of the key (key_domain, key_vmta; vmta NULL or "" =
+ * none) with at most max_smtp_out slots cluster-wide, for the queue (domain,
+ * vmta). The key is what the limit applies to: the queue's own (domain,
+ * vmta), "rollup:NAME" for a domain with an mx-rollup, the member's name as
+ * vmta for a pool's session. The database records that the key serves the
+ * queue (mta.take_slot), so that mta.connections shows the connection under
+ * its key and mta.queues.connections counts it for the queue. domain NULL:
+ * the queue is the key itself. CONF_UNLIMITED: no lock, cb(0) from the next
+ * loop turn; 0: cb(-1) likewise. Slots are released and counted by key. */
+void sched_take_slot_for(struct sched *s, const char *key_domain, const char *key_vmta,
+                         const char *domain, const char *vmta, uint32_t max_smtp_out,
+                         sched_slot_cb cb, void *arg);
+/* sched_take_slot_for with the key as the queue: right for a plain queue;
+ * a rollup's or a pool's connections then count for no queue. */
 void sched_take_slot(struct sched *s, const char *domain, const char *vmta, uint32_t max_smtp_out,
                      sched_slot_cb cb, void *arg);
 /* Gives a slot back (fire and forget). Slot 0 of an unlimited queue, -1 and

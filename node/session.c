@@ -78,10 +78,8 @@ session_destroy(struct session *s)
 }
 
 static void
-session_free_cb(evutil_socket_t fd, short what, void *arg)
+session_free_cb(void *arg)
 {
-    (void)fd;
-    (void)what;
     session_destroy(arg);
 }
 
@@ -139,8 +137,7 @@ session_end(struct session *s)
     s->q->last_active = admission_now_ms();
     if (s->pending)
         return; /* freed by the answer */
-    struct timeval zero = {0, 0};
-    event_base_once(e->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
+    util_defer_free(e->base, session_free_cb, s);
 }
 
 static void
@@ -329,8 +326,8 @@ session_enter(struct session *s, enum session_state st)
         break;
     case SESSION_SLOT:
         s->pending++;
-        sched_take_slot(e->sched, s->limit_domain, s->source_vmta, s->dom->max_smtp_out,
-                        session_on_slot, s);
+        sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
+                            s->dom->max_smtp_out, session_on_slot, s);
         break;
     case SESSION_CONNECT_TOKEN:
         s->pending++;

@@ -176,8 +176,8 @@ session_enter_slot_claim(struct session *s)
     if (!send_claim(s))
         return;
     s->pending++;
-    sched_take_slot(e->sched, s->limit_domain, s->source_vmta, s->dom->max_smtp_out,
-                    session_on_slot, s);
+    sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
+                        s->dom->max_smtp_out, session_on_slot, s);
 }
 
 /* Both answers of SESSION_SLOT_CLAIM are in: go on, or give back. */

@@ -18,13 +18,13 @@
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <libpq-fe.h>
 
 #include "db.h"
 #include "dkim.h"
 #include "http.h"
 #include "log.h"
 #include "smtp_server.h"
+#include "registry.h"
 #include "util.h"
 
 #define SMTP_IN_HEARTBEAT_MS 5000
@@ -39,12 +39,11 @@ struct smtp_in {
     struct smtp_server *smtp;
     struct http *http;
     struct event *signals[3];
-    struct event *heartbeat;
     struct event *stop_poll;
     uint64_t stop_deadline;
     bool stopping;
-    struct db *db; /* mta.node row */
-    long long node_id;
+    struct db *db;             /* for the mta.node row */
+    struct registry *registry; /* the mta.node row */
 };
 
 struct conf *
@@ -62,72 +61,21 @@ smtp_in_conf_load(const char *path, char *err, size_t errlen)
     return c;
 }
 
-/* ---- the row in mta.node ---- */
+/* ---- the row in mta.node (registry.c) ---- */
 
-static const char *
-first_line(const char *msg, char *out, size_t outlen)
-{
-    size_t n = msg ? strcspn(msg, "\r\n") : 0;
-    if (n >= outlen)
-        n = outlen - 1;
-    memcpy(out, msg ? msg : "", n);
-    out[n] = '\0';
-    return out;
-}
-
-static void
-node_registered(const PGresult *res, void *arg)
+static struct db *
+node_db_pick(void *arg)
 {
     struct smtp_in *in = arg;
-    char msg[256];
-    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-        in->node_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        log_info("smtp-in index=%u event=registered id=%lld", in->index, in->node_id);
-    } else {
-        log_warn("smtp-in index=%u event=register-failed error=\"%s\"", in->index,
-                 res ? first_line(PQresultErrorMessage(res), msg, sizeof msg)
-                     : "no database connection");
-    }
+    return in->db && db_ready(in->db) ? in->db : NULL;
 }
 
 static void
 node_db_ready(struct db *db, void *arg)
 {
     struct smtp_in *in = arg;
-    if (in->node_id != 0 || in->stopping)
-        return;
-    char pid[16], idx[16], host[256];
-    snprintf(pid, sizeof pid, "%d", (int)getpid());
-    snprintf(idx, sizeof idx, "%u", in->index);
-    if (gethostname(host, sizeof host) != 0)
-        snprintf(host, sizeof host, "unknown");
-    host[sizeof host - 1] = '\0';
-    const char *values[5] = {in->conf->node_name, "smtp-in", idx, pid, host};
-    db_exec(db, "node_register", 5, values, NULL, NULL, 0, node_registered, in);
-}
-
-static void
-node_heartbeat_done(const PGresult *res, void *arg)
-{
-    (void)arg;
-    char msg[256];
-    if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
-        log_warn("smtp-in event=heartbeat-failed error=\"%s\"",
-                 first_line(PQresultErrorMessage(res), msg, sizeof msg));
-}
-
-static void
-on_heartbeat(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct smtp_in *in = arg;
-    if (in->node_id == 0 || !db_ready(in->db))
-        return;
-    char id[32];
-    snprintf(id, sizeof id, "%lld", in->node_id);
-    const char *values[1] = {id};
-    db_exec(in->db, "node_heartbeat", 1, values, NULL, NULL, 0, node_heartbeat_done, in);
+    if (!in->stopping)
+        registry_db_ready(in->registry, db);
 }
 
 static void
@@ -135,27 +83,19 @@ node_db_start(struct smtp_in *in)
 {
     if (!in->conf->database_url)
         return;
+    in->registry = registry_new(in->base, in->conf->node_name, "smtp-in", in->index,
+                                SMTP_IN_HEARTBEAT_MS, "smtp-in", node_db_pick, NULL, in);
     in->db = db_new(in->base, in->conf->database_url, "pgmtad-node-smtp-in");
-    db_prepare(in->db, "node_register", "SELECT mta.node_register($1, $2, $3::int, $4::int, $5)",
-               5);
-    db_prepare(in->db, "node_heartbeat", "SELECT mta.node_heartbeat($1::bigint)", 1);
-    db_prepare(in->db, "node_stop", "SELECT mta.node_stop($1::bigint)", 1);
+    registry_prepare(in->db);
     db_set_ready_cb(in->db, node_db_ready, in);
     db_connect(in->db);
-    in->heartbeat = event_new(in->base, -1, EV_PERSIST, on_heartbeat, in);
-    struct timeval tv = {SMTP_IN_HEARTBEAT_MS / 1000, (SMTP_IN_HEARTBEAT_MS % 1000) * 1000};
-    evtimer_add(in->heartbeat, &tv);
 }
 
 static void
-node_stopped(const PGresult *res, void *arg)
+node_stopped(bool ok, void *arg)
 {
+    (void)ok; /* the registry logged it */
     struct smtp_in *in = arg;
-    char msg[256];
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-        log_warn("smtp-in event=stop-unrecorded error=\"%s\"",
-                 res ? first_line(PQresultErrorMessage(res), msg, sizeof msg)
-                     : "no database connection");
     event_base_loopbreak(in->base);
 }
 
@@ -164,18 +104,11 @@ node_stopped(const PGresult *res, void *arg)
 static void
 exit_loop(struct smtp_in *in)
 {
-    if (in->heartbeat)
-        evtimer_del(in->heartbeat);
-    char id[32];
-    snprintf(id, sizeof id, "%lld", in->node_id);
-    const char *values[1] = {id};
-    if (in->node_id == 0 || !in->db || !db_ready(in->db) ||
-        db_exec(in->db, "node_stop", 1, values, NULL, NULL, 0, node_stopped, in) < 0) {
+    if (!in->registry) {
         event_base_loopbreak(in->base);
         return;
     }
-    struct timeval tv = {SMTP_IN_DB_STOP_WAIT_MS / 1000, (SMTP_IN_DB_STOP_WAIT_MS % 1000) * 1000};
-    event_base_loopexit(in->base, &tv);
+    registry_stop(in->registry, SMTP_IN_DB_STOP_WAIT_MS, node_stopped, in);
 }
 
 /* ---- stop and reload ---- */
@@ -298,12 +231,12 @@ smtp_in_run(struct conf *conf, const char *name, unsigned index)
 
     smtp_server_free(in.smtp);
     http_free(in.http);
-    if (in.heartbeat)
-        event_free(in.heartbeat);
+    registry_free(in.registry);
     db_free(in.db);
     event_free(in.stop_poll);
     for (size_t i = 0; i < 3; i++)
         event_free(in.signals[i]);
+    util_defer_base_free(in.base);
     event_base_free(in.base);
     conf_free(in.conf);
     return status;

@@ -479,8 +479,9 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     log_info("pipe=%s index=%u event=exit status=%d", w->pipe, w->index, status);
     e->on_freed = NULL;
     session_end_all(e);
-    /* Run the deferred frees. */
+    /* Run what the last loop turn left (deferred frees included). */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
+    util_defer_run(w->base);
     registry_free(w->registry);
     sched_free(e->sched);
     dkim_free(e->dkim);
@@ -494,6 +495,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     event_free(w->ev_deadline);
     event_free(w->ev_housekeeping);
     admission_free(w->queues);
+    util_defer_base_free(w->base);
     event_base_free(w->base);
     for (size_t i = 0; i < w->nold_confs; i++)
         conf_free(w->old_confs[i]);

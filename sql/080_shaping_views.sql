@@ -46,7 +46,10 @@ BEGIN
     FOR s IN 0 .. least(p_max, 65536) - 1 LOOP
         CONTINUE WHEN s = ANY (coalesce(p_held, '{}'));
         IF pg_try_advisory_lock(1347223552 + s, v_hash) THEN
-            IF NOT EXISTS (SELECT 1 FROM mta.slot_key k
+            -- A plain queue is its own key: the views find it by hash, and
+            -- recording it would cost a write per new connection.
+            IF (v_domain <> p_key_domain OR v_vmta <> v_kvmta)
+               AND NOT EXISTS (SELECT 1 FROM mta.slot_key k
                             WHERE k.key_domain = p_key_domain AND k.key_vmta = v_kvmta
                               AND k.domain = v_domain AND k.vmta = v_vmta) THEN
                 -- A session lock outlives an aborted transaction: never let

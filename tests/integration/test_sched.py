@@ -131,6 +131,43 @@ class SchedTest(unittest.TestCase):
         a.kill9()
         b.kill9()
 
+    def test_slots_recorded_under_their_key(self):
+        # Two domains of one mx-rollup share the key "rollup:NAME"; a pool's
+        # queue holds its slots under a member's name. The connections show
+        # under the key and count for every queue the key served.
+        r1, r2 = self.queue(), self.queue()
+        pool = self.queue(vmta="pool-a")
+        rollup = "rollup:%s" % uuid.uuid4().hex[:8]
+        a = self.probe("--domain", rollup, "--for-domain", r1, "--node", "rollup-node",
+                       "--max", 3, "--slots", 2, "--hold-ms", 30000, name="key-r1")
+        self.assertEqual(self.wait_prefix(a, "held="), ["2"])
+        b = self.probe("--domain", rollup, "--for-domain", r2, "--max", 3, "--slots", 2,
+                       "--hold-ms", 30000, name="key-r2")
+        self.assertEqual(self.wait_prefix(b, "held="), ["1"])  # one slot of 3 was left
+        self.assertEqual(sorted(self.lines(b, "slot=")), ["-1", "2"])
+        c = self.probe("--domain", pool, "--vmta", "ip2", "--for-domain", pool,
+                       "--for-vmta", "pool-a", "--max", 2, "--slots", 1, "--hold-ms", 30000,
+                       name="key-pool")
+        self.assertEqual(self.wait_prefix(c, "held="), ["1"])
+        rows = self.pg.query("SELECT domain, vmta, node, slot FROM mta.connections "
+                             "WHERE domain IN (%s, %s, %s, %s) ORDER BY 1, 2, 4",
+                             (rollup, pool, r1, r2))
+        self.assertEqual(sorted(rows, key=repr), sorted(
+            [(rollup, None, "rollup-node", 0), (rollup, None, "rollup-node", 1),
+             (rollup, None, None, 2), (pool, "ip2", None, 0)], key=repr))
+        queues = dict(((d, v), n) for d, v, n in self.pg.query(
+            "SELECT domain, vmta, connections FROM mta.queues WHERE domain IN (%s, %s, %s)",
+            (r1, r2, pool)))
+        # both rollup domains count the rollup's three connections
+        self.assertEqual(queues, {(r1, None): 3, (r2, None): 3, (pool, "pool-a"): 1})
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.slot_key WHERE key_domain = %s",
+                                        (rollup,)), 2)
+        for p in (a, b, c):
+            p.kill9()
+        wait_for(lambda: not self.pg.scalar(
+            "SELECT sum(connections) FROM mta.queues WHERE domain IN (%s, %s, %s)",
+            (r1, r2, pool)), timeout=10, what="the keys' connections to go")
+
     def test_killed_holder_frees_its_slots(self):
         domain = self.queue()
         a = self.probe("--domain", domain, "--node", "victim", "--max", 2, "--slots", 2,

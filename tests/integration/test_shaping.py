@@ -1,7 +1,9 @@
 """Cluster-wide traffic shaping with three pgmtad nodes on one PostgreSQL:
 max-smtp-out by advisory-lock slots, max-msg-rate by token buckets, slots
 of a SIGKILLed node reused, backoff mode from smtp-pattern-list, pause and
-resume of a queue, virtual MTAs with their own source address and HELO."""
+resume of a queue, virtual MTAs with their own source address and HELO,
+mx-rollups and virtual-MTA pools (shared limits, rotating sources, their
+connections in mta.connections and mta.queues)."""
 import collections
 import subprocess
 import time
@@ -197,10 +199,6 @@ class VirtualMtas(unittest.TestCase):
                                    "dlv_source_ip = '127.0.0.2' AND vmta = 'vmta-a'"), 10)
 
 
-if __name__ == "__main__":
-    main()
-
-
 class RollupAndPools(unittest.TestCase):
     def test_mx_rollup_shares_limits_and_pool_rotates_sources(self):
         pg, dns = PgServer(), DnsServer()
@@ -238,3 +236,63 @@ class RollupAndPools(unittest.TestCase):
                                       if m.rcpts[0].endswith("@pool.test"))
         self.assertEqual(set(sources), {"127.0.0.2", "127.0.0.3"}, sources)
         self.assertEqual(sum(sources.values()), 40)
+
+    def test_connections_listed_under_their_keys(self):
+        # Every message is held 3 s after its DATA, so the connections stay
+        # open while the views are read. One message per connection, in
+        # rounds of 3 s: the rollup's 2 slots serve k1 and k2 (a domain counts
+        # the rollup's connections once it has had one of them, at the latest
+        # in the second round, when k1 has one message left), the pool's 2
+        # sessions go out through one member each.
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.57")
+        sink = mx_sink(dns, ["k1.test", "k2.test", "kpool.test"], "127.0.0.57", port,
+                       rules={"dot:*": Delay(3.0, "250 ok")})
+        copy_submit(pg, [("s@example.com", "u%d@%s" % (n, d), "Subject: %d\r\n\r\nx\r\n" % n,
+                          None) for n in range(3) for d in ("k1.test", "k2.test")])
+        copy_submit(pg, [("s@example.com", "p%d@kpool.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
+                          "pool-k") for n in range(6)],
+                    columns=("mail_from", "rcpt_to", "content", "vmta"))
+        extra = ('smtp-port = %d; ' % port +
+                 'virtual-mtas = ( { name = "ip2"; smtp-source-host = "127.0.0.2"; }, '
+                 '{ name = "ip3"; smtp-source-host = "127.0.0.3"; } ); '
+                 'virtual-mta-pools = ( { name = "pool-k"; virtual-mtas = [ "ip2", "ip3" ]; } );')
+        node = Pgmtad(pg, dns, name="node-k", extra=extra, env={"PGMTA_LOG_LEVEL": "warn"},
+                      defaults="max-msg-per-connection = 1;", domains=[
+                          '{ name = "k1.test"; mx-rollup = "held-provider"; max-smtp-out = 2; }',
+                          '{ name = "k2.test"; mx-rollup = "held-provider"; max-smtp-out = 2; }',
+                          '{ name = "kpool.test"; max-smtp-out = 2; }'])
+        expected_queues = {("k1.test", None): 2, ("k2.test", None): 2, ("kpool.test", "pool-k"): 2}
+
+        def snapshot():
+            conns = pg.query("SELECT domain, vmta, split_part(node, '/', 1), slot "
+                             "FROM mta.connections ORDER BY 1, 2, 4")
+            queues = {(d, v): n for d, v, n in pg.query(
+                "SELECT domain, vmta, connections FROM mta.queues WHERE connections > 0")}
+            keys = sorted((d, v) for d, v, _, _ in conns)
+            if keys == [("kpool.test", "ip2"), ("kpool.test", "ip3"),
+                        ("rollup:held-provider", None), ("rollup:held-provider", None)] \
+                    and queues == expected_queues and sink.active() == len(conns):
+                return conns
+            snapshot.last = (conns, queues, sink.active())
+            return None
+        snapshot.last = None
+        try:
+            conns = wait_for(snapshot, timeout=20, interval=0.2,
+                             what="connections under their keys")
+        except AssertionError:
+            raise AssertionError("connections, queues, open at the sink: %r" % (snapshot.last,))
+        # each row is one connection the sink has open, held by this node
+        self.assertEqual({n for _, _, n, _ in conns}, {"node-k"})
+        self.assertEqual(sorted(s for d, _, _, s in conns if d.startswith("rollup:")), [0, 1])
+        wait_queue_empty(pg, timeout=60, node=node)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'"), 12)
+        wait_for(lambda: not pg.query("SELECT 1 FROM mta.connections"), timeout=10,
+                 what="connections closed")
+        node.stop()
+        # the rollup's 2 slots and the pool's 2 sessions: never more at once
+        self.assertLessEqual(sink.concurrent_max(), 4)
+
+
+if __name__ == "__main__":
+    main()

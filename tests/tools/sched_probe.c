@@ -2,6 +2,7 @@
  * integration tests and for watching slots and rates by hand.
  *
  *   sched_probe --db URL --domain D [--vmta V] [--node NAME]
+ *               [--for-domain QD [--for-vmta QV]]
  *               --max N --slots K --hold-ms T [--linger-ms L] [--retake]
  *   sched_probe --db URL --domain D [--vmta V] --tokens W --rate RATE
  *               --for-ms T [--kind msg|connect]
@@ -10,7 +11,10 @@
  * "bulk") and hands the id to sched, so mta.connections names it.
  *
  * Slot mode asks for K slots of the queue with max-smtp-out N (N may be
- * "unlimited"), all at once, and prints one line per answer:
+ * "unlimited"), all at once, and prints one line per answer. With
+ * --for-domain, (D, V) is the key the slots are held under (an mx-rollup's
+ * "rollup:NAME", a pool member) and (QD, QV) the queue they serve
+ * (sched_take_slot_for); without it, sched_take_slot:
  *   slot=S            (S = -1: no slot free)
  * then "held=H" once all are answered, holds them T ms, releases them,
  * prints "released", stays connected L ms more (default 0) and exits.
@@ -42,6 +46,7 @@
 static struct event_base *base;
 static struct sched *sched;
 static const char *domain, *vmta = "";
+static const char *for_domain, *for_vmta = "";
 static uint32_t max_slots;
 static unsigned nslots, answered;
 static int *slots;
@@ -59,6 +64,7 @@ usage(void)
 {
     fprintf(stderr, "usage: sched_probe --db URL --domain D [--vmta V] [--node NAME]\n"
                     "         (--max N --slots K --hold-ms T [--linger-ms L] [--retake]\n"
+                    "          [--for-domain QD [--for-vmta QV]]\n"
                     "         | --tokens W --rate RATE --for-ms T [--kind msg|connect])\n");
     exit(2);
 }
@@ -223,7 +229,11 @@ take_slots(void)
 {
     answered = 0;
     for (unsigned i = 0; i < nslots; i++)
-        sched_take_slot(sched, domain, vmta, max_slots, on_slot, (void *)(uintptr_t)i);
+        if (for_domain)
+            sched_take_slot_for(sched, domain, vmta, for_domain, for_vmta, max_slots, on_slot,
+                                (void *)(uintptr_t)i);
+        else
+            sched_take_slot(sched, domain, vmta, max_slots, on_slot, (void *)(uintptr_t)i);
     if (!nslots)
         on_hold_done(-1, 0, NULL);
 }
@@ -232,13 +242,14 @@ int
 main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"db", required_argument, NULL, 'd'},      {"domain", required_argument, NULL, 'D'},
-        {"vmta", required_argument, NULL, 'v'},    {"node", required_argument, NULL, 'n'},
-        {"max", required_argument, NULL, 'm'},     {"slots", required_argument, NULL, 'k'},
-        {"hold-ms", required_argument, NULL, 'h'}, {"linger-ms", required_argument, NULL, 'l'},
-        {"tokens", required_argument, NULL, 't'},  {"rate", required_argument, NULL, 'r'},
-        {"for-ms", required_argument, NULL, 'f'},  {"kind", required_argument, NULL, 'K'},
-        {"retake", no_argument, NULL, 'R'},        {NULL, 0, NULL, 0}};
+        {"db", required_argument, NULL, 'd'},       {"domain", required_argument, NULL, 'D'},
+        {"vmta", required_argument, NULL, 'v'},     {"node", required_argument, NULL, 'n'},
+        {"max", required_argument, NULL, 'm'},      {"slots", required_argument, NULL, 'k'},
+        {"hold-ms", required_argument, NULL, 'h'},  {"linger-ms", required_argument, NULL, 'l'},
+        {"tokens", required_argument, NULL, 't'},   {"rate", required_argument, NULL, 'r'},
+        {"for-ms", required_argument, NULL, 'f'},   {"kind", required_argument, NULL, 'K'},
+        {"retake", no_argument, NULL, 'R'},         {"for-domain", required_argument, NULL, 'Q'},
+        {"for-vmta", required_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
     const char *url = NULL, *node = NULL, *rate_s = NULL;
     int c;
     log_set_ident("sched_probe");
@@ -281,6 +292,12 @@ main(int argc, char **argv)
             break;
         case 'R':
             retake = true;
+            break;
+        case 'Q':
+            for_domain = optarg;
+            break;
+        case 'V':
+            for_vmta = optarg;
             break;
         case 'K':
             if (!strcmp(optarg, "msg"))

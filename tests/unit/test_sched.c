@@ -165,6 +165,46 @@ test_unreachable_database_fails_once(void **state)
     free(url);
 }
 
+/* A slot of a key for another queue (an mx-rollup, a pool member): the same
+ * callback rule, the slot counted under the key, and a request still queued
+ * when sched_free runs is failed and freed with its queue names (the
+ * sanitizer build checks the leak). */
+static void
+test_slot_for_queue_under_key(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    char *url = dead_url();
+    struct sched *s = sched_new(base, url, "unit");
+    run_ms(base, 300);
+    assert_false(sched_ready(s));
+
+    struct answers a = {0};
+    sched_take_slot_for(s, "rollup:big", "ip2", "r1.test", "pool-a", 2, on_slot, &a);
+    assert_int_equal(a.calls, 0);
+    run_ms(base, 50);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.slot, -1);
+    assert_int_equal(sched_slots_held(s, "rollup:big", "ip2"), 0);
+    assert_int_equal(sched_slots_held(s, "r1.test", "pool-a"), 0);
+
+    struct answers u = {0};
+    sched_take_slot_for(s, "rollup:big", NULL, "r2.test", NULL, CONF_UNLIMITED, on_slot, &u);
+    assert_int_equal(u.calls, 0);
+    turn(base);
+    assert_int_equal(u.calls, 1);
+    assert_int_equal(u.slot, 0);
+
+    struct answers f = {0};
+    sched_take_slot_for(s, "rollup:big", "", "r1.test", "", 3, on_slot, &f);
+    assert_int_equal(f.calls, 0);
+    sched_free(s);
+    assert_int_equal(f.calls, 1);
+    assert_int_equal(f.slot, -1);
+    event_base_free(base);
+    free(url);
+}
+
 /* Many answers known at once: one loop turn delivers all of them, in order. */
 static int order_next, order_bad;
 
@@ -265,6 +305,7 @@ main(void)
         cmocka_unit_test(test_free_inside_answer),
         cmocka_unit_test(test_free_with_queued_answers),
         cmocka_unit_test(test_unreachable_database_fails_once),
+        cmocka_unit_test(test_slot_for_queue_under_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
