@@ -12,7 +12,6 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 
-#include "http_inject.h"
 #include "log.h"
 #include "smtp_in_auth.h"
 #include "util.h"
@@ -130,8 +129,6 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
     st->reserved = conf->smtp_listener_reserved_sessions;
     st->max_auth_failures = conf->smtp_listener_max_auth_failures;
     st->hop_limit = conf->hop_count_limit;
-    /* the HTTP injection API of the same process applies the same limit */
-    http_inject_set_hop_limit(conf->hop_count_limit);
     /* never less than a second, whatever the configuration says */
     st->auth_delay_ms = conf->smtp_listener_auth_failure_delay_ms < 1000
                             ? 1000

@@ -381,7 +381,14 @@ class FieldChecks(unittest.TestCase):
             st, body = self.http_inject(**{field: value})
             self.assertEqual(st, 400, (field, value, body))
             self.assertIn(field, body)
+        # a virtual MTA the configuration does not know
+        st, body = self.http_inject(vmta="unknown-vmta", pipe="bulk")
+        self.assertEqual(st, 400, body)
+        self.assertIn("vmta", body)
         self.assertEqual(self.stored(), before)
+        st, body = self.http_inject(vmta="known", pipe="bulk")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(self.stored(), before + 1)
 
     def smtp(self):
         c = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
