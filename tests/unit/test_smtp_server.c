@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "log.h"
+#include "smtp_in_auth.h"
 #include "smtp_in_batch.h"
 #include "smtp_server.h"
 #include "util.h"
@@ -525,6 +527,58 @@ test_password(void **state)
     assert_false(smtp_server_password_ok("$y$j9T$qKQuvO5TjrFLans02Lslv/$", "hunter2", 7));
 }
 
+/* The failed-AUTH table: counts per address, expiry, a full table making
+ * room, and the delay doubling up to its cap. */
+static void
+test_auth_table(void **state)
+{
+    (void)state;
+    struct smtp_in_auth_table *t = smtp_in_auth_table_new();
+    unsigned char a[16] = {192, 0, 2, 1}, b[16] = {192, 0, 2, 2};
+    uint64_t now = 1000000;
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, a, now), 0);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, now), 1);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, now + 10), 2);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, b, now + 20), 1);
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET6, a, now + 20), 0); /* other family */
+    /* forgotten after SMTP_IN_AUTH_FORGET_MS without a failure */
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, a, now + 10 + SMTP_IN_AUTH_FORGET_MS), 0);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, now + 10 + SMTP_IN_AUTH_FORGET_MS), 1);
+    /* a full table replaces its oldest entry, and never grows */
+    uint64_t t0 = now + 2 * SMTP_IN_AUTH_FORGET_MS;
+    for (unsigned i = 0; i < SMTP_IN_AUTH_TABLE_SIZE; i++) {
+        unsigned char x[16] = {10, (unsigned char)(i >> 8), (unsigned char)i, 1};
+        assert_int_equal(smtp_in_auth_failed(t, AF_INET, x, t0 + i), 1);
+    }
+    unsigned char first[16] = {10, 0, 0, 1}, last[16] = {10, 3, 255, 1};
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, t0 + 5000), 1);
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, first, t0 + 5000), 0);
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, last, t0 + 5000), 1);
+    smtp_in_auth_table_free(t);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 1), 1000);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 2), 2000);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 3), 4000);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 1000), 1000u << SMTP_IN_AUTH_MAX_SHIFT);
+}
+
+/* log_escape: every control character escaped, nothing cut in the middle of
+ * an escape. */
+static void
+test_log_escape(void **state)
+{
+    (void)state;
+    char out[64];
+    const char in[] = "a\r\nb\tc\\d\x1b[31m\x7f\x01";
+    size_t n = log_escape(out, sizeof out, in, sizeof in - 1);
+    assert_string_equal(out, "a\\r\\nb\\tc\\\\d\\x1b[31m\\x7f\\x01");
+    assert_int_equal(n, strlen(out));
+    n = log_escape(out, 5, "ab\ncd", 5);
+    assert_string_equal(out, "ab\\n");
+    n = log_escape(out, 4, "ab\ncd", 5);
+    assert_string_equal(out, "ab");
+    assert_int_equal(n, 2);
+}
+
 static void
 test_cidr(void **state)
 {
@@ -583,6 +637,8 @@ main(void)
         cmocka_unit_test(test_array_binary),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_password),
+        cmocka_unit_test(test_auth_table),
+        cmocka_unit_test(test_log_escape),
         cmocka_unit_test(test_cidr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
