@@ -7,7 +7,7 @@ pgmta_install_deps() {
     local packages=(build-essential cmake pkg-config libevent-dev libc-ares-dev libconfig-dev
                     libpq-dev libssl-dev zlib1g-dev libcmocka-dev postgresql-15 postgresql-client-15
                     postfix dnsmasq-base swaks python3 python3-psycopg2 openssl procps
-                    iproute2 util-linux clang-format python3-dkim)
+                    iproute2 util-linux clang-format python3-dkim libcrypt-dev)
     [ "${1:-}" = --tests ] && packages+=(chromium faketime)
     local missing=() p
     for p in "${packages[@]}"; do

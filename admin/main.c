@@ -24,6 +24,8 @@ static const char usage_text[] =
     "                                   remove queued recipients, print how many\n"
     "  acct export --since T [--until T] [--format csv|json]\n"
     "                                   stream accounting records\n"
+    "  passwd [--sha512]                read a password on stdin, print its crypt(3)\n"
+    "                                   hash for smtp-listener users\n"
     "\n"
     "options:\n"
     "  --db URL     PostgreSQL connection URL (default: $PGMTA_DATABASE_URL)\n"
@@ -47,6 +49,7 @@ struct command {
 static const struct command commands[] = {
     {"migrate", admin_cmd_migrate}, {"show", admin_cmd_show},     {"pause", admin_cmd_pause},
     {"resume", admin_cmd_resume},   {"delete", admin_cmd_delete}, {"acct", admin_cmd_acct},
+    {"passwd", admin_cmd_passwd},
 };
 
 void

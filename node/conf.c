@@ -934,6 +934,9 @@ conf_load(const char *path, char *err, size_t errlen)
     c->smtp_listener_batch_max_messages = 64;
     c->smtp_listener_batch_max_bytes = 8 * 1024 * 1024;
     c->smtp_listener_batch_max_wait_ms = 1;
+    c->smtp_listener_max_auth_failures = 3;
+    c->hop_count_limit = 50;
+    c->smtp_listener_auth_failure_delay_ms = 1000;
 
     int rc = load_file(&ld, path);
     if (rc == 0)

@@ -155,6 +155,9 @@ struct conf {
     uint32_t smtp_listener_batch_max_messages;      /* group commit: messages per COMMIT */
     uint32_t smtp_listener_batch_max_bytes;         /* group commit: content bytes */
     uint64_t smtp_listener_batch_max_wait_ms;       /* group commit: wait after the first */
+    uint32_t hop_count_limit;                 /* Received: fields at injection, then 554 5.4.6 */
+    uint32_t smtp_listener_max_auth_failures; /* per session, then closed */
+    uint64_t smtp_listener_auth_failure_delay_ms; /* first delay; doubles per failure */
 };
 
 /* Loads PATH plus conf.d/ *.conf beside it. On error returns NULL and writes

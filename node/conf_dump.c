@@ -1,10 +1,17 @@
 /* conf_dump: prints a struct conf in libconfig syntax, walking the directive
  * tables in their order, every value in canonical form, so that the output
- * is stable (golden tests, pgmtad --check) and loads again unchanged. */
+ * is stable (golden tests, pgmtad --check) and loads again unchanged.
+ * Secrets (FL_SECRET: tokens, SMTP user passwords) are printed as "***" and
+ * the password of database.url (FL_URL) is masked: the dump is meant to be
+ * shown, pasted and diffed (see README, Security). */
 #include "conf_int.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 
 /* ---- dump --------------------------------------------------------------------- */
 
@@ -48,6 +55,86 @@ put_string(FILE *out, const char *s)
         }
     }
     fputc('"', out);
+}
+
+#define REDACTED "***"
+
+/* Copies the value of a password in a libpq connection string, from p up to
+ * its end, as "***"; returns where the value ends. */
+static const char *
+skip_value(const char *p, bool keyword_form)
+{
+    if (keyword_form && *p == '\'') {
+        for (p++; *p && *p != '\''; p++)
+            if (*p == '\\' && p[1])
+                p++;
+        return *p ? p + 1 : p;
+    }
+    while (*p && *p != (keyword_form ? ' ' : '&') && !(keyword_form && *p == '\t'))
+        p++;
+    return p;
+}
+
+/* A libpq connection string (URI or keyword=value form) with every password
+ * replaced by "***". Returns a malloc'd string, NULL on allocation failure. */
+static char *
+redact_url(const char *url)
+{
+    size_t len = strlen(url);
+    char *out = malloc(len + sizeof REDACTED * 4 + 1);
+    if (!out)
+        return NULL;
+    char *o = out;
+    const char *p = url;
+    const char *scheme = strstr(url, "://");
+    bool uri =
+        scheme && (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0);
+    if (uri) {
+        /* postgresql://user:password@host/db?password=... */
+        const char *auth = scheme + 3;
+        const char *end = auth + strcspn(auth, "/?");
+        const char *at = NULL;
+        for (const char *q = auth; q < end; q++)
+            if (*q == '@')
+                at = q;
+        const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon) {
+            memcpy(o, url, (size_t)(colon + 1 - url));
+            o += colon + 1 - url;
+            memcpy(o, REDACTED, sizeof REDACTED - 1);
+            o += sizeof REDACTED - 1;
+            p = at;
+        }
+    }
+    /* password=... as a keyword or a URI query parameter (one is masked per
+     * occurrence; a connection string has at most a few). */
+    while (*p) {
+        bool start =
+            p == url || (uri ? (p[-1] == '?' || p[-1] == '&') : (p[-1] == ' ' || p[-1] == '\t'));
+        if (start && strncasecmp(p, "password", 8) == 0) {
+            const char *q = p + 8;
+            while (!uri && (*q == ' ' || *q == '\t'))
+                q++;
+            if (*q == '=') {
+                q++;
+                while (!uri && (*q == ' ' || *q == '\t'))
+                    q++;
+                memcpy(o, p, (size_t)(q - p));
+                o += q - p;
+                if ((size_t)(o - out) + sizeof REDACTED > len + sizeof REDACTED * 4)
+                    break;
+                memcpy(o, REDACTED, sizeof REDACTED - 1);
+                o += sizeof REDACTED - 1;
+                p = skip_value(q, !uri);
+                continue;
+            }
+        }
+        if ((size_t)(o - out) >= len + sizeof REDACTED * 4)
+            break;
+        *o++ = *p++;
+    }
+    *o = '\0';
+    return out;
 }
 
 static void dump_table(FILE *out, const struct field *table, const void *base, int depth);
@@ -101,7 +188,15 @@ dump_field(FILE *out, const struct field *f, const void *base, int depth)
     case F_IP:
     case F_NAME:
     case F_DOMAIN:
-        put_string(out, *(char *const *)p);
+        if (f->flags & FL_SECRET) {
+            put_string(out, REDACTED);
+        } else if (f->flags & FL_URL) {
+            char *r = redact_url(*(char *const *)p);
+            put_string(out, r ? r : REDACTED);
+            free(r);
+        } else {
+            put_string(out, *(char *const *)p);
+        }
         break;
     case F_STRING_LIST:
     case F_LISTEN_LIST:
@@ -111,7 +206,7 @@ dump_field(FILE *out, const struct field *f, const void *base, int depth)
         fputs("[", out);
         for (size_t i = 0; i < n; i++) {
             fputs(i ? ", " : " ", out);
-            put_string(out, list[i]);
+            put_string(out, f->flags & FL_SECRET ? REDACTED : list[i]);
         }
         fputs(" ]", out);
         break;

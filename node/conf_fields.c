@@ -126,7 +126,7 @@ static const struct field smtp_user_fields[] = {
     {.name = "password",
      .type = F_STRING,
      .off = offsetof(struct conf_smtp_user, password),
-     .flags = FL_REQUIRED},
+     .flags = FL_REQUIRED | FL_SECRET},
     {0},
 };
 
@@ -146,7 +146,7 @@ static const struct list_kind bimi_kind = {K_BIMI, "BIMI entry", sizeof(struct c
                                            bimi_fields};
 
 static const struct field database_fields[] = {
-    {.name = "url", .type = F_STRING, .off = C_OFF(database_url)},
+    {.name = "url", .type = F_STRING, .off = C_OFF(database_url), .flags = FL_URL},
     {.name = "connections",
      .type = F_UINT,
      .off = C_OFF(database_connections),
@@ -174,7 +174,7 @@ static const struct field listen_fields[] = {
 };
 
 static const struct field http_fields[] = {
-    {.name = "token", .type = F_STRING, .off = C_OFF(http_token)},
+    {.name = "token", .type = F_STRING, .off = C_OFF(http_token), .flags = FL_SECRET},
     {.name = "dashboard-dir", .type = F_STRING, .off = C_OFF(http_dashboard_dir)},
     {.name = "allowed-hosts",
      .type = F_STRING_LIST,
@@ -183,7 +183,8 @@ static const struct field http_fields[] = {
     {.name = "inject-tokens",
      .type = F_STRING_LIST,
      .off = C_OFF(http_inject_tokens),
-     .count_off = C_OFF(nhttp_inject_tokens)},
+     .count_off = C_OFF(nhttp_inject_tokens),
+     .flags = FL_SECRET},
     {.name = "max-body-size",
      .type = F_UINT,
      .off = C_OFF(http_max_body_size),
@@ -263,6 +264,17 @@ static const struct field smtp_listener_fields[] = {
      .type = F_DURATION,
      .off = C_OFF(smtp_listener_max_data_time_ms),
      .flags = FL_NONZERO},
+    /* failed AUTH: delay, closing and per-address backoff (see README,
+     * Security) */
+    {.name = "max-auth-failures",
+     .type = F_UINT,
+     .off = C_OFF(smtp_listener_max_auth_failures),
+     .min = 1,
+     .max = 100},
+    {.name = "auth-failure-delay",
+     .type = F_DURATION,
+     .off = C_OFF(smtp_listener_auth_failure_delay_ms),
+     .flags = FL_NONZERO},
     {.name = "batch-max-messages",
      .type = F_UINT,
      .off = C_OFF(smtp_listener_batch_max_messages),
@@ -299,6 +311,12 @@ const struct field conf_top_fields[] = {
      .count_off = C_OFF(npipes),
      .kind = &pipe_kind},
     {.name = "default-pipe", .type = F_NAME, .off = C_OFF(default_pipe)},
+    /* mail loops: Received: fields at injection (see README, Security) */
+    {.name = "hop-count-limit",
+     .type = F_UINT,
+     .off = C_OFF(hop_count_limit),
+     .min = 1,
+     .max = 1000},
     {.name = "virtual-mtas",
      .type = F_LIST,
      .off = C_OFF(vmtas),

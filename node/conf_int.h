@@ -37,6 +37,8 @@ enum {
     FL_NONZERO = 2,  /* durations: 0 is refused */
     FL_WILDCARD = 4, /* domain names: "*" and "*.suffix" allowed */
     FL_REQUIRED = 8, /* list entries: must be set once merged */
+    FL_SECRET = 16,  /* conf_dump prints "***" instead of the value */
+    FL_URL = 32,     /* conf_dump prints a connection string without its password */
 };
 
 struct list_kind;

@@ -20,8 +20,43 @@
 
 #include "json.h"
 #include "json_parse.h"
+#include "conf.h"
 #include "mime.h"
+#include "smtp_server.h"
 #include "util.h"
+
+/* What http_inject_configure() took from the configuration: hop-count-limit
+ * and the names "vmta" may give (virtual MTAs and pools; NULL before the
+ * first call: not checked). Process-wide, replaced whole. */
+static unsigned http_inject_hop_limit = 50;
+static char **http_inject_vmtas;
+static size_t http_inject_nvmtas;
+
+void
+http_inject_configure(const struct conf *conf)
+{
+    for (size_t i = 0; i < http_inject_nvmtas; i++)
+        free(http_inject_vmtas[i]);
+    free(http_inject_vmtas);
+    http_inject_hop_limit = conf->hop_count_limit ? conf->hop_count_limit : 50;
+    http_inject_nvmtas = 0;
+    http_inject_vmtas = xcalloc(conf->nvmtas + conf->nvmta_pools + 1, sizeof *http_inject_vmtas);
+    for (size_t i = 0; i < conf->nvmtas; i++)
+        http_inject_vmtas[http_inject_nvmtas++] = xstrdup(conf->vmtas[i].name);
+    for (size_t i = 0; i < conf->nvmta_pools; i++)
+        http_inject_vmtas[http_inject_nvmtas++] = xstrdup(conf->vmta_pools[i].name);
+}
+
+static bool
+vmta_known(const char *name)
+{
+    if (!http_inject_vmtas)
+        return true;
+    for (size_t i = 0; i < http_inject_nvmtas; i++)
+        if (strcmp(http_inject_vmtas[i], name) == 0)
+            return true;
+    return false;
+}
 
 #define OID_BYTEA 17
 #define OID_INT4 23
@@ -596,6 +631,12 @@ build_all(struct ctx *c, struct inject_batch *b, const struct content *ct,
             buf_free(&one);
             return false;
         }
+        if (smtp_server_hop_count(one.data, one.len, http_inject_hop_limit) >=
+            http_inject_hop_limit) {
+            buf_free(&one);
+            return bad(c, 400, "content: too many hops (%u Received: fields), mail loop? (5.4.6)",
+                       http_inject_hop_limit);
+        }
         total += one.len;
         if (total > HTTP_INJECT_MAX_TOTAL || one.len > 67108864) {
             buf_free(&one);
@@ -644,6 +685,10 @@ parse_request(struct ctx *c, struct inject_batch *b, const char *node_name, long
         !opt_string(c, root, "vmta", "", &b->vmta) || !opt_string(c, root, "pipe", "", &b->pipe) ||
         !opt_string(c, root, "envid", "", &b->envid))
         return false;
+    /* never sent from the default address instead */
+    if (b->vmta && *b->vmta && !vmta_known(b->vmta))
+        return bad(c, 400, "vmta: \"%.64s\" is no virtual MTA or pool of the configuration",
+                   b->vmta);
     const struct json_value *global = json_get(root, "substitutions");
     if (global && global->type == JSON_NULL)
         global = NULL;

@@ -25,6 +25,13 @@ struct inject_batch;
 /* Every message of one request together, after substitution. */
 #define HTTP_INJECT_MAX_TOTAL (256u * 1024 * 1024)
 
+struct conf;
+/* Takes hop-count-limit (a message carrying that many Received: fields is
+ * refused: 400, "too many hops"; 50 until called) and the virtual MTA and
+ * pool names that "vmta" may give (400 otherwise; not checked until
+ * called). Process-wide; called at start and on every reload. */
+void http_inject_configure(const struct conf *conf);
+
 /* Parses BODY and builds every message. Returns the batch, or NULL with
  * *status (400, 413, 422) and a JSON error in ERRBODY naming the field at
  * fault. node_name is the Message-ID domain of last resort; now the Date. */

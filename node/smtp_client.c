@@ -845,8 +845,11 @@ static bool
 tls_start(struct smtp_client *c)
 {
     char err[200];
-    struct bufferevent *f = tls_client_start(c->base, c->bev, c->info_host, c->tls_verify,
-                                             c->tls_ca_file, err, sizeof err);
+    /* No host name (a route to an address): the certificate is checked
+     * against the address connected to, never against nothing. */
+    struct bufferevent *f =
+        tls_client_start(c->base, c->bev, c->info_host[0] ? c->info_host : c->info_ip,
+                         c->tls_verify, c->tls_ca_file, err, sizeof err);
     if (!f) {
         snprintf(c->io_error, sizeof c->io_error, "%s", err);
         return false;

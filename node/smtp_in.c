@@ -22,6 +22,7 @@
 #include "db.h"
 #include "dkim.h"
 #include "http.h"
+#include "http_inject.h"
 #include "log.h"
 #include "smtp_server.h"
 #include "registry.h"
@@ -156,6 +157,7 @@ smtp_in_reload(struct smtp_in *in)
                   err);
     if (in->http)
         http_apply(in->http, fresh);
+    http_inject_configure(fresh);
     conf_free(in->conf);
     in->conf = fresh;
     log_info("smtp-in index=%u event=reloaded", in->index);
@@ -224,6 +226,7 @@ smtp_in_run(struct conf *conf, const char *name, unsigned index)
     } else {
         in.http = http_new(in.base, reload_via_root, &in);
         http_apply(in.http, conf);
+        http_inject_configure(conf);
         node_db_start(&in);
         log_info("smtp-in index=%u event=started pid=%d", index, (int)getpid());
         event_base_dispatch(in.base);

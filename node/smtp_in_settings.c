@@ -7,10 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 
+#include "log.h"
+#include "smtp_in_auth.h"
 #include "util.h"
 
 void
@@ -29,7 +32,19 @@ smtp_in_settings_free(struct smtp_in_settings *st)
     }
     free(st->users);
     free(st->hostname);
+    for (size_t i = 0; i < st->nvmtas; i++)
+        free(st->vmtas[i]);
+    free(st->vmtas);
     free(st);
+}
+
+bool
+smtp_in_settings_vmta_known(const struct smtp_in_settings *st, const char *name)
+{
+    for (size_t i = 0; i < st->nvmtas; i++)
+        if (strcmp(st->vmtas[i], name) == 0)
+            return true;
+    return false;
 }
 
 static SSL_CTX *
@@ -43,6 +58,16 @@ tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* The private key, as DKIM keys: only the daemon's user may read it. */
+    struct stat st;
+    if (stat(key, &st) == 0 && (st.st_mode & S_IRWXO)) {
+        snprintf(err, errlen,
+                 "%s: smtp-listener.tls-key is accessible by others (mode %04o); allow only "
+                 "the daemon's user (chmod 600)",
+                 key, (unsigned)(st.st_mode & 07777));
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     const char *what = NULL;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
         what = "cannot load smtp-listener.tls-cert";
@@ -87,6 +112,11 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
     for (size_t i = 0; i < conf->nsmtp_listener_users; i++) {
         st->users[i].name = xstrdup(conf->smtp_listener_users[i].name);
         st->users[i].password = xstrdup(conf->smtp_listener_users[i].password);
+        enum smtp_in_password_form form = smtp_in_password_form(st->users[i].password);
+        if (form != SMTP_IN_PW_CRYPT)
+            log_warn("smtp-listener user=\"%s\" event=weak-password-form form=%s: store a "
+                     "crypt(3) hash (pgmta passwd)",
+                     st->users[i].name, form == SMTP_IN_PW_SHA256 ? "{SHA256}" : "clear-text");
         st->nusers++;
     }
     st->max_sessions = conf->smtp_listener_max_sessions;
@@ -97,9 +127,20 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
     st->data_max_ms = conf->smtp_listener_max_data_time_ms;
     st->max_per_client = conf->smtp_listener_max_sessions_per_client;
     st->reserved = conf->smtp_listener_reserved_sessions;
+    st->max_auth_failures = conf->smtp_listener_max_auth_failures;
+    st->hop_limit = conf->hop_count_limit;
+    /* never less than a second, whatever the configuration says */
+    st->auth_delay_ms = conf->smtp_listener_auth_failure_delay_ms < 1000
+                            ? 1000
+                            : conf->smtp_listener_auth_failure_delay_ms;
     st->batch.max_messages = conf->smtp_listener_batch_max_messages;
     st->batch.max_bytes = conf->smtp_listener_batch_max_bytes;
     st->batch.max_wait_ms = conf->smtp_listener_batch_max_wait_ms;
     st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
+    st->vmtas = xcalloc(conf->nvmtas + conf->nvmta_pools + 1, sizeof *st->vmtas);
+    for (size_t i = 0; i < conf->nvmtas; i++)
+        st->vmtas[st->nvmtas++] = xstrdup(conf->vmtas[i].name);
+    for (size_t i = 0; i < conf->nvmta_pools; i++)
+        st->vmtas[st->nvmtas++] = xstrdup(conf->vmta_pools[i].name);
     return st;
 }

@@ -27,12 +27,19 @@ struct smtp_in_settings {
     uint64_t idle_ms;
     uint64_t data_ms;     /* silence during DATA */
     uint64_t data_max_ms; /* the whole of DATA */
+    uint32_t max_auth_failures;
+    uint32_t hop_limit;     /* Received: fields a message may carry in */
+    uint64_t auth_delay_ms; /* after the first failed AUTH; doubles per failure */
     struct smtp_in_batch_limits batch;
     char *hostname;
+    char **vmtas; /* names of the virtual MTAs and pools X-Virtual-MTA may name */
+    size_t nvmtas;
 };
 
 /* NULL with a reason in err when the TLS files cannot be loaded or an
  * allow entry does not parse. */
+/* Does the configuration know the virtual MTA or pool NAME? */
+bool smtp_in_settings_vmta_known(const struct smtp_in_settings *st, const char *name);
 struct smtp_in_settings *smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen);
 /* Frees (passwords are wiped first). NULL is ignored. */
 void smtp_in_settings_free(struct smtp_in_settings *st);

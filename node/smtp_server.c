@@ -18,7 +18,10 @@
  * (commands, paths, DATA, headers) are in smtp_server_parse.c. */
 #include "smtp_server.h"
 
+#include "smtp_in_auth.h"
+
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -91,7 +94,8 @@ struct smtp_server {
     bool accept_paused;
     unsigned long accept_pauses;
     unsigned long next_sid;
-    bool stopping; /* no new sessions; idle ones are told 421 */
+    bool stopping;                   /* no new sessions; idle ones are told 421 */
+    struct smtp_in_auth_table *auth; /* failed AUTH per client address */
 };
 
 /* ---------------------------------------------------------------------------
@@ -103,6 +107,7 @@ enum session_state {
     SS_AUTH_PLAIN,      /* AUTH PLAIN: waiting for the response */
     SS_AUTH_LOGIN_USER, /* AUTH LOGIN: waiting for the user name */
     SS_AUTH_LOGIN_PASS, /* AUTH LOGIN: waiting for the password */
+    SS_AUTH_DELAY,      /* failed AUTH: not reading, 535 sent when the timer fires */
     SS_DATA,            /* reading message content */
     SS_TLS,             /* TLS handshake after STARTTLS */
     SS_ENQUEUE,         /* waiting for the message's batch to commit */
@@ -111,8 +116,8 @@ enum session_state {
 };
 
 static const char *const state_names[] = {
-    "cmd",     "auth-plain", "auth-login-user", "auth-login-pass", "data", "tls", "enqueue",
-    "closing", "dead",
+    "cmd",  "auth-plain", "auth-login-user", "auth-login-pass", "auth-delay",
+    "data", "tls",        "enqueue",         "closing",         "dead",
 };
 
 enum session_event {
@@ -147,7 +152,9 @@ struct session {
     char *helo;
     bool esmtp;
     unsigned errors;
-    bool skipping; /* inside an over-long command line */
+    unsigned auth_failures; /* in this session */
+    uint64_t auth_delay_ms; /* of the failure being answered (SS_AUTH_DELAY) */
+    bool skipping;          /* inside an over-long command line */
     size_t skipped;
     uint64_t close_deadline;
 
@@ -280,6 +287,12 @@ session_enter(struct session *s, enum session_state st)
     case SS_DATA:
         s->data_deadline = util_now_ms() + set->data_max_ms;
         arm_data_timer(s);
+        break;
+    case SS_AUTH_DELAY:
+        /* Nothing is read, so nothing pipelined behind the failed attempt
+         * is answered before the delay is over. */
+        bufferevent_disable(s->bev, EV_READ);
+        arm_timer(s, s->auth_delay_ms);
         break;
     case SS_TLS:
         arm_timer(s, SESSION_TLS_TIMEOUT_MS);
@@ -448,8 +461,30 @@ data_finished(struct session *s)
         session_enter(s, SS_CMD);
         return;
     }
+    if (smtp_server_hop_count(s->content.data + s->header_start, s->content.len - s->header_start,
+                              s->srv->set->hop_limit) >= s->srv->set->hop_limit) {
+        reply(s, "554 5.4.6 Too many hops (%u Received: fields), mail loop?",
+              s->srv->set->hop_limit);
+        log_info("smtp-in session=%lu from=%s event=refused reason=too-many-hops limit=%u", s->id,
+                 s->ip, s->srv->set->hop_limit);
+        txn_reset(s);
+        session_enter(s, SS_CMD);
+        return;
+    }
     char *job = NULL, *vmta = NULL;
     smtp_server_take_headers(&s->content, s->header_start, &job, &vmta);
+    if (vmta && *vmta && !smtp_in_settings_vmta_known(s->srv->set, vmta)) {
+        /* never sent from the default address instead */
+        reply(s, "554 5.6.0 Message refused: X-Virtual-MTA names no configured virtual MTA or "
+                 "pool");
+        log_info("smtp-in session=%lu from=%s event=refused reason=unknown-vmta vmta=\"%s\"", s->id,
+                 s->ip, vmta);
+        free(job);
+        free(vmta);
+        txn_reset(s);
+        session_enter(s, SS_CMD);
+        return;
+    }
     enqueue_start(s, job, vmta);
 }
 
@@ -636,7 +671,42 @@ cmd_starttls(struct session *s, const struct smtp_server_cmd *c)
     session_enter(s, SS_TLS);
 }
 
-/* Checks name and password; replies 235 or 535. */
+/* A failed AUTH: the 535 goes out after a delay that doubles with every
+ * failure of the client's address (across its sessions, see smtp_in_auth.h);
+ * the session is closed after max_auth_failures (see README, Security). */
+static void
+auth_failed(struct session *s, const char *user)
+{
+    const struct smtp_in_settings *set = s->srv->set;
+    s->auth_failures++;
+    unsigned n = smtp_in_auth_failed(s->srv->auth, s->family, s->addr, util_now_ms());
+    s->auth_delay_ms = smtp_in_auth_delay_ms(set->auth_delay_ms, n);
+    log_info("smtp-in session=%lu from=%s event=auth-failed user=\"%s\" failures=%u "
+             "address-failures=%u delay=%llums",
+             s->id, s->ip, user, s->auth_failures, n, (unsigned long long)s->auth_delay_ms);
+    session_enter(s, SS_AUTH_DELAY);
+}
+
+/* The delay of a failed AUTH is over: 535, and the session goes on or, after
+ * too many failures, is closed. */
+static void
+auth_delay_done(struct session *s)
+{
+    const struct smtp_in_settings *set = s->srv->set;
+    reply(s, "535 5.7.8 Authentication credentials invalid");
+    if (s->auth_failures >= set->max_auth_failures) {
+        reply(s, "421 4.7.0 %s Too many authentication failures, closing connection",
+              set->hostname);
+        session_close(s, "too-many-auth-failures");
+        return;
+    }
+    session_enter(s, SS_CMD);
+    if (!s->read_paused)
+        bufferevent_enable(s->bev, EV_READ);
+    session_process_input(s);
+}
+
+/* Checks name and password; replies 235 or, after a delay, 535. */
 static void
 auth_check(struct session *s, const char *user, const char *pass, size_t passlen)
 {
@@ -653,9 +723,7 @@ auth_check(struct session *s, const char *user, const char *pass, size_t passlen
         reply(s, "235 2.7.0 Authentication successful");
         log_info("smtp-in session=%lu from=%s event=auth user=\"%s\"", s->id, s->ip, user);
     } else {
-        reply(s, "535 5.7.8 Authentication credentials invalid");
-        log_info("smtp-in session=%lu from=%s event=auth-failed user=\"%s\"", s->id, s->ip, user);
-        protocol_error(s);
+        auth_failed(s, user);
     }
 }
 
@@ -696,8 +764,8 @@ auth_plain(struct session *s, const char *line, size_t len)
     }
     const char *authz = (const char *)z, *user = (const char *)nul1 + 1;
     if (*authz && strcmp(authz, user) != 0) {
-        reply(s, "535 5.7.8 Authentication credentials invalid");
-        protocol_error(s);
+        OPENSSL_cleanse(dec, sizeof dec);
+        auth_failed(s, user);
         return;
     }
     auth_check(s, user, (const char *)nul2 + 1, (size_t)(end - nul2 - 1));
@@ -804,9 +872,14 @@ command(struct session *s, const char *line, size_t len)
         auth_line(s, line, len);
         return;
     }
-    /* AUTH's initial response is a credential: only the mechanism is logged. */
-    log_debug("smtp-in session=%lu command=\"%.*s\"", s->id,
-              (int)(len > 10 && strncasecmp(line, "AUTH ", 5) == 0 ? 10 : len), line);
+    /* An AUTH command carries a credential (the initial response), however
+     * it is spelt ("AUTH\tPLAIN ...", "auth  login ..."): only its length is
+     * logged, as for the continuation lines after a 334. */
+    if (len >= 4 && strncasecmp(line, "AUTH", 4) == 0 &&
+        (len == 4 || !isalnum((unsigned char)line[4])))
+        log_debug("smtp-in session=%lu command=\"AUTH (%zu bytes, redacted)\"", s->id, len);
+    else
+        log_debug("smtp-in session=%lu command=\"%.*s\"", s->id, (int)len, line);
     struct smtp_server_cmd c;
     const char *err = smtp_server_parse_command(line, len, &c);
     if (err) {
@@ -998,6 +1071,8 @@ session_react(struct session *s, enum session_event ev)
             txn_reset(s);
             session_enter(s, SS_CMD);
             session_process_input(s);
+        } else if (s->state == SS_AUTH_DELAY) {
+            auth_delay_done(s);
         } else if (s->state == SS_TLS) {
             log_info("smtp-in session=%lu from=%s event=tls-timeout", s->id, s->ip);
             session_enter(s, SS_DEAD);
@@ -1047,7 +1122,7 @@ session_react(struct session *s, enum session_event ev)
     case SE_FLUSHED:
         if (s->state == SS_CLOSING && output_flushed(s)) {
             session_enter(s, SS_DEAD);
-        } else if (s->read_paused && s->state != SS_CLOSING &&
+        } else if (s->read_paused && s->state != SS_CLOSING && s->state != SS_AUTH_DELAY &&
                    evbuffer_get_length(bufferevent_get_output(s->bev)) <= SESSION_WRITE_LOW_WATER) {
             s->read_paused = false;
             bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
@@ -1329,9 +1404,11 @@ smtp_server_new(struct event_base *base, const struct conf *conf, char *err, siz
     srv->next_sid = 1;
     srv->accept_resume = evtimer_new(base, on_accept_resume, srv);
     PGMTA_ASSERT(srv->accept_resume != NULL);
+    srv->auth = smtp_in_auth_table_new();
     srv->set = smtp_in_settings_new(conf, err, errlen);
     if (!srv->set) {
         event_free(srv->accept_resume);
+        smtp_in_auth_table_free(srv->auth);
         free(srv);
         return NULL;
     }
@@ -1371,7 +1448,7 @@ smtp_server_stop_accepting(struct smtp_server *srv)
      * storing a message finish it first (SE_ENQUEUED). */
     for (struct session *s = srv->sessions; s; s = s->next) {
         if (s->state == SS_CMD || s->state == SS_AUTH_PLAIN || s->state == SS_AUTH_LOGIN_USER ||
-            s->state == SS_AUTH_LOGIN_PASS) {
+            s->state == SS_AUTH_LOGIN_PASS || s->state == SS_AUTH_DELAY) {
             reply(s, "421 4.3.2 %s Service shutting down", s->srv->set->hostname);
             session_close(s, "shutdown");
         }
@@ -1403,5 +1480,6 @@ smtp_server_free(struct smtp_server *srv)
         session_free(s);
     }
     smtp_in_settings_free(srv->set);
+    smtp_in_auth_table_free(srv->auth);
     free(srv);
 }

@@ -92,6 +92,11 @@ const char *smtp_server_parse_path(const char *arg, size_t arglen, bool mail, ch
 /* Checks the MAIL parameters: SIZE=n (n > max_size, or not a number that
  * fits 64 bits: 552 5.3.4), BODY=7BIT|8BITMIME, anything else 555 5.5.4.
  * Returns NULL or the reply to send; *declared gets SIZE or 0. */
+/* Received: fields in the header section of buf[0..len) (hdr.c), counting
+ * stops at limit: the hop count of a message, for the loop check
+ * (hop-count-limit, see README, Security). */
+unsigned smtp_server_hop_count(const char *buf, size_t len, unsigned limit);
+
 const char *smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declared);
 
 /* Reads DATA content: removes dot-stuffing and stops after CRLF "." CRLF

@@ -6,6 +6,8 @@
  * directly, smtp_server.c drives them from its sessions. */
 #include "smtp_server.h"
 
+#include "smtp_in_auth.h"
+
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "addr.h"
 #include "hdr.h"
 #include "util.h"
 
@@ -60,86 +63,6 @@ smtp_server_parse_command(const char *line, size_t len, struct smtp_server_cmd *
     cmd->arg = line + a;
     cmd->arglen = end - a;
     return NULL;
-}
-
-static bool
-is_atext(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return true;
-    return ch && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL;
-}
-
-/* RFC 5321 Local-part: Dot-string or Quoted-string. */
-static bool
-local_part_ok(const char *p, size_t n)
-{
-    if (n == 0 || n > 64)
-        return false;
-    if (p[0] == '"') {
-        if (n < 2 || p[n - 1] != '"')
-            return false;
-        for (size_t i = 1; i < n - 1; i++) {
-            unsigned char ch = (unsigned char)p[i];
-            if (ch == '\\') {
-                if (++i >= n - 1)
-                    return false;
-                continue;
-            }
-            if (ch == '"')
-                return false;
-        }
-        return true;
-    }
-    if (p[0] == '.' || p[n - 1] == '.')
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (ch == '.') {
-            if (p[i + 1] == '.')
-                return false;
-        } else if (!is_atext(ch)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* A host name (letters, digits, hyphens, dots between labels of 1..63) or
- * an address literal in brackets. */
-static bool
-domain_ok(const char *p, size_t n)
-{
-    if (n == 0 || n > 255)
-        return false;
-    if (p[0] == '[') {
-        if (n < 3 || p[n - 1] != ']')
-            return false;
-        /* IPv4 or "IPv6:" literals: letters, digits, dots and colons. */
-        for (size_t i = 1; i < n - 1; i++) {
-            unsigned char ch = (unsigned char)p[i];
-            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                  (ch >= '0' && ch <= '9') || ch == '.' || ch == ':'))
-                return false;
-        }
-        return true;
-    }
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (ch == '.') {
-            if (label == 0)
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_'))
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return label > 0;
 }
 
 const char *
@@ -215,12 +138,37 @@ smtp_server_parse_path(const char *arg, size_t arglen, bool mail, char *addr, si
     if (!at)
         return mail ? "501 5.1.7 Sender address needs a domain"
                     : "501 5.1.3 Recipient address needs a domain";
-    size_t llen = (size_t)(at - a);
-    if (!local_part_ok(a, llen) || !domain_ok(at + 1, n - llen - 1))
+    /* The one validator (addr.c, the rules of sql/010_validate.sql): what
+     * RCPT accepts is what the enqueue stores. */
+    if (!addr_validate(a, n, NULL, NULL))
         return bad;
     memcpy(addr, a, n);
     addr[n] = '\0';
     return NULL;
+}
+
+/* RFC 3461 xtext: printable ASCII but '=' and '+', "+XX" hex escapes. */
+static bool
+xtext_ok(const char *v, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '+') {
+            if (i + 2 >= n)
+                return false;
+            for (int k = 1; k <= 2; k++) {
+                unsigned char h = (unsigned char)v[i + (size_t)k];
+                if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F')))
+                    return false;
+            }
+            i += 2;
+        } else if (c < '!' || c > '~' || c == '=') {
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Case-insensitive "KEY=" prefix test; *value gets what follows. */
@@ -268,6 +216,11 @@ smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declare
             if (!((vlen == 4 && strncasecmp(v, "7BIT", 4) == 0) ||
                   (vlen == 8 && strncasecmp(v, "8BITMIME", 8) == 0)))
                 return "501 5.5.4 Bad BODY parameter";
+        } else if (param_is(p, n, "AUTH", &v, &vlen)) {
+            /* RFC 4954: the authenticated sender as xtext, or <> for
+             * unknown; accepted and not used (the sender is MAIL FROM). */
+            if (!(vlen == 2 && v[0] == '<' && v[1] == '>') && !xtext_ok(v, vlen))
+                return "501 5.5.4 Bad AUTH parameter";
         } else {
             return "555 5.5.4 Unsupported MAIL parameter";
         }
@@ -491,40 +444,23 @@ smtp_server_base64_decode(const char *in, size_t inlen, unsigned char *out, size
     return (long)o;
 }
 
-static int
-hex_value(char ch)
+unsigned
+smtp_server_hop_count(const char *buf, size_t len, unsigned limit)
 {
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
+    unsigned n = 0;
+    struct hdr_iter it;
+    struct hdr_field f;
+    hdr_iter_init(&it, buf, len);
+    while (n < limit && hdr_next(&it, &f))
+        if (f.valid && hdr_name_is(&f, "Received"))
+            n++;
+    return n;
 }
 
 bool
 smtp_server_password_ok(const char *configured, const char *given, size_t givenlen)
 {
-    static const char tag[] = "{SHA256}";
-    if (strncmp(configured, tag, sizeof tag - 1) == 0) {
-        const char *hex = configured + sizeof tag - 1;
-        unsigned char want[32], got[32];
-        if (strlen(hex) != 64)
-            return false;
-        for (int i = 0; i < 32; i++) {
-            int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-            if (hi < 0 || lo < 0)
-                return false;
-            want[i] = (unsigned char)(hi << 4 | lo);
-        }
-        unsigned int len = 0;
-        if (!EVP_Digest(given, givenlen, got, &len, EVP_sha256(), NULL) || len != 32)
-            return false;
-        return CRYPTO_memcmp(want, got, 32) == 0;
-    }
-    size_t clen = strlen(configured);
-    return clen == givenlen && CRYPTO_memcmp(configured, given, clen) == 0;
+    return smtp_in_password_ok(configured, given, givenlen);
 }
 
 int

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -73,17 +74,40 @@ tls_client_cleanup(void)
     }
 }
 
+/* An IP address literal, bare ("192.0.2.1", "2001:db8::1") or as in an
+ * address ("[192.0.2.1]", "[IPv6:2001:db8::1]"): its text into ip, true. */
 static bool
-is_ip_literal(const char *s)
+ip_literal(const char *s, char *ip, size_t iplen)
 {
+    size_t n = strlen(s);
+    if (n >= 2 && s[0] == '[' && s[n - 1] == ']') {
+        s++;
+        n -= 2;
+        if (n > 5 && strncasecmp(s, "IPv6:", 5) == 0) {
+            s += 5;
+            n -= 5;
+        }
+    }
+    if (n == 0 || n >= iplen)
+        return false;
+    memcpy(ip, s, n);
+    ip[n] = '\0';
     unsigned char tmp[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, s, tmp) == 1 || inet_pton(AF_INET6, s, tmp) == 1;
+    return inet_pton(AF_INET, ip, tmp) == 1 || inet_pton(AF_INET6, ip, tmp) == 1;
 }
 
 struct bufferevent *
 tls_client_start(struct event_base *base, struct bufferevent *bev, const char *host, bool verify,
                  const char *ca_file, char *err, size_t errlen)
 {
+    char ip[INET6_ADDRSTRLEN + 1];
+    bool literal = ip_literal(host, ip, sizeof ip);
+    /* An empty name would make OpenSSL check no name at all: verifying
+     * needs something to verify against. */
+    if (verify && !*host) {
+        snprintf(err, errlen, "no host name to verify the certificate against");
+        return NULL;
+    }
     SSL_CTX *ctx = tls_ctx_get(verify ? ca_file : NULL, err, errlen);
     if (!ctx)
         return NULL;
@@ -92,12 +116,16 @@ tls_client_start(struct event_base *base, struct bufferevent *bev, const char *h
         snprintf(err, errlen, "SSL_new failed");
         return NULL;
     }
-    if (*host && !is_ip_literal(host))
+    /* SNI carries host names only (RFC 6066 3): none for an IP literal. */
+    if (*host && !literal)
         SSL_set_tlsext_host_name(ssl, host);
     if (verify) {
         SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
         SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        if (!SSL_set1_host(ssl, host)) {
+        /* an IP literal is matched against the certificate's IP SANs */
+        int ok = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip)
+                         : SSL_set1_host(ssl, host);
+        if (!ok) {
             SSL_free(ssl);
             snprintf(err, errlen, "cannot set the host name to verify");
             return NULL;

@@ -254,6 +254,73 @@ BEGIN
 END
 $$;
 
+-- A job id: NULL (none) or 1..200 characters without control characters (it
+-- is a key of mta.job and of indexes on recipients and acct). Returns it.
+CREATE OR REPLACE FUNCTION mta.check_job_id(p_job_id text)
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_job_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF p_job_id = '' THEN
+        RAISE EXCEPTION 'invalid job_id "": empty (use NULL for none)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF length(p_job_id) > 200 THEN
+        RAISE EXCEPTION 'invalid job_id %: % characters long, at most 200 allowed',
+            mta.show(p_job_id), length(p_job_id) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_job_id ~ '[\x01-\x1f\x7f]' THEN
+        RAISE EXCEPTION 'invalid job_id %: contains a control character', mta.show(p_job_id)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN p_job_id;
+END
+$$;
+
+-- An envelope id (the DSN ENVID, RFC 3461): NULL (none) or printable ASCII
+-- (space included) whose xtext form ('+', '=', space and control characters
+-- as "+XX") is 1..100 characters, as the ESMTP ENVID parameter allows.
+-- Returns it.
+CREATE OR REPLACE FUNCTION mta.check_envid(p_envid text)
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_envid IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF p_envid !~ '^[\x20-\x7e]+$' THEN
+        RAISE EXCEPTION 'invalid envid %: only printable ASCII is allowed', mta.show(p_envid)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF length(p_envid) + 2 * length(regexp_replace(p_envid, '[^ +=]', '', 'g')) > 100 THEN
+        RAISE EXCEPTION 'invalid envid %: longer than 100 characters as xtext (RFC 3461)',
+            mta.show(p_envid) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN p_envid;
+END
+$$;
+
+-- A queue's domain as given to the admin functions: a valid domain (the
+-- rules of an address's domain) or an error naming p_field. Returns it
+-- lower-cased.
+CREATE OR REPLACE FUNCTION mta.check_domain(p_domain text, p_field text DEFAULT 'domain')
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_domain IS NULL THEN
+        RAISE EXCEPTION '% is NULL', p_field USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF mta.address_plain('x@' || p_domain) THEN
+        RETURN lower(p_domain);
+    END IF;
+    BEGIN
+        RETURN mta.address_domain_full('x@' || p_domain, p_field);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        RAISE EXCEPTION 'invalid % %: not a valid domain', p_field, mta.show(p_domain)
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+END
+$$;
+
 -- The pipe to use: p_pipe if it is registered, the default pipe if p_pipe is NULL.
 CREATE OR REPLACE FUNCTION mta.resolve_pipe(p_pipe text)
 RETURNS text LANGUAGE plpgsql STABLE AS $$

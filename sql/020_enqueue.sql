@@ -99,6 +99,7 @@ BEGIN
         v_vmta := mta.check_vmta(p_vmta);
     END IF;
     v_pipe := mta.resolve_pipe(p_pipe);
+    PERFORM mta.check_job_id(p_job_id), mta.check_envid(p_envid);
     IF p_priority IS NULL THEN
         p_priority := 0;
     END IF;

@@ -61,6 +61,8 @@ BEGIN
     FOREACH v IN ARRAY c.vmtas LOOP
         PERFORM mta.check_vmta(v);
     END LOOP;
+    PERFORM mta.check_job_id(j) FROM unnest(c.jobs) j;
+    PERFORM mta.check_envid(e) FROM (SELECT DISTINCT envid FROM new_rows WHERE envid IS NOT NULL) n(e);
     IF c.odd_rcpts IS NOT NULL THEN
         PERFORM mta.address_domain_full(r, 'rcpt_to') FROM unnest(c.odd_rcpts) r;
     END IF;

@@ -13,6 +13,7 @@ RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_t
 DECLARE
     n int;
 BEGIN
+    PERFORM mta.check_domain(p_domain);
     UPDATE mta.queue SET paused = true
      WHERE domain = lower(p_domain) AND (p_vmta IS NULL OR vmta = p_vmta);
     GET DIAGNOSTICS n = ROW_COUNT;

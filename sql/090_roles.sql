@@ -9,7 +9,7 @@
 --                injection), pause/resume (HTTP API), housekeeping, the
 --                views, and the queue's backoff columns.
 --   mta_admin    everything in schema mta.
---   mta_monitor  SELECT on the views, nothing else.
+--   mta_monitor  SELECT on the views and mta.acct, nothing else.
 --
 -- All API functions are SECURITY DEFINER with a fixed search_path, so the
 -- roles need no rights on the tables behind them.
@@ -88,6 +88,8 @@ GRANT EXECUTE ON FUNCTION mta.enqueue_batch(text[], int[], text[], bytea[], text
                                             text[], text[])
     TO mta_node;
 GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO mta_node;
+-- the node's HTTP API (status, dashboard, metrics) reads the accounting
+GRANT SELECT ON mta.acct TO mta_node;
 
 -- mta_admin
 GRANT ALL ON ALL TABLES IN SCHEMA mta TO mta_admin;
@@ -96,3 +98,5 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA mta TO mta_admin;
 
 -- mta_monitor
 GRANT SELECT ON mta.queues, mta.connections, mta.nodes, mta.jobs TO mta_monitor;
+-- and the accounting, as README (Watching and steering) says
+GRANT SELECT ON mta.acct TO mta_monitor;

@@ -14,7 +14,9 @@ CSV_HEADER = ("type,timeLogged,timeQueued,orig,rcpt,dsnAction,dsnStatus,dsnDiag,
               "envId,queue,pipe,node,messageId,attempt,tlsProtocol,tlsCipher")
 
 CONTENT = "From: s@example.org\r\nSubject: test\r\n\r\nbody\r\n"
-ODD_JOB = 'job "quoted", comma\\back\nline\x01'
+# a job id holds no control characters (mta.check_job_id): quotes, a comma
+# and a backslash are what the CSV and JSON output must quote
+ODD_JOB = 'job "quoted", comma\\back line \u00e9'
 
 
 def run(*args, env=None):

@@ -48,8 +48,31 @@ class Quickstart(unittest.TestCase):
         self.assertIn("swaks --server 127.0.0.1:%s" % self.env["PGMTA_SMTP_PORT"], out)
         pid1 = self.read("pgmtad.pid")
 
+        # least privilege: passwords (scram) in a 0600 pgpass, no trust, pgmtad
+        # as a login role with mta_node only, the token not printed
+        pgpass = os.path.join(self.var, "pgpass")
+        self.assertIn("PGPASSFILE=" + pgpass, out)
+        for name in ("pgpass", "pgmta.conf"):
+            self.assertEqual(os.stat(os.path.join(self.var, name)).st_mode & 0o777, 0o600, name)
+        hba = self.read("pg/pg_hba.conf")
+        self.assertNotRegex(hba, r"(?m)^[^#\n]*\btrust\b")
+        self.assertIn("scram-sha-256", hba)
+        self.assertIn('url = "postgresql://pgmta_node@127.0.0.1:', self.read("pgmta.conf"))
+        env = dict(os.environ, PGPASSFILE=pgpass)
+        noenv = dict(os.environ)
+        noenv.pop("PGPASSFILE", None)
+        r = subprocess.run(["psql", "-X", "-qAt", "-w", url, "-c", "SELECT 1"], env=noenv,
+                           capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0, "connected without a password")
         psql = lambda sql: subprocess.run(["psql", "-X", "-qAt", url, "-c", sql], check=True,
-                                          capture_output=True, text=True).stdout.strip()
+                                          env=env, capture_output=True,
+                                          text=True).stdout.strip()
+        self.assertEqual(psql("SELECT string_agg(b.rolname, ',' ORDER BY b.rolname) "
+                              "FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+                              "JOIN pg_roles b ON b.oid = m.roleid "
+                              "WHERE r.rolname = 'pgmta_node'"), "mta_node")
+        self.assertEqual(psql("SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles "
+                              "WHERE rolname = 'pgmta_node'"), "f")
         psql("SELECT mta.enqueue('me@example.com', ARRAY['you@demo.test'], "
              "E'Subject: hello\\r\\n\\r\\nHello from pgmta\\r\\n')")
         r = subprocess.run(["swaks", "--server", "127.0.0.1:" + self.env["PGMTA_SMTP_PORT"],
@@ -64,6 +87,7 @@ class Quickstart(unittest.TestCase):
 
         token = re.search(r'token = "([0-9a-f]+)"',
                           self.read("pgmta.conf")).group(1)
+        self.assertNotIn(token, out)
         req = urllib.request.Request("http://127.0.0.1:%s/api/status" % self.env["PGMTA_HTTP_PORT"],
                                      headers={"Authorization": "Bearer " + token})
         with urllib.request.urlopen(req, timeout=10) as resp:

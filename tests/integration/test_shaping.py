@@ -274,7 +274,8 @@ class RollupAndPools(unittest.TestCase):
                         ("rollup:held-provider", None), ("rollup:held-provider", None)] \
                     and queues == expected_queues and sink.active() == len(conns):
                 return conns
-            snapshot.last = (conns, queues, sink.active())
+            if conns or not snapshot.last:
+                snapshot.last = (conns, queues, sink.active())
             return None
         snapshot.last = None
         try:

@@ -111,6 +111,7 @@ class ListenerBase(unittest.TestCase):
                  'max-message-size = 100000; %s '
                  'users = ( { name = "alice"; password = "s3cret"; }, '
                  '{ name = "bob"; password = "{SHA256}%s"; } ); };\n'
+                 'virtual-mtas = ( { name = "vmta-x"; } );\n'
                  % (cls.port, cls.cert, cls.key, cls.extra_listener, sha))
         for d in DOMAINS:
             cls.pg.query("SELECT mta.pause_queue(%s)", (d,))
@@ -418,20 +419,25 @@ class ListenerTest(ListenerBase):
         self.assertEqual(self.rcpts(mid), ['"odd name"@example.test', "r@example.test"])
 
     def test_enqueue_error_is_permanent(self):
-        # An invalid virtual MTA name gets past SMTP and is refused by
-        # mta.enqueue: 554 with the reason, nothing stored.
+        # A job id too long for the queue (folded over two lines) gets past
+        # SMTP and is refused by mta.enqueue: 554 with the reason, nothing
+        # stored; a virtual MTA the configuration does not know is refused
+        # by the listener itself.
         before = self.messages()
         c = self.client()
         self.assertEqual(c.cmd("EHLO client.test")[0], 250)
-        self.assertEqual(c.cmd("MAIL FROM:<s@sender.test>")[0], 250)
-        self.assertEqual(c.cmd("RCPT TO:<e@example.test>")[0], 250)
-        self.assertEqual(c.cmd("DATA")[0], 354)
-        c.send(b"X-Virtual-MTA: bad name!\r\nSubject: x\r\n\r\nx\r\n.\r\n")
-        code, lines = c.reply()
-        self.assertEqual(code, 554, lines)
-        self.assertIn("vmta", lines[0])
-        self.assertEqual(self.messages(), before)
-        self.assertEqual(c.cmd("NOOP")[0], 250)
+        for header, reason in ((b"X-Job: " + b"j" * 150 + b"\r\n " + b"k" * 150, "job_id"),
+                               (b"X-Virtual-MTA: no-such-vmta", "X-Virtual-MTA"),
+                               (b"X-Virtual-MTA: bad name!", "X-Virtual-MTA")):
+            self.assertEqual(c.cmd("MAIL FROM:<s@sender.test>")[0], 250)
+            self.assertEqual(c.cmd("RCPT TO:<e@example.test>")[0], 250)
+            self.assertEqual(c.cmd("DATA")[0], 354)
+            c.send(header + b"\r\nSubject: x\r\n\r\nx\r\n.\r\n")
+            code, lines = c.reply()
+            self.assertEqual(code, 554, lines)
+            self.assertIn(reason, lines[0])
+            self.assertEqual(self.messages(), before)
+            self.assertEqual(c.cmd("NOOP")[0], 250)
 
     def test_smtplib_send(self):
         with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as s:
@@ -449,7 +455,9 @@ class AuthTest(ListenerBase):
     extra_listener = "allow = [ ];"
 
     def tls_client(self):
-        s = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+        # generous: a failed AUTH is answered after a delay that grows with
+        # every failure from 127.0.0.1 in this class
+        s = smtplib.SMTP("127.0.0.1", self.port, timeout=60)
         self.addCleanup(s.close)
         ctx = ssl.create_default_context()
         ctx.check_hostname = False

@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "log.h"
+#include "smtp_in_auth.h"
 #include "smtp_in_batch.h"
 #include "smtp_server.h"
 #include "util.h"
@@ -125,12 +127,20 @@ static const struct path_case path_cases[] = {
     {false, "TO:<a\rb@b.test>", NULL, NULL},
     {false, "TO:<a\nb@b.test>", NULL, NULL},
     {false, "TO:<a\xc3\xa9@b.test>", NULL, NULL},
-    {false, "TO:<a@b_c.test>", "a@b_c.test", ""},
+    /* what SQL refuses (addr_validate): '_', leading or trailing '-', bad
+     * address literals, '<' or '>' even quoted */
+    {false, "TO:<a@b_c.test>", NULL, NULL},
+    {false, "TO:<a@-b.test>", NULL, NULL},
+    {false, "TO:<a@b-.test>", NULL, NULL},
+    {false, "TO:<a@[999.0.0.1]>", NULL, NULL},
+    {false, "TO:<a@[IPv6:zz::1]>", NULL, NULL},
+    {false, "TO:<a@[hello]>", NULL, NULL},
+    {false, "TO:<a@[IPv6:2001:db8::1]>", "a@[IPv6:2001:db8::1]", ""},
     {false, "TO:<a@[127.0.0.1]>", "a@[127.0.0.1]", ""},
     {false, "TO:<a@[127.0.0.1>", NULL, NULL},
     {false, "TO:<v%ext@local.test>", "v%ext@local.test", ""},
     {false, "TO:<\"v@ext\"@local.test>", "\"v@ext\"@local.test", ""},
-    {false, "TO:<\"a>b\"@local.test>", "\"a>b\"@local.test", ""},
+    {false, "TO:<\"a>b\"@local.test>", NULL, NULL},
     {false, "TO:<\"a\\\"b\"@local.test>", "\"a\\\"b\"@local.test", ""},
     {false, "TO:<\"unterminated@local.test>", NULL, NULL},
     {false, "TO:<@r1.test,@r2.test:a@b.test>", "a@b.test", ""},
@@ -214,7 +224,11 @@ static const struct param_case param_cases[] = {
     {"SIZE", 1000, 555, 0},
     {"BODY=BINARYMIME", 1000, 501, 0},
     {"SMTPUTF8", 1000, 555, 0},
-    {"AUTH=<>", 1000, 555, 0},
+    {"AUTH=<>", 1000, 0, 0},
+    {"AUTH=a+40b.test SIZE=10", 1000, 0, 10},
+    {"AUTH=", 1000, 501, 0},
+    {"AUTH=a+4", 1000, 501, 0},
+    {"AUTH=a=b", 1000, 501, 0},
 };
 
 static void
@@ -499,6 +513,70 @@ test_password(void **state)
                         "2BB80D537B1DA3E38BD30361AA855686BDE0EACD7162FEF6A25FE97BF527A25B";
     assert_true(smtp_server_password_ok(upper, "secret", 6));
     assert_false(smtp_server_password_ok("{SHA256}abc", "secret", 6));
+    /* crypt(3): yescrypt and SHA-512-crypt of "hunter2" */
+    const char *y = "$y$j9T$qKQuvO5TjrFLans02Lslv/$FZuvB1tqm0f6S6.5ryR8vbfNphJOvOFp6ieZZ0MIK8A";
+    assert_true(smtp_server_password_ok(y, "hunter2", 7));
+    assert_false(smtp_server_password_ok(y, "hunter3", 7));
+    assert_false(smtp_server_password_ok(y, "hunter2\0x", 9));
+    assert_false(smtp_server_password_ok(y, y, strlen(y)));
+    const char *six = "$6$N9diYfyzbAFhiLd3$jtj70sOV279rg.Mcw/ZYzTkJaHQ.PISxK0pxG/"
+                      "2rtCTWa5E4//WBQqmuM80081aUNndqeFJCJVy6exSTpCpJh1";
+    assert_true(smtp_server_password_ok(six, "hunter2", 7));
+    assert_false(smtp_server_password_ok(six, "Hunter2", 7));
+    /* a damaged hash never matches */
+    assert_false(smtp_server_password_ok("$y$j9T$qKQuvO5TjrFLans02Lslv/$", "hunter2", 7));
+}
+
+/* The failed-AUTH table: counts per address, expiry, a full table making
+ * room, and the delay doubling up to its cap. */
+static void
+test_auth_table(void **state)
+{
+    (void)state;
+    struct smtp_in_auth_table *t = smtp_in_auth_table_new();
+    unsigned char a[16] = {192, 0, 2, 1}, b[16] = {192, 0, 2, 2};
+    uint64_t now = 1000000;
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, a, now), 0);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, now), 1);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, now + 10), 2);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, b, now + 20), 1);
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET6, a, now + 20), 0); /* other family */
+    /* forgotten after SMTP_IN_AUTH_FORGET_MS without a failure */
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, a, now + 10 + SMTP_IN_AUTH_FORGET_MS), 0);
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, now + 10 + SMTP_IN_AUTH_FORGET_MS), 1);
+    /* a full table replaces its oldest entry, and never grows */
+    uint64_t t0 = now + 2 * SMTP_IN_AUTH_FORGET_MS;
+    for (unsigned i = 0; i < SMTP_IN_AUTH_TABLE_SIZE; i++) {
+        unsigned char x[16] = {10, (unsigned char)(i >> 8), (unsigned char)i, 1};
+        assert_int_equal(smtp_in_auth_failed(t, AF_INET, x, t0 + i), 1);
+    }
+    unsigned char first[16] = {10, 0, 0, 1}, last[16] = {10, 3, 255, 1};
+    assert_int_equal(smtp_in_auth_failed(t, AF_INET, a, t0 + 5000), 1);
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, first, t0 + 5000), 0);
+    assert_int_equal(smtp_in_auth_failures(t, AF_INET, last, t0 + 5000), 1);
+    smtp_in_auth_table_free(t);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 1), 1000);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 2), 2000);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 3), 4000);
+    assert_int_equal(smtp_in_auth_delay_ms(1000, 1000), 1000u << SMTP_IN_AUTH_MAX_SHIFT);
+}
+
+/* log_escape: every control character escaped, nothing cut in the middle of
+ * an escape. */
+static void
+test_log_escape(void **state)
+{
+    (void)state;
+    char out[64];
+    const char in[] = "a\r\nb\tc\\d\x1b[31m\x7f\x01";
+    size_t n = log_escape(out, sizeof out, in, sizeof in - 1);
+    assert_string_equal(out, "a\\r\\nb\\tc\\\\d\\x1b[31m\\x7f\\x01");
+    assert_int_equal(n, strlen(out));
+    n = log_escape(out, 5, "ab\ncd", 5);
+    assert_string_equal(out, "ab\\n");
+    n = log_escape(out, 4, "ab\ncd", 5);
+    assert_string_equal(out, "ab");
+    assert_int_equal(n, 2);
 }
 
 static void
@@ -559,6 +637,8 @@ main(void)
         cmocka_unit_test(test_array_binary),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_password),
+        cmocka_unit_test(test_auth_table),
+        cmocka_unit_test(test_log_escape),
         cmocka_unit_test(test_cidr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
