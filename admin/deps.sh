@@ -1,14 +1,14 @@
 # Sourced by tests/run and admin/quickstart: installs the Debian packages
 # pgmta needs to build, run and test, when some are missing. No-op otherwise.
 # With --tests it adds what only the test suite needs (a browser for the
-# dashboard test, libfaketime for the clock-step test), which admin/quickstart
-# does not install.
+# dashboard test, libfaketime for the clock-step test, systemd-analyze for the
+# unit file test), which admin/quickstart does not install.
 pgmta_install_deps() {
     local packages=(build-essential cmake pkg-config libevent-dev libc-ares-dev libconfig-dev
                     libpq-dev libssl-dev zlib1g-dev libcmocka-dev postgresql-15 postgresql-client-15
                     postfix dnsmasq-base swaks python3 python3-psycopg2 openssl procps
                     iproute2 util-linux clang-format python3-dkim libcrypt-dev)
-    [ "${1:-}" = --tests ] && packages+=(chromium faketime)
+    [ "${1:-}" = --tests ] && packages+=(chromium faketime systemd)
     local missing=() p
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -5,10 +5,12 @@
 #include "destination.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hostport.h"
 #include "util.h"
@@ -47,9 +49,40 @@ parse_source(const char *ip, struct sockaddr_storage *ss, socklen_t *len)
     return false;
 }
 
+/* Whether BIN (an address of family FAM) is one of this machine's own
+ * interface addresses (getifaddrs, read again at most every 10 s: it is a
+ * local netlink query, but this runs for every delivery address). */
+static bool
+addr_is_local(int fam, const void *bin)
+{
+    static struct ifaddrs *ifs;
+    static time_t read_at;
+    time_t now = time(NULL);
+    if (!ifs || now - read_at >= 10 || now < read_at) {
+        if (ifs)
+            freeifaddrs(ifs);
+        ifs = NULL;
+        if (getifaddrs(&ifs) != 0)
+            ifs = NULL;
+        read_at = now;
+    }
+    for (const struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != fam)
+            continue;
+        if (fam == AF_INET &&
+            !memcmp(&((const struct sockaddr_in *)(const void *)i->ifa_addr)->sin_addr, bin, 4))
+            return true;
+        if (fam == AF_INET6 &&
+            !memcmp(&((const struct sockaddr_in6 *)(const void *)i->ifa_addr)->sin6_addr, bin, 16))
+            return true;
+    }
+    return false;
+}
+
 /* Whether ADDR is one of this node's SMTP listeners (listen.smtp): an MX
  * that points at ourselves would loop the mail back into our own queue. A
- * wildcard listener (0.0.0.0, ::) counts for the loopback addresses. */
+ * wildcard listener counts for the loopback addresses and for the machine's
+ * own addresses: 0.0.0.0 for its IPv4 ones, :: for all (dual stack). */
 static bool
 addr_is_ours(const struct conf *c, const struct dns_addr *a)
 {
@@ -77,7 +110,10 @@ addr_is_ours(const struct conf *c, const struct dns_addr *a)
             continue;
         if (strcmp(l.host, ip) == 0)
             return true;
-        if (loopback && (strcmp(l.host, "0.0.0.0") == 0 || strcmp(l.host, "::") == 0))
+        bool any4 = strcmp(l.host, "0.0.0.0") == 0, any6 = strcmp(l.host, "::") == 0;
+        if (loopback && (any4 || any6))
+            return true;
+        if (((any4 && fam == AF_INET) || any6) && addr_is_local(fam, bin))
             return true;
     }
     return false;

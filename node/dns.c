@@ -474,6 +474,31 @@ bad:
     return rr;
 }
 
+int
+dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
+                void (*each)(uint16_t pref, const char *name, const void *addr, void *arg),
+                void *arg, size_t *n, uint32_t *ttl, char **error)
+{
+    struct dns *d = xcalloc(1, sizeof *d);
+    d->rng = seed | 1;
+    struct rrset *rr = parse_reply(d, qtype, 0, buf, len);
+    free(d);
+    for (size_t i = 0; each && rr->status == RR_OK && i < rr->n; i++) {
+        if (qtype == DNS_T_MX)
+            each(rr->mx[i].pref, rr->mx[i].name, NULL, arg);
+        else if (qtype == DNS_T_A)
+            each(0, NULL, &rr->a[i], arg);
+        else
+            each(0, NULL, &rr->aaaa[i], arg);
+    }
+    int st = (int)rr->status;
+    *n = rr->n;
+    *ttl = rr->ttl;
+    *error = rr->error ? xstrdup(rr->error) : NULL;
+    rrset_free(rr);
+    return st;
+}
+
 /* ---- c-ares on libevent --------------------------------------------------- */
 
 static void

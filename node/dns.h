@@ -74,4 +74,16 @@ void dns_cancel(struct dns_request *r);
 /* Drops every cached answer (tests, reload). */
 void dns_cache_clear(struct dns *d);
 
+/* The resolver's reply parser, pure (for tests and fuzzing): parses BUF, a
+ * reply to a query of QTYPE (1 A, 15 MX, 28 AAAA), as an answer is parsed
+ * before it is cached. Returns 0 records found, 1 NXDOMAIN, 2 no data,
+ * 3 temporary failure (SERVFAIL, truncated, malformed: *error says which,
+ * malloc'ed, NULL otherwise). *n records kept (MX sorted by preference, at
+ * most 64, ties shuffled with SEED), *ttl the answer's or negative TTL. EACH,
+ * when given, sees every record kept: MX as (pref, name, NULL), A and AAAA as
+ * (0, NULL, struct in_addr * or struct in6_addr *). */
+int dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
+                    void (*each)(uint16_t pref, const char *name, const void *addr, void *arg),
+                    void *arg, size_t *n, uint32_t *ttl, char **error);
+
 #endif

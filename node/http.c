@@ -81,6 +81,17 @@ token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN])
                  len == TOKEN_HASH_LEN);
 }
 
+const char *
+http_bearer_token(const char *v)
+{
+    if (!v || strncasecmp(v, "Bearer ", 7) != 0)
+        return NULL;
+    v += 7;
+    while (*v == ' ')
+        v++;
+    return v;
+}
+
 /* "Authorization: Bearer TOKEN", compared in constant time (hashes of equal
  * length, so the token's length does not leak either). */
 static bool
@@ -88,12 +99,10 @@ authorized(const struct http *h, struct evhttp_request *req)
 {
     if (!h->has_token)
         return false;
-    const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
+    const char *a = http_bearer_token(
+        evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"));
+    if (!a)
         return false;
-    a += 7;
-    while (*a == ' ')
-        a++;
     unsigned char got[TOKEN_HASH_LEN];
     token_hash(a, got);
     return CRYPTO_memcmp(got, h->token_hash, TOKEN_HASH_LEN) == 0;
@@ -103,12 +112,10 @@ authorized(const struct http *h, struct evhttp_request *req)
 static bool
 inject_authorized(const struct http *h, struct evhttp_request *req)
 {
-    const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    if (!h->ninject_hashes || !a || strncasecmp(a, "Bearer ", 7) != 0)
+    const char *a = http_bearer_token(
+        evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"));
+    if (!h->ninject_hashes || !a)
         return false;
-    a += 7;
-    while (*a == ' ')
-        a++;
     unsigned char got[TOKEN_HASH_LEN];
     token_hash(a, got);
     bool ok = false;
@@ -125,8 +132,8 @@ inject_authorized(const struct http *h, struct evhttp_request *req)
  * characters outside letters, digits, '-', '_', '.'), a port must be a
  * real port (":0" and ":99999" are refused), and "[IPv6:...]", SMTP's form
  * of an address literal, is no URI host. */
-static bool
-host_name(const char *v, char *name, size_t namelen)
+bool
+http_host_name(const char *v, char *name, size_t namelen)
 {
     struct hostport hp;
     if (!strncasecmp(v, "[IPv6:", 6) || !hostport_parse_str(v, 0, &hp, NULL))
@@ -146,7 +153,7 @@ host_allowed(const struct http *h, struct evhttp_request *req)
 {
     const char *v = evhttp_find_header(evhttp_request_get_input_headers(req), "Host");
     char name[HOSTPORT_HOST_MAX + 1];
-    if (!v || !host_name(v, name, sizeof name))
+    if (!v || !http_host_name(v, name, sizeof name))
         return false;
     if (!strcasecmp(name, "localhost") || !strcmp(name, "127.0.0.1") || !strcmp(name, "::1"))
         return true;

@@ -33,6 +33,7 @@
 #ifndef PGMTA_HTTP_H
 #define PGMTA_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <event2/event.h>
@@ -40,6 +41,16 @@
 #include "conf.h"
 
 struct http;
+
+/* Pure parts of request handling, for tests and fuzzing. */
+/* The token of an Authorization header value "Bearer TOKEN" (scheme in any
+ * case, spaces before the token skipped): a pointer into V, or NULL when V
+ * is NULL or of another scheme. */
+const char *http_bearer_token(const char *v);
+/* The host of a Host header value V ("name", "1.2.3.4", "[v6]", each with
+ * an optional ":port" of 1..65535) into NAME (brackets removed); false for
+ * anything else or a host that does not fit in NAMELEN. */
+bool http_host_name(const char *v, char *name, size_t namelen);
 
 /* Reloads the configuration (POST /api/reload). Returns 0 when the new
  * configuration is in place, else -1 with "file:line: reason" in err and the

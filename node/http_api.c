@@ -448,9 +448,14 @@ api_steer(struct http_api *a, struct evhttp_request *req, bool pause)
     }
     const char *queue = params_get(&p, "queue", &dup);
     const char *job = params_get(&p, "job", &dup);
-    if (dup || !queue == !job) {
+    /* vmta= (possibly empty) names exactly one queue of the domain: "" is the
+     * queue without a virtual MTA; queue=DOMAIN alone means all of them */
+    const char *vmta_p = params_get(&p, "vmta", &dup);
+    if (dup || !queue == !job || (vmta_p && !queue)) {
         params_free(&p);
-        http_reply_error(req, 400, "give exactly one of queue=DOMAIN[/VMTA] and job=ID");
+        http_reply_error(
+            req, 400,
+            "give exactly one of queue=DOMAIN[/VMTA] (or queue=DOMAIN&vmta=VMTA) and job=ID");
         return;
     }
     struct call *c = call_new(req, CALL_STEER);
@@ -471,7 +476,13 @@ api_steer(struct http_api *a, struct evhttp_request *req, bool pause)
     const char *slash = strchr(queue, '/');
     char *domain = slash ? xstrndup(queue, (size_t)(slash - queue)) : xstrdup(queue);
     char *vmta = slash ? xstrdup(slash + 1) : NULL;
-    if (!*domain || has_ctl(queue) || (vmta && (!*vmta || strchr(vmta, '/')))) {
+    bool bad = !*domain || has_ctl(queue) || (vmta && (!*vmta || strchr(vmta, '/')));
+    if (vmta_p) {
+        bad = bad || slash || has_ctl(vmta_p) || strchr(vmta_p, '/');
+        if (!bad)
+            vmta = xstrdup(vmta_p);
+    }
+    if (bad) {
         free(domain);
         free(vmta);
         free(c);
@@ -479,7 +490,13 @@ api_steer(struct http_api *a, struct evhttp_request *req, bool pause)
         http_reply_error(req, 400, "queue: expected DOMAIN or DOMAIN/VMTA");
         return;
     }
-    c->queue = xstrdup(queue);
+    if (vmta && *vmta && !slash) {
+        size_t n = strlen(domain) + strlen(vmta) + 2;
+        c->queue = xmalloc(n);
+        snprintf(c->queue, n, "%s/%s", domain, vmta);
+    } else {
+        c->queue = xstrdup(queue);
+    }
     params_free(&p);
     const char *values[2] = {domain, vmta};
     call_start(a, c, pause ? "http_pause_queue" : "http_resume_queue", 2, values);

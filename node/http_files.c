@@ -52,8 +52,8 @@ content_type(const char *name)
 /* Only plain names directly in the dashboard directory: letters, digits,
  * '.', '_', '-', not starting with '.'; percent-encoded paths are never
  * decoded, so "%2e%2e" stays a name that does not exist. */
-static bool
-valid_file_name(const char *name)
+bool
+http_files_valid_name(const char *name)
 {
     size_t n = strlen(name);
     if (n == 0 || n > HTTP_FILES_MAX_NAME || name[0] == '.' || strstr(name, ".."))
@@ -69,7 +69,7 @@ http_files_serve(const char *dir, struct evhttp_request *req, const char *path)
         return;
     }
     const char *name = strcmp(path, "/") == 0 ? "index.html" : path + 1;
-    const char *ctype = path[0] == '/' && valid_file_name(name) ? content_type(name) : NULL;
+    const char *ctype = path[0] == '/' && http_files_valid_name(name) ? content_type(name) : NULL;
     if (!ctype || !dir) {
         http_reply_error(req, 404, "not found");
         return;

@@ -4,6 +4,8 @@
 #ifndef PGMTA_HTTP_FILES_H
 #define PGMTA_HTTP_FILES_H
 
+#include <stdbool.h>
+
 #include <event2/http.h>
 
 /* Longest file name served; larger files than HTTP_FILES_MAX_SIZE: 404. */
@@ -13,6 +15,10 @@
 /* Answers REQ for PATH (the request's path, starting with '/') from DIR
  * (NULL: 404): 200 with the file, 404, or 405 for a method other than GET
  * and HEAD. */
+/* Whether NAME (a request path without its leading '/') is a name served
+ * from the directory: letters, digits, '.', '_', '-', not starting with '.',
+ * no "..", at most HTTP_FILES_MAX_NAME characters. Pure. */
+bool http_files_valid_name(const char *name);
 void http_files_serve(const char *dir, struct evhttp_request *req, const char *path);
 /* The directory used without http.dashboard-dir: the source tree's
  * admin/dashboard when it exists, else the installed <datadir>/pgmta/

@@ -85,7 +85,8 @@ function steerButton(kind, value, paused) {
       await api(paused ? "/api/resume" : "/api/pause", {
         method: "POST",
         headers: { "Content-Type": "application/x-www-form-urlencoded" },
-        body: new URLSearchParams({ [kind]: value }).toString(),
+        body: new URLSearchParams(kind === "queue"
+          ? { queue: value.domain, vmta: value.vmta || "" } : { job: value }).toString(),
       });
       await refresh();
     } catch (e) {
@@ -105,7 +106,6 @@ function renderQueues(rows) {
     if (f && !q.domain.includes(f)) continue;
     const tr = el("tr");
     if (q.paused) tr.className = "paused";
-    const name = q.vmta ? q.domain + "/" + q.vmta : q.domain;
     tr.append(
       el("td", q.domain), el("td", q.vmta || ""), el("td", q.pipe),
       el("td", q.queued, "n"), el("td", q.ready, "n"), el("td", q.deferred, "n"),
@@ -114,7 +114,7 @@ function renderQueues(rows) {
       el("td", q.backoff ? "yes" : "", q.backoff ? "yes" : ""),
       el("td", q.connections, "n"), el("td", q.last_error || "", "err"));
     const td = el("td");
-    td.append(steerButton("queue", name, q.paused));
+    td.append(steerButton("queue", { domain: q.domain, vmta: q.vmta }, q.paused));
     tr.append(td);
     tb.append(tr);
   }

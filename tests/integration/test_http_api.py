@@ -268,6 +268,41 @@ class HttpApiTest(unittest.TestCase):
         self.assertFalse(self.pg.scalar("SELECT paused FROM mta.queues WHERE domain = 'api.test'"))
         self.assertIn("api.test", self.ready_bulk())
 
+    def test_pause_resume_queue_without_vmta(self):
+        # the dashboard's button on the queue "vmq.test" (no vmta) sends vmta=
+        # and must leave "vmq.test/vmta-a" alone, and the other way round
+        self.pg.query("INSERT INTO mta.queue (pipe, domain, vmta) SELECT p.name, 'vmq.test', v "
+                      "FROM mta.pipes p, (VALUES (''), ('vmta-a')) AS t(v)")
+        paused = ("SELECT string_agg(DISTINCT vmta || ':' || paused, ',' ORDER BY vmta || ':' || paused)"
+                  " FROM mta.queue WHERE domain = 'vmq.test'")
+        st, _, r = self.c.form("/api/pause", "queue=vmq.test&vmta=")
+        self.assertEqual(st, 200, r)
+        self.assertEqual(r["queue"], "vmq.test")
+        self.assertGreaterEqual(r["queues"], 1)
+        self.assertEqual(self.pg.scalar(paused), ":true,vmta-a:false")
+        st, _, r = self.c.form("/api/resume", "queue=vmq.test&vmta=")
+        self.assertEqual(st, 200, r)
+        self.assertEqual(self.pg.scalar(paused), ":false,vmta-a:false")
+        st, _, r = self.c.form("/api/pause", "queue=vmq.test&vmta=vmta-a")
+        self.assertEqual((st, r["queue"]), (200, "vmq.test/vmta-a"), r)
+        self.assertEqual(self.pg.scalar(paused), ":false,vmta-a:true")
+        st, _, r = self.c.form("/api/resume", "queue=vmq.test&vmta=vmta-a")
+        self.assertEqual(self.pg.scalar(paused), ":false,vmta-a:false")
+        # the domain alone still means every queue of the domain
+        st, _, r = self.c.form("/api/pause", "queue=vmq.test")
+        self.assertEqual(self.pg.scalar(paused), ":true,vmta-a:true")
+        st, _, r = self.c.form("/api/resume", "queue=vmq.test")
+        self.assertEqual(self.pg.scalar(paused), ":false,vmta-a:false")
+        for body in ("vmta=", "job=J1&vmta=", "queue=vmq.test/vmta-a&vmta=",
+                     "queue=vmq.test&vmta=a/b", "queue=vmq.test&vmta=&vmta=x"):
+            st, _, r = self.c.form("/api/pause", body)
+            self.assertEqual(st, 400, body)
+        self.assertEqual(self.pg.scalar(paused), ":false,vmta-a:false")
+        # the dashboard sends the queue's vmta, never the domain alone
+        with open(os.path.join(self.dash, "app.js")) as f:
+            js = f.read()
+        self.assertIn('vmta: value.vmta || ""', js)
+
     def test_pause_resume_job(self):
         st, _, r = self.c.form("/api/pause", "job=J1")
         self.assertEqual((st, r), (200, {"action": "pause", "job": "J1"}))

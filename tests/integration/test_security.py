@@ -585,5 +585,65 @@ class TlsKeyMode(unittest.TestCase):
             node.stop()
 
 
+def own_ipv4_addresses():
+    """The machine's IPv4 interface addresses other than loopback."""
+    import fcntl
+    import struct
+    out = []
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915,  # SIOCGIFADDR
+                                  struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+        ip = socket.inet_ntoa(raw[20:24])
+        if not ip.startswith("127."):
+            out.append(ip)
+    return out
+
+
+class WildcardListenerLoop(unittest.TestCase):
+    """An MX that points at this machine while the node listens on 0.0.0.0
+    (or ::) loops back: bounce 5.4.6, by loopback and by the machine's own
+    interface addresses."""
+
+    def test_mx_to_own_address_with_wildcard_listener(self):
+        from dnsserver import DnsServer
+        pg = PgServer()
+        self.addCleanup(pg.stop)
+        dns = DnsServer()
+        own = own_ipv4_addresses()
+        # the machine's own non-loopback address when it has one (the case
+        # the loopback rule does not cover), and a loopback one
+        targets = {"self-own.test": own[0] if own else "127.0.0.45",
+                   "self-lo.test": "127.0.0.46"}
+        for dom, ip in targets.items():
+            dns.add_mx(dom, 10, "mx." + dom)
+            dns.add_a("mx." + dom, ip)
+        for listen in ("0.0.0.0", "::"):
+            port = free_port(listen)
+            node = Pgmtad(pg, dns, name="wild-" + ("v4" if listen == "0.0.0.0" else "v6"),
+                          extra='smtp-port = %d; listen = { smtp = [ "%s:%d" ]; };'
+                          % (port, listen if listen == "0.0.0.0" else "[::]", port))
+            try:
+                rcpts = ["%s@%s" % (listen.replace(":", "x").replace(".", "z") or "a", d)
+                         for d in targets]
+                for r in rcpts:
+                    pg.query("SELECT mta.enqueue('', ARRAY[%s], %s)",
+                             (r, "Subject: loop\r\n\r\nx\r\n"))
+                wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.acct WHERE rcpt = ANY(%s) "
+                                           "AND type IN ('d', 'b')", (rcpts,)) == len(rcpts),
+                         timeout=60, what="both loops bounced (%s)" % listen)
+                rows = pg.query("SELECT rcpt, type, dsn_status, dsn_diag FROM mta.acct "
+                                "WHERE rcpt = ANY(%s) AND type IN ('d', 'b') ORDER BY rcpt",
+                                (rcpts,))
+                for rcpt, typ, status, diag in rows:
+                    self.assertEqual((typ, status), ("b", "5.4.6"), (listen, rcpt, diag))
+                    self.assertIn("loops back to myself", diag)
+            finally:
+                node.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
