@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "addr.h"
 #include "db.h"
 #include "dkim.h"
 #include "util.h"
@@ -29,6 +30,9 @@ col_bool(const PGresult *res, int row, int col)
            PQgetvalue(res, row, col)[0] != 0;
 }
 
+/* The same rules as the SQL API's address checks (addr.c), so a row that
+ * enqueue would have refused is set aside instead of reaching a command
+ * line, and a quoted local part that enqueue took is sent. */
 static bool
 address_sane(const char *a, bool allow_empty)
 {
@@ -36,12 +40,7 @@ address_sane(const char *a, bool allow_empty)
         return false;
     if (!*a)
         return allow_empty;
-    if (strlen(a) > 320 || !strchr(a, '@'))
-        return false;
-    for (const unsigned char *p = (const unsigned char *)a; *p; p++)
-        if (*p < 0x21 || *p == 0x7f || *p == '<' || *p == '>')
-            return false;
-    return true;
+    return addr_validate_str(a, NULL, NULL);
 }
 
 /* Why the content of a message (its first claimed row) cannot be sent, or

@@ -28,6 +28,7 @@
 #include <event2/bufferevent.h>
 #include <event2/util.h>
 
+#include "addr.h"
 #include "log.h"
 #include "tls.h"
 #include "util.h"
@@ -406,23 +407,16 @@ arm_timer(struct smtp_client *c, uint64_t ms)
     evtimer_add(c->timer, &tv);
 }
 
-/* An address is acceptable in a command: printable ASCII or UTF-8, no
- * spaces, no angle brackets, no controls. Enqueue refuses the rest; this is
- * a last line of defence against command injection. */
+/* An address is acceptable in a command when the SQL API would have taken
+ * it (addr.c: no controls or angle brackets, a quoted local part may hold
+ * spaces). Enqueue refuses the rest; this is a last line of defence against
+ * command injection. */
 static bool
 address_ok(const char *a, bool allow_empty)
 {
-    size_t n = strlen(a);
-    if (n == 0)
+    if (!*a)
         return allow_empty;
-    if (n > 512)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)a[i];
-        if (ch <= ' ' || ch == '<' || ch == '>' || ch == 0x7f)
-            return false;
-    }
-    return true;
+    return addr_validate_str(a, NULL, NULL);
 }
 
 /* xtext (RFC 3461) for ENVID. */
