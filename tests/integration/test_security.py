@@ -304,17 +304,7 @@ class FieldChecks(unittest.TestCase):
                  'hop-count-limit = 10;\n' % (cls.port, cls.http))
         cls.node = Pgmtad(cls.pg, extra=extra)
 
-        def up():
-            if not cls.node.proc.alive():
-                raise AssertionError("pgmtad exited:\n" + cls.node.log()[-3000:])
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
-                socket.create_connection(("127.0.0.1", cls.http), timeout=1).close()
-            except OSError:
-                return False
-            return cls.pg.scalar("SELECT count(*) FROM mta.pipes") > 0 and \
-                "db=pgmtad-smtp-in event=connected" in cls.node.log()
-        wait_for(up, timeout=20, what="the listener")
+        cls.node.wait_accepting([cls.port, cls.http])
 
     @classmethod
     def tearDownClass(cls):

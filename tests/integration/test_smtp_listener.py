@@ -121,17 +121,7 @@ class ListenerBase(unittest.TestCase):
 
     @classmethod
     def wait_ready(cls):
-        def up():
-            if not cls.node.proc.alive():
-                raise AssertionError("pgmtad exited:\n" + cls.node.log()[-3000:])
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
-            except OSError:
-                return False
-            # the default pipe is registered by the pipes: enqueue works then
-            return cls.pg.scalar("SELECT count(*) FROM mta.pipes") > 0 and \
-                "db=pgmtad-smtp-in event=connected" in cls.node.log()
-        wait_for(up, timeout=20, what="the listener and the pipes")
+        cls.node.wait_accepting([cls.port])
 
     @classmethod
     def tearDownClass(cls):

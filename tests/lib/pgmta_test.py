@@ -286,6 +286,7 @@ class Pgmtad:
                  defaults="", pipes=None, env=None, start=True):
         self.dir = tmpdir("pgmta-node-")
         self.name = name
+        self.pg = pg
         self.conf_path = os.path.join(self.dir, "pgmta.conf")
         servers = '[ "%s" ]' % dns.server_arg if dns else "[ ]"
         pipes = pipes or '( { name = "transactional"; processes = 1; }, ' \
@@ -346,6 +347,22 @@ class Pgmtad:
 
     def log(self):
         return self.proc.output() if self.proc else ""
+
+    def wait_accepting(self, ports, timeout=20):
+        """Waits until every port on 127.0.0.1 accepts, the pipes have
+        registered (enqueue without a pipe works then) and an smtp-in
+        process has its database connection; fails if pgmtad exits."""
+        def up():
+            if not self.proc.alive():
+                raise AssertionError("pgmtad exited:\n" + self.log()[-3000:])
+            try:
+                for port in ports:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return self.pg.scalar("SELECT count(*) FROM mta.pipes") > 0 and \
+                "db=pgmtad-smtp-in event=connected" in self.log()
+        wait_for(up, timeout=timeout, what="pgmtad accepting on %s" % list(ports))
 
 
 def acct_counts(pg):
