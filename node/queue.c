@@ -26,7 +26,8 @@ queue_pick_db(struct db *const *dbs, size_t n, size_t *rr)
 void
 queue_prepare(struct db *db)
 {
-    db_prepare(db, "claim", "SELECT * FROM mta.claim($1::bigint, $2, $3, $4, $5::int, $6::int)", 6);
+    db_prepare(db, "claim",
+               "SELECT * FROM mta.claim($1::bigint, $2, $3, $4, $5::int, $6::int, $7::bigint)", 7);
     db_prepare(db, "finish",
                "SELECT mta.finish($1::bigint, $2, $3::bigint[], $4::bigint[], $5::text[], "
                "$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
@@ -49,14 +50,16 @@ ignore_result(const PGresult *res, void *arg)
 
 int
 queue_claim(struct db *db, long long node_id, const char *pipe, const char *domain,
-            const char *vmta, unsigned limit, unsigned long long lease_ms, db_cb cb, void *arg)
+            const char *vmta, unsigned limit, unsigned long long lease_ms, size_t max_bytes,
+            db_cb cb, void *arg)
 {
-    char node[32], lim[16], lease[32];
+    char node[32], lim[16], lease[32], bytes[32];
     snprintf(node, sizeof node, "%lld", node_id);
     snprintf(lim, sizeof lim, "%u", limit);
     snprintf(lease, sizeof lease, "%llu", lease_ms);
-    const char *values[6] = {node, pipe, domain, vmta, lim, lease};
-    return db_exec(db, "claim", 6, values, NULL, NULL, 1, cb, arg);
+    snprintf(bytes, sizeof bytes, "%zu", max_bytes);
+    const char *values[7] = {node, pipe, domain, vmta, lim, lease, bytes};
+    return db_exec(db, "claim", 7, values, NULL, NULL, 1, cb, arg);
 }
 
 int

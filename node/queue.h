@@ -19,9 +19,12 @@ struct db *queue_pick_db(struct db *const *dbs, size_t n, size_t *rr);
 void queue_prepare(struct db *db);
 
 /* mta.claim: up to LIMIT rows of (domain, vmta) in PIPE leased to NODE_ID
- * for LEASE_MS; binary results (see batch_decode). */
+ * for LEASE_MS, the messages taken while the content before them is under
+ * MAX_BYTES (the first always); binary results (see batch_decode), the
+ * column "capped" true when MAX_BYTES left rows out. */
 int queue_claim(struct db *db, long long node_id, const char *pipe, const char *domain,
-                const char *vmta, unsigned limit, unsigned long long lease_ms, db_cb cb, void *arg);
+                const char *vmta, unsigned limit, unsigned long long lease_ms, size_t max_bytes,
+                db_cb cb, void *arg);
 /* mta.finish with the outcomes of B (fenced by the lease tokens). */
 int queue_finish(struct db *db, long long node_id, const char *node_label, const struct batch *b,
                  bool generate_bounces, db_cb cb, void *arg);

@@ -30,9 +30,13 @@
 /* Recipient rows claimed per statement at most. */
 #define SESSION_BATCH_MAX 100
 /* Message content held by the claimed batches of one process. Memory grows
- * with what is held, never with the queue (which lives in PostgreSQL): a
- * claim is admitted whole once it fits beside what is held. */
+ * with what is held, never with the queue (which lives in PostgreSQL): each
+ * claim in flight reserves what it may bring, and the database returns no
+ * more (mta.claim's p_max_bytes; the first message of a claim always). */
 #define SESSION_CONTENT_BUDGET (32u * 1024 * 1024)
+/* The smallest reservation of a claim: a claim is sent once this fits
+ * beside what is held and reserved (or nothing is). */
+#define SESSION_CLAIM_MIN_BYTES (64u * 1024)
 /* How long a connected session waits for message tokens before it quits. */
 #define SESSION_MAX_TOKEN_WAIT_MS 5000
 /* After a queue had no free slot cluster-wide, ask again after this. */
@@ -63,8 +67,9 @@ struct session_env {
     const char *node_label;
     long long node_id;
     bool stopping;
-    size_t content_bytes; /* held by batches and reserved by claims in flight */
-    double avg_row_bytes; /* content bytes per claimed row, estimated */
+    size_t content_bytes;  /* held by batches and reserved by claims in flight */
+    double avg_row_bytes;  /* content bytes per claimed row, estimated */
+    double avg_claim_rows; /* rows per claim that was not cut short by its reservation */
     unsigned nsessions;
     struct session *sessions;
     uint64_t next_id;

@@ -86,7 +86,12 @@ session_take_claim(struct session *s, const PGresult *res)
      * session ends after this batch instead of claiming nothing, and the
      * worker starts no second session for the queue on this evidence. */
     unsigned rows = (unsigned)PQntuples(res);
-    s->drained = rows < s->claim_limit;
+    int c_capped = PQfnumber(res, "capped");
+    bool capped = rows > 0 && c_capped >= 0 && !PQgetisnull(res, 0, c_capped) &&
+                  PQgetvalue(res, 0, c_capped)[0] != 0;
+    s->drained = rows < s->claim_limit && !capped;
+    if (!capped)
+        e->avg_claim_rows = 0.9 * e->avg_claim_rows + 0.1 * (double)rows;
     s->q->more_work = !s->drained;
     size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, session_set_aside, s,
                                &lease_left_ms);
@@ -102,6 +107,36 @@ session_take_claim(struct session *s, const PGresult *res)
     return b->nrcpts > 0;
 }
 
+/* Whether the content budget lets a claim go now: its smallest
+ * reservation fits beside what is held and reserved, or nothing is
+ * (progress). */
+static bool
+claim_fits(const struct session_env *e)
+{
+    return e->content_bytes == 0 ||
+           e->content_bytes + SESSION_CLAIM_MIN_BYTES <= SESSION_CONTENT_BUDGET;
+}
+
+/* What a claim of up to ROWS of queue Q reserves, and so may bring: a
+ * full claim for a queue whose last claim came back full, else twice the
+ * rows claims bring on average (a long tail of one- or two-message queues
+ * then costs little each); within what the budget has left, at least the
+ * smallest reservation. Guessing low costs a second claim, never memory:
+ * the database returns no more than reserved. */
+static size_t
+claim_reservation(const struct session_env *e, const struct admission_queue *q, unsigned rows)
+{
+    double expect = q->more_work ? (double)rows : 2.0 * e->avg_claim_rows + 1.0;
+    if (expect > (double)rows)
+        expect = (double)rows;
+    size_t want = (size_t)(expect * e->avg_row_bytes);
+    size_t left =
+        e->content_bytes < SESSION_CONTENT_BUDGET ? SESSION_CONTENT_BUDGET - e->content_bytes : 0;
+    if (want > left)
+        want = left;
+    return want < SESSION_CLAIM_MIN_BYTES ? SESSION_CLAIM_MIN_BYTES : want;
+}
+
 void
 session_enter_tokens(struct session *s)
 {
@@ -109,16 +144,9 @@ session_enter_tokens(struct session *s)
     unsigned want = s->dom->max_msg_per_connection - s->sent;
     if (want > SESSION_BATCH_MAX)
         want = SESSION_BATCH_MAX;
-    /* The content budget admits a whole claim or none: the first row of a
-     * message costs its whole size and the others nothing, so shrinking a
-     * claim to fit would only split messages into more transactions. A
-     * claim is admitted when what it is expected to hold fits beside what
-     * is held, or when nothing is held (progress). Over the budget, a new
-     * connection gives up and a connected one waits a little. */
-    size_t expect =
-        (size_t)((double)batch_claim_rows(s->dom->max_rcpt_per_message, want, SESSION_BATCH_MAX) *
-                 e->avg_row_bytes);
-    if (e->content_bytes > 0 && e->content_bytes + expect > SESSION_CONTENT_BUDGET) {
+    /* Over the budget, a new connection gives up and a connected one waits
+     * a little. */
+    if (!claim_fits(e)) {
         if (s->smtp && !e->stopping && s->token_waited_ms + 50 <= SESSION_MAX_TOKEN_WAIT_MS) {
             s->token_waited_ms += 50;
             s->timer_ms = 50;
@@ -144,13 +172,13 @@ send_claim(struct session *s)
     unsigned limit = batch_claim_rows(s->dom->max_rcpt_per_message, s->tokens, SESSION_BATCH_MAX);
     s->claim_limit = limit;
     /* Claims in flight count against the budget until their rows arrive. */
-    s->reserved = (size_t)((double)limit * e->avg_row_bytes);
+    s->reserved = claim_reservation(e, s->q, limit);
     e->content_bytes += s->reserved;
     struct db *db = session_env_db(e);
     s->q->claiming = true;
     s->pending++;
     if (!db || queue_claim(db, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
-                           e->conf->lease_ms, session_on_claimed, s) < 0) {
+                           e->conf->lease_ms, s->reserved, session_on_claimed, s) < 0) {
         s->pending--;
         session_unreserve(s);
         session_end(s);
@@ -213,12 +241,6 @@ session_may_slot_claim(const struct session *s)
     const struct session_env *e = s->e;
     const struct conf_domain *d = s->dom;
     const struct conf_rate *rate = s->q->backoff ? &d->backoff_max_msg_rate : &d->max_msg_rate;
-    unsigned want = d->max_msg_per_connection < SESSION_BATCH_MAX ? d->max_msg_per_connection
-                                                                  : SESSION_BATCH_MAX;
-    size_t expect =
-        (size_t)((double)batch_claim_rows(d->max_rcpt_per_message, want, SESSION_BATCH_MAX) *
-                 e->avg_row_bytes);
     return d->max_smtp_out != CONF_UNLIMITED && d->max_connect_rate.count == CONF_UNLIMITED &&
-           rate->count == CONF_UNLIMITED && !s->q->claiming &&
-           (e->content_bytes == 0 || e->content_bytes + expect <= SESSION_CONTENT_BUDGET);
+           rate->count == CONF_UNLIMITED && !s->q->claiming && claim_fits(e);
 }

@@ -426,6 +426,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     worker_check_helo(conf, pipe_name);
     struct session_env *e = &w->env;
     e->avg_row_bytes = SESSION_ROW_BYTES_START;
+    e->avg_claim_rows = SESSION_BATCH_MAX;
     e->base = w->base;
     e->finish = session_finish_new(w->base, WORKER_FINISH_DELAY_MS, worker_pick_db, w);
     e->conf = conf;

@@ -428,17 +428,23 @@ $$;
 -- The content of a message is returned once,
 -- on its first row (content_first), NULL on the others, so that a message
 -- with 100 recipients costs its size once on the wire and in the node.
+-- p_max_bytes (NULL: no bound) bounds the content returned: messages are
+-- taken in claim order while the content of the ones before them is under
+-- it, so the first message always comes; the rows of a message it leaves
+-- out stay ready, and capped says that some were left out. The node reserves that many bytes of its content budget
+-- for the claim in flight, so the budget holds whatever the queue has.
 -- message_missing marks rows whose message row does not exist (the node sets
 -- them aside). lease_until is the server's lease deadline and lease_left_ms
 -- what is left of it when the rows are returned: the node times its finish
 -- retries from that, not from its own clock.
 DROP FUNCTION IF EXISTS mta.claim(bigint, text, text, text, int, int);
+DROP FUNCTION IF EXISTS mta.claim(bigint, text, text, text, int, int, bigint);
 CREATE FUNCTION mta.claim(p_node bigint, p_pipe text, p_domain text, p_vmta text,
-                          p_limit int, p_lease_ms int)
+                          p_limit int, p_lease_ms int, p_max_bytes bigint DEFAULT NULL)
 RETURNS TABLE (rcpt_id bigint, lease_token bigint, message_id bigint, mail_from text,
                rcpt text, content bytea, attempt int, envid text, job_id text,
                queued_at timestamptz, content_first bool, message_missing bool,
-               lease_until timestamptz, lease_left_ms int)
+               lease_until timestamptz, lease_left_ms int, capped bool)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -453,7 +459,7 @@ BEGIN
     WITH c AS (
         -- message_id after next_attempt: the recipients of one message stay
         -- together in one claim (an incremental sort over the claim index).
-        SELECT r.id
+        SELECT r.id, r.message_id, r.next_attempt
           FROM mta.recipients r
          WHERE r.pipe = p_pipe AND r.domain = p_domain AND r.vmta = v_vmta
            AND r.next_attempt <= now()
@@ -461,25 +467,50 @@ BEGIN
          ORDER BY r.next_attempt, r.message_id
          LIMIT p_limit
            FOR UPDATE OF r SKIP LOCKED
+    ), s0 AS (
+        SELECT c.id, c.message_id,
+               row_number() OVER (ORDER BY c.next_attempt, c.message_id, c.id) AS ord
+          FROM c
+    ), s1 AS (
+        -- first: the row that carries the content (the message's lowest
+        -- id); lead: the message's first row in claim order.
+        SELECT s0.id, s0.message_id, s0.ord, m.id IS NULL AS missing, m.mail_from, m.content,
+               m.envid, coalesce(m.size, 0) AS size,
+               row_number() OVER (PARTITION BY s0.message_id ORDER BY s0.id) = 1 AS first,
+               row_number() OVER (PARTITION BY s0.message_id ORDER BY s0.ord) = 1 AS lead
+          FROM s0 LEFT JOIN mta.messages m ON m.id = s0.message_id
+    ), s2 AS (
+        -- The content of the messages that come before each row.
+        SELECT s1.*,
+               coalesce(sum(CASE WHEN s1.lead THEN s1.size ELSE 0 END)
+                            OVER (ORDER BY s1.ord ROWS BETWEEN UNBOUNDED PRECEDING
+                                                      AND 1 PRECEDING), 0) AS before
+          FROM s1
+    ), k AS (
+        -- A message is taken whole, when what comes before its first row is
+        -- under p_max_bytes (the first message always).
+        SELECT s2.*, min(s2.before) OVER (PARTITION BY s2.message_id) = 0
+                     OR min(s2.before) OVER (PARTITION BY s2.message_id) < p_max_bytes
+                     OR p_max_bytes IS NULL AS taken
+          FROM s2
     ), u AS (
         UPDATE mta.recipients r
            SET owner = p_node, lease_until = v_until, next_attempt = v_until,
                lease_token = nextval('mta.lease_token_seq'), attempts = r.attempts + 1
-          FROM c
-         WHERE r.id = c.id
+          FROM k
+         WHERE r.id = k.id AND k.taken
         RETURNING r.id, r.lease_token, r.message_id, r.rcpt, r.attempts, r.job_id, r.queued_at
-    ), o AS (
-        SELECT u.*, row_number() OVER (PARTITION BY u.message_id ORDER BY u.id) = 1 AS first
-          FROM u
     )
-    SELECT o.id, o.lease_token, o.message_id, m.mail_from, o.rcpt,
-           CASE WHEN o.first THEN m.content END, o.attempts, m.envid, o.job_id, o.queued_at,
-           o.first, m.id IS NULL, v_until,
-           greatest(0, (extract(epoch FROM v_until - clock_timestamp()) * 1000)::int)
-      -- LEFT JOIN: a recipient whose message row is missing comes back with
-      -- message_missing, and the node sets it aside instead of leasing it for ever.
-      FROM o LEFT JOIN mta.messages m ON m.id = o.message_id
-     ORDER BY o.message_id, o.id;
+    SELECT u.id, u.lease_token, u.message_id, k.mail_from, u.rcpt,
+           CASE WHEN k.first THEN k.content END, u.attempts, k.envid, u.job_id, u.queued_at,
+           k.first, k.missing, v_until,
+           greatest(0, (extract(epoch FROM v_until - clock_timestamp()) * 1000)::int),
+           (SELECT coalesce(bool_or(NOT k2.taken), false) FROM k k2)
+      -- LEFT JOIN in s1: a recipient whose message row is missing comes
+      -- back with message_missing, and the node sets it aside instead of
+      -- leasing it for ever.
+      FROM u JOIN k ON k.id = u.id
+     ORDER BY u.message_id, u.id;
 END
 $$;
 

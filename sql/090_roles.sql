@@ -64,7 +64,7 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.node_stop(bigint),
                           mta.register_pipes(text[], text),
                           mta.ready_queues(text, int),
-                          mta.claim(bigint, text, text, text, int, int),
+                          mta.claim(bigint, text, text, text, int, int, bigint),
                           mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
                                      text[], text[], text[], text[], text[], text[], text[],
                                      text[], bool),

@@ -61,6 +61,36 @@ class ClaimTest(DbTestCase):
 
     # ----------------------------------------------------------------------
 
+    def test_claim_bounded_by_bytes(self):
+        """p_max_bytes: whole messages in claim order while the content before
+        them is under the bound, the first always; the rest stays ready and
+        capped says so; content comes once per message."""
+        d = self.domain()
+        mids = [self.enqueue(["a%d@%s" % (i, d), "b%d@%s" % (i, d)]) for i in range(5)]
+        size = self.q1("SELECT size FROM mta.messages WHERE id = %s", (mids[0],))
+
+        def claim(limit, max_bytes):
+            return self.q("SELECT message_id, content IS NOT NULL, content_first, capped"
+                          "  FROM mta.claim(%s, 'bulk', %s, NULL, %s, 60000, %s)",
+                          (self.node_a, d, limit, max_bytes))
+
+        # under 2.5 messages before a message: three are taken, whole
+        rows = claim(100, int(size * 2.5))
+        self.assertEqual([r[0] for r in rows], [m for m in mids[:3] for _ in (0, 1)])
+        self.assertEqual([r[1] for r in rows], [True, False] * 3, "content once per message")
+        self.assertEqual([r[2] for r in rows], [True, False] * 3)
+        self.assertTrue(all(r[3] for r in rows), "capped: rows were left out")
+        self.assertEqual(self.q1("SELECT count(*) FROM mta.recipients WHERE domain = %s"
+                                 " AND owner IS NULL AND next_attempt <= now()", (d,)), 4)
+        # a bound below one message still brings the first message
+        rows = claim(100, 1)
+        self.assertEqual([r[0] for r in rows], [mids[3]] * 2)
+        self.assertTrue(rows[0][3])
+        # no bound (NULL) and the limit reached before it: not capped
+        rows = claim(100, None)
+        self.assertEqual([(r[0], r[3]) for r in rows], [(mids[4], False)] * 2)
+        self.assertEqual(claim(100, 10 ** 9), [])
+
     def test_claim_one_queue_with_lease(self):
         d1, d2 = self.domain(), self.domain()
         self.enqueue(["a@" + d1, "b@" + d1, "c@" + d2], envid="env-x", job_id="job-claim")
