@@ -3,8 +3,12 @@
  *
  * Ownership: the batcher owns every message handed to smtp_in_batch_add
  * until its result has been delivered: first in the FIFO of messages
- * waiting to be sent, then in the array of the one statement in flight.
- * The batcher owns the connection too (given to smtp_in_batch_new). Two events drive it: the wait
+ * waiting to be sent, then in the array of the statement in flight on one
+ * lane. A lane is one database connection with at most one statement in
+ * flight; the batcher owns every lane's connection (the first is given to
+ * smtp_in_batch_new, the others opened from limits.db_url). Several lanes
+ * let a batch commit while the previous one waits for its WAL flush, and
+ * PostgreSQL flushes concurrent commits together. Two events drive it: the wait
  * timer (armed when the FIFO goes from empty to non-empty) and the kick event (made active when the
  * FIFO reaches a limit, or to deliver a failure found while sending). Sending happens only from
  * those events, so no callback ever runs inside smtp_in_batch_add.
@@ -33,9 +37,21 @@ struct qmsg {
     struct qmsg *next;
 };
 
+struct lane {
+    struct smtp_in_batch *b;
+    struct db *db;
+    unsigned no;
+    struct qmsg **flight; /* the statement in flight (NULL: none) */
+    size_t nflight;
+    uint64_t flight_started;
+};
+
 struct smtp_in_batch {
     struct event_base *base;
-    struct db *db;
+    struct lane lanes[SMTP_IN_BATCH_MAX_CONNS];
+    unsigned nlanes;  /* opened */
+    unsigned nactive; /* used for new batches (<= nlanes) */
+    size_t ninflight;
     smtp_in_batch_cb cb;
     void *cb_arg;
     struct smtp_in_batch_limits lim;
@@ -43,11 +59,8 @@ struct smtp_in_batch {
     struct qmsg *head, *tail; /* waiting to be sent */
     size_t nwaiting;
     uint64_t waiting_bytes;
-    bool due; /* the wait timer fired while a statement was in flight */
-
-    struct qmsg **flight; /* the statement in flight (NULL: none) */
-    size_t nflight;
-    uint64_t flight_started;
+    bool due;       /* the wait timer fired while every lane was busy */
+    size_t nflight; /* messages in flight, all lanes */
     /* messages taken for sending that failed before the statement was
      * queued; answered from the kick event */
     struct qmsg **failed;
@@ -137,12 +150,32 @@ limit_reached(const struct smtp_in_batch *b)
 
 static void batch_done(const PGresult *res, void *arg);
 
-/* Takes messages from the FIFO up to the limits (at least one) and sends
- * them as one statement. */
-static void
-send_batch(struct smtp_in_batch *b)
+/* A lane free for the next batch: a ready one first; else, when nothing is
+ * in flight at all, the first free one, whose db_exec then fails at once
+ * and answers the batch (a database that is down is reported now, not
+ * after a connection comes back). NULL: wait for a lane. */
+static struct lane *
+pick_lane(struct smtp_in_batch *b)
 {
-    PGMTA_ASSERT(b->flight == NULL && b->head != NULL);
+    struct lane *idle = NULL;
+    for (unsigned i = 0; i < b->nactive; i++) {
+        struct lane *l = &b->lanes[i];
+        if (l->flight)
+            continue;
+        if (db_ready(l->db))
+            return l;
+        if (!idle)
+            idle = l;
+    }
+    return b->ninflight == 0 ? idle : NULL;
+}
+
+/* Takes messages from the FIFO up to the limits (at least one) and sends
+ * them as one statement on lane L. */
+static void
+send_batch(struct smtp_in_batch *b, struct lane *l)
+{
+    PGMTA_ASSERT(l->flight == NULL && b->head != NULL);
     evtimer_del(b->timer);
     b->due = false;
     size_t n = 0;
@@ -212,11 +245,16 @@ send_batch(struct smtp_in_batch *b)
         lengths[i] = (int)p[i].len;
         formats[i] = 1;
     }
-    b->flight = take;
-    b->nflight = n;
-    b->flight_started = util_now_ms();
-    int rc = db_exec(b->db, SMTP_IN_BATCH_STMT, SMTP_IN_BATCH_NPARAMS, values, lengths, formats, 0,
-                     batch_done, b);
+    l->flight = take;
+    l->nflight = n;
+    l->flight_started = util_now_ms();
+    b->nflight += n;
+    b->ninflight++;
+    int rc = db_exec(l->db, SMTP_IN_BATCH_STMT, SMTP_IN_BATCH_NPARAMS, values, lengths, formats, 0,
+                     batch_done, l);
+    if (rc == 0)
+        log_debug("smtp-in event=batch-sent lane=%u messages=%zu bytes=%llu inflight=%zu", l->no, n,
+                  (unsigned long long)bytes, b->ninflight);
     for (int i = 0; i < SMTP_IN_BATCH_NPARAMS; i++)
         buf_free(&p[i]);
     free(from);
@@ -231,8 +269,10 @@ send_batch(struct smtp_in_batch *b)
     free(rcpt);
     if (rc != 0) {
         /* Not queued: answered from the kick event, then the FIFO goes on. */
-        b->flight = NULL;
-        b->nflight = 0;
+        l->flight = NULL;
+        l->nflight = 0;
+        b->nflight -= n;
+        b->ninflight--;
         b->failed = take;
         b->nfailed = n;
         snprintf(b->failed_why, sizeof b->failed_why, "database not ready");
@@ -240,14 +280,16 @@ send_batch(struct smtp_in_batch *b)
     }
 }
 
-/* Sends the next batch if one is due and nothing is in flight. */
+/* Sends batches while one is due and a lane is free. */
 static void
 maybe_send(struct smtp_in_batch *b)
 {
-    if (b->closing || b->flight || b->failed || !b->head)
-        return;
-    if (b->due || limit_reached(b))
-        send_batch(b);
+    while (!b->closing && !b->failed && b->head && (b->due || limit_reached(b))) {
+        struct lane *l = pick_lane(b);
+        if (!l)
+            return;
+        send_batch(b, l);
+    }
 }
 
 /* The first line of a PostgreSQL error, printable ASCII only. */
@@ -266,12 +308,16 @@ error_text(const PGresult *res, char *out, size_t outlen)
 static void
 batch_done(const PGresult *res, void *arg)
 {
-    struct smtp_in_batch *b = arg;
-    struct qmsg **take = b->flight;
-    size_t n = b->nflight;
-    b->flight = NULL;
-    b->nflight = 0;
-    uint64_t ms = util_now_ms() - b->flight_started;
+    struct lane *l = arg;
+    struct smtp_in_batch *b = l->b;
+    struct qmsg **take = l->flight;
+    size_t n = l->nflight;
+    size_t inflight = b->ninflight;
+    l->flight = NULL;
+    l->nflight = 0;
+    b->nflight -= n;
+    b->ninflight--;
+    uint64_t ms = util_now_ms() - l->flight_started;
     b->batches++;
     if (res && PQresultStatus(res) == PGRES_TUPLES_OK && (size_t)PQntuples(res) == n) {
         size_t stored = 0;
@@ -294,14 +340,16 @@ batch_done(const PGresult *res, void *arg)
                        PQgetisnull(res, row, 2) ? "XX000" : PQgetvalue(res, row, 2), msg, n);
             }
         }
-        log_info("smtp-in event=batch batch=%lu messages=%zu stored=%zu ms=%llu", b->batches, n,
-                 stored, (unsigned long long)ms);
+        log_info("smtp-in event=batch batch=%lu lane=%u inflight=%zu messages=%zu stored=%zu "
+                 "ms=%llu",
+                 b->batches, l->no, inflight, n, stored, (unsigned long long)ms);
     } else {
         char msg[256];
         error_text(res, msg, sizeof msg);
         const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-        log_warn("smtp-in event=batch-failed batch=%lu messages=%zu sqlstate=%s error=\"%s\"",
-                 b->batches, n, state ? state : "-", msg);
+        log_warn("smtp-in event=batch-failed batch=%lu lane=%u messages=%zu sqlstate=%s "
+                 "error=\"%s\"",
+                 b->batches, l->no, n, state ? state : "-", msg);
         for (size_t i = 0; i < n; i++)
             answer(b, take[i], SMTP_IN_TEMPFAIL, NULL, state, msg, n);
     }
@@ -353,7 +401,8 @@ smtp_in_batch_new(struct event_base *base, struct db *db, smtp_in_batch_cb cb, v
 {
     struct smtp_in_batch *b = xcalloc(1, sizeof *b);
     b->base = base;
-    b->db = db;
+    b->lanes[0] = (struct lane){.b = b, .db = db, .no = 0};
+    b->nlanes = b->nactive = 1;
     b->cb = cb;
     b->cb_arg = arg;
     b->lim.max_messages = 64;
@@ -373,6 +422,20 @@ smtp_in_batch_set_limits(struct smtp_in_batch *b, const struct smtp_in_batch_lim
         b->lim.max_messages = 1;
     if (b->lim.max_bytes == 0)
         b->lim.max_bytes = 1;
+    unsigned want = b->lim.connections ? b->lim.connections : 1;
+    if (want > SMTP_IN_BATCH_MAX_CONNS)
+        want = SMTP_IN_BATCH_MAX_CONNS;
+    while (b->nlanes < want && b->lim.db_url) {
+        struct db *db = db_new(b->base, b->lim.db_url, "pgmtad-smtp-in");
+        db_prepare(db, SMTP_IN_BATCH_STMT, SMTP_IN_BATCH_SQL, SMTP_IN_BATCH_NPARAMS);
+        db_connect(db);
+        b->lanes[b->nlanes] = (struct lane){.b = b, .db = db, .no = b->nlanes};
+        b->nlanes++;
+    }
+    /* Fewer after a reload: the others finish what they hold, stay open
+     * and get no new batch. */
+    b->nactive = want < b->nlanes ? want : b->nlanes;
+    b->lim.db_url = NULL; /* owned by the caller's settings */
 }
 
 void
@@ -402,6 +465,12 @@ smtp_in_batch_pending(const struct smtp_in_batch *b)
     return b ? b->nwaiting + b->nflight + b->nfailed : 0;
 }
 
+size_t
+smtp_in_batch_inflight(const struct smtp_in_batch *b)
+{
+    return b ? b->ninflight : 0;
+}
+
 void
 smtp_in_batch_free(struct smtp_in_batch *b)
 {
@@ -410,9 +479,11 @@ smtp_in_batch_free(struct smtp_in_batch *b)
     b->closing = true;
     /* A statement in flight completes now with NULL: its sessions get 451
      * (if the owner still looks for them), nothing else is sent. */
-    db_free(b->db);
-    b->db = NULL;
-    PGMTA_ASSERT(b->flight == NULL);
+    for (unsigned i = 0; i < b->nlanes; i++) {
+        db_free(b->lanes[i].db);
+        b->lanes[i].db = NULL;
+        PGMTA_ASSERT(b->lanes[i].flight == NULL);
+    }
     while (b->head) {
         struct qmsg *q = b->head;
         b->head = q->next;

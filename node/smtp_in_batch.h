@@ -5,7 +5,9 @@
  * and so one COMMIT and one WAL flush for all of them. A batch is sent when
  * it reaches max_messages or max_bytes, or max_wait_ms after its first
  * message arrived; while one batch is being committed the next one
- * collects. Each message gets its own result: stored (with its id),
+ * collects, and up to `connections` batches are in flight at once, each on
+ * its own database connection, so a new batch forms and commits while the
+ * previous one waits for its WAL flush. Each message gets its own result: stored (with its id),
  * refused (the SQLSTATE and text that refused it alone), or a temporary
  * failure (the statement or its commit failed, the connection was lost or
  * not ready: then nothing of that batch is stored).
@@ -67,9 +69,18 @@ struct smtp_in_batch_limits {
     uint32_t max_messages;
     uint64_t max_bytes;
     uint64_t max_wait_ms;
+    /* batches in flight at once, one database connection each (1 to
+     * SMTP_IN_BATCH_MAX_CONNS; 0 means 1) */
+    uint32_t connections;
+    /* where extra connections go (read when one is opened; NULL: only the
+     * connection given to smtp_in_batch_new) */
+    const char *db_url;
 };
 
-/* DB becomes the batcher's (freed by smtp_in_batch_free). */
+#define SMTP_IN_BATCH_MAX_CONNS 16
+
+/* DB becomes the batcher's (freed by smtp_in_batch_free), its first
+ * connection; smtp_in_batch_set_limits opens the others. */
 struct smtp_in_batch *smtp_in_batch_new(struct event_base *base, struct db *db, smtp_in_batch_cb cb,
                                         void *arg);
 void smtp_in_batch_set_limits(struct smtp_in_batch *b, const struct smtp_in_batch_limits *lim);
@@ -78,7 +89,9 @@ void smtp_in_batch_set_limits(struct smtp_in_batch *b, const struct smtp_in_batc
 void smtp_in_batch_add(struct smtp_in_batch *b, struct smtp_in_msg *m);
 /* Messages queued and not yet answered (collecting or in flight). */
 size_t smtp_in_batch_pending(const struct smtp_in_batch *b);
-/* Frees the connection (a statement in flight calls back with a temporary
+/* Statements in flight now. */
+size_t smtp_in_batch_inflight(const struct smtp_in_batch *b);
+/* Frees the connections (a statement in flight calls back with a temporary
  * failure, from inside this call), drops messages not yet sent without
  * callbacks, and frees. */
 void smtp_in_batch_free(struct smtp_in_batch *b);

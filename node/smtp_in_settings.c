@@ -32,6 +32,7 @@ smtp_in_settings_free(struct smtp_in_settings *st)
     }
     free(st->users);
     free(st->hostname);
+    free(st->db_url);
     for (size_t i = 0; i < st->nvmtas; i++)
         free(st->vmtas[i]);
     free(st->vmtas);
@@ -136,6 +137,11 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
     st->batch.max_messages = conf->smtp_listener_batch_max_messages;
     st->batch.max_bytes = conf->smtp_listener_batch_max_bytes;
     st->batch.max_wait_ms = conf->smtp_listener_batch_max_wait_ms;
+    /* group-commit batches in flight: one per connection of
+     * database.connections */
+    st->batch.connections = conf->database_connections ? conf->database_connections : 1;
+    st->db_url = conf->database_url ? xstrdup(conf->database_url) : NULL;
+    st->batch.db_url = st->db_url;
     st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
     st->vmtas = xcalloc(conf->nvmtas + conf->nvmta_pools + 1, sizeof *st->vmtas);
     for (size_t i = 0; i < conf->nvmtas; i++)

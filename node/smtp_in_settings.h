@@ -32,6 +32,7 @@ struct smtp_in_settings {
     uint64_t auth_delay_ms; /* after the first failed AUTH; doubles per failure */
     struct smtp_in_batch_limits batch;
     char *hostname;
+    char *db_url; /* database.url, for the batcher's extra connections */
     char **vmtas; /* names of the virtual MTAs and pools X-Virtual-MTA may name */
     size_t nvmtas;
 };

@@ -184,11 +184,19 @@ class GroupCommitTest(unittest.TestCase):
                 "SELECT count(*) FROM mta.recipients WHERE message_id = %s", (mid,)), 2)
         # batching happened: fewer statements than messages
         log = self.node.log()[len(before):]
-        sizes = [int(m) for m in re.findall(r"event=batch batch=\d+ messages=(\d+)", log)]
+        sizes = [int(m) for m in re.findall(r"event=batch batch=\d+ [^\n]*?messages=(\d+)", log)]
         self.assertEqual(sum(sizes), n, sizes)
         self.assertLess(len(sizes), n / 2, sizes)
         self.assertGreater(max(sizes), 1, sizes)
         self.assertLessEqual(max(sizes), self.batch_max, sizes)
+        # several batches were in flight at once in one process: a batch
+        # finished while another statement was still running
+        inflight = [int(m) for m in re.findall(r"event=batch batch=\d+ lane=\d+ inflight=(\d+)",
+                                               log)]
+        self.assertEqual(len(inflight), len(sizes), log)
+        self.assertGreaterEqual(max(inflight), 2, inflight)
+        lanes = set(re.findall(r"event=batch batch=\d+ lane=(\d+)", log))
+        self.assertGreaterEqual(len(lanes), 2, lanes)
 
     def test_invalid_message_refused_alone(self):
         before = self.node.log()
@@ -218,8 +226,43 @@ class GroupCommitTest(unittest.TestCase):
             self.assertEqual(tag in stored, i not in bad, tag)
         # the refused message shared a statement with others
         log = self.node.log()[len(before):]
-        sizes = [int(m) for m in re.findall(r"event=batch batch=\d+ messages=(\d+)", log)]
+        sizes = [int(m) for m in re.findall(r"event=batch batch=\d+ [^\n]*?messages=(\d+)", log)]
         self.assertLess(len(sizes), len(tags), sizes)
+
+    def test_several_invalid_messages_of_different_kinds(self):
+        before = self.node.log()
+        tags = ["minv-%d-%s" % (i, uuid.uuid4().hex[:8]) for i in range(16)]
+        # refused by the listener (unknown virtual MTA, too many hops) and by
+        # SQL inside the batch (job ids over 200 characters, two lengths),
+        # next to good messages in the same batches
+        bad = {1: b"X-Virtual-MTA: nope-unknown\r\n",
+               3: b"X-Job: " + b"j" * 201 + b"\r\n",
+               6: b"Received: from x by y\r\n" * 200,
+               9: b"X-Job: " + b"k" * 5000 + b"\r\n",
+               12: b"X-Job: " + b"q" * 300 + b"\r\n"}
+        sessions = [Session(self.port, tag, headers=bad.get(i, b"X-Job: job-ok\r\n"))
+                    for i, tag in enumerate(tags)]
+        for s in sessions:
+            s.sock.sendall(b".\r\n")
+        replies = [s.reply() for s in sessions]
+        for s in sessions:
+            s.close()
+        for i, (code, text) in enumerate(replies):
+            if i in bad:
+                self.assertEqual(code // 100, 5, (i, text))
+            else:
+                self.assertEqual(code, 250, (i, text))
+        for i in (3, 9, 12):
+            self.assertIn("job_id", replies[i][1])
+        stored = stored_tags(self.pg)
+        for i, tag in enumerate(tags):
+            self.assertEqual(tag in stored, i not in bad, tag)
+        log = self.node.log()[len(before):]
+        sizes = [int(m) for m in re.findall(r"event=batch batch=\d+ [^\n]*?messages=(\d+)", log)]
+        stored_n = [int(m) for m in re.findall(r"event=batch batch=\d+ [^\n]*?stored=(\d+)", log)]
+        # the SQL refusals shared statements with good messages
+        self.assertLess(len(sizes), len(tags) - 2, sizes)
+        self.assertEqual(sum(sizes) - sum(stored_n), 3, (sizes, stored_n))
 
     def test_smtplib(self):
         with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as c:
