@@ -59,6 +59,8 @@ static const struct column columns[] = {
     {"attempt", "attempt"},
     {"tlsProtocol", "tls_protocol"},
     {"tlsCipher", "tls_cipher"},
+    /* per-recipient metadata (HTTP injection): JSON, a string in CSV */
+    {"meta", "meta"},
 };
 #define NCOLUMNS (sizeof columns / sizeof columns[0])
 

@@ -65,8 +65,15 @@ vmta_known(const char *name)
 #define MAX_HEADERS 200
 
 struct rcpt {
-    const struct json_value *email, *name, *subs;
+    const struct json_value *email, *name, *subs, *meta;
 };
+
+/* Metadata limits, per object (the request's and each recipient's; see
+ * README, "Over HTTP"). */
+#define META_MAX_KEYS 32
+#define META_MAX_KEY 64
+#define META_MAX_VALUE 1024
+#define META_MAX_BYTES 4096
 
 struct inject_batch {
     struct json_value *root;
@@ -79,6 +86,9 @@ struct inject_batch {
     size_t *msg_first;                      /* first recipient of each message */
     struct buf contents, rcpt_arr, msg_arr; /* binary arrays */
     int contents_len, rcpt_len, msg_len;
+    struct buf meta;  /* the request's metadata as JSON; empty: none */
+    struct buf rmeta; /* text[] of each recipient's metadata; empty: none has any */
+    int rmeta_len;
 };
 
 /* What the content object says, templates pointing into the JSON tree. */
@@ -179,6 +189,58 @@ check_subs(struct ctx *c, const struct json_value *v, const char *field)
             return bad(c, 400, "%s.%.100s: a string, number, boolean or null expected", field,
                        v->keys[i]);
     }
+    return true;
+}
+
+/* Metadata: an object of at most META_MAX_KEYS distinct non-empty keys with
+ * string, number or boolean values, written as JSON into OUT. */
+static bool
+check_meta(struct ctx *c, const struct json_value *v, const char *field, struct buf *out)
+{
+    if (v->type != JSON_OBJECT)
+        return bad(c, 400, "%s: an object expected, got %s", field, json_type_name(v->type));
+    if (v->n > META_MAX_KEYS)
+        return bad(c, 400, "%s: more than %d keys", field, META_MAX_KEYS);
+    buf_puts(out, "{");
+    for (size_t i = 0; i < v->n; i++) {
+        const struct json_value *x = &v->items[i];
+        const char *k = v->keys[i];
+        size_t kl = v->keylens[i];
+        if (kl == 0 || strlen(k) != kl)
+            return bad(c, 400, "%s: a key is empty or holds a NUL character", field);
+        if (kl > META_MAX_KEY)
+            return bad(c, 400, "%s.%.64s: key longer than %d bytes", field, k, META_MAX_KEY);
+        for (size_t j = 0; j < i; j++)
+            if (v->keylens[j] == kl && !memcmp(v->keys[j], k, kl))
+                return bad(c, 400, "%s.%.64s: duplicate key", field, k);
+        if (x->type == JSON_STRING) {
+            if (!json_string_is_text(x))
+                return bad(c, 400, "%s.%.64s: NUL character", field, k);
+            if (x->len > META_MAX_VALUE)
+                return bad(c, 400, "%s.%.64s: value longer than %d bytes", field, k,
+                           META_MAX_VALUE);
+        } else if (x->type == JSON_NUMBER) {
+            double d = strtod(x->str, NULL);
+            if (x->len > 40 || d != d || d > 1e300 || d < -1e300)
+                return bad(c, 400, "%s.%.64s: number out of range", field, k);
+        } else if (x->type != JSON_TRUE && x->type != JSON_FALSE) {
+            return bad(c, 400, "%s.%.64s: a string, number or boolean expected, got %s", field, k,
+                       json_type_name(x->type));
+        }
+        if (i)
+            buf_puts(out, ",");
+        json_append_string(out, k);
+        buf_puts(out, ":");
+        if (x->type == JSON_STRING)
+            json_append_string(out, x->str);
+        else if (x->type == JSON_NUMBER)
+            buf_append(out, x->str, x->len);
+        else
+            buf_puts(out, x->type == JSON_TRUE ? "true" : "false");
+    }
+    buf_puts(out, "}");
+    if (out->len > META_MAX_BYTES)
+        return bad(c, 400, "%s: larger than %d bytes as JSON", field, META_MAX_BYTES);
     return true;
 }
 
@@ -554,7 +616,7 @@ parse_recipients(struct ctx *c, struct inject_batch *b, const struct json_value 
         return bad(c, 413, "recipients: more than %d", HTTP_INJECT_MAX_RCPT);
     b->rcpts = xcalloc(v->n, sizeof *b->rcpts);
     b->nrcpts = v->n;
-    static const char *const keys[] = {"email", "name", "substitutions", NULL};
+    static const char *const keys[] = {"email", "name", "substitutions", "metadata", NULL};
     for (size_t i = 0; i < v->n; i++) {
         const struct json_value *r = &v->items[i];
         char p[64];
@@ -588,8 +650,42 @@ parse_recipients(struct ctx *c, struct inject_batch *b, const struct json_value 
         } else {
             s = NULL;
         }
-        b->rcpts[i] = (struct rcpt){e, n, s};
+        const struct json_value *md = json_get(r, "metadata");
+        if (md && md->type == JSON_NULL)
+            md = NULL;
+        b->rcpts[i] = (struct rcpt){e, n, s, md};
     }
+    /* Each recipient's metadata as a text[] (NULL elements for none), only
+     * when one has some: the statement then stores nothing more. */
+    bool any = false;
+    for (size_t i = 0; i < b->nrcpts && !any; i++)
+        any = b->rcpts[i].meta != NULL;
+    if (!any)
+        return true;
+    put_be32(&b->rmeta, 1);
+    put_be32(&b->rmeta, 1); /* may hold NULLs */
+    put_be32(&b->rmeta, OID_TEXT);
+    put_be32(&b->rmeta, (uint32_t)b->nrcpts);
+    put_be32(&b->rmeta, 1);
+    struct buf one;
+    buf_init(&one);
+    for (size_t i = 0; i < b->nrcpts; i++) {
+        if (!b->rcpts[i].meta) {
+            put_be32(&b->rmeta, 0xffffffffu);
+            continue;
+        }
+        char f[80];
+        snprintf(f, sizeof f, "recipients[%zu].metadata", i);
+        buf_reset(&one);
+        if (!check_meta(c, b->rcpts[i].meta, f, &one)) {
+            buf_free(&one);
+            return false;
+        }
+        put_be32(&b->rmeta, (uint32_t)one.len);
+        buf_append(&b->rmeta, one.data, one.len);
+    }
+    buf_free(&one);
+    b->rmeta_len = (int)b->rmeta.len;
     return true;
 }
 
@@ -671,9 +767,9 @@ parse_request(struct ctx *c, struct inject_batch *b, const char *node_name, long
     const struct json_value *root = b->root, *x;
     if (root->type != JSON_OBJECT)
         return bad(c, 400, "request: a JSON object expected, got %s", json_type_name(root->type));
-    static const char *const keys[] = {
-        "envelope_sender", "recipients", "substitutions", "content", "job_id", "vmta", "pipe",
-        "envid",           NULL};
+    static const char *const keys[] = {"envelope_sender", "recipients", "substitutions", "content",
+                                       "job_id",          "vmta",       "pipe",          "envid",
+                                       "metadata",        NULL};
     if (!known_keys(c, root, "", keys))
         return false;
     if (!(x = json_get(root, "envelope_sender")))
@@ -693,6 +789,9 @@ parse_request(struct ctx *c, struct inject_batch *b, const char *node_name, long
     if (global && global->type == JSON_NULL)
         global = NULL;
     if (global && !check_subs(c, global, "substitutions"))
+        return false;
+    if ((x = json_get(root, "metadata")) && x->type != JSON_NULL &&
+        !check_meta(c, x, "metadata", &b->meta))
         return false;
     if (!(x = json_get(root, "recipients")))
         return bad(c, 400, "recipients: missing");
@@ -717,6 +816,8 @@ http_inject_parse(const char *body, size_t len, const char *node_name, long long
     buf_init(&b->contents);
     buf_init(&b->rcpt_arr);
     buf_init(&b->msg_arr);
+    buf_init(&b->meta);
+    buf_init(&b->rmeta);
     b->root = json_parse(body, len, perr, sizeof perr);
     if (!b->root) {
         snprintf(c.err, sizeof c.err, "malformed JSON: %s", perr);
@@ -733,9 +834,16 @@ void
 http_inject_params(const struct inject_batch *b, const char *values[HTTP_INJECT_NPARAMS],
                    int lengths[HTTP_INJECT_NPARAMS], int formats[HTTP_INJECT_NPARAMS])
 {
-    const char *v[HTTP_INJECT_NPARAMS] = {b->mail_from,    b->contents.data, b->rcpt_arr.data,
-                                          b->msg_arr.data, b->job_id,        b->vmta,
-                                          b->pipe,         b->envid};
+    const char *v[HTTP_INJECT_NPARAMS] = {b->mail_from,
+                                          b->contents.data,
+                                          b->rcpt_arr.data,
+                                          b->msg_arr.data,
+                                          b->job_id,
+                                          b->vmta,
+                                          b->pipe,
+                                          b->envid,
+                                          b->meta.len ? b->meta.data : NULL,
+                                          b->rmeta.len ? b->rmeta.data : NULL};
     for (int i = 0; i < HTTP_INJECT_NPARAMS; i++) {
         values[i] = v[i];
         lengths[i] = 0;
@@ -744,7 +852,8 @@ http_inject_params(const struct inject_batch *b, const char *values[HTTP_INJECT_
     lengths[1] = b->contents_len;
     lengths[2] = b->rcpt_len;
     lengths[3] = b->msg_len;
-    formats[1] = formats[2] = formats[3] = 1;
+    lengths[9] = b->rmeta_len;
+    formats[1] = formats[2] = formats[3] = formats[9] = 1;
 }
 
 size_t
@@ -867,6 +976,8 @@ http_inject_free(struct inject_batch *b)
     buf_free(&b->contents);
     buf_free(&b->rcpt_arr);
     buf_free(&b->msg_arr);
+    buf_free(&b->meta);
+    buf_free(&b->rmeta);
     free(b);
 }
 

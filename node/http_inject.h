@@ -1,7 +1,7 @@
 /* http_inject: the HTTP injection API, POST /api/inject/v1 (see README,
  * "Over HTTP"). The request body is JSON in the shape of KumoMTA's inject
- * API (envelope_sender, recipients[{email, name, substitutions}],
- * substitutions, content as a raw message or as parts) plus the pgmta
+ * API (envelope_sender, recipients[{email, name, substitutions, metadata}],
+ * substitutions, metadata, content as a raw message or as parts) plus the pgmta
  * extensions job_id, vmta, pipe and envid.
  *
  * This module is pure: it turns a request body into the parameters of one
@@ -19,8 +19,8 @@ struct buf;
 struct inject_batch;
 
 #define HTTP_INJECT_PATH "/api/inject/v1"
-#define HTTP_INJECT_SQL "SELECT mta.inject_batch($1, $2, $3, $4, $5, $6, $7, $8)"
-#define HTTP_INJECT_NPARAMS 8
+#define HTTP_INJECT_SQL "SELECT mta.inject_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+#define HTTP_INJECT_NPARAMS 10
 #define HTTP_INJECT_MAX_RCPT 100000
 /* Every message of one request together, after substitution. */
 #define HTTP_INJECT_MAX_TOTAL (256u * 1024 * 1024)

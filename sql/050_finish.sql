@@ -157,12 +157,17 @@ BEGIN
         INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
                               dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
                               dlv_size, vmta, job_id, envid, queue, pipe, node, message_id,
-                              attempt, tls_protocol, tls_cipher, rcpt_id)
+                              attempt, tls_protocol, tls_cipher, rcpt_id, meta)
             SELECT d.type, now(), d.queued_at, m.mail_from, d.rcpt,
                    CASE d.type WHEN 'd' THEN 'relayed' ELSE 'failed' END, d.status, d.diag,
                    d.dsn_mta, d.cat, d.src_ip, d.dst_ip, m.size, nullif(d.vmta, ''), d.job_id,
                    m.envid, mta.queue_name(d.domain, d.vmta), d.pipe, p_node_name, d.message_id,
-                   d.attempts, d.tls_proto, d.tls_cipher, d.rid
+                   d.attempts, d.tls_proto, d.tls_cipher, d.rid,
+                   -- metadata (migrations/0006): no lookup for a message without
+                   CASE WHEN m.meta IS NOT NULL
+                        THEN m.meta || coalesce((SELECT rm.meta FROM mta.recipient_meta rm
+                                                  WHERE rm.message_id = d.message_id
+                                                    AND rm.rcpt_id = d.rid), '{}') END
               FROM d JOIN mta.messages m ON m.id = d.message_id
             RETURNING type, orig, message_id, rcpt, dsn_status, dsn_diag, dsn_mta
     )
@@ -196,11 +201,16 @@ BEGIN
         INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
                               dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
                               dlv_size, vmta, job_id, envid, queue, pipe, node, message_id,
-                              attempt, tls_protocol, tls_cipher, rcpt_id)
+                              attempt, tls_protocol, tls_cipher, rcpt_id, meta)
             SELECT 't', now(), u.queued_at, m.mail_from, u.rcpt, 'delayed', u.status, u.diag,
                    u.dsn_mta, u.cat, u.src_ip, u.dst_ip, m.size, nullif(u.vmta, ''), u.job_id,
                    m.envid, mta.queue_name(u.domain, u.vmta), u.pipe, p_node_name,
-                   u.message_id, u.attempts, u.tls_proto, u.tls_cipher, u.rid
+                   u.message_id, u.attempts, u.tls_proto, u.tls_cipher, u.rid,
+                   -- metadata (migrations/0006): no lookup for a message without
+                   CASE WHEN m.meta IS NOT NULL
+                        THEN m.meta || coalesce((SELECT rm.meta FROM mta.recipient_meta rm
+                                                  WHERE rm.message_id = u.message_id
+                                                    AND rm.rcpt_id = u.rid), '{}') END
               FROM u JOIN mta.messages m ON m.id = u.message_id
             RETURNING 1
     ), x AS (

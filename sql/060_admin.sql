@@ -131,15 +131,23 @@ RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_t
 DECLARE
     n int;
 BEGIN
-    DELETE FROM mta.messages m
-     WHERE m.id IN (
-           SELECT mm.id FROM mta.messages mm
-            WHERE NOT EXISTS (SELECT 1 FROM mta.recipients r WHERE r.message_id = mm.id)
-              AND NOT EXISTS (SELECT 1 FROM mta.quarantine q WHERE q.message_id = mm.id)
-            ORDER BY mm.id
-            LIMIT p_batch
-              FOR UPDATE SKIP LOCKED);
-    GET DIAGNOSTICS n = ROW_COUNT;
+    -- A message's metadata rows go with it; only messages with metadata
+    -- (meta not NULL) have any, so the others cost no lookup.
+    WITH d AS (
+        DELETE FROM mta.messages m
+         WHERE m.id IN (
+               SELECT mm.id FROM mta.messages mm
+                WHERE NOT EXISTS (SELECT 1 FROM mta.recipients r WHERE r.message_id = mm.id)
+                  AND NOT EXISTS (SELECT 1 FROM mta.quarantine q WHERE q.message_id = mm.id)
+                ORDER BY mm.id
+                LIMIT p_batch
+                  FOR UPDATE SKIP LOCKED)
+        RETURNING m.id, m.meta IS NOT NULL AS has_meta
+    ), dm AS (
+        DELETE FROM mta.recipient_meta rm USING d
+         WHERE d.has_meta AND rm.message_id = d.id
+    )
+    SELECT count(*) INTO n FROM d;
     RETURN n;
 END
 $$;

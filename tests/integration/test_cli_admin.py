@@ -11,7 +11,7 @@ from pgmta_test import PgServer, PGMTA, main
 
 CSV_HEADER = ("type,timeLogged,timeQueued,orig,rcpt,dsnAction,dsnStatus,dsnDiag,dsnMta,"
               "bounceCat,srcType,srcMta,dlvSourceIp,dlvDestinationIp,dlvSize,vmta,jobId,"
-              "envId,queue,pipe,node,messageId,attempt,tlsProtocol,tlsCipher")
+              "envId,queue,pipe,node,messageId,attempt,tlsProtocol,tlsCipher,meta")
 
 CONTENT = "From: s@example.org\r\nSubject: test\r\n\r\nbody\r\n"
 # a job id holds no control characters (mta.check_job_id): quotes, a comma

@@ -76,7 +76,8 @@ class InjectTest(unittest.TestCase):
     def setUpClass(cls):
         cls.pg, cls.dns = PgServer(), DnsServer()
         sport = free_port("127.0.0.58")
-        cls.sink = mx_sink(cls.dns, "inject.test", "127.0.0.58", sport)
+        cls.sink = mx_sink(cls.dns, "inject.test", "127.0.0.58", sport,
+                           rules={"rcpt:reject*@*": "550 5.1.1 no such user"})
         cls.port = free_port()
         cls.node = Pgmtad(cls.pg, cls.dns, pipes=PIPES,
                           extra="smtp-port = %d;\n" % sport + extra(cls.port))
@@ -199,6 +200,71 @@ class InjectTest(unittest.TestCase):
         self.assertIn(b"Subject: hi Sam\r\nMessage-ID: <fixed-2@x.test>\r\n\r\nDear Sam\r\n",
                       m.content)
         self.assertEqual(m.content.count(b"Message-ID:"), 1)
+
+    def acct_meta(self, rcpt, typ):
+        return self.pg.scalar("SELECT meta::text FROM mta.acct WHERE rcpt = %s AND type = %s",
+                              (rcpt, typ))
+
+    def test_metadata_in_accounting(self):
+        req = parts_request(
+            [{"email": "meta1@inject.test", "metadata": {"customer": "u1", "campaign": "c2"}},
+             {"email": "meta2@inject.test"},
+             {"email": "reject-meta@inject.test", "metadata": {"customer": "u3", "vip": True}}],
+            metadata={"campaign": "c1", "batch": 7},
+            content="Subject: meta\r\n\r\nm\r\n", job_id="J-meta")
+        st, r = self.c.post(req)
+        self.assertEqual(st, 200, r)
+        wait_for(lambda: self.acct_meta("meta2@inject.test", "d"), timeout=40,
+                 what="the d row of meta2")
+        wait_for(lambda: self.acct_meta("reject-meta@inject.test", "b"), timeout=40,
+                 what="the b row of reject-meta")
+        wait_for(lambda: self.acct_meta("meta1@inject.test", "d"), timeout=40,
+                 what="the d row of meta1")
+        self.assertEqual(json.loads(self.acct_meta("meta1@inject.test", "d")),
+                         {"customer": "u1", "campaign": "c2", "batch": 7})
+        self.assertEqual(json.loads(self.acct_meta("meta2@inject.test", "d")),
+                         {"campaign": "c1", "batch": 7})
+        self.assertEqual(json.loads(self.acct_meta("reject-meta@inject.test", "b")),
+                         {"customer": "u3", "vip": True, "campaign": "c1", "batch": 7})
+        self.assertEqual(json.loads(self.acct_meta("meta1@inject.test", "r")),
+                         {"customer": "u1", "campaign": "c2", "batch": 7})
+        # a request without metadata: no meta anywhere
+        st, r = self.c.post(parts_request([{"email": "nometa@inject.test"}],
+                                          content="Subject: n\r\n\r\nn\r\n"))
+        self.assertEqual(st, 200, r)
+        wait_for(lambda: self.pg.scalar("SELECT count(*) FROM mta.acct WHERE "
+                                        "rcpt = 'nometa@inject.test' AND type = 'd'"),
+                 timeout=40, what="the d row of nometa")
+        self.assertEqual(self.pg.scalar("SELECT count(meta) FROM mta.acct WHERE "
+                                        "rcpt = 'nometa@inject.test'"), 0)
+
+    def test_bad_metadata(self):
+        base = parts_request([{"email": "x@inject.test"}], content="Subject: x\r\n\r\nx",
+                             job_id="J-badmeta", pipe="bulk")
+        cases = [
+            (dict(base, metadata=[1]), "metadata: an object expected"),
+            (dict(base, metadata={"a": {"b": 1}}), "metadata.a: a string, number or boolean"),
+            (dict(base, metadata={"a": None}), "metadata.a: a string, number or boolean"),
+            (dict(base, metadata={"k%d" % i: i for i in range(33)}), "metadata: more than 32"),
+            (dict(base, metadata={"k" * 65: 1}), "key longer than 64"),
+            (dict(base, metadata={"a": "v" * 1025}), "metadata.a: value longer"),
+            (dict(base, metadata={"a": "x\u0000y"}), "metadata.a: NUL"),
+            (dict(base, recipients=[{"email": "x@inject.test", "metadata": "c1"}]),
+             "recipients[0].metadata: an object expected"),
+            (dict(base, recipients=[{"email": "x@inject.test"},
+                                    {"email": "y@inject.test", "metadata": {"l": [1]}}]),
+             "recipients[1].metadata.l"),
+        ]
+        for body, frag in cases:
+            self.assert_refused(body, 400, frag, "J-badmeta")
+        self.assert_refused('{"envelope_sender": "a@b.test", "metadata": {"a": 1e999}, '
+                            '"recipients": [{"email": "x@inject.test"}], "content": "S: x\\r\\n\\r\\nx", '
+                            '"job_id": "J-badmeta"}', 400, "metadata.a: number out of range",
+                            "J-badmeta")
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.recipient_meta"),
+                         self.pg.scalar("SELECT count(*) FROM mta.recipient_meta rm JOIN "
+                                        "mta.messages m ON m.id = rm.message_id "
+                                        "WHERE m.job_id IS DISTINCT FROM 'J-badmeta'"))
 
     def assert_refused(self, body, status, fragment, job, **kw):
         st, r = self.c.post(body, **kw)
