@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import unittest
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from dnsserver import DnsServer
@@ -116,12 +117,14 @@ class Webhooks(unittest.TestCase):
         ra, rb = Receiver(pa), Receiver(pb)
         smtp = free_port("127.0.0.41")
         sink = mx_sink(dns, ["w%d.test" % i for i in range(3)], "127.0.0.41", smtp)
+        hport = free_port()
         extra = ('smtp-port = %d;\n'
+                 'listen = { http = "127.0.0.1:%d"; };\nhttp = { token = "tok"; };\n'
                  'webhooks = ( { name = "all"; url = "http://127.0.0.1:%d/events"; '
                  'secret-file = "%s"; batch = %d; timeout = "1s"; max-retry-after = "2s"; },\n'
                  '  { name = "dj"; url = "http://127.0.0.1:%d/hook?x=1"; secret-file = "%s"; '
                  'types = "d"; job-prefix = "job-a"; } );'
-                 % (smtp, pa, keyfile, BATCH, pb, keyfile))
+                 % (smtp, hport, pa, keyfile, BATCH, pb, keyfile))
         node = Pgmtad(pg, dns, extra=extra)
         # the cursors exist once the sender has taken its consumers
         wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.webhook_cursor") == 2,
@@ -186,6 +189,18 @@ class Webhooks(unittest.TestCase):
                 "SELECT count(*) FROM mta.webhook_lag WHERE events_behind = 0") == 2 else None,
             timeout=30, what="no lag")
         self.assertEqual([r[0] for r in lag], ["all", "dj"])
+
+        def metrics():
+            req = urllib.request.Request("http://127.0.0.1:%d/metrics" % hport,
+                                         headers={"Authorization": "Bearer tok"})
+            try:
+                return urllib.request.urlopen(req, timeout=5).read().decode()
+            except OSError:
+                return None
+        text = wait_for(metrics, timeout=20, what="/metrics")
+        for c in ("all", "dj"):
+            self.assertIn('pgmta_webhook_events_behind{consumer="%s"} 0' % c, text)
+            self.assertIn('pgmta_webhook_failures{consumer="%s"} 0' % c, text)
         self.assertEqual(node.stop(), 0)
 
         got = ra.ids()
