@@ -90,6 +90,18 @@ struct conf_bimi {
     char *selector;
 };
 
+/* webhooks entry: a consumer of mta.acct events (see README, Webhooks). */
+struct conf_webhook {
+    char *name;
+    char *url;             /* http://host[:port]/path */
+    char *secret_file;     /* the HMAC-SHA256 key, the file's first line */
+    char *types;           /* event type letters, e.g. "d,b"; NULL: every type */
+    char *job_prefix;      /* only events whose job_id starts with it; NULL: all */
+    uint32_t batch;        /* events per POST; 0: WEBHOOK_DEFAULT_BATCH */
+    uint64_t timeout_ms;   /* per POST; 0: WEBHOOK_DEFAULT_TIMEOUT_MS */
+    uint64_t max_retry_ms; /* backoff cap; 0: WEBHOOK_DEFAULT_MAX_RETRY_MS */
+};
+
 /* smtp-listener.users entry: who may AUTH on the injection listener. */
 struct conf_smtp_user {
     char *name;
@@ -131,6 +143,8 @@ struct conf {
     size_t ndkim;
     struct conf_bimi *bimi;
     size_t nbimi;
+    struct conf_webhook *webhooks;
+    size_t nwebhooks;
     bool generate_bounces;
     uint64_t lease_ms;         /* how long a claim is valid */
     uint64_t poll_interval_ms; /* upper bound of the idle poll backoff */

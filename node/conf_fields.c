@@ -118,6 +118,25 @@ static const struct field bimi_fields[] = {
     {0},
 };
 
+#define W_OFF(m) offsetof(struct conf_webhook, m)
+static const struct field webhook_fields[] = {
+    {.name = "name", .type = F_NAME, .off = W_OFF(name), .flags = FL_KEY},
+    {.name = "url", .type = F_STRING, .off = W_OFF(url), .flags = FL_REQUIRED},
+    {.name = "secret-file", .type = F_STRING, .off = W_OFF(secret_file), .flags = FL_REQUIRED},
+    {.name = "types", .type = F_STRING, .off = W_OFF(types)},
+    {.name = "job-prefix", .type = F_STRING, .off = W_OFF(job_prefix)},
+    {.name = "batch", .type = F_UINT, .off = W_OFF(batch), .min = 1, .max = 10000},
+    {.name = "timeout", .type = F_DURATION, .off = W_OFF(timeout_ms), .flags = FL_NONZERO},
+    {.name = "max-retry-after",
+     .type = F_DURATION,
+     .off = W_OFF(max_retry_ms),
+     .flags = FL_NONZERO},
+    {0},
+};
+
+static const struct list_kind webhook_kind = {K_WEBHOOK, "webhook", sizeof(struct conf_webhook),
+                                              webhook_fields};
+
 static const struct field smtp_user_fields[] = {
     {.name = "name",
      .type = F_STRING,
@@ -342,6 +361,11 @@ const struct field conf_top_fields[] = {
      .off = C_OFF(bimi),
      .count_off = C_OFF(nbimi),
      .kind = &bimi_kind},
+    {.name = "webhooks",
+     .type = F_LIST,
+     .off = C_OFF(webhooks),
+     .count_off = C_OFF(nwebhooks),
+     .kind = &webhook_kind},
     {0},
 };
 

@@ -12,7 +12,8 @@
 #include "util.h"
 
 /* One statement for /metrics: k = 'q' per queue, 'n' nodes (alive, all),
- * 'a' accounting rows of the last hour per type. Counting every accounting
+ * 'a' accounting rows of the last hour per type, 'w' the lag of each
+ * webhook consumer (configured names, at most 50: bounded labels). Counting every accounting
  * row ever written would read the whole partitioned table on each scrape;
  * the last hour reads today's partition only, so the metric is a gauge
  * (pgmta_acct_events_last_hour), not a counter. */
@@ -28,7 +29,11 @@ const char http_metrics_sql[] =
     "  FROM (VALUES ('r'), ('d'), ('b'), ('t')) t(type) "
     "  LEFT JOIN (SELECT type::text AS type, count(*) AS n FROM mta.acct "
     "              WHERE time_logged > now() - interval '1 hour' GROUP BY 1) a "
-    "  USING (type)";
+    "  USING (type) "
+    "UNION ALL "
+    "SELECT * FROM (SELECT 'w', w.consumer, NULL, NULL, w.events_behind, "
+    "       w.seconds_behind::bigint, w.failures::bigint, 0 "
+    "  FROM mta.webhook_lag w ORDER BY w.consumer LIMIT 50) w";
 
 static void
 prom_label(struct buf *b, const char *name, const char *value, bool first)
@@ -115,5 +120,32 @@ http_metrics_render(struct buf *b, const PGresult *res, const char *node_name)
         buf_puts(b, "pgmta_acct_events_last_hour{");
         prom_label(b, "type", cell(res, r, 1), true);
         buf_printf(b, "} %s\n", cell(res, r, 4));
+    }
+    prom_family(b, "pgmta_webhook_events_behind",
+                "Events past the cursor of each webhook consumer that its filters select.");
+    for (int r = 0; r < n; r++) {
+        if (strcmp(cell(res, r, 0), "w") != 0)
+            continue;
+        buf_puts(b, "pgmta_webhook_events_behind{");
+        prom_label(b, "consumer", cell(res, r, 1), true);
+        buf_printf(b, "} %s\n", cell(res, r, 4));
+    }
+    prom_family(b, "pgmta_webhook_seconds_behind",
+                "Age of the oldest event a webhook consumer has not acknowledged, 0 if none.");
+    for (int r = 0; r < n; r++) {
+        if (strcmp(cell(res, r, 0), "w") != 0)
+            continue;
+        buf_puts(b, "pgmta_webhook_seconds_behind{");
+        prom_label(b, "consumer", cell(res, r, 1), true);
+        buf_printf(b, "} %s\n", cell(res, r, 5));
+    }
+    prom_family(b, "pgmta_webhook_failures",
+                "Consecutive failed requests of each webhook consumer.");
+    for (int r = 0; r < n; r++) {
+        if (strcmp(cell(res, r, 0), "w") != 0)
+            continue;
+        buf_puts(b, "pgmta_webhook_failures{");
+        prom_label(b, "consumer", cell(res, r, 1), true);
+        buf_printf(b, "} %s\n", cell(res, r, 6));
     }
 }

@@ -7,7 +7,8 @@
  * and the root's row in mta.node (one non-blocking connection, db.c).
  * Reloads build a new configuration and swap it in only when it loads
  * cleanly. The root parses no mail: the SMTP injection listener runs in
- * the smtp-in processes (smtp_in.c), and so does the HTTP API. */
+ * the smtp-in processes (smtp_in.c), and so does the HTTP API; webhooks
+ * are sent by their own process (webhook.c). */
 #include <getopt.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -26,6 +27,7 @@
 #include "registry.h"
 #include "smtp_in.h"
 #include "util.h"
+#include "webhook.h"
 #include "worker.h"
 
 #define CONF_ERR_LEN 1024
@@ -227,6 +229,7 @@ root_run(struct conf *conf)
              conf->node_name ? conf->node_name : "-", conf->path, conf->npipes);
     /* SIGCHLD is watched before the first fork, so no exit goes unseen. */
     r.sup = pipe_sup_new(r.base, worker_run, smtp_in_run);
+    pipe_sup_set_webhook_fn(r.sup, webhook_run);
     pipe_sup_apply(r.sup, conf, false);
     /* After the first fork: the children do not inherit the connection. */
     root_db_start(&r);

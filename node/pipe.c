@@ -256,6 +256,18 @@ pipe_sup_new(struct event_base *base, pipe_child_fn pipe_fn, pipe_child_fn smtp_
 }
 
 void
+pipe_sup_set_webhook_fn(struct pipe_sup *s, pipe_child_fn fn)
+{
+    s->child_fn[PIPE_KIND_WEBHOOK] = fn;
+}
+
+static unsigned
+webhook_wanted(const struct pipe_sup *s, const struct conf *conf)
+{
+    return s->child_fn[PIPE_KIND_WEBHOOK] && conf->nwebhooks > 0 && conf->database_url ? 1u : 0u;
+}
+
+void
 pipe_sup_free(struct pipe_sup *s)
 {
     if (!s)
@@ -294,6 +306,8 @@ wanted(const struct pipe_sup *s, const struct conf *conf, const struct pipe_proc
 {
     if (p->kind == PIPE_KIND_SMTP_IN)
         return s->child_fn[PIPE_KIND_SMTP_IN] ? pipe_smtp_in_wanted(conf) : 0;
+    if (p->kind == PIPE_KIND_WEBHOOK)
+        return webhook_wanted(s, conf);
     const struct conf_pipe *cp = conf_pipe_lookup(conf, p->pipe);
     return cp ? cp->processes : 0;
 }
@@ -338,6 +352,8 @@ pipe_sup_apply(struct pipe_sup *s, const struct conf *conf, bool forward_hup)
         if (!find_proc(s, PIPE_KIND_SMTP_IN, PIPE_SMTP_IN_NAME, k))
             proc_start(proc_new(s, PIPE_KIND_SMTP_IN, PIPE_SMTP_IN_NAME, k));
     }
+    if (webhook_wanted(s, conf) && !find_proc(s, PIPE_KIND_WEBHOOK, PIPE_WEBHOOK_NAME, 0))
+        proc_start(proc_new(s, PIPE_KIND_WEBHOOK, PIPE_WEBHOOK_NAME, 0));
 }
 
 static void

@@ -32,8 +32,9 @@
  * smtp-in process pipe_name is PIPE_SMTP_IN_NAME. */
 typedef int (*pipe_child_fn)(struct conf *conf, const char *pipe_name, unsigned index);
 
-enum pipe_kind { PIPE_KIND_PIPE = 0, PIPE_KIND_SMTP_IN, PIPE_NKINDS };
+enum pipe_kind { PIPE_KIND_PIPE = 0, PIPE_KIND_SMTP_IN, PIPE_KIND_WEBHOOK, PIPE_NKINDS };
 #define PIPE_SMTP_IN_NAME "smtp-in"
+#define PIPE_WEBHOOK_NAME "webhooks"
 
 /* Called once when pipe_sup_stop has seen the last child exit. */
 typedef void (*pipe_stopped_cb)(void *arg);
@@ -44,6 +45,10 @@ struct pipe_sup;
  * are started). */
 struct pipe_sup *pipe_sup_new(struct event_base *base, pipe_child_fn pipe_fn,
                               pipe_child_fn smtp_in_fn);
+/* FN runs the webhook sender process (one per node while the configuration
+ * has webhooks and a database; see webhook.h). Call before the first
+ * pipe_sup_apply. */
+void pipe_sup_set_webhook_fn(struct pipe_sup *s, pipe_child_fn fn);
 /* Frees the table without signalling anyone (use pipe_sup_stop first). */
 void pipe_sup_free(struct pipe_sup *s);
 
