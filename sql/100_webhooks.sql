@@ -22,11 +22,22 @@ $$;
 
 CREATE OR REPLACE FUNCTION mta.webhook_horizon(p_settle interval DEFAULT '1 second')
 RETURNS timestamptz
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, mta AS $$
-    SELECT least(clock_timestamp() - p_settle,
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, mta AS $$
+BEGIN
+    -- pg_stat_activity shows the transactions of other roles only to a
+    -- superuser or a member of pg_read_all_stats; without that the horizon
+    -- would pass open transactions and their events would be skipped.
+    IF NOT (pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+            OR (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)) THEN
+        RAISE EXCEPTION 'webhooks: the owner of mta.webhook_horizon (%) must be a superuser or a member of pg_read_all_stats', current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'GRANT pg_read_all_stats TO the role that runs pgmta migrate, then run it again';
+    END IF;
+    RETURN least(clock_timestamp() - p_settle,
                  (SELECT min(a.xact_start) FROM pg_stat_activity a
                    WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
                      AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL));
+END
 $$;
 
 -- The next batch of consumer P_CONSUMER after its cursor: at most P_LIMIT

@@ -105,6 +105,20 @@ def first_occurrences(ids):
 
 
 class Webhooks(unittest.TestCase):
+    def test_horizon_refuses_an_owner_blind_to_other_roles(self):
+        """Without pg_read_all_stats the horizon would pass other roles' open
+        transactions and skip their events: it fails loudly instead."""
+        import psycopg2
+        pg = PgServer()
+        pg.psql("CREATE ROLE wh_owner NOLOGIN; GRANT USAGE, CREATE ON SCHEMA mta TO wh_owner;"
+                " ALTER FUNCTION mta.webhook_horizon(interval) OWNER TO wh_owner")
+        with self.assertRaises(psycopg2.Error) as cm:
+            pg.scalar("SELECT mta.webhook_horizon()")
+        self.assertEqual(cm.exception.pgcode, "42501")
+        self.assertIn("pg_read_all_stats", str(cm.exception))
+        pg.psql("GRANT pg_read_all_stats TO wh_owner")
+        self.assertIsNotNone(pg.scalar("SELECT mta.webhook_horizon()"))
+
     def test_faults_kill_and_filters(self):
         pg = PgServer()
         dns = DnsServer()
