@@ -2,6 +2,8 @@
 of the run. Every recipient still ends with exactly one final accounting row,
 none is lost; the killed node's leases expire and the other node delivers."""
 import collections
+import os
+import signal
 import time
 import unittest
 
@@ -30,12 +32,27 @@ class KillOneNode(unittest.TestCase):
         wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'") > N // 5,
                  timeout=60, what="deliveries to start")
         # Slots are cluster-wide, so either node may be doing the work at a
-        # given moment: kill the one that holds the most leases right now.
-        busiest = wait_for(lambda: pg.scalar(
-            "SELECT n.name FROM mta.recipients r JOIN mta.node n ON n.id = r.owner "
-            "WHERE r.lease_until > now() GROUP BY n.name ORDER BY count(*) DESC LIMIT 1"),
-            timeout=30, what="a node holding leases")
-        victim, survivor = (a, b) if busiest == "node-a" else (b, a)
+        # given moment, and a node may finish its last batch between a look
+        # at the leases and the kill. Freeze a node (SIGSTOP on its process
+        # group: it can finish nothing more), and kill it only if it holds
+        # leases then; otherwise let it go on and try again.
+        victim = None
+        deadline = time.time() + 30
+        while victim is None and time.time() < deadline:
+            for node in (a, b):
+                os.killpg(node.proc.pid, signal.SIGSTOP)
+                time.sleep(0.2)  # a statement already sent commits or fails meanwhile
+                held = pg.scalar(
+                    "SELECT count(*) FROM mta.recipients r JOIN mta.node n ON n.id = r.owner "
+                    "WHERE r.lease_until > now() AND n.name = %s", (node.name,))
+                if held > 0:
+                    victim = node
+                    break
+                os.killpg(node.proc.pid, signal.SIGCONT)
+            else:
+                time.sleep(0.05)
+        self.assertIsNotNone(victim, "neither node held leases")
+        survivor = b if victim is a else a
         victim.kill9()
         killed_at = time.time()
         wait_queue_empty(pg, timeout=120, node=survivor)
