@@ -1,0 +1,210 @@
+"""The dashboard's Pause and Resume buttons, clicked in a real headless
+Chromium driven by ChromeDriver (the W3C WebDriver protocol, spoken with
+urllib), against a real pgmtad and a real PostgreSQL.
+
+One domain has two queues: one without a virtual MTA and one with vmta-a.
+Pause on the row without a vmta must pause exactly that queue (not every
+queue of the domain), the page must show it paused after a reload, and
+Resume must undo it; the same the other way round for the vmta-a row.
+What the buttons did is read back with SQL, not from the page.
+
+As in test_http_api, the node runs only the "transactional" pipe and the
+mail sits in "bulk", so nothing is delivered while the test looks.
+"""
+import json
+import os
+import shutil
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+from pgmta_test import PgServer, Proc, free_port, main, tmpdir, wait_for
+from test_http_api import TOKEN, start_node, stop_node
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+DOMAIN = "click.test"
+# vmta:paused for every queue of the domain, e.g. ":true,vmta-a:false"
+PAUSED = ("SELECT string_agg(vmta || ':' || paused, ',' ORDER BY vmta) "
+          "FROM mta.queue WHERE domain = '%s'" % DOMAIN)
+
+
+class WebDriverError(Exception):
+    def __init__(self, status, value):
+        super().__init__("%s: %s" % (status, value.get("error")))
+        self.error = value.get("error")
+        self.value = value
+
+
+class WebDriver:
+    """A minimal W3C WebDriver client: one ChromeDriver, one session."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tmpdir("pgmta-webdriver-")
+        self.proc = Proc([CHROMEDRIVER, "--port=%d" % self.port,
+                          "--allowed-ips=127.0.0.1"],
+                         os.path.join(self.dir, "chromedriver.log"))
+        self.base = "http://127.0.0.1:%d" % self.port
+        wait_for(self._ready, timeout=20, what="chromedriver to answer")
+        caps = {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1400,900",
+                         "--user-data-dir=" + os.path.join(self.dir, "profile")]}}}}
+        self.session = self._call("POST", "/session", caps, timeout=60)["sessionId"]
+
+    def _ready(self):
+        try:
+            return self._call("GET", "/status", timeout=2)["ready"]
+        except (OSError, WebDriverError):
+            return False
+
+    def _call(self, method, path, body=None, timeout=30):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise WebDriverError(e.code, json.loads(e.read())["value"]) from None
+
+    def cmd(self, method, path, body=None, timeout=30):
+        return self._call(method, "/session/%s%s" % (self.session, path), body, timeout)
+
+    def get(self, url):
+        self.cmd("POST", "/url", {"url": url}, timeout=60)
+
+    def refresh(self):
+        self.cmd("POST", "/refresh", {}, timeout=60)
+
+    def run(self, script, *args):
+        return self.cmd("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def find(self, xpath):
+        """The first element matching xpath, or None."""
+        found = self.cmd("POST", "/elements", {"using": "xpath", "value": xpath})
+        return found[0] if found else None
+
+    def click(self, element):
+        self.cmd("POST", "/element/%s/click" % list(element.values())[0], {})
+
+    def quit(self):
+        try:
+            self.cmd("DELETE", "", timeout=30)
+        except (OSError, WebDriverError):
+            pass
+        self.proc.stop()
+
+
+def row_xpath(vmta):
+    return ("//table[@id='queues']/tbody/tr[td[1]='%s' and td[2]='%s' and td[3]='bulk']"
+            % (DOMAIN, vmta))
+
+
+class DashboardClickTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.access(CHROMEDRIVER, os.X_OK) or not shutil.which("chromium"):
+            raise AssertionError("chromedriver or chromium missing (admin/deps.sh --tests)")
+        cls.pg = PgServer()
+        cls.port = free_port()
+        cls.node, cls.client = start_node(cls.pg, cls.port)
+        for vmta in (None, "vmta-a"):
+            cls.pg.query("SELECT mta.enqueue('s@sender.test', ARRAY['a@%s', 'b@%s'], "
+                         "E'Subject: t\\r\\n\\r\\nhi\\r\\n', NULL, %%s, 'bulk')"
+                         % (DOMAIN, DOMAIN), (vmta,))
+        cls.wd = WebDriver()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.wd.quit()
+        stop_node(cls.node)
+        cls.pg.stop()
+
+    def page_row(self, vmta):
+        """(paused cell, button label, row class) of a queue's row as shown."""
+        return self.wd.run(
+            "const r = document.evaluate(arguments[0], document, null,"
+            " XPathResult.FIRST_ORDERED_NODE_TYPE, null).singleNodeValue;"
+            "if (!r) return null;"
+            "return [r.cells[8].textContent, r.querySelector('button').textContent,"
+            " r.className];", row_xpath(vmta))
+
+    def wait_row(self, vmta, paused):
+        want = ["yes", "Resume", "paused"] if paused else ["", "Pause", ""]
+        try:
+            wait_for(lambda: self.page_row(vmta) == want, timeout=15,
+                     what="the row of %s/%s shown %s" % (DOMAIN, vmta or "(none)", want))
+        except AssertionError:
+            print(self.page_row(vmta), self.wd.run("return document.body.innerText"))
+            raise
+
+    def click_button(self, vmta, label):
+        """Clicks the button of a queue's row. The page redraws its tables
+        every 2 s, so an element found may be replaced before the click
+        lands: find it again then."""
+        deadline = time.monotonic() + 15
+        while True:
+            b = self.wd.find(row_xpath(vmta) + "//button[text()='%s']" % label)
+            try:
+                if b is not None:
+                    self.wd.click(b)
+                    return
+            except WebDriverError as e:
+                if e.error != "stale element reference":
+                    raise
+            self.assertLess(time.monotonic(), deadline, "no %s button on %s/%s"
+                            % (label, DOMAIN, vmta))
+            time.sleep(0.1)
+
+    def settle(self, expect):
+        """Waits for the SQL state, then makes sure it stays so (a wrong
+        second request would show within the page's refresh)."""
+        wait_for(lambda: self.pg.scalar(PAUSED) == expect, timeout=15,
+                 what="queues of %s to be %s (now %s)" % (DOMAIN, expect,
+                                                          self.pg.scalar(PAUSED)))
+        time.sleep(0.5)
+        self.assertEqual(self.pg.scalar(PAUSED), expect)
+
+    def test_pause_resume_by_click(self):
+        self.assertEqual(self.pg.scalar(PAUSED), ":false,vmta-a:false")
+        self.wd.get("http://127.0.0.1:%d/#token=%s" % (self.port, TOKEN))
+        self.wait_row("", False)
+        self.wait_row("vmta-a", False)
+
+        # Pause on the queue without a vmta: that queue only
+        self.click_button("", "Pause")
+        self.settle(":true,vmta-a:false")
+        self.wait_row("", True)
+        self.wait_row("vmta-a", False)
+        self.assertEqual(self.pg.scalar(PAUSED), ":true,vmta-a:false")
+
+        # a reload shows the paused state (the token stays in the tab)
+        self.wd.refresh()
+        self.wait_row("", True)
+        self.wait_row("vmta-a", False)
+        self.assertIsNone(self.wd.find("//form[@id='login' and not(@hidden)]"))
+
+        # Resume: both running again
+        self.click_button("", "Resume")
+        self.settle(":false,vmta-a:false")
+        self.wait_row("", False)
+        self.wait_row("vmta-a", False)
+
+        # and the other way round: the vmta-a row leaves the other queue alone
+        self.click_button("vmta-a", "Pause")
+        self.settle(":false,vmta-a:true")
+        self.wd.refresh()
+        self.wait_row("vmta-a", True)
+        self.wait_row("", False)
+        self.click_button("vmta-a", "Resume")
+        self.settle(":false,vmta-a:false")
+        self.wait_row("vmta-a", False)
+
+
+if __name__ == "__main__":
+    main()
