@@ -34,9 +34,9 @@ static const char migrate_usage[] =
     "(DIR/sql/ *.sql, every time, in name order). Safe to run concurrently and\n"
     "repeatedly. Nothing of a failing file is applied.\n"
     "\n"
-    "DIR is --sql-dir, else $PGMTA_SHARE_DIR, else the source tree pgmta was built\n"
-    "from (unless $PGMTA_NO_SOURCE_TREE is set), else ../share/pgmta beside the\n"
-    "pgmta binary, else " PGMTA_DATADIR ".\n";
+    "DIR is --sql-dir, else $PGMTA_SHARE_DIR, else ../share/pgmta beside the pgmta\n"
+    "binary, else the source tree pgmta was built from (unless\n"
+    "$PGMTA_NO_SOURCE_TREE is set), else " PGMTA_DATADIR ".\n";
 
 static bool
 is_dir(const char *path)
@@ -66,11 +66,9 @@ find_share_dir(const char *opt)
         admin_err("%s/migrations: no such directory", chosen);
         return NULL;
     }
-    const char *no_src = getenv("PGMTA_NO_SOURCE_TREE");
-    if (!(no_src && *no_src) && has_migrations(PGMTA_SOURCE_DIR))
-        return xstrdup(PGMTA_SOURCE_DIR);
-    /* Installed with another prefix than the configured one (cmake --install
-     * --prefix P): the files are in P/share/pgmta beside P/bin/pgmta. */
+    /* Installed (a package, or cmake --install --prefix P with any P): the
+     * files are in P/share/pgmta beside P/bin/pgmta, and they are the ones
+     * that go with this binary even where its source tree exists. */
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) {
@@ -84,6 +82,9 @@ find_share_dir(const char *opt)
             free(rel);
         }
     }
+    const char *no_src = getenv("PGMTA_NO_SOURCE_TREE");
+    if (!(no_src && *no_src) && has_migrations(PGMTA_SOURCE_DIR))
+        return xstrdup(PGMTA_SOURCE_DIR);
     if (has_migrations(PGMTA_DATADIR))
         return xstrdup(PGMTA_DATADIR);
     admin_err("no migrations/ directory found in %s (use --sql-dir or PGMTA_SHARE_DIR)",

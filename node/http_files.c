@@ -109,12 +109,35 @@ http_files_serve(const char *dir, struct evhttp_request *req, const char *path)
     evbuffer_free(b);
 }
 
+static bool
+has_index(const char *dir)
+{
+    struct stat st;
+    char *index = xasprintf("%s/index.html", dir);
+    bool ok = dir[0] && stat(index, &st) == 0;
+    free(index);
+    return ok;
+}
+
 char *
 http_files_default_dir(void)
 {
-    struct stat st;
-    char *index = xasprintf("%s/index.html", PGMTA_DASHBOARD_SOURCE_DIR);
-    bool in_source = PGMTA_DASHBOARD_SOURCE_DIR[0] && stat(index, &st) == 0;
-    free(index);
-    return xstrdup(in_source ? PGMTA_DASHBOARD_SOURCE_DIR : PGMTA_DASHBOARD_DIR);
+    /* An installed pgmtad (a package, or cmake --install with any prefix)
+     * serves the files installed with it, ../share/pgmta/dashboard beside
+     * its binary, even where the source tree it was built from exists. */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            char *rel = xasprintf("%s/../share/pgmta/dashboard", exe);
+            if (has_index(rel))
+                return rel;
+            free(rel);
+        }
+    }
+    return xstrdup(has_index(PGMTA_DASHBOARD_SOURCE_DIR) ? PGMTA_DASHBOARD_SOURCE_DIR
+                                                         : PGMTA_DASHBOARD_DIR);
 }

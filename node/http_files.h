@@ -20,9 +20,10 @@
  * no "..", at most HTTP_FILES_MAX_NAME characters. Pure. */
 bool http_files_valid_name(const char *name);
 void http_files_serve(const char *dir, struct evhttp_request *req, const char *path);
-/* The directory used without http.dashboard-dir: the source tree's
- * admin/dashboard when it exists, else the installed <datadir>/pgmta/
- * dashboard. Heap string, the caller frees it. */
+/* The directory used without http.dashboard-dir: ../share/pgmta/dashboard
+ * beside the running binary when it holds index.html (an installed
+ * pgmtad), else the source tree's admin/dashboard when it exists, else the
+ * configured <datadir>/pgmta/dashboard. Heap string, the caller frees it. */
 char *http_files_default_dir(void);
 
 #endif
