@@ -141,6 +141,15 @@ class PackageTest(unittest.TestCase):
         self.assertIn("\nReadOnlyPaths=/etc/pgmta\n", unit)
         self.assertIn("Documentation=file:///usr/share/doc/pgmta/README.md", unit)
         self.assertNotIn("/usr/local", unit)
+        # systemd accepts it (ExecStart= pointed at the extracted binary)
+        d = tmpdir()
+        path = os.path.join(d, "pgmtad.service")
+        with open(path, "w") as f:
+            f.write(unit.replace("/usr/sbin/pgmtad", os.path.join(self.root, "usr/sbin/pgmtad")))
+        r = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True,
+                           timeout=60)
+        own = [l for l in (r.stdout + r.stderr).splitlines() if "pgmtad" in l]
+        self.assertEqual((r.returncode, own), (0, []))
         # the example configuration is one the packaged pgmtad accepts
         r = subprocess.run([os.path.join(self.root, "usr/sbin/pgmtad"), "--check", "-c",
                             os.path.join(self.root, "etc/pgmta/pgmta.conf")],
