@@ -26,6 +26,7 @@
 #include "pipe.h"
 #include "registry.h"
 #include "smtp_in.h"
+#include "smtp_in_auth.h"
 #include "util.h"
 #include "webhook.h"
 #include "worker.h"
@@ -227,6 +228,9 @@ root_run(struct conf *conf)
 
     log_info("root event=starting version=%s node=%s config=%s pipes=%zu", PGMTA_VERSION,
              conf->node_name ? conf->node_name : "-", conf->path, conf->npipes);
+    /* The failed-AUTH table of the node, before the smtp-in processes are
+     * forked: they, and those restarted later, share it. */
+    smtp_in_auth_shared_init();
     /* SIGCHLD is watched before the first fork, so no exit goes unseen. */
     r.sup = pipe_sup_new(r.base, worker_run, smtp_in_run);
     pipe_sup_set_webhook_fn(r.sup, webhook_run);

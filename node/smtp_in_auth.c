@@ -1,17 +1,31 @@
 /* smtp_in_auth: failed-AUTH bookkeeping per client address and password
- * checks for the SMTP listener (see smtp_in_auth.h). The table is owned by
- * the smtp_server of one smtp-in process: a fixed array scanned linearly
- * (it is small and touched only on a failure or an AUTH), entries expire
- * SMTP_IN_AUTH_FORGET_MS after their last failure, and a full table
- * replaces its oldest entry. */
+ * checks for the SMTP listener (see smtp_in_auth.h). The table is a fixed
+ * array scanned linearly (it is small and touched only on a failure or an
+ * AUTH), entries expire SMTP_IN_AUTH_FORGET_MS after their last failure,
+ * and a full table replaces its oldest entry. Every access holds the
+ * table's mutex for one scan, microseconds.
+ *
+ * Ownership: the node's shared table is created by the root process in a
+ * MAP_SHARED | MAP_ANONYMOUS mapping before it forks the smtp-in processes,
+ * so all of them, and any restarted later, see the same counts; it lives as
+ * long as the node. Its mutex is process-shared and robust: when a process
+ * dies holding it (kill -9), the next locker is told so (EOWNERDEAD), marks
+ * it consistent and goes on; an entry caught half-written holds bounded
+ * values (a count and a time) and at worst loses one failure. A private
+ * table (smtp_in_auth_table_new) belongs to its caller. Times are
+ * CLOCK_MONOTONIC milliseconds, the same in every process of the machine. */
 #include "smtp_in_auth.h"
 
 #include <crypt.h>
+#include <errno.h>
+#include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "log.h"
 #include "util.h"
 
 struct entry {
@@ -22,19 +36,92 @@ struct entry {
 };
 
 struct smtp_in_auth_table {
+    bool shared; /* in a shared mapping: unmapped, not freed */
+    pthread_mutex_t mu;
     struct entry e[SMTP_IN_AUTH_TABLE_SIZE];
 };
+
+static struct smtp_in_auth_table *node_table; /* inherited across fork */
 
 struct smtp_in_auth_table *
 smtp_in_auth_table_new(void)
 {
-    return xcalloc(1, sizeof(struct smtp_in_auth_table));
+    struct smtp_in_auth_table *t = xcalloc(1, sizeof *t);
+    PGMTA_ASSERT(pthread_mutex_init(&t->mu, NULL) == 0);
+    return t;
+}
+
+struct smtp_in_auth_table *
+smtp_in_auth_table_new_shared(void)
+{
+    void *m = mmap(NULL, sizeof(struct smtp_in_auth_table), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    struct smtp_in_auth_table *t = m; /* zero-filled */
+    t->shared = true;
+    pthread_mutexattr_t a;
+    bool ok = pthread_mutexattr_init(&a) == 0 &&
+              pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) == 0 &&
+              pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) == 0 &&
+              pthread_mutex_init(&t->mu, &a) == 0;
+    pthread_mutexattr_destroy(&a);
+    if (!ok) {
+        munmap(m, sizeof *t);
+        return NULL;
+    }
+    return t;
 }
 
 void
 smtp_in_auth_table_free(struct smtp_in_auth_table *t)
 {
+    if (!t)
+        return;
+    if (t->shared) {
+        if (t == node_table)
+            node_table = NULL;
+        munmap(t, sizeof *t);
+        return;
+    }
+    pthread_mutex_destroy(&t->mu);
     free(t);
+}
+
+void
+smtp_in_auth_shared_init(void)
+{
+    if (node_table)
+        return;
+    node_table = smtp_in_auth_table_new_shared();
+    if (!node_table)
+        log_warn("root event=auth-table-not-shared error=\"%s\" (each smtp-in process keeps "
+                 "its own failed-AUTH table)",
+                 strerror(errno));
+}
+
+struct smtp_in_auth_table *
+smtp_in_auth_shared(void)
+{
+    return node_table;
+}
+
+static void
+table_lock(struct smtp_in_auth_table *t)
+{
+    int rc = pthread_mutex_lock(&t->mu);
+    if (rc == EOWNERDEAD) {
+        /* A process died holding the lock: the table is still usable. */
+        log_warn("smtp-in event=auth-table-recovered");
+        rc = pthread_mutex_consistent(&t->mu);
+    }
+    PGMTA_ASSERT(rc == 0);
+}
+
+static void
+table_unlock(struct smtp_in_auth_table *t)
+{
+    pthread_mutex_unlock(&t->mu);
 }
 
 static size_t
@@ -61,17 +148,21 @@ find(const struct smtp_in_auth_table *t, int family, const unsigned char *addr, 
 }
 
 unsigned
-smtp_in_auth_failures(const struct smtp_in_auth_table *t, int family, const unsigned char *addr,
+smtp_in_auth_failures(struct smtp_in_auth_table *t, int family, const unsigned char *addr,
                       uint64_t now_ms)
 {
+    table_lock(t);
     const struct entry *e = find(t, family, addr, now_ms);
-    return e ? e->failures : 0;
+    unsigned n = e ? e->failures : 0;
+    table_unlock(t);
+    return n;
 }
 
 unsigned
 smtp_in_auth_failed(struct smtp_in_auth_table *t, int family, const unsigned char *addr,
                     uint64_t now_ms)
 {
+    table_lock(t);
     struct entry *e = (struct entry *)find(t, family, addr, now_ms);
     if (!e) {
         /* a free or expired slot, else the oldest */
@@ -93,7 +184,9 @@ smtp_in_auth_failed(struct smtp_in_auth_table *t, int family, const unsigned cha
     if (e->failures < UINT32_MAX)
         e->failures++;
     e->last_ms = now_ms;
-    return e->failures;
+    unsigned n = e->failures;
+    table_unlock(t);
+    return n;
 }
 
 uint64_t

@@ -1,7 +1,10 @@
 /* smtp_in_auth: the defences of the SMTP listener's AUTH (see README,
  * Security): a per-client-address table of recent failures, bounded in size
  * and expiring, from which the delay before a 535 grows, and the check of a
- * password against its stored form (crypt(3) hash, or the older {SHA256}). */
+ * password against its stored form (crypt(3) hash, or the older {SHA256}).
+ * The table of a running node is shared by all its smtp-in processes (the
+ * root creates it before forking them); the checks themselves run on worker
+ * threads (smtp_in_auth_pool.h). */
 #ifndef PGMTA_SMTP_IN_AUTH_H
 #define PGMTA_SMTP_IN_AUTH_H
 
@@ -18,16 +21,29 @@
 
 struct smtp_in_auth_table;
 
+/* A table private to the calling process. */
 struct smtp_in_auth_table *smtp_in_auth_table_new(void);
+/* A table in memory shared with the processes forked afterwards, guarded by
+ * a process-shared robust mutex (a process that dies holding it does not
+ * block the others). NULL when the mapping cannot be made. */
+struct smtp_in_auth_table *smtp_in_auth_table_new_shared(void);
+/* Frees (or unmaps, in this process) a table. NULL is ignored. */
 void smtp_in_auth_table_free(struct smtp_in_auth_table *t);
+/* The root process: creates the node's shared table, once, before the
+ * smtp-in processes are forked (they and their restarts inherit it). A
+ * failure is logged and leaves each process its own table. */
+void smtp_in_auth_shared_init(void);
+/* The node's shared table, or NULL when there is none (smtp_in_auth_shared_init
+ * was not called in this process or an ancestor, or failed). */
+struct smtp_in_auth_table *smtp_in_auth_shared(void);
 /* Records a failed AUTH from addr (4 or 16 bytes by family) at now_ms;
  * returns the failures of that address not yet forgotten, this one
  * included (at least 1). */
 unsigned smtp_in_auth_failed(struct smtp_in_auth_table *t, int family, const unsigned char *addr,
                              uint64_t now_ms);
 /* Failures of addr not yet forgotten (0 when unknown). */
-unsigned smtp_in_auth_failures(const struct smtp_in_auth_table *t, int family,
-                               const unsigned char *addr, uint64_t now_ms);
+unsigned smtp_in_auth_failures(struct smtp_in_auth_table *t, int family, const unsigned char *addr,
+                               uint64_t now_ms);
 /* The delay before answering the nth failure: base, 2 base, 4 base, ... */
 uint64_t smtp_in_auth_delay_ms(uint64_t base_ms, unsigned failures);
 

@@ -14,11 +14,16 @@
  * timers and the message being received. Sessions are freed by a deferred
  * event at the end of the loop turn, never inside their own callbacks. An
  * enqueue result finds its session by id and sequence number, so a result
- * for a session that has gone or timed out is only logged. The parsers
+ * for a session that has gone or timed out is only logged. Password checks
+ * run on the worker threads of the server's auth pool (smtp_in_auth_pool.c,
+ * started at the first AUTH) and their results find their session by id
+ * too; the failed-AUTH table is the node's, shared by its smtp-in processes
+ * (smtp_in_auth.c), or the server's own without one. The parsers
  * (commands, paths, DATA, headers) are in smtp_server_parse.c. */
 #include "smtp_server.h"
 
 #include "smtp_in_auth.h"
+#include "smtp_in_auth_pool.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -94,8 +99,10 @@ struct smtp_server {
     bool accept_paused;
     unsigned long accept_pauses;
     unsigned long next_sid;
-    bool stopping;                   /* no new sessions; idle ones are told 421 */
-    struct smtp_in_auth_table *auth; /* failed AUTH per client address */
+    bool stopping;                       /* no new sessions; idle ones are told 421 */
+    struct smtp_in_auth_table *auth;     /* failed AUTH per client address */
+    bool auth_owned;                     /* auth is this server's, not the node's */
+    struct smtp_in_auth_pool *auth_pool; /* password checks, from the first AUTH */
 };
 
 /* ---------------------------------------------------------------------------
@@ -107,6 +114,7 @@ enum session_state {
     SS_AUTH_PLAIN,      /* AUTH PLAIN: waiting for the response */
     SS_AUTH_LOGIN_USER, /* AUTH LOGIN: waiting for the user name */
     SS_AUTH_LOGIN_PASS, /* AUTH LOGIN: waiting for the password */
+    SS_AUTH_CHECK,      /* the password being checked (auth pool) */
     SS_AUTH_DELAY,      /* failed AUTH: not reading, 535 sent when the timer fires */
     SS_DATA,            /* reading message content */
     SS_TLS,             /* TLS handshake after STARTTLS */
@@ -116,7 +124,7 @@ enum session_state {
 };
 
 static const char *const state_names[] = {
-    "cmd",  "auth-plain", "auth-login-user", "auth-login-pass", "auth-delay",
+    "cmd",  "auth-plain", "auth-login-user", "auth-login-pass", "auth-check", "auth-delay",
     "data", "tls",        "enqueue",         "closing",         "dead",
 };
 
@@ -154,6 +162,7 @@ struct session {
     unsigned errors;
     unsigned auth_failures; /* in this session */
     uint64_t auth_delay_ms; /* of the failure being answered (SS_AUTH_DELAY) */
+    char *auth_pending;     /* the user whose password is being checked */
     bool skipping;          /* inside an over-long command line */
     size_t skipped;
     uint64_t close_deadline;
@@ -235,6 +244,7 @@ session_free(struct session *s)
     event_free(s->timer);
     event_free(s->free_ev);
     free(s->auth_user);
+    free(s->auth_pending);
     free(s->helo);
     free(s);
 }
@@ -287,6 +297,11 @@ session_enter(struct session *s, enum session_state st)
     case SS_DATA:
         s->data_deadline = util_now_ms() + set->data_max_ms;
         arm_data_timer(s);
+        break;
+    case SS_AUTH_CHECK:
+        /* Input is buffered, not processed, until the result is in (so a
+         * client that goes away meanwhile is seen and its session freed);
+         * the check always ends, so no timer. */
         break;
     case SS_AUTH_DELAY:
         /* Nothing is read, so nothing pipelined behind the failed attempt
@@ -706,25 +721,64 @@ auth_delay_done(struct session *s)
     session_process_input(s);
 }
 
-/* Checks name and password; replies 235 or, after a delay, 535. */
+/* A check is done (in the loop, from the auth pool): the session, if it is
+ * still waiting for it, replies 235 or, after a delay, 535. A failure
+ * counts for the client's address even when the session has gone. */
+static void
+auth_checked(const struct smtp_in_auth_req *req, bool ok, void *arg)
+{
+    struct smtp_server *srv = arg;
+    struct session *s = srv->sessions;
+    while (s && s->id != req->id)
+        s = s->next;
+    if (!s || s->state != SS_AUTH_CHECK) {
+        unsigned n = ok ? 0 : smtp_in_auth_failed(srv->auth, req->family, req->addr, util_now_ms());
+        log_info("smtp-in session=%lu event=auth-result-dropped ok=%s address-failures=%u", req->id,
+                 ok ? "yes" : "no", n);
+        return;
+    }
+    char *user = s->auth_pending;
+    s->auth_pending = NULL;
+    if (ok) {
+        s->auth_user = user;
+        reply(s, "235 2.7.0 Authentication successful");
+        log_info("smtp-in session=%lu from=%s event=auth user=\"%s\"", s->id, s->ip, user);
+        session_enter(s, SS_CMD);
+        session_process_input(s);
+        return;
+    }
+    auth_failed(s, user);
+    free(user);
+}
+
+/* Checks name and password on the auth pool (the result comes to
+ * auth_checked); a full pool is answered 454 and counts as nothing. */
 static void
 auth_check(struct session *s, const char *user, const char *pass, size_t passlen)
 {
-    const struct smtp_in_settings *set = s->srv->set;
-    bool ok = false;
+    struct smtp_server *srv = s->srv;
+    const struct smtp_in_settings *set = srv->set;
+    const char *stored = NULL;
     for (size_t i = 0; i < set->nusers; i++) {
         if (strcmp(set->users[i].name, user) == 0) {
-            ok = smtp_server_password_ok(set->users[i].password, pass, passlen);
+            stored = set->users[i].password;
             break;
         }
     }
-    if (ok) {
-        s->auth_user = xstrdup(user);
-        reply(s, "235 2.7.0 Authentication successful");
-        log_info("smtp-in session=%lu from=%s event=auth user=\"%s\"", s->id, s->ip, user);
-    } else {
-        auth_failed(s, user);
+    if (!srv->auth_pool)
+        srv->auth_pool = smtp_in_auth_pool_new(srv->base, SMTP_IN_AUTH_THREADS,
+                                               SMTP_IN_AUTH_MAX_QUEUED, auth_checked, srv);
+    struct smtp_in_auth_req req = {.id = s->id, .family = s->family};
+    memcpy(req.addr, s->addr, sizeof req.addr);
+    if (!smtp_in_auth_pool_submit(srv->auth_pool, &req, stored, pass, passlen)) {
+        reply(s, "454 4.7.0 Temporary authentication failure, try again later");
+        log_warn("smtp-in session=%lu from=%s event=auth-busy pending=%zu", s->id, s->ip,
+                 smtp_in_auth_pool_pending(srv->auth_pool));
+        return;
     }
+    free(s->auth_pending);
+    s->auth_pending = xstrdup(user);
+    session_enter(s, SS_AUTH_CHECK);
 }
 
 /* A base64 line in an AUTH exchange into buf (NUL-terminated, may contain
@@ -1404,11 +1458,16 @@ smtp_server_new(struct event_base *base, const struct conf *conf, char *err, siz
     srv->next_sid = 1;
     srv->accept_resume = evtimer_new(base, on_accept_resume, srv);
     PGMTA_ASSERT(srv->accept_resume != NULL);
-    srv->auth = smtp_in_auth_table_new();
+    srv->auth = smtp_in_auth_shared();
+    if (!srv->auth) {
+        srv->auth = smtp_in_auth_table_new();
+        srv->auth_owned = true;
+    }
     srv->set = smtp_in_settings_new(conf, err, errlen);
     if (!srv->set) {
         event_free(srv->accept_resume);
-        smtp_in_auth_table_free(srv->auth);
+        if (srv->auth_owned)
+            smtp_in_auth_table_free(srv->auth);
         free(srv);
         return NULL;
     }
@@ -1448,7 +1507,8 @@ smtp_server_stop_accepting(struct smtp_server *srv)
      * storing a message finish it first (SE_ENQUEUED). */
     for (struct session *s = srv->sessions; s; s = s->next) {
         if (s->state == SS_CMD || s->state == SS_AUTH_PLAIN || s->state == SS_AUTH_LOGIN_USER ||
-            s->state == SS_AUTH_LOGIN_PASS || s->state == SS_AUTH_DELAY) {
+            s->state == SS_AUTH_LOGIN_PASS || s->state == SS_AUTH_CHECK ||
+            s->state == SS_AUTH_DELAY) {
             reply(s, "421 4.3.2 %s Service shutting down", s->srv->set->hostname);
             session_close(s, "shutdown");
         }
@@ -1479,7 +1539,11 @@ smtp_server_free(struct smtp_server *srv)
         event_del(s->free_ev);
         session_free(s);
     }
+    /* Results still to come are dropped with the pool, after the sessions
+     * they were for. */
+    smtp_in_auth_pool_free(srv->auth_pool);
     smtp_in_settings_free(srv->set);
-    smtp_in_auth_table_free(srv->auth);
+    if (srv->auth_owned)
+        smtp_in_auth_table_free(srv->auth);
     free(srv);
 }
