@@ -115,7 +115,7 @@ enum session_state {
     SS_AUTH_LOGIN_USER, /* AUTH LOGIN: waiting for the user name */
     SS_AUTH_LOGIN_PASS, /* AUTH LOGIN: waiting for the password */
     SS_AUTH_CHECK,      /* the password being checked (auth pool) */
-    SS_AUTH_DELAY,      /* failed AUTH: not reading, 535 sent when the timer fires */
+    SS_AUTH_DELAY,      /* AUTH answer delayed: not reading, 535 (or 235) when the timer fires */
     SS_DATA,            /* reading message content */
     SS_TLS,             /* TLS handshake after STARTTLS */
     SS_ENQUEUE,         /* waiting for the message's batch to commit */
@@ -161,8 +161,9 @@ struct session {
     bool esmtp;
     unsigned errors;
     unsigned auth_failures; /* in this session */
-    uint64_t auth_delay_ms; /* of the failure being answered (SS_AUTH_DELAY) */
+    uint64_t auth_delay_ms; /* of the answer being delayed (SS_AUTH_DELAY) */
     char *auth_pending;     /* the user whose password is being checked */
+    bool auth_ok;           /* the delayed answer is a success (SS_AUTH_DELAY) */
     bool skipping;          /* inside an over-long command line */
     size_t skipped;
     uint64_t close_deadline;
@@ -702,12 +703,32 @@ auth_failed(struct session *s, const char *user)
     session_enter(s, SS_AUTH_DELAY);
 }
 
-/* The delay of a failed AUTH is over: 535, and the session goes on or, after
- * too many failures, is closed. */
+/* A successful AUTH: 235 and the session goes on as the user. */
+static void
+auth_succeeded(struct session *s, char *user)
+{
+    s->auth_user = user;
+    reply(s, "235 2.7.0 Authentication successful");
+    log_info("smtp-in session=%lu from=%s event=auth user=\"%s\"", s->id, s->ip, user);
+    session_enter(s, SS_CMD);
+    if (!s->read_paused)
+        bufferevent_enable(s->bev, EV_READ);
+    session_process_input(s);
+}
+
+/* The delay of an AUTH answer is over: 235 for a success; else 535, and the
+ * session goes on or, after too many failures, is closed. */
 static void
 auth_delay_done(struct session *s)
 {
     const struct smtp_in_settings *set = s->srv->set;
+    if (s->auth_ok) {
+        s->auth_ok = false;
+        char *user = s->auth_pending;
+        s->auth_pending = NULL;
+        auth_succeeded(s, user);
+        return;
+    }
     reply(s, "535 5.7.8 Authentication credentials invalid");
     if (s->auth_failures >= set->max_auth_failures) {
         reply(s, "421 4.7.0 %s Too many authentication failures, closing connection",
@@ -740,11 +761,18 @@ auth_checked(const struct smtp_in_auth_req *req, bool ok, void *arg)
     char *user = s->auth_pending;
     s->auth_pending = NULL;
     if (ok) {
-        s->auth_user = user;
-        reply(s, "235 2.7.0 Authentication successful");
-        log_info("smtp-in session=%lu from=%s event=auth user=\"%s\"", s->id, s->ip, user);
-        session_enter(s, SS_CMD);
-        session_process_input(s);
+        /* From an address with failures, a success waits as long as a
+         * failure would: a client that hangs up when no 235 came in time
+         * learns nothing sooner than the backoff allows. */
+        unsigned n = smtp_in_auth_failures(srv->auth, s->family, s->addr, util_now_ms());
+        if (n == 0) {
+            auth_succeeded(s, user);
+            return;
+        }
+        s->auth_pending = user;
+        s->auth_ok = true;
+        s->auth_delay_ms = smtp_in_auth_delay_ms(srv->set->auth_delay_ms, n + 1);
+        session_enter(s, SS_AUTH_DELAY);
         return;
     }
     auth_failed(s, user);
