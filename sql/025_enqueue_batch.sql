@@ -52,7 +52,8 @@ CREATE OR REPLACE FUNCTION mta.enqueue_batch(p_mail_from text[], p_rcpt_count in
                                              p_job_id text[], p_vmta text[], p_envid text[],
                                              p_pipe text[])
 RETURNS TABLE (ord int, id bigint, err_state text, err_text text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     n int := coalesce(cardinality(p_mail_from), 0);
     v_nr int := coalesce(cardinality(p_rcpt_to), 0);
