@@ -108,6 +108,19 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
+    -- The per-message path reads the arrays by subscript from 1; unnest
+    -- would read other shapes differently, so they go that way.
+    IF v_ok AND (array_ndims(p_mail_from) > 1 OR array_ndims(p_rcpt_count) > 1
+                 OR array_ndims(p_rcpt_to) > 1 OR array_ndims(p_content) > 1
+                 OR array_ndims(p_job_id) > 1 OR array_ndims(p_vmta) > 1
+                 OR array_ndims(p_envid) > 1 OR array_ndims(p_pipe) > 1
+                 OR array_lower(p_mail_from, 1) <> 1 OR array_lower(p_rcpt_count, 1) <> 1
+                 OR array_lower(p_rcpt_to, 1) <> 1 OR array_lower(p_content, 1) <> 1
+                 OR array_lower(p_job_id, 1) <> 1 OR array_lower(p_vmta, 1) <> 1
+                 OR array_lower(p_envid, 1) <> 1 OR array_lower(p_pipe, 1) <> 1) THEN
+        v_ok := false;
+    END IF;
+
     IF v_ok THEN
         -- Recipients: the message each belongs to, its domain, and the fast
         -- address test (extra elements past the counts are ignored).

@@ -233,6 +233,17 @@ class EnqueueBatchTest(DbTestCase):
                 self.assertEqual(self.counts(), before)
         self.assertEqual(self.q(CALL, ([],) * 8), [])
 
+    def test_other_array_shapes_read_as_before(self):
+        """A two-dimensional array is read by subscript from 1, as the
+        per-message path always did (here: no sender), not flattened."""
+        args = list(batch_args([msg(["a@shape.example"]), msg(["b@shape.example"])]))
+        args[0] = [["s@example.org", "s@example.org"]]
+        before = self.counts()
+        rows = self.q(CALL, args)
+        self.assertEqual([(r[1], r[2]) for r in rows], [(None, "22023"), (None, "22023")])
+        self.assertIn("mail_from is NULL", rows[0][3])
+        self.assertEqual(self.counts(), before)
+
     # --- concurrency ------------------------------------------------------
 
     def test_same_new_rows_from_two_batches_without_deadlock(self):
