@@ -201,7 +201,8 @@ BEGIN
                  ORDER BY u.k;
         END IF;
         RETURN QUERY SELECT u.i::int, u.id, NULL::text, NULL::text
-                       FROM unnest(v_ids) WITH ORDINALITY AS u(id, i);
+                       FROM unnest(v_ids) WITH ORDINALITY AS u(id, i)
+                      ORDER BY u.i;
         RETURN;
     END IF;
 
