@@ -358,6 +358,17 @@ db_take_result(const PGresult *res)
     return (PGresult *)res;
 }
 
+void
+db_call(db_cb cb, void *arg, PGresult *res)
+{
+    const PGresult *outer = db_taken;
+    db_taken = NULL;
+    cb(res, arg);
+    if (res && res != db_taken)
+        PQclear(res);
+    db_taken = outer;
+}
+
 static void
 db_complete(struct db *db)
 {

@@ -59,6 +59,11 @@ unsigned db_pending(const struct db *db);
 int db_exec(struct db *db, const char *stmt, int nparams, const char *const *values,
             const int *lengths, const int *formats, int result_format, db_cb cb, void *arg);
 
+/* Calls CB(RES, ARG) as the answer of a request is delivered: CB may keep
+ * RES with db_take_result, else it is cleared when CB returns. For a
+ * module that splits one answer into several (RES made with PQcopyResult). */
+void db_call(db_cb cb, void *arg, PGresult *res);
+
 /* Helpers to read binary results. */
 long long db_get_int8(const PGresult *res, int row, int col);
 int db_get_int4(const PGresult *res, int row, int col);

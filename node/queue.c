@@ -26,8 +26,10 @@ queue_pick_db(struct db *const *dbs, size_t n, size_t *rr)
 void
 queue_prepare(struct db *db)
 {
-    db_prepare(db, "claim",
-               "SELECT * FROM mta.claim($1::bigint, $2, $3, $4, $5::int, $6::int, $7::bigint)", 7);
+    db_prepare(db, "claim_many",
+               "SELECT * FROM mta.claim_many($1::bigint, $2, $3::text[], $4::text[], $5::int[], "
+               "$6::int, $7::bigint[])",
+               7);
     db_prepare(db, "finish",
                "SELECT mta.finish($1::bigint, $2, $3::bigint[], $4::bigint[], $5::text[], "
                "$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
@@ -46,20 +48,6 @@ ignore_result(const PGresult *res, void *arg)
     (void)arg;
     if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
         log_warn("event=statement-failed error=\"%s\"", PQresultErrorMessage(res));
-}
-
-int
-queue_claim(struct db *db, long long node_id, const char *pipe, const char *domain,
-            const char *vmta, unsigned limit, unsigned long long lease_ms, size_t max_bytes,
-            db_cb cb, void *arg)
-{
-    char node[32], lim[16], lease[32], bytes[32];
-    snprintf(node, sizeof node, "%lld", node_id);
-    snprintf(lim, sizeof lim, "%u", limit);
-    snprintf(lease, sizeof lease, "%llu", lease_ms);
-    snprintf(bytes, sizeof bytes, "%zu", max_bytes);
-    const char *values[7] = {node, pipe, domain, vmta, lim, lease, bytes};
-    return db_exec(db, "claim", 7, values, NULL, NULL, 1, cb, arg);
 }
 
 int

@@ -437,10 +437,14 @@ react_finished(struct session *s, const PGresult *res)
         char t = s->batch.rcpts[i].type;
         counts[t == 'd' ? 0 : t == 'b' ? 1 : 2]++;
     }
+    /* The statement is shared by the sessions of a finish group
+     * (session_finish.h): its count covers the whole group, so rows fenced
+     * off (a lease another node took over) show as a group count below the
+     * group's rows, not per session. */
     log_info("session=%llu queue=%s event=finished rcpts=%zu delivered=%zu bounced=%zu "
-             "deferred=%zu fenced=%lld",
+             "deferred=%zu group-finished=%lld",
              (unsigned long long)s->id, s->q->name, s->batch.nrcpts, counts[0], counts[1],
-             counts[2], (long long)s->batch.nrcpts - finished);
+             counts[2], finished);
     session_clear_batch(s);
     if (s->smtp && s->usable && !s->no_reuse && !s->drained && !e->stopping &&
         s->sent < s->dom->max_msg_per_connection) {

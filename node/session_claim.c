@@ -11,6 +11,7 @@
 #include "log.h"
 #include "queue.h"
 #include "sched.h"
+#include "session_claims.h"
 #include "session_int.h"
 #include "util.h"
 
@@ -163,9 +164,8 @@ session_enter_tokens(struct session *s)
                       session_on_tokens, s);
 }
 
-/* Sends the claim for s->tokens messages; false when it could not be sent
- * (the session is ended). */
-static bool
+/* Sends the claim for s->tokens messages. */
+static void
 send_claim(struct session *s)
 {
     struct session_env *e = s->e;
@@ -174,18 +174,11 @@ send_claim(struct session *s)
     /* Claims in flight count against the budget until their rows arrive. */
     s->reserved = claim_reservation(e, s->q, limit);
     e->content_bytes += s->reserved;
-    struct db *db = session_env_db(e);
     s->q->claiming = true;
     s->pending++;
-    if (!db || queue_claim(db, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
-                           e->conf->lease_ms, s->reserved, session_on_claimed, s) < 0) {
-        s->pending--;
-        session_unreserve(s);
-        session_end(s);
-        queue_claim_done(s->q);
-        return false;
-    }
-    return true;
+    /* with the claims of other sessions of this loop turn, in one statement */
+    session_claims_add(e->claims, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
+                       e->conf->lease_ms, s->reserved, session_on_claimed, s);
 }
 
 void
@@ -208,8 +201,7 @@ session_enter_slot_claim(struct session *s)
     s->claim_answered = s->claim_ok = false;
     s->tokens = s->dom->max_msg_per_connection < SESSION_BATCH_MAX ? s->dom->max_msg_per_connection
                                                                    : SESSION_BATCH_MAX;
-    if (!send_claim(s))
-        return;
+    send_claim(s);
     s->pending++;
     sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
                         s->dom->max_smtp_out, session_on_slot, s);

@@ -29,6 +29,7 @@
 #include "registry.h"
 #include "sched.h"
 #include "session.h"
+#include "session_claims.h"
 #include "session_finish.h"
 #include "smtp_client.h"
 #include "util.h"
@@ -179,6 +180,29 @@ worker_on_ready_queues(const PGresult *res, void *arg)
     worker_schedule_tick(w, w->poll_ms);
 }
 
+/* How many queues to ask for: as many as the process can start sessions
+ * for now. A queue offered and refused for a reason of the process (its
+ * sessions, its content budget) is not postponed and loses its turn in the
+ * rotation of ready queues until the next round: with a long tail of
+ * destinations, that was most of the end of a drain. */
+static unsigned
+worker_room(const struct worker *w)
+{
+    const struct session_env *e = &w->env;
+    unsigned room = WORKER_READY_LIMIT;
+    unsigned sessions = e->nsessions < WORKER_MAX_SESSIONS ? WORKER_MAX_SESSIONS - e->nsessions : 0;
+    if (sessions < room)
+        room = sessions;
+    if (e->content_bytes > 0) {
+        size_t left = e->content_bytes < SESSION_CONTENT_BUDGET
+                          ? SESSION_CONTENT_BUDGET - e->content_bytes
+                          : 0;
+        if (left / SESSION_CLAIM_MIN_BYTES < room)
+            room = (unsigned)(left / SESSION_CLAIM_MIN_BYTES);
+    }
+    return room;
+}
+
 static void
 worker_on_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -191,8 +215,13 @@ worker_on_tick(evutil_socket_t fd, short what, void *arg)
         worker_schedule_tick(w, 200);
         return;
     }
+    unsigned room = worker_room(w);
+    if (room == 0) {
+        worker_schedule_tick(w, SESSION_FAST_POLL_MS);
+        return;
+    }
     char lim[16];
-    snprintf(lim, sizeof lim, "%d", WORKER_READY_LIMIT);
+    snprintf(lim, sizeof lim, "%u", room);
     const char *values[2] = {w->pipe, lim};
     struct db *db = session_env_db(&w->env);
     /* In flight before the call: the answer may come before it returns. */
@@ -429,6 +458,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     e->avg_claim_rows = SESSION_BATCH_MAX;
     e->base = w->base;
     e->finish = session_finish_new(w->base, WORKER_FINISH_DELAY_MS, worker_pick_db, w);
+    e->claims = session_claims_new(w->base, worker_pick_db, w);
     e->conf = conf;
     e->pipe = w->pipe;
     e->node_label = w->node_label;
@@ -495,6 +525,8 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     util_defer_run(w->base);
     session_finish_free(e->finish);
     e->finish = NULL;
+    session_claims_free(e->claims);
+    e->claims = NULL;
     util_defer_run(w->base);
     registry_free(w->registry);
     sched_free(e->sched);

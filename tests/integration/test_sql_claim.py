@@ -91,6 +91,46 @@ class ClaimTest(DbTestCase):
         self.assertEqual([(r[0], r[3]) for r in rows], [(mids[4], False)] * 2)
         self.assertEqual(claim(100, 10 ** 9), [])
 
+    def test_claim_many_queues_in_one_call(self):
+        """mta.claim_many: each queue's rows under its own limit and byte
+        bound, tagged with its index, ordered by queue then message; a
+        message with recipients in two queues brings its content once in
+        each; a paused queue gives nothing and does not stop the others;
+        arrays of different lengths are refused."""
+        d1, d2, d3, d4 = (self.domain() for _ in range(4))
+        m12 = self.enqueue(["a@" + d1, "b@" + d1, "c@" + d2])
+        m1 = [self.enqueue(["x%d@%s" % (i, d1)]) for i in range(3)]
+        m3 = self.enqueue(["p@" + d3])
+        self.enqueue(["q@" + d4])
+        self.q("SELECT mta.pause_queue(%s)", (d4,))
+        size = self.q1("SELECT size FROM mta.messages WHERE id = %s", (m1[0],))
+        rows = self.q("SELECT q, message_id, rcpt, content IS NOT NULL, content_first, capped,"
+                      "       attempt, lease_until > now()"
+                      "  FROM mta.claim_many(%s, 'bulk', %s, %s, %s, 60000, %s)",
+                      (self.node_a, [d4, d1, d2, d3], [None, "", None, ""], [10, 3, 10, 10],
+                       [None, None, 1, None]))
+        self.assertEqual([r[0] for r in rows], [2, 2, 2, 3, 4], "paused d4 (q=1) gives nothing")
+        # d1: limit 3 of its 5 rows, m12's two recipients together, content once
+        self.assertEqual([(r[1], r[2], r[3]) for r in rows if r[0] == 2],
+                         [(m12, "a@" + d1, True), (m12, "b@" + d1, False),
+                          (m1[0], "x0@" + d1, True)])
+        # d2: the same message m12, its content again (another session sends it)
+        self.assertEqual([(r[1], r[3], r[4]) for r in rows if r[0] == 3], [(m12, True, True)])
+        self.assertEqual([(r[1], r[3]) for r in rows if r[0] == 4], [(m3, True)])
+        self.assertTrue(all(r[6] == 1 and r[7] for r in rows))
+        self.assertFalse(any(r[5] for r in rows), "no queue was cut by its byte bound")
+        # the rest of d1 under a byte bound of about one message: capped
+        rows = self.q("SELECT q, message_id, capped FROM mta.claim_many(%s, 'bulk', %s, %s,"
+                      " %s, 60000, %s)", (self.node_a, [d1], [""], [10], [size]))
+        self.assertEqual(rows, [(1, m1[1], True)])
+        self.assertEqual(self.q1("SELECT count(*) FROM mta.recipients WHERE domain = %s"
+                                 " AND owner IS NULL", (d1,)), 1)
+        with self.assertRaises(psycopg2.Error) as cm:
+            self.q("SELECT * FROM mta.claim_many(%s, 'bulk', %s, %s, %s, 60000, %s)",
+                   (self.node_a, [d1, d2], [""], [1, 1], [None, None]))
+        self.assertEqual(cm.exception.pgcode, "22023")
+        self.conn.rollback()
+
     def test_claim_one_queue_with_lease(self):
         d1, d2 = self.domain(), self.domain()
         self.enqueue(["a@" + d1, "b@" + d1, "c@" + d2], envid="env-x", job_id="job-claim")
