@@ -12,6 +12,7 @@
 #include "hostport.h"
 #include "log.h"
 #include "util.h"
+#include "webhook.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -814,6 +815,50 @@ validate_smtp_listener(struct loader *ld)
     return 0;
 }
 
+/* webhooks entries: what the webhook process would refuse when it starts
+ * (see webhook.h), refused at load. */
+static struct loc
+webhook_loc(struct loader *ld, size_t i, const char *field)
+{
+    const struct field *wf =
+        conf_top_fields[conf_field_index(conf_top_fields, "webhooks")].kind->fields;
+    const struct meta *m = &ld->metas[K_WEBHOOK][i];
+    int j = conf_field_index(wf, field);
+    return j >= 0 && (m->set & (1u << j)) ? m->flocs[j] : m->loc;
+}
+
+static int
+validate_webhooks(struct loader *ld)
+{
+    struct conf *c = ld->c;
+    char err[512];
+    for (size_t i = 0; i < c->nwebhooks; i++) {
+        const struct conf_webhook *w = &c->webhooks[i];
+        struct webhook_url u;
+        if (webhook_url_parse(w->url, &u, err, sizeof err) != 0)
+            return fail(ld, webhook_loc(ld, i, "url"), "webhook \"%s\": %s", w->name, err);
+        bool https = u.https;
+        webhook_url_free(&u);
+        size_t len;
+        char *key = webhook_read_secret(w->secret_file, &len, err, sizeof err);
+        if (!key)
+            return fail(ld, webhook_loc(ld, i, "secret-file"), "webhook \"%s\": %s", w->name, err);
+        memset(key, 0, len);
+        free(key);
+        if (w->types && webhook_types_check(w->types, err, sizeof err) != 0)
+            return fail(ld, webhook_loc(ld, i, "types"), "webhook \"%s\": %s", w->name, err);
+        if (w->timeout_ms > WEBHOOK_MAX_TIMEOUT_MS)
+            return fail(ld, webhook_loc(ld, i, "timeout"), "webhook \"%s\": timeout: at most %us",
+                        w->name, WEBHOOK_MAX_TIMEOUT_MS / 1000);
+        if (w->ca_file && !https)
+            return fail(ld, webhook_loc(ld, i, "ca-file"),
+                        "webhook \"%s\": ca-file needs an https url", w->name);
+        if (w->ca_file && webhook_ca_check(w->ca_file, err, sizeof err) != 0)
+            return fail(ld, webhook_loc(ld, i, "ca-file"), "webhook \"%s\": %s", w->name, err);
+    }
+    return 0;
+}
+
 static struct loc
 top_loc(struct loader *ld, const char *name)
 {
@@ -857,6 +902,8 @@ validate(struct loader *ld)
         }
     }
     if (validate_smtp_listener(ld) != 0)
+        return -1;
+    if (validate_webhooks(ld) != 0)
         return -1;
     if (c->npipes == 0) {
         c->pipes = xcalloc(2, sizeof *c->pipes);

@@ -93,13 +93,14 @@ struct conf_bimi {
 /* webhooks entry: a consumer of mta.acct events (see README, Webhooks). */
 struct conf_webhook {
     char *name;
-    char *url;             /* http://host[:port]/path */
+    char *url;             /* http[s]://host[:port]/path */
     char *secret_file;     /* the HMAC-SHA256 key, the file's first line */
     char *types;           /* event type letters, e.g. "d,b"; NULL: every type */
     char *job_prefix;      /* only events whose job_id starts with it; NULL: all */
     uint32_t batch;        /* events per POST; 0: WEBHOOK_DEFAULT_BATCH */
     uint64_t timeout_ms;   /* per POST; 0: WEBHOOK_DEFAULT_TIMEOUT_MS */
     uint64_t max_retry_ms; /* backoff cap; 0: WEBHOOK_DEFAULT_MAX_RETRY_MS */
+    char *ca_file;         /* https: the CAs (PEM) to verify with; NULL: the system's */
 };
 
 /* smtp-listener.users entry: who may AUTH on the injection listener. */

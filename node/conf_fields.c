@@ -131,6 +131,7 @@ static const struct field webhook_fields[] = {
      .type = F_DURATION,
      .off = W_OFF(max_retry_ms),
      .flags = FL_NONZERO},
+    {.name = "ca-file", .type = F_STRING, .off = W_OFF(ca_file)},
     {0},
 };
 

@@ -4,7 +4,8 @@
  * until tls_client_cleanup). Each SSL object belongs to the filter
  * bufferevent created for it (BEV_OPT_CLOSE_ON_FREE), which also owns the
  * socket bufferevent below it. Certificate checks are off unless asked for:
- * opportunistic STARTTLS encrypts without verifying (RFC 7435). */
+ * opportunistic STARTTLS encrypts without verifying (RFC 7435). The https
+ * client of the webhook sender always verifies. */
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -96,9 +97,10 @@ ip_literal(const char *s, char *ip, size_t iplen)
     return inet_pton(AF_INET, ip, tmp) == 1 || inet_pton(AF_INET6, ip, tmp) == 1;
 }
 
-struct bufferevent *
-tls_client_start(struct event_base *base, struct bufferevent *bev, const char *host, bool verify,
-                 const char *ca_file, char *err, size_t errlen)
+/* A client SSL object: SNI = host (unless an IP literal); with verify, the
+ * chain to ca_file (or the default paths) and host (or the IP SAN). */
+static SSL *
+tls_client_ssl(const char *host, bool verify, const char *ca_file, char *err, size_t errlen)
 {
     char ip[INET6_ADDRSTRLEN + 1];
     bool literal = ip_literal(host, ip, sizeof ip);
@@ -133,6 +135,16 @@ tls_client_start(struct event_base *base, struct bufferevent *bev, const char *h
     } else {
         SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
     }
+    return ssl;
+}
+
+struct bufferevent *
+tls_client_start(struct event_base *base, struct bufferevent *bev, const char *host, bool verify,
+                 const char *ca_file, char *err, size_t errlen)
+{
+    SSL *ssl = tls_client_ssl(host, verify, ca_file, err, errlen);
+    if (!ssl)
+        return NULL;
     struct bufferevent *f = bufferevent_openssl_filter_new(
         base, bev, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
     if (!f) {
@@ -143,6 +155,24 @@ tls_client_start(struct event_base *base, struct bufferevent *bev, const char *h
     /* A peer closing without close_notify is an EOF, not an error. */
     bufferevent_openssl_set_allow_dirty_shutdown(f, 1);
     return f;
+}
+
+struct bufferevent *
+tls_client_socket_new(struct event_base *base, const char *host, const char *ca_file, char *err,
+                      size_t errlen)
+{
+    SSL *ssl = tls_client_ssl(host, true, ca_file, err, errlen);
+    if (!ssl)
+        return NULL;
+    struct bufferevent *b = bufferevent_openssl_socket_new(
+        base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!b) {
+        SSL_free(ssl);
+        snprintf(err, errlen, "cannot create the TLS bufferevent");
+        return NULL;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(b, 1);
+    return b;
 }
 
 void

@@ -1,7 +1,8 @@
 /* tls: the outbound side of TLS. Process-wide OpenSSL client contexts (one
  * per CA file, created on first use, TLS 1.2 minimum so TLS 1.3 is
- * negotiated whenever the peer has it) and the libevent OpenSSL filter that
- * smtp_client puts on top of its socket bufferevent after STARTTLS. */
+ * negotiated whenever the peer has it), the libevent OpenSSL filter that
+ * smtp_client puts on top of its socket bufferevent after STARTTLS, and the
+ * verifying OpenSSL socket bufferevent of the webhook sender's https. */
 #ifndef PGMTA_TLS_H
 #define PGMTA_TLS_H
 
@@ -20,6 +21,12 @@ struct event_base;
 struct bufferevent *tls_client_start(struct event_base *base, struct bufferevent *bev,
                                      const char *host, bool verify, const char *ca_file, char *err,
                                      size_t errlen);
+/* A socket bufferevent (no socket yet: evhttp connects it) that starts a
+ * verified client handshake once connected: SNI, the chain to ca_file (or the
+ * system's default CA paths when NULL), the host name or IP SAN. It owns the
+ * SSL object. NULL with a reason in err. */
+struct bufferevent *tls_client_socket_new(struct event_base *base, const char *host,
+                                          const char *ca_file, char *err, size_t errlen);
 /* Why the handshake on FILTER failed: the certificate verification result
  * or OpenSSL's first error, else the socket error. */
 void tls_client_failure(struct bufferevent *filter, char *out, size_t outlen);

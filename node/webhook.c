@@ -18,14 +18,18 @@
 #include "webhook.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -33,14 +37,18 @@
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "db.h"
 #include "log.h"
+#include "tls.h"
 #include "util.h"
 
 #define WEBHOOK_IDLE_POLL_MS 1000u
 #define WEBHOOK_LOCK_RETRY_MS 5000u
-#define WEBHOOK_KEY_MAX 4096
 #define WEBHOOK_ERR_LEN 256
 
 enum cstate { C_OFF, C_LOCK, C_FETCH, C_POST, C_ADVANCE, C_WAIT };
@@ -53,12 +61,12 @@ struct consumer {
     const struct conf_webhook *cw;
     char *key;
     size_t keylen;
-    char *host, *path;
-    unsigned port;
+    struct webhook_url url;
     enum cstate state, after_wait; /* after_wait: what the timer starts */
     unsigned gen;                  /* bumped when the database connection is lost */
     struct event *timer;
     struct evhttp_connection *conn;
+    const char *req_error; /* why the POST in flight failed, from evhttp */
     unsigned failures;
     /* the batch in flight */
     char *events;
@@ -117,63 +125,212 @@ webhook_sign(const char *key, size_t keylen, const char *timestamp, const char *
         snprintf(out + 7 + 2 * i, 3, "%02x", mac[i]);
 }
 
-/* ---- setup ---- */
+/* ---- configuration ---- */
 
-static char *
-read_key(const char *path, size_t *len, char *err, size_t errlen)
+int
+webhook_url_parse(const char *url, struct webhook_url *out, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
+    memset(out, 0, sizeof *out);
+    struct evhttp_uri *u = evhttp_uri_parse_with_flags(url, 0);
+    const char *scheme = u ? evhttp_uri_get_scheme(u) : NULL;
+    const char *host = u ? evhttp_uri_get_host(u) : NULL;
+    int rc = -1;
+    if (!u || !scheme)
+        snprintf(err, errlen, "bad url (expected http[s]://host[:port]/path)");
+    else if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
+        snprintf(err, errlen, "url: scheme \"%s\" is not http or https", scheme);
+    else if (!host || !*host || (host[0] == '[' && strlen(host) < 3))
+        snprintf(err, errlen, "url: no host");
+    else if (evhttp_uri_get_port(u) == 0)
+        snprintf(err, errlen, "url: port 0");
+    else if (evhttp_uri_get_userinfo(u))
+        snprintf(err, errlen, "url: no user info allowed (use secret-file)");
+    else if (evhttp_uri_get_fragment(u))
+        snprintf(err, errlen, "url: no fragment allowed");
+    else
+        rc = 0;
+    if (rc == 0) {
+        out->https = strcmp(scheme, "https") == 0;
+        size_t hl = strlen(host);
+        out->host = host[0] == '[' ? xstrndup(host + 1, hl - 2) : xstrdup(host);
+        int port = evhttp_uri_get_port(u);
+        out->port = port > 0 ? (unsigned)port : out->https ? 443 : 80;
+        const char *path = evhttp_uri_get_path(u);
+        const char *query = evhttp_uri_get_query(u);
+        path = path && *path ? path : "/";
+        out->path = query ? xasprintf("%s?%s", path, query) : xstrdup(path);
+    }
+    if (u)
+        evhttp_uri_free(u);
+    return rc;
+}
+
+void
+webhook_url_free(struct webhook_url *u)
+{
+    free(u->host);
+    free(u->path);
+    u->host = u->path = NULL;
+}
+
+char *
+webhook_read_secret(const char *path, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
         snprintf(err, errlen, "cannot open secret-file %s: %s", path, strerror(errno));
         return NULL;
     }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "secret-file %s is not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    if (st.st_mode & S_IRWXO) {
+        snprintf(err, errlen,
+                 "secret-file %s is accessible by others (mode %04o); allow only the "
+                 "daemon's user (chmod 600)",
+                 path, (unsigned)(st.st_mode & 07777));
+        close(fd);
+        return NULL;
+    }
     char *k = xcalloc(1, WEBHOOK_KEY_MAX + 1);
-    size_t n = fread(k, 1, WEBHOOK_KEY_MAX, f);
-    fclose(f);
+    size_t n = 0;
+    while (n < WEBHOOK_KEY_MAX) {
+        ssize_t r = read(fd, k + n, WEBHOOK_KEY_MAX - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(err, errlen, "cannot read secret-file %s: %s", path, strerror(errno));
+            close(fd);
+            free(k);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
     char *nl = memchr(k, '\n', n);
     if (nl)
         n = (size_t)(nl - k);
-    while (n > 0 && (k[n - 1] == '\r' || k[n - 1] == ' '))
+    while (n > 0 && (k[n - 1] == '\r' || k[n - 1] == ' ' || k[n - 1] == '\t'))
         n--;
-    k[n] = '\0';
     if (n == 0) {
         snprintf(err, errlen, "secret-file %s is empty", path);
         free(k);
         return NULL;
     }
+    /* the key ends at the first line: nothing of the rest stays around */
+    memset(k + n, 0, WEBHOOK_KEY_MAX + 1 - n);
     *len = n;
     return k;
 }
 
+int
+webhook_types_check(const char *types, char *err, size_t errlen)
+{
+    const char *p = types;
+    for (;;) {
+        while (*p == ' ')
+            p++;
+        const char *e = p + strcspn(p, ",");
+        const char *end = e;
+        while (end > p && end[-1] == ' ')
+            end--;
+        if (end - p != 1 || !strchr("rdbt", *p)) {
+            snprintf(err, errlen,
+                     "types: unknown event type \"%.*s\" (expected r, d, b, t separated by "
+                     "commas)",
+                     (int)(end - p > 32 ? 32 : end - p), p);
+            return -1;
+        }
+        if (!*e)
+            return 0;
+        p = e + 1;
+    }
+}
+
+int
+webhook_ca_check(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "cannot open ca-file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    ERR_clear_error();
+    if (!x) {
+        snprintf(err, errlen, "ca-file %s holds no PEM certificate", path);
+        return -1;
+    }
+    X509_free(x);
+    return 0;
+}
+
+/* ---- setup ---- */
+
 static int
 consumer_setup(struct consumer *c, char *err, size_t errlen)
 {
-    struct evhttp_uri *u = evhttp_uri_parse(c->cw->url);
-    if (!u || !evhttp_uri_get_scheme(u) || strcmp(evhttp_uri_get_scheme(u), "http") != 0 ||
-        !evhttp_uri_get_host(u)) {
-        snprintf(err, errlen, "url must be http://host[:port]/path");
-        if (u)
-            evhttp_uri_free(u);
+    if (webhook_url_parse(c->cw->url, &c->url, err, errlen) != 0)
         return -1;
-    }
-    c->host = xstrdup(evhttp_uri_get_host(u));
-    int port = evhttp_uri_get_port(u);
-    c->port = port > 0 ? (unsigned)port : 80;
-    const char *path = evhttp_uri_get_path(u);
-    const char *query = evhttp_uri_get_query(u);
-    c->path = query ? xasprintf("%s?%s", path && *path ? path : "/", query)
-                    : xstrdup(path && *path ? path : "/");
-    evhttp_uri_free(u);
-    c->key = read_key(c->cw->secret_file, &c->keylen, err, errlen);
+    c->key = webhook_read_secret(c->cw->secret_file, &c->keylen, err, errlen);
     if (!c->key)
         return -1;
-    c->conn = evhttp_connection_base_new(c->w->base, c->w->dns, c->host, (uint16_t)c->port);
-    PGMTA_ASSERT(c->conn != NULL);
+    return 0;
+}
+
+/* The connection for the next POST: http keeps one alive between batches;
+ * https makes one per POST, with a fresh TLS handshake (an OpenSSL
+ * bufferevent cannot be connected again by evhttp). NULL with the reason. */
+static struct evhttp_connection *
+consumer_conn(struct consumer *c, char *err, size_t errlen)
+{
+    if (c->conn)
+        return c->conn;
+    if (c->url.https) {
+        struct bufferevent *bev =
+            tls_client_socket_new(c->w->base, c->url.host, c->cw->ca_file, err, errlen);
+        if (!bev)
+            return NULL;
+        c->conn = evhttp_connection_base_bufferevent_new(c->w->base, c->w->dns, bev, c->url.host,
+                                                         (uint16_t)c->url.port);
+        if (!c->conn) {
+            bufferevent_free(bev);
+            snprintf(err, errlen, "cannot create the https connection");
+            return NULL;
+        }
+    } else {
+        c->conn =
+            evhttp_connection_base_new(c->w->base, c->w->dns, c->url.host, (uint16_t)c->url.port);
+        PGMTA_ASSERT(c->conn != NULL);
+    }
     uint64_t to = c->cw->timeout_ms ? c->cw->timeout_ms : WEBHOOK_DEFAULT_TIMEOUT_MS;
     struct timeval tv = {(time_t)(to / 1000), (suseconds_t)((to % 1000) * 1000)};
     evhttp_connection_set_timeout_tv(c->conn, &tv);
     evhttp_connection_set_retries(c->conn, 0);
-    return 0;
+    return c->conn;
+}
+
+static void
+conn_free_cb(void *p)
+{
+    evhttp_connection_free(p);
+}
+
+/* A connection that cannot be used (its request could not be made): freed
+ * from the loop, not from within evhttp's callbacks. */
+static void
+consumer_conn_drop(struct consumer *c)
+{
+    if (!c->conn)
+        return;
+    util_defer_free(c->w->base, conn_free_cb, c->conn);
+    c->conn = NULL;
 }
 
 static void
@@ -191,6 +348,7 @@ batch_clear(struct consumer *c)
 struct reply {
     struct consumer *c;
     unsigned gen;
+    struct evhttp_connection *conn; /* https: the POST's own connection */
 };
 
 static struct reply *
@@ -302,22 +460,69 @@ post_failed(struct consumer *c, const char *why)
     wait_then(c, delay, C_POST);
 }
 
+static const char *
+req_error_name(enum evhttp_request_error e)
+{
+    switch (e) {
+    case EVREQ_HTTP_TIMEOUT:
+        return "timed out";
+    case EVREQ_HTTP_EOF:
+        return "connection closed";
+    case EVREQ_HTTP_INVALID_HEADER:
+        return "invalid reply";
+    case EVREQ_HTTP_BUFFER_ERROR:
+        return "connection failed";
+    case EVREQ_HTTP_REQUEST_CANCEL:
+        return "cancelled";
+    case EVREQ_HTTP_DATA_TOO_LONG:
+        return "reply too long";
+    }
+    return "failed";
+}
+
+static void
+on_http_error(enum evhttp_request_error e, void *arg)
+{
+    struct reply *r = arg;
+    if (r->gen == r->c->gen)
+        r->c->req_error = req_error_name(e);
+}
+
 static void
 on_http(struct evhttp_request *req, void *arg)
 {
-    struct consumer *c = reply_take(arg);
-    if (!c)
+    struct reply *r = arg;
+    struct evhttp_connection *conn = r->conn;
+    struct wproc *w = r->c->w;
+    if (conn && r->c->conn == conn)
+        r->c->conn = NULL; /* freed below, after the reason is read */
+    struct consumer *c = reply_take(r);
+    if (!c) {
+        if (conn)
+            util_defer_free(w->base, conn_free_cb, conn);
         return;
+    }
     int code = req ? evhttp_request_get_response_code(req) : 0;
+    char why[WEBHOOK_ERR_LEN];
+    why[0] = '\0';
+    if (code == 0 && conn) {
+        /* the handshake's reason, certificate verification first */
+        char tls[WEBHOOK_ERR_LEN - 8];
+        tls_client_failure(evhttp_connection_get_bufferevent(conn), tls, sizeof tls);
+        if (strncmp(tls, "certificate", 11) == 0 || strncmp(tls, "error:", 6) == 0)
+            snprintf(why, sizeof why, "TLS: %s", tls);
+    }
+    if (conn)
+        util_defer_free(w->base, conn_free_cb, conn);
     if (code >= 200 && code < 300) {
         c->failures = 0;
         consumer_enter(c, C_ADVANCE);
         return;
     }
-    char why[WEBHOOK_ERR_LEN];
-    if (code == 0)
-        snprintf(why, sizeof why, "no response (connection failed or timed out)");
-    else
+    if (why[0] == '\0' && code == 0)
+        snprintf(why, sizeof why, "no response (%s)",
+                 c->req_error ? c->req_error : "connection failed or timed out");
+    else if (why[0] == '\0')
         snprintf(why, sizeof why, "HTTP %d", code);
     post_failed(c, why);
 }
@@ -327,16 +532,27 @@ on_http(struct evhttp_request *req, void *arg)
 static void
 do_post(struct consumer *c)
 {
+    char err[WEBHOOK_ERR_LEN];
+    if (!consumer_conn(c, err, sizeof err)) {
+        post_failed(c, err);
+        return;
+    }
+    c->req_error = NULL;
     struct reply *r = reply_new(c);
+    if (c->url.https)
+        r->conn = c->conn;
     struct evhttp_request *req = evhttp_request_new(on_http, r);
     PGMTA_ASSERT(req != NULL);
+    evhttp_request_set_error_cb(req, on_http_error);
     char ts[32], sig[80];
     snprintf(ts, sizeof ts, "%lld", (long long)time(NULL));
     size_t len = strlen(c->events);
     webhook_sign(c->key, c->keylen, ts, c->events, len, sig, sizeof sig);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     char hostport[300];
-    snprintf(hostport, sizeof hostport, "%s:%u", c->host, c->port);
+    bool v6 = strchr(c->url.host, ':') != NULL;
+    snprintf(hostport, sizeof hostport, "%s%s%s:%u", v6 ? "[" : "", c->url.host, v6 ? "]" : "",
+             c->url.port);
     evhttp_add_header(h, "Host", hostport);
     evhttp_add_header(h, "Content-Type", "application/json");
     evhttp_add_header(h, "User-Agent", "pgmta/" PGMTA_VERSION);
@@ -344,9 +560,10 @@ do_post(struct consumer *c)
     evhttp_add_header(h, "X-Pgmta-Timestamp", ts);
     evhttp_add_header(h, "X-Pgmta-Signature", sig);
     evbuffer_add(evhttp_request_get_output_buffer(req), c->events, len);
-    if (evhttp_make_request(c->conn, req, EVHTTP_REQ_POST, c->path) != 0) {
+    if (evhttp_make_request(c->conn, req, EVHTTP_REQ_POST, c->url.path) != 0) {
         /* libevent freed the request; the reply will not come */
         free(r);
+        consumer_conn_drop(c);
         post_failed(c, "cannot send the request");
     }
 }
@@ -418,6 +635,8 @@ on_db_ready(struct db *db, void *arg)
         if (c->state == C_OFF && !c->key)
             continue;
         c->gen++;
+        if (c->url.https)
+            c->conn = NULL; /* a POST in flight frees its own connection */
         evtimer_del(c->timer);
         batch_clear(c);
         consumer_enter(c, C_LOCK);
@@ -491,8 +710,7 @@ webhook_run(struct conf *conf, const char *name, unsigned index)
         event_free(c->timer);
         batch_clear(c);
         free(c->key);
-        free(c->host);
-        free(c->path);
+        webhook_url_free(&c->url);
     }
     free(w.cs);
     if (w.dns)
