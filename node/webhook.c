@@ -4,8 +4,10 @@
  * database connection (db.c) that holds the consumers' session advisory
  * locks, an evdns base for receivers named by host name, and one struct
  * consumer per webhooks entry, alive as long as the process. A consumer
- * owns its HTTP connection (evhttp, kept alive between batches), its key
- * and the batch in flight (JSON text from mta.webhook_next). Replies of the
+ * owns its HTTP connection (evhttp, kept alive between batches; over https
+ * one per POST, which the POST's reply frees when it comes, through
+ * util_defer), its key and the batch in flight (JSON text from
+ * mta.webhook_next). Replies of the
  * database and of the receiver carry the consumer's generation: a reply
  * from before a lost database connection (the locks went with it) is
  * ignored.
