@@ -10,9 +10,9 @@ request is checked against its HMAC-SHA256 signature.
 
 Over https the receiver is a Python http.server wrapped in ssl with a
 certificate of a private CA made by the openssl command: events arrive with
-ca-file naming that CA; with another CA nothing is accepted and the cursor
-stays; once the configuration names the right CA (reload) every event
-arrives. The webhooks entries are checked at load: pgmtad --check names the
+ca-file naming that CA; with another CA, or at an address the certificate
+does not name, nothing is accepted and the cursor stays; once the
+configuration names the right CA (reload) every event arrives. The webhooks entries are checked at load: pgmtad --check names the
 file and line of a bad entry and never prints the key."""
 import hashlib
 import hmac
@@ -42,8 +42,9 @@ class Receiver:
     answers 200 to. mode: "ok", "fail" (500, nothing recorded) or "sleep"
     (sleeps past the sender's timeout, nothing recorded)."""
 
-    def __init__(self, port, tls=None):
+    def __init__(self, port, tls=None, host="127.0.0.1"):
         self.port = port
+        self.host = host
         self.tls = tls  # (cert, key) to serve https
         self.mode = "ok"
         self.batches = []  # lists of event dicts, in the order acknowledged
@@ -88,7 +89,7 @@ class Receiver:
                 self.end_headers()
 
         ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer((self.host, self.port), Handler)
         self.server.daemon_threads = True
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -184,16 +185,23 @@ class Webhooks(unittest.TestCase):
         ra = Receiver(pa, tls=server)
         smtp = free_port("127.0.0.42")
         sink = mx_sink(dns, ["h%d.test" % i for i in range(2)], "127.0.0.42", smtp)
+        # the same certificate (127.0.0.1, localhost) on 127.0.0.2: a mismatch
+        pm = free_port("127.0.0.2")
+        rm = Receiver(pm, tls=server, host="127.0.0.2")
         # "ip": the address literal, matched against the IP SAN, first with
-        # the wrong CA; "name": localhost (SNI, DNS SAN) with the right one
+        # the wrong CA; "name": localhost (SNI, DNS SAN) with the right one;
+        # "mismatch": the right CA, an address the certificate does not name
         hooks = ('webhooks = ( { name = "ip"; url = "https://127.0.0.1:%d/events"; '
                  'secret-file = "%s"; ca-file = "%%s"; batch = 10; timeout = "2s"; '
                  'max-retry-after = "1s"; },\n'
                  '  { name = "name"; url = "https://localhost:%d/hook"; secret-file = "%s"; '
-                 'ca-file = "%s"; types = "d"; } );\n' % (pa, keyfile, pa, keyfile, good[0]))
+                 'ca-file = "%s"; types = "d"; },\n'
+                 '  { name = "mismatch"; url = "https://127.0.0.2:%d/"; secret-file = "%s"; '
+                 'ca-file = "%s"; max-retry-after = "1s"; } );\n'
+                 % (pa, keyfile, pa, keyfile, good[0], pm, keyfile, good[0]))
         extra = 'smtp-port = %d;\n%s' % (smtp, hooks % other[0])
         node = Pgmtad(pg, dns, extra=extra)
-        wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.webhook_cursor") == 2,
+        wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.webhook_cursor") == 3,
                  timeout=30, what="webhook cursors")
         start = pg.scalar("SELECT min(last_time) FROM mta.webhook_cursor")
         n = 30
@@ -234,11 +242,19 @@ class Webhooks(unittest.TestCase):
         node.proc.signal(signal.SIGHUP)
         wait_for(lambda: set(ra.ids()) >= set(want), timeout=60, what="every event over https")
         self.assertEqual(ra.bad_signatures, 0)
+        # the mismatch never got through: one log line per failed POST
+        wait_for(lambda: re.search(r"consumer=mismatch event=post-failed error=\"TLS: certificate "
+                                   r"verification failed: IP address mismatch\" failures=2 ",
+                                   node.log()), timeout=20, what="mismatch failures logged")
+        self.assertEqual(pg.scalar("SELECT delivered FROM mta.webhook_lag "
+                                   "WHERE consumer = 'mismatch'"), 0)
+        self.assertEqual(rm.requests, 0)
         self.assertEqual(node.stop(), 0)
         self.assertTrue(all(sink.messages()))
         self.assertEqual(set(ra.ids()), set(want))
         self.assertNotIn(KEY.decode(), node.log())
         ra.stop()
+        rm.stop()
 
     def test_faults_kill_and_filters(self):
         pg = PgServer()
