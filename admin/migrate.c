@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "util.h"
 
@@ -69,19 +68,10 @@ find_share_dir(const char *opt)
     /* Installed (a package, or cmake --install --prefix P with any P): the
      * files are in P/share/pgmta beside P/bin/pgmta, and they are the ones
      * that go with this binary even where its source tree exists. */
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            char *rel = xasprintf("%s/../share/pgmta", exe);
-            if (has_migrations(rel))
-                return rel;
-            free(rel);
-        }
-    }
+    char *rel = util_exe_relative("../share/pgmta");
+    if (rel && has_migrations(rel))
+        return rel;
+    free(rel);
     const char *no_src = getenv("PGMTA_NO_SOURCE_TREE");
     if (!(no_src && *no_src) && has_migrations(PGMTA_SOURCE_DIR))
         return xstrdup(PGMTA_SOURCE_DIR);

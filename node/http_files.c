@@ -125,19 +125,10 @@ http_files_default_dir(void)
     /* An installed pgmtad (a package, or cmake --install with any prefix)
      * serves the files installed with it, ../share/pgmta/dashboard beside
      * its binary, even where the source tree it was built from exists. */
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            char *rel = xasprintf("%s/../share/pgmta/dashboard", exe);
-            if (has_index(rel))
-                return rel;
-            free(rel);
-        }
-    }
+    char *rel = util_exe_relative("../share/pgmta/dashboard");
+    if (rel && has_index(rel))
+        return rel;
+    free(rel);
     return xstrdup(has_index(PGMTA_DASHBOARD_SOURCE_DIR) ? PGMTA_DASHBOARD_SOURCE_DIR
                                                          : PGMTA_DASHBOARD_DIR);
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void
 util_panic(const char *func, const char *what)
@@ -291,4 +292,19 @@ util_defer_base_free(struct event_base *base)
     event_free(q->ev);
     free(q->items);
     free(q);
+}
+
+char *
+util_exe_relative(const char *rel)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return NULL;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return NULL;
+    *slash = '\0';
+    return xasprintf("%s/%s", exe, rel);
 }

@@ -41,6 +41,9 @@ void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 char *util_strlower(char *s);
 /* Monotonic clock in milliseconds. */
 uint64_t util_now_ms(void);
+/* REL under the directory of the running binary ("DIR/REL", heap string:
+ * the caller frees it), or NULL when /proc/self/exe cannot be read. */
+char *util_exe_relative(const char *rel);
 
 /* ---- Deferred calls: "free at the end of this loop turn" ----
  *
