@@ -3,7 +3,6 @@ Security): password checks never stall the other sessions of an smtp-in
 process, and the per-address failure count is one for the whole node, kept
 across a crash of an smtp-in process. Against a real PostgreSQL and the real
 listener, from outside."""
-import base64
 import ctypes
 import os
 import re
@@ -13,8 +12,8 @@ import threading
 import time
 import unittest
 
-import pgmta_test
-from pgmta_test import PgServer, Pgmtad, free_port, make_cert, tmpdir, wait_for
+from listener_test import ListenerNode, auth_plain, smtp_reply, starttls_session
+from pgmta_test import wait_for
 
 _libcrypt = ctypes.CDLL("libcrypt.so.1")
 _libcrypt.crypt_gensalt.restype = ctypes.c_char_p
@@ -35,19 +34,8 @@ def yescrypt(password, cost):
     return h.decode(), time.monotonic() - start
 
 
-def plain(user, password):
-    return b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + password) + b"\r\n"
-
-
 def read_reply(fh):
-    lines = []
-    while True:
-        ln = fh.readline()
-        if not ln:
-            raise ConnectionError("connection closed")
-        lines.append(ln)
-        if ln[3:4] != b"-":
-            return int(ln[:3])
+    return smtp_reply(fh)[0]
 
 
 def close(t, tf):
@@ -57,56 +45,10 @@ def close(t, tf):
     t.close()
 
 
-def tls_session(port, source):
-    """A STARTTLS session from loopback address source, after EHLO."""
-    import ssl
-    s = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0))
-    f = s.makefile("rb")
-    assert read_reply(f) == 220
-    s.sendall(b"EHLO client.test\r\n")
-    read_reply(f)
-    s.sendall(b"STARTTLS\r\n")
-    assert read_reply(f) == 220
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    t = ctx.wrap_socket(s, server_hostname="mx.pgmta.test")
-    tf = t.makefile("rb")
-    t.sendall(b"EHLO client.test\r\n")
-    read_reply(tf)
-    return t, tf
-
-
-class Node(unittest.TestCase):
+class Node(ListenerNode):
     processes = 1
-    users = ""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tmpdir()
-        cls.cert, cls.key = make_cert(cls.dir, cn="mx.pgmta.test")
-        cls.pg = PgServer()
-        cls.port = free_port()
-        extra = ('log-level = "debug";\n'
-                 'listen = { smtp = [ "127.0.0.1:%d" ]; };\n'
-                 'smtp-listener = { tls-cert = "%s"; tls-key = "%s"; allow = [ ]; '
-                 'processes = %d; max-auth-failures = 3; users = ( %s ); };\n'
-                 % (cls.port, cls.cert, cls.key, cls.processes, cls.users))
-        cls.node = Pgmtad(cls.pg, extra=extra)
-
-        def up():
-            if not cls.node.proc.alive():
-                raise AssertionError("pgmtad exited:\n" + cls.node.log()[-3000:])
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
-            except OSError:
-                return False
-            return cls.node.log().count("db=pgmtad-smtp-in event=connected") >= cls.processes
-        wait_for(up, timeout=30, what="the listener")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.stop()
+    extra_listener = "max-auth-failures = 3;"
+    start_timeout = 30
 
     def started_pids(self, index):
         return re.findall(r"smtp-in index=%d event=started pid=(\d+)" % index, self.node.log())
@@ -140,8 +82,8 @@ class ChecksOffTheLoop(Node):
                 # A fresh address per attempt: the first failure's delay only.
                 src = "127.1.%d.%d" % (k, n % 250 + 1)
                 try:
-                    t, tf = tls_session(self.port, src)
-                    t.sendall(plain(b"slow", b"wrong %d" % n))
+                    t, tf = starttls_session(self.port, src)
+                    t.sendall(auth_plain(b"slow", b"wrong %d" % n))
                     checked.append(read_reply(tf))
                     close(t, tf)
                 except (OSError, ConnectionError, AssertionError) as e:
@@ -177,8 +119,8 @@ class ChecksOffTheLoop(Node):
                         "worst reply %.3fs, one check %.3fs, %d checks" % (worst, self.cost, done))
         self.assertGreater(samples, 20)
         # The right password still works, and at once once the flood is over.
-        t, tf = tls_session(self.port, "127.0.0.3")
-        t.sendall(plain(b"slow", b"Slow pass"))
+        t, tf = starttls_session(self.port, "127.0.0.3")
+        t.sendall(auth_plain(b"slow", b"Slow pass"))
         self.assertEqual(read_reply(tf), 235)
         t.sendall(b"NOOP\r\n")
         self.assertEqual(read_reply(tf), 250)
@@ -191,9 +133,9 @@ class ChecksOffTheLoop(Node):
         process lives on."""
         log_before = len(self.node.log())
         pids = self.started_pids(0)
-        conns = [tls_session(self.port, "127.2.0.%d" % (i + 1)) for i in range(48)]
+        conns = [starttls_session(self.port, "127.2.0.%d" % (i + 1)) for i in range(48)]
         for t, _ in conns:
-            t.sendall(plain(b"slow", b"wrong"))
+            t.sendall(auth_plain(b"slow", b"wrong"))
         # half of them go away at once, their checks still pending
         for t, tf in conns[::2]:
             close(t, tf)
@@ -223,8 +165,8 @@ class ChecksOffTheLoop(Node):
             self.assertNotRegex(log, r"from=127\.2\.0\.%d event=auth-failed" % (i + 1))
         self.assertEqual(self.started_pids(0), pids)  # no restart
         self.assertNotIn("exited status", log)
-        t, tf = tls_session(self.port, "127.0.0.4")
-        t.sendall(plain(b"slow", b"Slow pass"))
+        t, tf = starttls_session(self.port, "127.0.0.4")
+        t.sendall(auth_plain(b"slow", b"Slow pass"))
         self.assertEqual(read_reply(tf), 235)
         close(t, tf)
 
@@ -247,8 +189,8 @@ class BackoffSharedByProcesses(Node):
         address-failures) of the process that answered. The connection is
         closed once the failure is logged, without waiting for the 535."""
         before = len(self.failures())
-        t, tf = tls_session(self.port, "127.0.0.77")
-        t.sendall(plain(b"bob", b"guess"))
+        t, tf = starttls_session(self.port, "127.0.0.77")
+        t.sendall(auth_plain(b"bob", b"guess"))
         wait_for(lambda: len(self.failures()) > before, timeout=30, what="the failure")
         close(t, tf)
         return self.failures()[before]
@@ -280,8 +222,8 @@ class BackoffSharedByProcesses(Node):
         self.assertEqual([n for _, _, n in more],
                          list(range(len(seen) + 1, len(seen) + len(more) + 1)), more)
         # the right password still works
-        t, tf = tls_session(self.port, "127.0.0.78")
-        t.sendall(plain(b"bob", b"Bob pass 1"))
+        t, tf = starttls_session(self.port, "127.0.0.78")
+        t.sendall(auth_plain(b"bob", b"Bob pass 1"))
         self.assertEqual(read_reply(tf), 235)
         close(t, tf)
 

@@ -19,6 +19,7 @@ import psycopg2
 
 import pgmta_test
 from pgmta_test import PgServer, Pgmtad, free_port, make_cert, tmpdir, wait_for
+from listener_test import ListenerNode, auth_plain, smtp_reply, starttls_session
 from sink import Sink, smtp_send
 
 SECRETS = ("Tok3n-admin-secret", "Inj3ct-secret-one", "Inj3ct-secret-two", "Db-pa55word",
@@ -66,66 +67,13 @@ class CheckRedactsSecrets(unittest.TestCase):
 
 def tls_socket(port, source="127.0.0.1"):
     """A raw STARTTLS connection to the listener from the loopback address
-    source, after EHLO."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0))
-    f = s.makefile("rb")
-
-    def reply(fh):
-        lines = []
-        while True:
-            ln = fh.readline()
-            if not ln:
-                raise AssertionError("connection closed")
-            lines.append(ln)
-            if ln[3:4] != b"-":
-                return int(ln[:3]), lines
-
-    assert reply(f)[0] == 220
-    s.sendall(b"EHLO client.test\r\n")
-    reply(f)
-    s.sendall(b"STARTTLS\r\n")
-    assert reply(f)[0] == 220
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    t = ctx.wrap_socket(s, server_hostname="mx.pgmta.test")
-    tf = t.makefile("rb")
-    t.sendall(b"EHLO client.test\r\n")
-    reply(tf)
-    return t, tf, reply
+    source, after EHLO, and the function that reads a reply."""
+    t, tf = starttls_session(port, source)
+    return t, tf, smtp_reply
 
 
-class NodeBase(unittest.TestCase):
-    extra_listener = ""
-
+class NodeBase(ListenerNode):
     users = '{ name = "alice"; password = "Us3r-pa55word"; }'
-
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tmpdir()
-        cls.cert, cls.key = make_cert(cls.dir, cn="mx.pgmta.test")
-        cls.pg = PgServer()
-        cls.port = free_port()
-        extra = ('log-level = "debug";\n'
-                 'listen = { smtp = [ "127.0.0.1:%d" ]; };\n'
-                 'smtp-listener = { tls-cert = "%s"; tls-key = "%s"; allow = [ ]; %s '
-                 'users = ( %s ); };\n'
-                 % (cls.port, cls.cert, cls.key, cls.extra_listener, cls.users))
-        cls.node = Pgmtad(cls.pg, extra=extra)
-
-        def up():
-            if not cls.node.proc.alive():
-                raise AssertionError("pgmtad exited:\n" + cls.node.log()[-3000:])
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
-            except OSError:
-                return False
-            return "db=pgmtad-smtp-in event=connected" in cls.node.log()
-        wait_for(up, timeout=20, what="the listener")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.stop()
 
 
 class LogHasNoCredentials(NodeBase):
@@ -184,18 +132,14 @@ def passwd(password, *args):
     return r.stdout.strip()
 
 
-def plain(user, password):
-    return b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + password) + b"\r\n"
-
-
 class AuthLimits(NodeBase):
     """Failed AUTH: a delay of at least a second before the 535, growing per
     failure of the client address across its connections, the connection
     closed after max-auth-failures; passwords stored as crypt(3) hashes.
     Each test uses its own loopback source address (the backoff is per
     address)."""
-    # one smtp-in process: the backoff table is per process
-    extra_listener = "max-auth-failures = 3; processes = 1;"
+    extra_listener = "max-auth-failures = 3;"
+    processes = 1
     users = None
 
     @classmethod
@@ -222,7 +166,7 @@ class AuthLimits(NodeBase):
         for i, (user, pw) in enumerate(((b"yes", b"Yes-crypt pass"), (b"six", b"Sha-crypt pass"),
                                         (b"old", b"old pass"))):
             t, tf, reply = tls_socket(self.port, "127.0.0.%d" % (10 + i))
-            t.sendall(plain(user, pw))
+            t.sendall(auth_plain(user, pw))
             self.assertEqual(reply(tf)[0], 235, user)
             # RFC 4954 AUTH=<> on MAIL FROM
             t.sendall(b"MAIL FROM:<a@sender.test> AUTH=<>\r\n")
@@ -241,19 +185,19 @@ class AuthLimits(NodeBase):
         # A failed attempt with a command pipelined behind it: nothing is
         # answered before the delay is over, the NOOP after the 535.
         start = time.monotonic()
-        t.sendall(plain(b"yes", b"wrong one") + b"NOOP\r\n")
+        t.sendall(auth_plain(b"yes", b"wrong one") + b"NOOP\r\n")
         code, _ = reply(tf)
         first = time.monotonic() - start
         self.assertEqual(code, 535)
         self.assertGreaterEqual(first, 0.95)
         self.assertEqual(reply(tf)[0], 250)
         start = time.monotonic()
-        t.sendall(plain(b"yes", b"wrong two"))
+        t.sendall(auth_plain(b"yes", b"wrong two"))
         self.assertEqual(reply(tf)[0], 535)
         second = time.monotonic() - start
         self.assertGreaterEqual(second, 1.9)  # doubled
         # The third failure closes the connection, the right password too late.
-        t.sendall(plain(b"yes", b"wrong three"))
+        t.sendall(auth_plain(b"yes", b"wrong three"))
         self.assertEqual(reply(tf)[0], 535)
         self.assertEqual(reply(tf)[0], 421)
         self.assertEqual(tf.readline(), b"")
@@ -265,21 +209,21 @@ class AuthLimits(NodeBase):
         for want in (0.95, 1.9, 3.8):
             t, tf, reply = tls_socket(self.port, src)
             start = time.monotonic()
-            t.sendall(plain(b"six", b"wrong"))
+            t.sendall(auth_plain(b"six", b"wrong"))
             self.assertEqual(reply(tf)[0], 535)
             self.assertGreaterEqual(time.monotonic() - start, want)
             t.close()
         # Another address is not slowed down by these failures.
         t, tf, reply = tls_socket(self.port, "127.0.0.31")
         start = time.monotonic()
-        t.sendall(plain(b"six", b"wrong"))
+        t.sendall(auth_plain(b"six", b"wrong"))
         self.assertEqual(reply(tf)[0], 535)
         self.assertLess(time.monotonic() - start, 1.9)
         # The right password is still accepted, but from an address with
         # failures only after the delay a failure would get now: a client
         # that hangs up when no 235 came in time learns nothing sooner.
         start = time.monotonic()
-        t.sendall(plain(b"six", b"Sha-crypt pass") + b"NOOP\r\n")
+        t.sendall(auth_plain(b"six", b"Sha-crypt pass") + b"NOOP\r\n")
         self.assertEqual(reply(tf)[0], 235)
         self.assertGreaterEqual(time.monotonic() - start, 1.9)
         self.assertEqual(reply(tf)[0], 250)  # the pipelined NOOP, after the 235
@@ -287,7 +231,7 @@ class AuthLimits(NodeBase):
         # from an address without failures, at once
         t, tf, reply = tls_socket(self.port, "127.0.0.32")
         start = time.monotonic()
-        t.sendall(plain(b"six", b"Sha-crypt pass"))
+        t.sendall(auth_plain(b"six", b"Sha-crypt pass"))
         self.assertEqual(reply(tf)[0], 235)
         self.assertLess(time.monotonic() - start, 0.9)
         t.close()
