@@ -430,7 +430,10 @@ $$;
 -- destinations holding one or two messages each, that cost is most of a
 -- claim. Rows come ordered by queue (column q = i), then message, so that
 -- the node can send several recipients of one message in one SMTP
--- transaction. A paused queue returns nothing.
+-- transaction. A paused queue returns nothing. p_max_msgs[i] bounds the
+-- messages of queue i as well (NULL, or p_max_msgs NULL: no bound): a claim
+-- for k rate tokens (mta.claim_many_rated) takes at most k messages, whole,
+-- and leaves the others ready.
 -- The content of a message is returned once per queue, on its first row
 -- (content_first), NULL on the others, so that a message with 100
 -- recipients costs its size once on the wire and in the node. The rows of a
@@ -443,8 +446,10 @@ $$;
 -- what is left of it when the rows are returned: the node times its finish
 -- retries from that, not from its own clock.
 DROP FUNCTION IF EXISTS mta.claim_many(bigint, text, text[], text[], int[], int, bigint[]);
+DROP FUNCTION IF EXISTS mta.claim_many(bigint, text, text[], text[], int[], int, bigint[], int[]);
 CREATE FUNCTION mta.claim_many(p_node bigint, p_pipe text, p_domains text[], p_vmtas text[],
-                               p_limits int[], p_lease_ms int, p_max_bytes bigint[])
+                               p_limits int[], p_lease_ms int, p_max_bytes bigint[],
+                               p_max_msgs int[] DEFAULT NULL)
 RETURNS TABLE (q int, rcpt_id bigint, lease_token bigint, message_id bigint, mail_from text,
                rcpt text, content bytea, attempt int, envid text, job_id text,
                queued_at timestamptz, content_first bool, message_missing bool,
@@ -464,7 +469,8 @@ DECLARE
     v_until timestamptz := now() + p_lease_ms * interval '1 millisecond';
 BEGIN
     IF coalesce(cardinality(p_vmtas), 0) <> n OR coalesce(cardinality(p_limits), 0) <> n
-       OR coalesce(cardinality(p_max_bytes), 0) <> n THEN
+       OR coalesce(cardinality(p_max_bytes), 0) <> n
+       OR (p_max_msgs IS NOT NULL AND cardinality(p_max_msgs) <> n) THEN
         RAISE EXCEPTION 'claim_many: the arrays differ in length'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -474,15 +480,15 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH w AS (
-        SELECT w.i::int AS i, w.d, coalesce(w.v, '') AS v, w.l, w.b
+        SELECT w.i::int AS i, w.d, coalesce(w.v, '') AS v, w.l, w.b, p_max_msgs[w.i] AS m
           FROM unnest(p_domains, p_vmtas, p_limits, p_max_bytes) WITH ORDINALITY AS w(d, v, l, b, i)
-         WHERE w.l IS NULL OR w.l > 0
+         WHERE (w.l IS NULL OR w.l > 0) AND (p_max_msgs[w.i] IS NULL OR p_max_msgs[w.i] > 0)
     ), c AS (
         -- message_id after next_attempt: the recipients of one message stay
         -- together in one claim (an incremental sort over the claim index).
         -- The paused test depends on the queue only: checked once per queue
         -- (one index probe), not per row.
-        SELECT w.i, w.b, x.id, x.message_id, x.next_attempt
+        SELECT w.i, w.b, w.m, x.id, x.message_id, x.next_attempt
           FROM w CROSS JOIN LATERAL (
               SELECT r.id, r.message_id, r.next_attempt
                 FROM mta.recipients r
@@ -499,7 +505,7 @@ BEGIN
         -- The content stays out of the window passes below (each pass
         -- copies its rows): it is joined once, at the end, for the rows
         -- that carry it.
-        SELECT c.i, c.b, c.id, c.message_id, m.id IS NULL AS missing, m.mail_from, m.envid,
+        SELECT c.i, c.b, c.m, c.id, c.message_id, m.id IS NULL AS missing, m.mail_from, m.envid,
                coalesce(m.size, 0) AS size,
                row_number() OVER (PARTITION BY c.i
                                   ORDER BY c.next_attempt, c.message_id, c.id) AS ord
@@ -512,18 +518,24 @@ BEGIN
                row_number() OVER (PARTITION BY s0.i, s0.message_id ORDER BY s0.ord) = 1 AS lead
           FROM s0
     ), s2 AS (
-        -- The content of the queue's messages that come before each row.
+        -- The content of the queue's messages that come before each row,
+        -- and the row's message number in claim order.
         SELECT s1.*,
+               sum(s1.lead::int) OVER (PARTITION BY s1.i ORDER BY s1.ord) AS msg_no,
                coalesce(sum(CASE WHEN s1.lead THEN s1.size ELSE 0 END)
                             OVER (PARTITION BY s1.i ORDER BY s1.ord
                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
           FROM s1
     ), k0 AS (
         -- A message is taken whole, when what comes before its first row is
-        -- under the queue's bound (the first message always).
-        SELECT s2.*, min(s2.before) OVER (PARTITION BY s2.i, s2.message_id) = 0
-                     OR min(s2.before) OVER (PARTITION BY s2.i, s2.message_id) < s2.b
-                     OR s2.b IS NULL AS taken
+        -- under the queue's bound (the first message always) and it is
+        -- within the message bound.
+        SELECT s2.*, (min(s2.before) OVER (PARTITION BY s2.i, s2.message_id) = 0
+                      OR min(s2.before) OVER (PARTITION BY s2.i, s2.message_id) < s2.b
+                      OR s2.b IS NULL)
+                     AND (s2.m IS NULL
+                          OR min(s2.msg_no) OVER (PARTITION BY s2.i, s2.message_id) <= s2.m)
+                     AS taken
           FROM s2
     ), k AS (
         SELECT k0.*, bool_or(NOT k0.taken) OVER (PARTITION BY k0.i) AS capped

@@ -64,37 +64,38 @@ $$;
 -- fills at p_limit per p_period_ms and holds at most about one second's worth
 -- (at least 1): "600/m" then allows 10 at once and 10 per second after,
 -- never 600 at once, and no fixed window can burst twice its rate at a
--- boundary. Grants min(p_want, whole tokens available); when that is 0,
--- wait_ms tells when the next token is due.
+-- boundary.
 --
--- The row lock of the bucket is the critical section: it is held from the
--- SELECT ... FOR UPDATE to the end of this statement's implicit transaction,
--- one round trip. Time is clock_timestamp() after the lock is taken, so a
--- caller that waited for the lock does not refill from a stale now().
-CREATE OR REPLACE FUNCTION mta.take_tokens(p_domain text, p_vmta text, p_kind text, p_limit int,
-                                           p_period_ms int, p_want int)
-RETURNS TABLE (granted int, wait_ms int)
+-- The row lock of the bucket is the critical section: it is held from
+-- mta.bucket_refill to the end of the caller's statement (its implicit
+-- transaction, one round trip). Time is clock_timestamp() after the lock is
+-- taken, so a caller that waited for the lock does not refill from a stale
+-- now().
+
+-- Locks the bucket (created full if missing), refills it up to now within
+-- its cap, stores that and returns the whole-and-fractional tokens it holds
+-- and its rate in tokens per millisecond. The caller spends with
+-- mta.bucket_spend in the same transaction.
+CREATE OR REPLACE FUNCTION mta.bucket_refill(p_domain text, p_vmta text, p_kind text,
+                                             p_limit int, p_period_ms int,
+                                             OUT tokens float8, OUT rate float8)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_vmta text := coalesce(p_vmta, '');
-    v_rate float8;      -- tokens per millisecond
     v_cap float8;
-    v_tokens float8;
     v_at timestamptz;
     v_now timestamptz;
-    v_grant int;
 BEGIN
     IF p_domain IS NULL OR p_kind IS NULL OR p_kind NOT IN ('msg', 'connect')
-       OR p_limit IS NULL OR p_limit < 1 OR p_period_ms IS NULL OR p_period_ms < 1
-       OR p_want IS NULL OR p_want < 1 THEN
-        RAISE EXCEPTION 'take_tokens: invalid arguments (domain %, kind %, limit %, period_ms %, want %)',
-            p_domain, p_kind, p_limit, p_period_ms, p_want
+       OR p_limit IS NULL OR p_limit < 1 OR p_period_ms IS NULL OR p_period_ms < 1 THEN
+        RAISE EXCEPTION 'take_tokens: invalid arguments (domain %, kind %, limit %, period_ms %)',
+            p_domain, p_kind, p_limit, p_period_ms
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_rate := p_limit::float8 / p_period_ms;
+    rate := p_limit::float8 / p_period_ms;
     v_cap := greatest(1.0, p_limit::float8 * least(p_period_ms, 1000) / p_period_ms);
 
-    SELECT b.tokens, b.refilled_at INTO v_tokens, v_at
+    SELECT b.tokens, b.refilled_at INTO tokens, v_at
       FROM mta.rate_bucket b
      WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind
        FOR UPDATE;
@@ -102,7 +103,7 @@ BEGIN
         INSERT INTO mta.rate_bucket AS b (domain, vmta, kind, tokens, refilled_at)
         VALUES (p_domain, v_vmta, p_kind, v_cap, clock_timestamp())
         ON CONFLICT DO NOTHING;
-        SELECT b.tokens, b.refilled_at INTO v_tokens, v_at
+        SELECT b.tokens, b.refilled_at INTO tokens, v_at
           FROM mta.rate_bucket b
          WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind
            FOR UPDATE;
@@ -110,24 +111,194 @@ BEGIN
 
     v_now := clock_timestamp();
     IF v_now > v_at THEN
-        v_tokens := v_tokens + extract(epoch FROM v_now - v_at) * 1000.0 * v_rate;
+        tokens := tokens + extract(epoch FROM v_now - v_at) * 1000.0 * rate;
         v_at := v_now;
     END IF;
     -- The cap also applies after a limit was lowered (e.g. backoff mode).
-    v_tokens := least(v_tokens, v_cap);
-    v_grant := least(p_want::float8, floor(v_tokens))::int;
-    v_tokens := v_tokens - v_grant;
-
-    UPDATE mta.rate_bucket b SET tokens = v_tokens, refilled_at = v_at
+    tokens := least(tokens, v_cap);
+    UPDATE mta.rate_bucket b SET tokens = bucket_refill.tokens, refilled_at = v_at
      WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind;
+END
+$$;
 
-    granted := v_grant;
-    IF v_grant > 0 THEN
-        wait_ms := 0;
-    ELSE
-        wait_ms := least(greatest(1, ceil((1.0 - v_tokens) / v_rate)), p_period_ms)::int;
+-- Takes (p_n > 0) or gives back (p_n < 0) tokens of a bucket. A refund may
+-- fill it over its cap: the next mta.bucket_refill caps it again.
+CREATE OR REPLACE FUNCTION mta.bucket_spend(p_domain text, p_vmta text, p_kind text, p_n int)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE mta.rate_bucket b SET tokens = b.tokens - p_n
+     WHERE p_n <> 0 AND b.domain = p_domain AND b.vmta = coalesce(p_vmta, '') AND b.kind = p_kind
+$$;
+
+-- When a bucket holding p_tokens (less than one) has its next token due.
+CREATE OR REPLACE FUNCTION mta.bucket_wait_ms(p_tokens float8, p_rate float8, p_period_ms int)
+RETURNS int LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT least(greatest(1, ceil((1.0 - p_tokens) / p_rate)), p_period_ms)::int
+$$;
+
+-- Grants min(p_want, whole tokens available); when that is 0, wait_ms tells
+-- when the next token is due.
+CREATE OR REPLACE FUNCTION mta.take_tokens(p_domain text, p_vmta text, p_kind text, p_limit int,
+                                           p_period_ms int, p_want int)
+RETURNS TABLE (granted int, wait_ms int)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_tokens float8;
+    v_rate float8;
+BEGIN
+    IF p_want IS NULL OR p_want < 1 THEN
+        RAISE EXCEPTION 'take_tokens: invalid arguments (want %)', p_want
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    SELECT b.tokens, b.rate INTO v_tokens, v_rate
+      FROM mta.bucket_refill(p_domain, p_vmta, p_kind, p_limit, p_period_ms) b;
+    granted := least(p_want::float8, floor(v_tokens))::int;
+    PERFORM mta.bucket_spend(p_domain, p_vmta, p_kind, granted);
+    wait_ms := CASE WHEN granted > 0 THEN 0
+                    ELSE mta.bucket_wait_ms(v_tokens, v_rate, p_period_ms) END;
     RETURN NEXT;
+END
+$$;
+
+-- Contract (node): mta.claim_many with the rate tokens of each queue taken
+-- in the same statement, so that a rate-limited queue's new connection costs
+-- one round trip (beside its slot) and tokens are spent only for messages
+-- claimed. Queue i is claimed as in mta.claim_many (p_limits[i] rows at
+-- most) for at most p_want[i] messages, and at most as many as its bucket
+-- (p_keys[i], p_key_vmtas[i], 'msg') has whole tokens, when p_msg_limits[i]
+-- (per p_msg_periods[i] ms) is not NULL; when p_conn_limits[i] is not NULL
+-- it also needs one connect token (p_conn_limits[i] per p_conn_periods[i]
+-- ms). The key is what the limit applies to (see sched.h: the mx-rollup or
+-- the pool member); the buckets are those of mta.take_tokens, so every
+-- caller of either shares the same limits. One message token is spent per
+-- message claimed and one connect token when anything was claimed. A
+-- queue's rows carry tokens, the messages it was granted (the claim brought
+-- at most that many), and wait_ms 0. A queue that claimed nothing spends
+-- nothing and comes back as one row with rcpt_id NULL: wait_ms is then when
+-- its next token is due (0: no ready rows). Queues of one call with the same
+-- key share its tokens: a later one sees what the earlier ones reserved
+-- as taken, their unused rest returns at the end of the call.
+DROP FUNCTION IF EXISTS mta.claim_many_rated(bigint, text, text[], text[], int[], int, bigint[],
+                                             int[], text[], text[], int[], int[], int[], int[]);
+CREATE FUNCTION mta.claim_many_rated(p_node bigint, p_pipe text, p_domains text[],
+                                     p_vmtas text[], p_limits int[], p_lease_ms int,
+                                     p_max_bytes bigint[], p_want int[], p_keys text[],
+                                     p_key_vmtas text[], p_msg_limits int[],
+                                     p_msg_periods int[], p_conn_limits int[],
+                                     p_conn_periods int[])
+RETURNS TABLE (q int, rcpt_id bigint, lease_token bigint, message_id bigint, mail_from text,
+               rcpt text, content bytea, attempt int, envid text, job_id text,
+               queued_at timestamptz, content_first bool, message_missing bool,
+               lease_until timestamptz, lease_left_ms int, capped bool, tokens int,
+               wait_ms int)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int := coalesce(cardinality(p_domains), 0);
+    v_grant int[];
+    v_wait int[];
+    v_got int[];
+    v_tokens float8;
+    v_rate float8;
+    v_last bigint;
+    v_q int := 0;
+    r record;
+BEGIN
+    IF coalesce(cardinality(p_want), 0) <> n OR coalesce(cardinality(p_keys), 0) <> n
+       OR coalesce(cardinality(p_key_vmtas), 0) <> n
+       OR coalesce(cardinality(p_msg_limits), 0) <> n
+       OR coalesce(cardinality(p_msg_periods), 0) <> n
+       OR coalesce(cardinality(p_conn_limits), 0) <> n
+       OR coalesce(cardinality(p_conn_periods), 0) <> n THEN
+        RAISE EXCEPTION 'claim_many_rated: the arrays differ in length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Tokens first, each bucket locked until the end of the statement: what
+    -- a queue may take is reserved now and what it did not claim given back
+    -- below, so two queues of one call with the same key share its tokens.
+    FOR i IN 1 .. n LOOP
+        v_grant[i] := greatest(coalesce(p_want[i], 0), 0);
+        v_wait[i] := 0;
+        v_got[i] := 0;
+        IF v_grant[i] > 0 AND p_conn_limits[i] IS NOT NULL THEN
+            SELECT b.tokens, b.rate INTO v_tokens, v_rate
+              FROM mta.bucket_refill(p_keys[i], p_key_vmtas[i], 'connect', p_conn_limits[i],
+                                     p_conn_periods[i]) b;
+            IF v_tokens < 1 THEN
+                v_grant[i] := 0;
+                v_wait[i] := mta.bucket_wait_ms(v_tokens, v_rate, p_conn_periods[i]);
+            END IF;
+        END IF;
+        IF v_grant[i] > 0 AND p_msg_limits[i] IS NOT NULL THEN
+            SELECT b.tokens, b.rate INTO v_tokens, v_rate
+              FROM mta.bucket_refill(p_keys[i], p_key_vmtas[i], 'msg', p_msg_limits[i],
+                                     p_msg_periods[i]) b;
+            v_grant[i] := least(v_grant[i]::float8, floor(v_tokens))::int;
+            IF v_grant[i] = 0 THEN
+                v_wait[i] := mta.bucket_wait_ms(v_tokens, v_rate, p_msg_periods[i]);
+            END IF;
+        END IF;
+        IF v_grant[i] > 0 THEN
+            IF p_msg_limits[i] IS NOT NULL THEN
+                PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'msg', v_grant[i]);
+            END IF;
+            IF p_conn_limits[i] IS NOT NULL THEN
+                PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'connect', 1);
+            END IF;
+        END IF;
+    END LOOP;
+
+    FOR r IN SELECT c.* FROM mta.claim_many(p_node, p_pipe, p_domains, p_vmtas, p_limits,
+                                            p_lease_ms, p_max_bytes, v_grant) c LOOP
+        -- Rows come by queue, then message: count the messages.
+        IF r.q <> v_q THEN
+            v_q := r.q;
+            v_last := NULL;
+        END IF;
+        IF r.message_id IS DISTINCT FROM v_last THEN
+            v_got[r.q] := v_got[r.q] + 1;
+            v_last := r.message_id;
+        END IF;
+        q := r.q; rcpt_id := r.rcpt_id; lease_token := r.lease_token;
+        message_id := r.message_id; mail_from := r.mail_from; rcpt := r.rcpt;
+        content := r.content; attempt := r.attempt; envid := r.envid; job_id := r.job_id;
+        queued_at := r.queued_at; content_first := r.content_first;
+        message_missing := r.message_missing; lease_until := r.lease_until;
+        lease_left_ms := r.lease_left_ms; capped := r.capped; tokens := v_grant[r.q];
+        wait_ms := 0;
+        RETURN NEXT;
+    END LOOP;
+
+    FOR i IN 1 .. n LOOP
+        IF v_got[i] < v_grant[i] THEN
+            IF p_msg_limits[i] IS NOT NULL THEN
+                PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'msg', v_got[i] - v_grant[i]);
+            END IF;
+            IF v_got[i] = 0 AND p_conn_limits[i] IS NOT NULL THEN
+                PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'connect', -1);
+            END IF;
+        END IF;
+        IF v_got[i] = 0 THEN
+            q := i; rcpt_id := NULL; lease_token := NULL; message_id := NULL;
+            mail_from := NULL; rcpt := NULL; content := NULL; attempt := NULL; envid := NULL;
+            job_id := NULL; queued_at := NULL; content_first := NULL; message_missing := NULL;
+            lease_until := NULL; lease_left_ms := NULL; capped := NULL; tokens := 0;
+            wait_ms := v_wait[i];
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- mta.release that also gives back the tokens taken for the released rows
+-- (a new connection whose slot was refused after its claim had spent them):
+-- p_msgs message and p_connects connect tokens of the key's buckets.
+CREATE OR REPLACE FUNCTION mta.release_refund(p_node bigint, p_rcpt_ids bigint[],
+                                              p_tokens bigint[], p_key text, p_key_vmta text,
+                                              p_msgs int, p_connects int)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM mta.bucket_spend(p_key, p_key_vmta, 'msg', -greatest(coalesce(p_msgs, 0), 0));
+    PERFORM mta.bucket_spend(p_key, p_key_vmta, 'connect', -greatest(coalesce(p_connects, 0), 0));
+    RETURN mta.release(p_node, p_rcpt_ids, p_tokens);
 END
 $$;
 

@@ -65,7 +65,7 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.register_pipes(text[], text),
                           mta.ready_queues(text, int),
                           mta.claim(bigint, text, text, text, int, int, bigint),
-                          mta.claim_many(bigint, text, text[], text[], int[], int, bigint[]),
+                          mta.claim_many(bigint, text, text[], text[], int[], int, bigint[], int[]),
                           mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
                                      text[], text[], text[], text[], text[], text[], text[],
                                      text[], bool),

@@ -7,6 +7,10 @@
 -- hashtext) are PostgreSQL built-ins every role may call.
 
 GRANT EXECUTE ON FUNCTION mta.take_tokens(text, text, text, int, int, int),
+                          mta.claim_many_rated(bigint, text, text[], text[], int[], int,
+                                               bigint[], int[], text[], text[], int[], int[],
+                                               int[], int[]),
+                          mta.release_refund(bigint, bigint[], bigint[], text, text, int, int),
                           mta.node_set_lock_pid(bigint),
                           mta.queue_enter_backoff(text, text, timestamptz, text),
                           mta.queue_backoff_state(text, text),
