@@ -26,11 +26,13 @@
 #include "smtp_client.h"
 #include "util.h"
 
-static const char *const state_names[] = {"slot", "slot+claim",   "connect-token", "tokens",
-                                          "wait", "claim-queued", "claim",         "resolve",
-                                          "send", "finish",       "finish-wait",   "done"};
-static const char *const event_names[] = {"slot",     "tokens",     "claim-turn", "claimed",
-                                          "resolved", "batch-done", "finished",   "timer"};
+static const char *const state_names[] = {
+    "slot",         "slot+claim", "slot+tokens+claim", "connect-token", "tokens",
+    "tokens+claim", "wait",       "claim-queued",      "claim",         "resolve",
+    "send",         "finish",     "finish-wait",       "done"};
+static const char *const event_names[] = {"slot",       "tokens",         "claim-turn",
+                                          "claimed",    "tokens-claimed", "resolved",
+                                          "batch-done", "finished",       "timer"};
 
 /* The wall clock, for what is stored (retry times, expiry against
  * queued_at, backoff end); deadlines use admission_now_ms. */
@@ -332,6 +334,12 @@ session_enter(struct session *s, enum session_state st)
     case SESSION_SLOT_CLAIM:
         session_enter_slot_claim(s);
         break;
+    case SESSION_SLOT_TOKENS_CLAIM:
+        session_enter_slot_tokens_claim(s);
+        break;
+    case SESSION_TOKENS_CLAIM:
+        session_enter_tokens_claim(s);
+        break;
     case SESSION_SLOT:
         s->pending++;
         sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
@@ -461,6 +469,12 @@ react_finished(struct session *s, const PGresult *res)
     session_end(s);
 }
 
+unsigned
+session_token_wait_ms(unsigned wait_ms)
+{
+    return wait_ms < 20 ? 20 : wait_ms > 1000 ? 1000 : wait_ms;
+}
+
 static void
 react_tokens(struct session *s, const struct session_event *ev)
 {
@@ -470,7 +484,7 @@ react_tokens(struct session *s, const struct session_event *ev)
         session_enter(s, SESSION_CLAIM);
         return;
     }
-    unsigned wait_ms = ev->wait_ms < 20 ? 20 : ev->wait_ms > 1000 ? 1000 : ev->wait_ms;
+    unsigned wait_ms = session_token_wait_ms(ev->wait_ms);
     /* A connected session waits a little for the rate to allow the next
      * message; an unconnected one gives up its slot at once. */
     if (s->smtp && !s->e->stopping && s->token_waited_ms + wait_ms <= SESSION_MAX_TOKEN_WAIT_MS) {
@@ -514,6 +528,33 @@ session_react(struct session *s, const struct session_event *ev)
         }
         session_slot_claim_step(s);
         return;
+    case SESSION_SLOT_TOKENS_CLAIM:
+        if (ev->type == EV_SLOT) {
+            s->slot_answer = ev->slot;
+            s->slot = ev->slot >= 0 ? ev->slot : -1;
+        } else if (ev->type == EV_TOKENS_CLAIMED) {
+            s->claim_answered = true;
+            s->tokens = ev->granted;
+            s->claim_wait_ms = ev->wait_ms;
+            s->claim_ok = session_take_claim(s, ev->res);
+        } else {
+            break;
+        }
+        session_slot_tokens_claim_step(s);
+        return;
+    case SESSION_TOKENS_CLAIM:
+        if (ev->type != EV_TOKENS_CLAIMED)
+            break;
+        s->tokens = ev->granted;
+        if (session_take_claim(s, ev->res)) {
+            s->token_waited_ms = 0;
+            session_enter(s, s->smtp ? SESSION_SEND : SESSION_RESOLVE);
+        } else if (ev->wait_ms) {
+            react_tokens(s, &(struct session_event){.type = EV_TOKENS, .wait_ms = ev->wait_ms});
+        } else {
+            session_end(s);
+        }
+        return;
     case SESSION_CONNECT_TOKEN:
         if (ev->type != EV_TOKENS)
             break;
@@ -537,7 +578,7 @@ session_react(struct session *s, const struct session_event *ev)
     case SESSION_CLAIM_QUEUED:
         if (ev->type != EV_CLAIM_TURN)
             break;
-        session_enter(s, SESSION_CLAIM);
+        session_enter(s, session_rated(s) ? SESSION_TOKENS_CLAIM : SESSION_CLAIM);
         return;
     case SESSION_CLAIM:
         if (ev->type != EV_CLAIMED)
@@ -600,7 +641,9 @@ session_start(struct session_env *e, struct admission_queue *q, const struct con
     q->last_active = admission_now_ms();
     log_debug("session=%llu queue=%s event=start active=%u source=%s", (unsigned long long)s->id,
               q->name, q->active, s->source_vmta);
-    session_enter(s, session_may_slot_claim(s) ? SESSION_SLOT_CLAIM : SESSION_SLOT);
+    session_enter(s, session_may_slot_tokens_claim(s) ? SESSION_SLOT_TOKENS_CLAIM
+                     : session_may_slot_claim(s)      ? SESSION_SLOT_CLAIM
+                                                      : SESSION_SLOT);
 }
 
 void

@@ -1,9 +1,16 @@
 /* session: one delivery session of a destination queue, as an explicit
  * state machine in the style of smtp_client.c: session_enter makes a state
  * current and starts what that state waits for, session_react handles one
- * named event (slot, tokens, claim turn, claimed, resolved, batch done,
- * finished, timer); the callbacks of sched, db, dns and the SMTP client only
- * turn their arguments into an event.
+ * named event (slot, tokens, claim turn, claimed, tokens claimed,
+ * resolved, batch done, finished, timer); the callbacks of sched, db, dns
+ * and the SMTP client only turn their arguments into an event.
+ *
+ * A new connection takes its slot and first claim in parallel: one round
+ * trip before the first byte. For a queue with max-msg-rate or
+ * max-connect-rate the claim takes its tokens in the same statement
+ * (slot+tokens+claim, then tokens+claim for the next batches:
+ * mta.claim_many_rated), so tokens are spent only for messages claimed;
+ * otherwise, or when that cannot start at once:
  *
  *   slot (max-smtp-out) -> connect token (max-connect-rate) -> tokens
  *   (max-msg-rate, counted in messages) -> claim -> resolve -> send ->

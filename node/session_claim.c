@@ -17,6 +17,13 @@
 
 static void session_on_claimed(const PGresult *res, void *arg);
 
+/* The message rate now: the backoff one while the queue is in backoff. */
+static const struct conf_rate *
+msg_rate(const struct session *s)
+{
+    return s->q->backoff ? &s->dom->backoff_max_msg_rate : &s->dom->max_msg_rate;
+}
+
 /* The queue's claim returned: the next waiting session claims. */
 static void
 queue_claim_done(struct admission_queue *q)
@@ -27,17 +34,52 @@ queue_claim_done(struct admission_queue *q)
         session_react(s, &(struct session_event){.type = EV_CLAIM_TURN});
 }
 
+/* A claim's answer to the session as EV (res filled in here). */
+static void
+claim_answer(struct session *s, const PGresult *res, struct session_event *ev)
+{
+    struct admission_queue *q = s->q;
+    session_unreserve(s);
+    ev->res = res;
+    if (session_returned(s))
+        session_react(s, ev);
+    /* The next claim of the queue only after this one's rows are decoded. */
+    queue_claim_done(q);
+}
+
 static void
 session_on_claimed(const PGresult *res, void *arg)
 {
+    claim_answer(arg, res, &(struct session_event){.type = EV_CLAIMED});
+}
+
+/* The answer of mta.claim_many_rated: the messages granted and the wait
+ * (on every row of the queue), and the messages claimed, whose tokens the
+ * statement spent (rows come ordered by message). */
+static void
+session_on_tokens_claimed(const PGresult *res, void *arg)
+{
     struct session *s = arg;
-    struct admission_queue *q = s->q;
-    session_unreserve(s);
-    bool alive = session_returned(s);
-    if (alive)
-        session_react(s, &(struct session_event){.type = EV_CLAIMED, .res = res});
-    /* The next claim of the queue only after this one's rows are decoded. */
-    queue_claim_done(q);
+    struct session_event ev = {.type = EV_TOKENS_CLAIMED};
+    s->tokens_spent = 0;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0) {
+        int c_tokens = PQfnumber(res, "tokens"), c_wait = PQfnumber(res, "wait_ms");
+        int c_id = PQfnumber(res, "rcpt_id"), c_mid = PQfnumber(res, "message_id");
+        if (c_tokens >= 0 && !PQgetisnull(res, 0, c_tokens))
+            ev.granted = (unsigned)db_get_int4(res, 0, c_tokens);
+        if (c_wait >= 0 && !PQgetisnull(res, 0, c_wait))
+            ev.wait_ms = (unsigned)db_get_int4(res, 0, c_wait);
+        long long last = -1;
+        for (int row = 0; c_id >= 0 && c_mid >= 0 && row < PQntuples(res); row++) {
+            if (PQgetisnull(res, row, c_id) || PQgetisnull(res, row, c_mid))
+                continue;
+            long long mid = db_get_int8(res, row, c_mid);
+            if (mid != last)
+                s->tokens_spent++;
+            last = mid;
+        }
+    }
+    claim_answer(s, res, &ev);
 }
 
 static void
@@ -52,9 +94,10 @@ session_set_aside(long long id, long long token, const char *reason, void *arg)
 }
 
 /* Gives back the transactions of the claimed batch beyond KEEP (their
- * recipients become claimable again at once, their attempt not counted). */
+ * recipients become claimable again at once, their attempt not counted);
+ * with REFUND, the tokens their claim spent too, in the same statement. */
 static void
-session_trim(struct session *s, size_t keep)
+session_give_back(struct session *s, size_t keep, bool refund)
 {
     if (s->batch.nmsgs <= keep)
         return;
@@ -63,13 +106,32 @@ session_trim(struct session *s, size_t keep)
     buf_init(&tokens);
     size_t before = s->batch.nrcpts;
     s->e->content_bytes -= batch_trim(&s->batch, keep, &ids, &tokens);
-    log_debug("session=%llu queue=%s event=trim rcpts=%zu", (unsigned long long)s->id, s->q->name,
-              before - s->batch.nrcpts);
+    log_debug("session=%llu queue=%s event=trim rcpts=%zu refund_msgs=%u refund_connect=%d",
+              (unsigned long long)s->id, s->q->name, before - s->batch.nrcpts,
+              refund ? s->tokens_spent : 0, refund && s->connect_token);
     struct db *db = session_env_db(s->e);
-    if (db)
+    if (db && refund)
+        queue_release_refund(db, s->e->node_id, ids.data, tokens.data, s->limit_domain,
+                             s->source_vmta, s->tokens_spent, s->connect_token ? 1 : 0);
+    else if (db)
         queue_release(db, s->e->node_id, ids.data, tokens.data);
     buf_free(&ids);
     buf_free(&tokens);
+}
+
+static void
+session_trim(struct session *s, size_t keep)
+{
+    session_give_back(s, keep, false);
+}
+
+/* A new connection's slot was refused after its rated claim: every row
+ * goes back, with the tokens the claim spent (one per message claimed, the
+ * connect token if it took one). */
+static void
+session_trim_refund(struct session *s)
+{
+    session_give_back(s, 0, true);
 }
 
 /* Decodes the claimed rows; false when there is nothing to deliver. */
@@ -87,6 +149,9 @@ session_take_claim(struct session *s, const PGresult *res)
      * session ends after this batch instead of claiming nothing, and the
      * worker starts no second session for the queue on this evidence. */
     unsigned rows = (unsigned)PQntuples(res);
+    int c_id = PQfnumber(res, "rcpt_id");
+    if (rows == 1 && c_id >= 0 && PQgetisnull(res, 0, c_id))
+        rows = 0; /* the one row of a rated claim that claimed nothing */
     int c_capped = PQfnumber(res, "capped");
     bool capped = rows > 0 && c_capped >= 0 && !PQgetisnull(res, 0, c_capped) &&
                   PQgetvalue(res, 0, c_capped)[0] != 0;
@@ -94,6 +159,8 @@ session_take_claim(struct session *s, const PGresult *res)
     if (!capped)
         e->avg_claim_rows = 0.9 * e->avg_claim_rows + 0.1 * (double)rows;
     s->q->more_work = !s->drained;
+    if (rows == 0)
+        return false;
     size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, session_set_aside, s,
                                &lease_left_ms);
     e->content_bytes += held;
@@ -138,13 +205,21 @@ claim_reservation(const struct session_env *e, const struct admission_queue *q, 
     return want < SESSION_CLAIM_MIN_BYTES ? SESSION_CLAIM_MIN_BYTES : want;
 }
 
+/* The messages a claim of this connection asks for. */
+static unsigned
+claim_want(const struct session *s)
+{
+    unsigned want = s->dom->max_msg_per_connection - s->sent;
+    return want > SESSION_BATCH_MAX ? SESSION_BATCH_MAX : want;
+}
+
+static void send_claim(struct session *s);
+
 void
 session_enter_tokens(struct session *s)
 {
     struct session_env *e = s->e;
-    unsigned want = s->dom->max_msg_per_connection - s->sent;
-    if (want > SESSION_BATCH_MAX)
-        want = SESSION_BATCH_MAX;
+    unsigned want = claim_want(s);
     /* Over the budget, a new connection gives up and a connected one waits
      * a little. */
     if (!claim_fits(e)) {
@@ -157,16 +232,20 @@ session_enter_tokens(struct session *s)
         session_end(s);
         return;
     }
-    const struct conf_rate *rate =
-        s->q->backoff ? &s->dom->backoff_max_msg_rate : &s->dom->max_msg_rate;
+    if (session_rated(s)) {
+        /* the tokens come with the claim */
+        session_enter(s, s->q->claiming ? SESSION_CLAIM_QUEUED : SESSION_TOKENS_CLAIM);
+        return;
+    }
     s->pending++;
-    sched_take_tokens(e->sched, s->limit_domain, s->source_vmta, SCHED_MSG, rate, want,
+    sched_take_tokens(e->sched, s->limit_domain, s->source_vmta, SCHED_MSG, msg_rate(s), want,
                       session_on_tokens, s);
 }
 
-/* Sends the claim for s->tokens messages. */
+/* Sends the claim for s->tokens messages; with their rate tokens
+ * (mta.claim_many_rated) when RATED, and a connect token when CONNECT. */
 static void
-send_claim(struct session *s)
+send_claim_of(struct session *s, bool rated, bool connect)
 {
     struct session_env *e = s->e;
     unsigned limit = batch_claim_rows(s->dom->max_rcpt_per_message, s->tokens, SESSION_BATCH_MAX);
@@ -177,8 +256,70 @@ send_claim(struct session *s)
     s->q->claiming = true;
     s->pending++;
     /* with the claims of other sessions of this loop turn, in one statement */
-    session_claims_add(e->claims, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
-                       e->conf->lease_ms, s->reserved, session_on_claimed, s);
+    if (!rated) {
+        session_claims_add(e->claims, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
+                           e->conf->lease_ms, s->reserved, session_on_claimed, s);
+        return;
+    }
+    s->connect_token = connect && s->dom->max_connect_rate.count != CONF_UNLIMITED;
+    struct session_claims_rate rate = {s->limit_domain, s->source_vmta, s->tokens, msg_rate(s),
+                                       s->connect_token ? &s->dom->max_connect_rate : NULL};
+    session_claims_add_rated(e->claims, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
+                             e->conf->lease_ms, s->reserved, &rate, session_on_tokens_claimed, s);
+}
+
+static void
+send_claim(struct session *s)
+{
+    send_claim_of(s, false, false);
+}
+
+/* A rate-limited queue's claim on its connection: the message tokens and
+ * the rows in one statement. */
+void
+session_enter_tokens_claim(struct session *s)
+{
+    s->tokens = claim_want(s);
+    send_claim_of(s, true, false);
+}
+
+/* A rate-limited queue's new connection: the slot, and in parallel the
+ * connect token, the message tokens and the first claim in one statement -
+ * one round trip before the first byte instead of four. Rows claimed for a
+ * slot that is refused go back with their tokens. */
+void
+session_enter_slot_tokens_claim(struct session *s)
+{
+    struct session_env *e = s->e;
+    s->slot_answer = -2;
+    s->claim_answered = s->claim_ok = false;
+    s->claim_wait_ms = 0;
+    s->tokens = claim_want(s);
+    send_claim_of(s, true, true);
+    s->pending++;
+    sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
+                        s->dom->max_smtp_out, session_on_slot, s);
+}
+
+/* Both answers of SESSION_SLOT_TOKENS_CLAIM are in: go on, or give back. */
+void
+session_slot_tokens_claim_step(struct session *s)
+{
+    if (s->slot_answer == -2 || !s->claim_answered)
+        return;
+    if (s->slot_answer < 0) {
+        session_postpone(s, SESSION_SLOT_RETRY_MS);
+        session_trim_refund(s);
+        session_end(s);
+    } else if (!s->claim_ok) {
+        /* the rate allows nothing yet: no node is offered the queue until
+         * its next token is due */
+        if (s->claim_wait_ms)
+            session_postpone(s, session_token_wait_ms(s->claim_wait_ms));
+        session_end(s);
+    } else {
+        session_enter(s, SESSION_RESOLVE);
+    }
 }
 
 void
@@ -232,7 +373,22 @@ session_may_slot_claim(const struct session *s)
 {
     const struct session_env *e = s->e;
     const struct conf_domain *d = s->dom;
-    const struct conf_rate *rate = s->q->backoff ? &d->backoff_max_msg_rate : &d->max_msg_rate;
+    const struct conf_rate *rate = msg_rate(s);
     return d->max_smtp_out != CONF_UNLIMITED && d->max_connect_rate.count == CONF_UNLIMITED &&
            rate->count == CONF_UNLIMITED && !s->q->claiming && claim_fits(e);
+}
+
+bool
+session_rated(const struct session *s)
+{
+    return msg_rate(s)->count != CONF_UNLIMITED || s->dom->max_connect_rate.count != CONF_UNLIMITED;
+}
+
+/* Whether a new session may take its slot and, in one statement, its
+ * tokens and first claim in parallel: a rate applies, no claim of the queue
+ * is in flight, and the claim fits the budget. */
+bool
+session_may_slot_tokens_claim(const struct session *s)
+{
+    return session_rated(s) && !s->q->claiming && claim_fits(s->e);
 }

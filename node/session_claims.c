@@ -1,18 +1,21 @@
 /* session_claims: one mta.claim_many for the claims of several sessions
  * (see session_claims.h). Each group owns its array literals and its
  * callbacks; the callers own their callback arguments. The groups of one
- * loop turn (a new one when the last is full or its key differs) are sent
- * by a zero timer at the next turn, never from within an add. The answer is split by its column q:
+ * loop turn (a new one when the last is full, its key differs or it is
+ * the other statement) are sent by a zero timer at the next turn, never
+ * from within an add. The answer is split by its column q:
  * rows come ordered by queue, so each waiter's rows are one run, copied into a result of its own
  * (content included: a claim's content is bounded by the reservation its session made). */
 #include "session_claims.h"
 
 #include <event2/event.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf.h"
 #include "log.h"
 #include "util.h"
 
@@ -21,11 +24,31 @@ struct waiter {
     void *arg;
 };
 
+/* The array parameters of a group, as literals without their closing
+ * brace: those of mta.claim_many, then the rate columns of
+ * mta.claim_many_rated. */
+enum {
+    COL_DOMAINS,
+    COL_VMTAS,
+    COL_LIMITS,
+    COL_BYTES,
+    COL_WANT,
+    COL_KEYS,
+    COL_KEY_VMTAS,
+    COL_MSG_LIMITS,
+    COL_MSG_PERIODS,
+    COL_CONN_LIMITS,
+    COL_CONN_PERIODS,
+    COL_N
+};
+#define COL_N_PLAIN (COL_BYTES + 1)
+
 struct group {
     struct group *next;
-    struct buf domains, vmtas, limits, bytes; /* array literals, no closing brace */
+    struct buf cols[COL_N];
     struct waiter waiters[SESSION_CLAIMS_MAX];
     size_t n;
+    bool rated; /* mta.claim_many_rated */
     long long node_id;
     char *pipe;
     unsigned long long lease_ms;
@@ -41,10 +64,8 @@ struct session_claims {
 static void
 group_free(struct group *g)
 {
-    buf_free(&g->domains);
-    buf_free(&g->vmtas);
-    buf_free(&g->limits);
-    buf_free(&g->bytes);
+    for (int i = 0; i < COL_N; i++)
+        buf_free(&g->cols[i]);
     free(g->pipe);
     free(g);
 }
@@ -103,18 +124,25 @@ on_group_done(const PGresult *res, void *arg)
 static void
 group_send(struct session_claims *c, struct group *g)
 {
-    buf_puts(&g->domains, "}");
-    buf_puts(&g->vmtas, "}");
-    buf_puts(&g->limits, "}");
-    buf_puts(&g->bytes, "}");
+    int ncols = g->rated ? COL_N : COL_N_PLAIN;
+    for (int i = 0; i < ncols; i++)
+        buf_puts(&g->cols[i], "}");
     char node[32], lease[32];
     snprintf(node, sizeof node, "%lld", g->node_id);
     snprintf(lease, sizeof lease, "%llu", g->lease_ms);
-    const char *values[7] = {node,           g->pipe, g->domains.data, g->vmtas.data,
-                             g->limits.data, lease,   g->bytes.data};
+    const char *values[COL_N + 3] = {node,
+                                     g->pipe,
+                                     g->cols[COL_DOMAINS].data,
+                                     g->cols[COL_VMTAS].data,
+                                     g->cols[COL_LIMITS].data,
+                                     lease,
+                                     g->cols[COL_BYTES].data};
+    for (int i = COL_WANT; i < ncols; i++)
+        values[i + 3] = g->cols[i].data;
     struct db *db = c->pick_db(c->arg);
-    log_debug("event=claim-group queues=%zu", g->n);
-    if (!db || db_exec(db, "claim_many", 7, values, NULL, NULL, 1, on_group_done, g) < 0) {
+    log_debug("event=claim-group queues=%zu rated=%d", g->n, g->rated);
+    if (!db || db_exec(db, g->rated ? "claim_many_rated" : "claim_many", ncols + 3, values, NULL,
+                       NULL, 1, on_group_done, g) < 0) {
         group_fail(g, NULL);
         group_free(g);
     }
@@ -161,20 +189,33 @@ session_claims_free(struct session_claims *c)
     free(c);
 }
 
-void
-session_claims_add(struct session_claims *c, long long node_id, const char *pipe,
-                   const char *domain, const char *vmta, unsigned limit,
-                   unsigned long long lease_ms, size_t max_bytes, db_cb cb, void *cb_arg)
+/* A rate of an int array literal: NULL when unlimited or absent. */
+static void
+append_rate(struct buf *count, struct buf *period, const char *sep, const struct conf_rate *r)
+{
+    if (!r || r->count == CONF_UNLIMITED) {
+        buf_printf(count, "%sNULL", sep);
+        buf_printf(period, "%sNULL", sep);
+        return;
+    }
+    buf_printf(count, "%s%u", sep, r->count > INT_MAX ? INT_MAX : r->count);
+    buf_printf(period, "%s%u", sep, r->period_ms > INT_MAX ? INT_MAX : r->period_ms);
+}
+
+/* The group the next claim goes into, its separator in *SEP. */
+static struct group *
+group_for(struct session_claims *c, long long node_id, const char *pipe,
+          unsigned long long lease_ms, bool rated, const char **sep)
 {
     struct group *g = c->last;
     if (!g || g->n == SESSION_CLAIMS_MAX || g->node_id != node_id || g->lease_ms != lease_ms ||
-        strcmp(g->pipe, pipe) != 0) {
-        /* none yet, full, or a new registration or a reload: not mixed */
+        g->rated != rated || strcmp(g->pipe, pipe) != 0) {
+        /* none yet, full, the other statement, or a new registration or a
+         * reload: not mixed */
         g = xcalloc(1, sizeof *g);
-        buf_init(&g->domains);
-        buf_init(&g->vmtas);
-        buf_init(&g->limits);
-        buf_init(&g->bytes);
+        for (int i = 0; i < COL_N; i++)
+            buf_init(&g->cols[i]);
+        g->rated = rated;
         g->node_id = node_id;
         g->pipe = xstrdup(pipe);
         g->lease_ms = lease_ms;
@@ -186,12 +227,48 @@ session_claims_add(struct session_claims *c, long long node_id, const char *pipe
         struct timeval now = {0, 0};
         evtimer_add(c->timer, &now);
     }
-    const char *sep = g->n ? "," : "{";
-    buf_puts(&g->domains, sep);
-    db_array_append_text(&g->domains, domain);
-    buf_puts(&g->vmtas, sep);
-    db_array_append_text(&g->vmtas, vmta ? vmta : "");
-    buf_printf(&g->limits, "%s%u", sep, limit);
-    buf_printf(&g->bytes, "%s%zu", sep, max_bytes);
+    *sep = g->n ? "," : "{";
+    return g;
+}
+
+/* Adds the columns of mta.claim_many and the waiter. */
+static void
+group_add(struct group *g, const char *sep, const char *domain, const char *vmta, unsigned limit,
+          size_t max_bytes, db_cb cb, void *cb_arg)
+{
+    buf_puts(&g->cols[COL_DOMAINS], sep);
+    db_array_append_text(&g->cols[COL_DOMAINS], domain);
+    buf_puts(&g->cols[COL_VMTAS], sep);
+    db_array_append_text(&g->cols[COL_VMTAS], vmta ? vmta : "");
+    buf_printf(&g->cols[COL_LIMITS], "%s%u", sep, limit);
+    buf_printf(&g->cols[COL_BYTES], "%s%zu", sep, max_bytes);
     g->waiters[g->n++] = (struct waiter){cb, cb_arg};
+}
+
+void
+session_claims_add(struct session_claims *c, long long node_id, const char *pipe,
+                   const char *domain, const char *vmta, unsigned limit,
+                   unsigned long long lease_ms, size_t max_bytes, db_cb cb, void *cb_arg)
+{
+    const char *sep;
+    struct group *g = group_for(c, node_id, pipe, lease_ms, false, &sep);
+    group_add(g, sep, domain, vmta, limit, max_bytes, cb, cb_arg);
+}
+
+void
+session_claims_add_rated(struct session_claims *c, long long node_id, const char *pipe,
+                         const char *domain, const char *vmta, unsigned limit,
+                         unsigned long long lease_ms, size_t max_bytes,
+                         const struct session_claims_rate *rate, db_cb cb, void *cb_arg)
+{
+    const char *sep;
+    struct group *g = group_for(c, node_id, pipe, lease_ms, true, &sep);
+    buf_printf(&g->cols[COL_WANT], "%s%u", sep, rate->want > INT_MAX ? INT_MAX : rate->want);
+    buf_puts(&g->cols[COL_KEYS], sep);
+    db_array_append_text(&g->cols[COL_KEYS], rate->key_domain);
+    buf_puts(&g->cols[COL_KEY_VMTAS], sep);
+    db_array_append_text(&g->cols[COL_KEY_VMTAS], rate->key_vmta ? rate->key_vmta : "");
+    append_rate(&g->cols[COL_MSG_LIMITS], &g->cols[COL_MSG_PERIODS], sep, rate->msg);
+    append_rate(&g->cols[COL_CONN_LIMITS], &g->cols[COL_CONN_PERIODS], sep, rate->connect);
+    group_add(g, sep, domain, vmta, limit, max_bytes, cb, cb_arg);
 }

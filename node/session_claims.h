@@ -36,4 +36,25 @@ void session_claims_add(struct session_claims *c, long long node_id, const char 
                         const char *domain, const char *vmta, unsigned limit,
                         unsigned long long lease_ms, size_t max_bytes, db_cb cb, void *cb_arg);
 
+/* The rate tokens of a claim (mta.claim_many_rated): at most WANT messages,
+ * within the message tokens of MSG and, for a new connection, one connect
+ * token of CONNECT (NULL or CONF_UNLIMITED: none needed), from the buckets
+ * of the limit key (KEY_DOMAIN, KEY_VMTA; see sched.h). */
+struct conf_rate;
+struct session_claims_rate {
+    const char *key_domain, *key_vmta;
+    unsigned want;
+    const struct conf_rate *msg, *connect;
+};
+
+/* session_claims_add with the rate tokens taken in the same statement: the
+ * rows of a queue then carry tokens (messages granted) and wait_ms; a queue
+ * that claimed nothing comes back as one row with rcpt_id NULL and wait_ms,
+ * when its next token is due (0: nothing ready). Sent as its own
+ * statement, grouped with the rated claims of the same loop turn. */
+void session_claims_add_rated(struct session_claims *c, long long node_id, const char *pipe,
+                              const char *domain, const char *vmta, unsigned limit,
+                              unsigned long long lease_ms, size_t max_bytes,
+                              const struct session_claims_rate *rate, db_cb cb, void *cb_arg);
+
 #endif

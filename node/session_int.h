@@ -15,9 +15,13 @@
 enum session_state {
     SESSION_SLOT,
     SESSION_SLOT_CLAIM, /* a new connection's slot and first claim, in parallel */
+    /* a rate-limited queue's new connection: the slot, and in parallel one
+     * statement with the connect token, the message tokens and the claim */
+    SESSION_SLOT_TOKENS_CLAIM,
     SESSION_CONNECT_TOKEN,
     SESSION_TOKENS,
-    SESSION_WAIT, /* for tokens or budget, on the timer */
+    SESSION_TOKENS_CLAIM, /* a rate-limited queue's next claim, with its tokens */
+    SESSION_WAIT,         /* for tokens or budget, on the timer */
     SESSION_CLAIM_QUEUED,
     SESSION_CLAIM,
     SESSION_RESOLVE,
@@ -32,6 +36,7 @@ enum session_event_type {
     EV_TOKENS,
     EV_CLAIM_TURN,
     EV_CLAIMED,
+    EV_TOKENS_CLAIMED, /* the answer of a claim with its tokens: rows, granted, wait_ms */
     EV_RESOLVED,
     EV_BATCH_DONE,
     EV_FINISHED,
@@ -79,7 +84,10 @@ struct session {
     char *pattern_reply;
     unsigned pending;                   /* database or sched answers due */
     int slot_answer;                    /* SESSION_SLOT_CLAIM: -2 none yet */
-    bool claim_answered, claim_ok;      /* SESSION_SLOT_CLAIM */
+    bool claim_answered, claim_ok;      /* SESSION_SLOT_CLAIM, SESSION_SLOT_TOKENS_CLAIM */
+    unsigned claim_wait_ms;             /* SESSION_SLOT_TOKENS_CLAIM: tokens exhausted */
+    bool connect_token;                 /* the rated claim in flight takes a connect token */
+    unsigned tokens_spent;              /* message tokens the last rated claim spent */
     bool connect_reported;              /* admission_connected was told about this connection */
     struct admission_waiter claim_turn; /* in q's claim line */
     struct session *next;
@@ -94,6 +102,8 @@ void session_unreserve(struct session *s);
 void session_postpone(struct session *s, long long ms);
 void session_on_tokens(unsigned granted, unsigned wait_ms, void *arg);
 void session_on_slot(int slot, void *arg);
+/* A token wait as the session uses it: 20 ms .. 1 s. */
+unsigned session_token_wait_ms(unsigned wait_ms);
 
 /* session_claim.c */
 void session_enter_tokens(struct session *s);
@@ -101,6 +111,13 @@ void session_enter_claim(struct session *s);
 void session_enter_slot_claim(struct session *s);
 void session_slot_claim_step(struct session *s);
 bool session_may_slot_claim(const struct session *s);
+void session_enter_tokens_claim(struct session *s);
+void session_enter_slot_tokens_claim(struct session *s);
+void session_slot_tokens_claim_step(struct session *s);
+/* Whether the queue has a rate limit, so that its claims take their tokens
+ * in the same statement (mta.claim_many_rated). */
+bool session_rated(const struct session *s);
+bool session_may_slot_tokens_claim(const struct session *s);
 /* Decodes the claimed rows; false when there is nothing to deliver. */
 bool session_take_claim(struct session *s, const PGresult *res);
 
