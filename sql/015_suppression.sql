@@ -71,12 +71,20 @@ $$;
 
 -- Adds an entry (ADDRESS or '@DOMAIN'), or updates the reason, source and
 -- expiry of an existing one for the same scope. Returns the stored entry.
-CREATE OR REPLACE FUNCTION mta.suppress(p_address text, p_scope text DEFAULT NULL,
-                                        p_reason text DEFAULT NULL,
-                                        p_source text DEFAULT 'manual',
-                                        p_expires timestamptz DEFAULT NULL)
+-- The public parameter names (for named notation) are the column names;
+-- the bodies use the p_ aliases, and columns win where both could be meant.
+CREATE OR REPLACE FUNCTION mta.suppress(address text, scope text DEFAULT NULL,
+                                        reason text DEFAULT NULL,
+                                        source text DEFAULT 'manual',
+                                        expires timestamptz DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
+    p_address ALIAS FOR $1;
+    p_scope ALIAS FOR $2;
+    p_reason ALIAS FOR $3;
+    p_source ALIAS FOR $4;
+    p_expires ALIAS FOR $5;
     v text := mta.suppression_entry(p_address);
 BEGIN
     PERFORM mta.check_scope(p_scope);
@@ -99,9 +107,12 @@ $$;
 
 -- Removes the entry for ADDRESS or '@DOMAIN' in exactly that scope (NULL:
 -- the global one). Returns how many entries were removed (0 or 1).
-CREATE OR REPLACE FUNCTION mta.unsuppress(p_address text, p_scope text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION mta.unsuppress(address text, scope text DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
+    p_address ALIAS FOR $1;
+    p_scope ALIAS FOR $2;
     v text := mta.suppression_entry(p_address);
     n int;
 BEGIN
@@ -113,11 +124,9 @@ $$;
 
 -- Whether a recipient of job p_job_id would be suppressed now (an invalid
 -- address raises, as at enqueue).
-CREATE OR REPLACE FUNCTION mta.suppressed(p_rcpt text, p_job_id text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION mta.suppressed(rcpt text, job_id text DEFAULT NULL)
 RETURNS bool LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM mta.suppression_match(p_rcpt,
-                                                       mta.address_domain(p_rcpt, 'rcpt'),
-                                                       p_job_id))
+    SELECT EXISTS (SELECT 1 FROM mta.suppression_match($1, mta.address_domain($1, 'rcpt'), $2))
 $$;
 
 -- The recipients among p_rcpt (lower-cased domains p_domain) that are
@@ -127,30 +136,38 @@ $$;
 -- NULL: every recipient to message 1). p_pipe holds resolved pipe names.
 -- The 'b' rows name no message and no recipient row: neither is stored for
 -- a suppressed recipient.
+--
+-- The lookup is a plain SELECT and the INSERT runs only after a hit: an
+-- INSERT into the partitioned mta.acct costs its executor setup even for
+-- no row, which would double the cost of a one-recipient enqueue.
 CREATE OR REPLACE FUNCTION mta.suppress_rcpts(p_rcpt text[], p_domain text[], p_msg int[],
                                               p_orig text[], p_job_id text[], p_vmta text[],
                                               p_envid text[], p_pipe text[], p_size int[])
-RETURNS int[] LANGUAGE plpgsql AS $$
+RETURNS int[] LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v int[];
+    v_k int[];
+    v_diag text[];
+    v_rcpt text[];
+    v_domain text[];
 BEGIN
-    WITH hit AS MATERIALIZED (
-        SELECT u.k, coalesce(p_msg[u.k], 1) AS m, u.rcpt, u.domain, s.address, s.scope,
-               s.reason, s.source
-          FROM unnest(p_rcpt, p_domain) WITH ORDINALITY AS u(rcpt, domain, k)
-         CROSS JOIN LATERAL mta.suppression_match(u.rcpt, u.domain,
-                                                  p_job_id[coalesce(p_msg[u.k], 1)]) s
-    ), bounced AS (
-        INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
-                              dsn_diag, bounce_cat, vmta, job_id, envid, queue, pipe, dlv_size)
-            SELECT 'b', now(), now(), p_orig[h.m], h.rcpt, 'failed', '5.7.1',
-                   mta.suppression_diag(h.address, h.scope, h.reason, h.source), 'suppressed',
-                   nullif(p_vmta[h.m], ''), p_job_id[h.m], p_envid[h.m],
-                   mta.queue_name(h.domain, coalesce(p_vmta[h.m], '')), p_pipe[h.m], p_size[h.m]
-              FROM hit h
-             ORDER BY h.k
-    )
-    SELECT array_agg(h.k ORDER BY h.k) INTO v FROM hit h;
-    RETURN v;
+    SELECT array_agg(u.k ORDER BY u.k),
+           array_agg(mta.suppression_diag(s.address, s.scope, s.reason, s.source) ORDER BY u.k),
+           array_agg(u.rcpt ORDER BY u.k), array_agg(u.domain ORDER BY u.k)
+      INTO v_k, v_diag, v_rcpt, v_domain
+      FROM unnest(p_rcpt, p_domain) WITH ORDINALITY AS u(rcpt, domain, k)
+     CROSS JOIN LATERAL mta.suppression_match(u.rcpt, u.domain,
+                                              p_job_id[coalesce(p_msg[u.k], 1)]) s;
+    IF v_k IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
+                          dsn_diag, bounce_cat, vmta, job_id, envid, queue, pipe, dlv_size)
+        SELECT 'b', now(), now(), p_orig[h.m], h.rcpt, 'failed', '5.7.1', h.diag,
+               'suppressed', nullif(p_vmta[h.m], ''), p_job_id[h.m], p_envid[h.m],
+               mta.queue_name(h.domain, coalesce(p_vmta[h.m], '')), p_pipe[h.m], p_size[h.m]
+          FROM (SELECT x.k, coalesce(p_msg[x.k], 1) AS m, x.diag, x.rcpt, x.domain
+                  FROM unnest(v_k, v_diag, v_rcpt, v_domain) AS x(k, diag, rcpt, domain)) h
+         ORDER BY h.k;
+    RETURN v_k;
 END
 $$;

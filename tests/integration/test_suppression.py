@@ -50,6 +50,14 @@ class SqlPathsTest(DbTestCase):
         self.q("SELECT mta.suppress('Ann@SUP.example', NULL, 'hard bounce', 'bounce')")
         self.assertEqual(self.q1("SELECT count(*) FROM mta.suppression"
                                  " WHERE address = 'Ann@sup.example'"), 1)
+        # named notation, as README shows it
+        self.assertEqual(self.q1("SELECT mta.suppress('Named@X.Example', reason => 'r',"
+                                 " scope => 'tenantN', expires => now() + interval '1 day')"),
+                         "Named@x.example")
+        self.assertTrue(self.q1("SELECT mta.suppressed(rcpt => 'Named@x.EXAMPLE',"
+                                " job_id => 'tenantN-1')"))
+        self.assertEqual(self.q1("SELECT mta.unsuppress(address => 'Named@x.example',"
+                                 " scope => 'tenantN')"), 1)
 
     def test_enqueue_some_suppressed(self):
         mid = self.q1("SELECT mta.enqueue('s@sender.example',"
