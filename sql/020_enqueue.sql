@@ -193,7 +193,8 @@ $$;
 
 -- Contract (DESIGN §6): the two public overloads. SECURITY DEFINER with a
 -- fixed search_path, so a role with only EXECUTE (mta_inject) can enqueue
--- without any right on the tables.
+-- without any right on the tables (mta.suppression included). NULL when
+-- every recipient is suppressed: no message was stored.
 CREATE OR REPLACE FUNCTION mta.enqueue(mail_from text, rcpt_to text[], content bytea,
                                        job_id text DEFAULT NULL, vmta text DEFAULT NULL,
                                        pipe text DEFAULT NULL, envid text DEFAULT NULL,
