@@ -139,7 +139,7 @@ BEGIN
             SELECT array_agg(u.r ORDER BY u.i), array_agg(u.d ORDER BY u.i)
               INTO p_rcpt_to, v_domains
               FROM unnest(p_rcpt_to, v_domains) WITH ORDINALITY AS u(r, d, i)
-             WHERE u.i <> ALL (v_sup);
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(v_sup) AS s(i) WHERE s.i = u.i);
         END IF;
     END IF;
     IF v_n = 1 THEN

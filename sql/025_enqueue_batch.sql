@@ -179,11 +179,15 @@ BEGIN
                                            ORDER BY i),
                                     v_sizes);
         IF v_sup IS NOT NULL THEN
-            v_kept := ARRAY(SELECT EXISTS (SELECT 1 FROM unnest(v_rmsg) WITH ORDINALITY AS r(m, k)
-                                            WHERE r.m = g AND r.k <> ALL (v_sup))
-                              FROM generate_series(1, n) AS g ORDER BY g);
-            v_rmsg := ARRAY(SELECT CASE WHEN r.k = ANY (v_sup) THEN NULL ELSE r.m END
-                              FROM unnest(v_rmsg) WITH ORDINALITY AS r(m, k) ORDER BY r.k);
+            -- joins, not "= ANY (v_sup)": both lists may be long
+            v_rmsg := ARRAY(SELECT CASE WHEN s.k IS NULL THEN r.m END
+                              FROM unnest(v_rmsg) WITH ORDINALITY AS r(m, k)
+                              LEFT JOIN unnest(v_sup) AS s(k) ON s.k = r.k
+                             ORDER BY r.k);
+            v_kept := ARRAY(SELECT c.m IS NOT NULL
+                              FROM generate_series(1, n) AS g
+                              LEFT JOIN (SELECT DISTINCT m FROM unnest(v_rmsg) AS m) c ON c.m = g
+                             ORDER BY g);
         END IF;
         INSERT INTO mta.queue (pipe, domain, vmta)
             SELECT DISTINCT coalesce(p_pipe[r.m], v_default), r.d, coalesce(p_vmta[r.m], '')

@@ -90,6 +90,21 @@ class SqlPathsTest(DbTestCase):
             self.assertEqual(len(self.bounces(r)), 1)
             self.assertEqual(self.queued(r), 0)
 
+    def test_enqueue_many_recipients(self):
+        """One call with 20,000 recipients, every tenth suppressed."""
+        self.q("INSERT INTO mta.suppression (address, source)"
+               " SELECT 'm' || i || '@many.example', 'import' FROM generate_series(0, 19999, 10) i")
+        mid = self.q1("SELECT mta.enqueue('s@sender.example',"
+                      " ARRAY(SELECT 'm' || i || '@Many.example' FROM generate_series(0, 19999) i),"
+                      " %s, 'jobMany')", (CONTENT,))
+        self.assertEqual(self.q1("SELECT count(*) FROM mta.recipients WHERE message_id = %s",
+                                 (mid,)), 18000)
+        self.assertEqual(self.q("SELECT count(*), count(DISTINCT rcpt) FROM mta.acct"
+                                " WHERE type = 'b' AND job_id = 'jobMany'"), [(2000, 2000)])
+        self.assertEqual(self.q1("SELECT count(*) FROM mta.recipients r JOIN mta.suppression s"
+                                 " ON s.address = mta.suppression_key(r.rcpt, r.domain)"
+                                 " WHERE r.message_id = %s", (mid,)), 0)
+
     def test_scope(self):
         for job, expect_queued in (("tenantA-42", 0), ("tenantA", 0), ("tenantB-1", 1),
                                    (None, 1)):
