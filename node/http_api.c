@@ -544,7 +544,7 @@ http_api_metrics(struct http_api *a, struct evhttp_request *req)
     call_start(a, call_new(req, CALL_METRICS), "http_metrics", 0, NULL);
 }
 
-/* POST /api/inject/v1: the body (gzip inflated) -> one mta.inject_batch. */
+/* POST /api/inject/v1: the body (gzip inflated) -> one mta.inject_request. */
 void
 http_api_inject(struct http_api *a, struct evhttp_request *req)
 {

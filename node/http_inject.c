@@ -1,4 +1,4 @@
-/* http_inject: request body -> one mta.inject_batch call -> reply (see
+/* http_inject: request body -> one mta.inject_request call -> reply (see
  * http_inject.h).
  *
  * Ownership: an inject_batch owns the parsed JSON tree (recipient strings
@@ -934,33 +934,71 @@ http_inject_reply(const struct inject_batch *b, const PGresult *res, struct buf 
         error_body(out, text);
         return code;
     }
-    /* "{1,2,3}": the message id of each message */
+    /* "{1,NULL,3}": the message id of each message (NULL: every recipient
+     * suppressed); "{2,5}" or NULL: the suppressed recipients, 1-based */
     const char *p = PQgetvalue(res, 0, 0);
     long long *ids = xcalloc(b->nmsgs, sizeof *ids);
-    size_t n = 0;
+    bool *sup = xcalloc(b->nrcpts ? b->nrcpts : 1, sizeof *sup);
+    size_t n = 0, nsup = 0;
     if (*p == '{')
         p++;
     while (*p && *p != '}' && n < b->nmsgs) {
         char *end;
-        ids[n++] = strtoll(p, &end, 10);
+        if (!strncmp(p, "NULL", 4)) {
+            ids[n++] = 0;
+            end = (char *)p + 4;
+        } else {
+            ids[n++] = strtoll(p, &end, 10);
+        }
         p = *end == ',' ? end + 1 : end;
     }
-    if (n != b->nmsgs) {
+    bool bad = n != b->nmsgs;
+    p = PQnfields(res) > 1 && !PQgetisnull(res, 0, 1) ? PQgetvalue(res, 0, 1) : "{}";
+    if (*p == '{')
+        p++;
+    while (*p && *p != '}' && !bad) {
+        char *end;
+        long k = strtol(p, &end, 10);
+        if (end == p || k < 1 || (size_t)k > b->nrcpts) {
+            bad = true;
+            break;
+        }
+        if (!sup[k - 1])
+            nsup++;
+        sup[k - 1] = true;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (bad) {
         free(ids);
-        error_body(out, "mta.inject_batch returned an unexpected result");
+        free(sup);
+        error_body(out, "mta.inject_request returned an unexpected result");
         return 500;
     }
-    buf_printf(out,
-               "{\"success_count\": %zu, \"fail_count\": 0, \"failed_recipients\": [], "
-               "\"errors\": [], \"recipients\": [",
-               b->nrcpts);
+    /* KumoMTA's fields: a suppressed recipient is one that failed, named
+     * in failed_recipients and errors; pgmta's recipients[] says why. */
+    buf_printf(out, "{\"success_count\": %zu, \"fail_count\": %zu, \"failed_recipients\": [",
+               b->nrcpts - nsup, nsup);
+    for (size_t i = 0, j = 0; i < b->nrcpts; i++)
+        if (sup[i]) {
+            buf_puts(out, j++ ? ", " : "");
+            json_append_string(out, b->rcpts[i].email->str);
+        }
+    buf_puts(out, "], \"errors\": [");
+    for (size_t i = 0, j = 0; i < b->nrcpts; i++)
+        if (sup[i])
+            buf_printf(out, "%s\"recipients[%zu]: suppressed\"", j++ ? ", " : "", i);
+    buf_puts(out, "], \"recipients\": [");
     for (size_t i = 0; i < b->nrcpts; i++) {
         buf_puts(out, i ? ", {\"email\": " : "{\"email\": ");
         json_append_string(out, b->rcpts[i].email->str);
-        buf_printf(out, ", \"message_id\": %lld}", ids[b->rcpt_msg[i]]);
+        if (sup[i])
+            buf_puts(out, ", \"message_id\": null, \"suppressed\": true}");
+        else
+            buf_printf(out, ", \"message_id\": %lld}", ids[b->rcpt_msg[i]]);
     }
     buf_puts(out, "]}\n");
     free(ids);
+    free(sup);
     return 200;
 }
 

@@ -5,7 +5,7 @@
  * extensions job_id, vmta, pipe and envid.
  *
  * This module is pure: it turns a request body into the parameters of one
- * SQL statement (mta.inject_batch, every message of the request in one
+ * SQL statement (mta.inject_request, every message of the request in one
  * transaction) and that statement's result into the reply. http.c owns the
  * HTTP request, the token check and the database call. */
 #ifndef PGMTA_HTTP_INJECT_H
@@ -19,7 +19,8 @@ struct buf;
 struct inject_batch;
 
 #define HTTP_INJECT_PATH "/api/inject/v1"
-#define HTTP_INJECT_SQL "SELECT mta.inject_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+#define HTTP_INJECT_SQL                                                                            \
+    "SELECT ids, suppressed FROM mta.inject_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 #define HTTP_INJECT_NPARAMS 10
 #define HTTP_INJECT_MAX_RCPT 100000
 /* Every message of one request together, after substitution. */

@@ -329,6 +329,10 @@ batch_done(const PGresult *res, void *arg)
             if (!PQgetisnull(res, row, 1)) {
                 stored++;
                 answer(b, take[i], SMTP_IN_STORED, PQgetvalue(res, row, 1), NULL, NULL, n);
+            } else if (PQgetisnull(res, row, 2)) {
+                /* no id and no error: every recipient is suppressed; the
+                 * 'b' rows are committed, nothing is queued */
+                answer(b, take[i], SMTP_IN_STORED, SMTP_IN_ID_SUPPRESSED, NULL, NULL, n);
             } else {
                 char msg[256];
                 const char *e = PQgetisnull(res, row, 3) ? "refused" : PQgetvalue(res, row, 3);

@@ -47,10 +47,14 @@ struct smtp_in_msg {
 };
 
 enum smtp_in_status {
-    SMTP_IN_STORED,   /* committed: id is set */
+    SMTP_IN_STORED,   /* committed: id is set (SMTP_IN_ID_SUPPRESSED: nothing queued) */
     SMTP_IN_REFUSED,  /* this message failed its checks: sqlstate and error set */
     SMTP_IN_TEMPFAIL, /* nothing of the batch is stored: error set */
 };
+
+/* The id of a message whose every recipient is suppressed: accepted, its
+ * 'b' rows committed, no message stored (see README, Suppression). */
+#define SMTP_IN_ID_SUPPRESSED "-"
 
 struct smtp_in_result {
     enum smtp_in_status status;

@@ -384,7 +384,10 @@ enqueue_result(struct session *s)
 {
     const struct smtp_in_result *r = s->result;
     if (r->status == SMTP_IN_STORED) {
-        reply(s, "250 2.0.0 Ok: queued as %s", r->id);
+        if (strcmp(r->id, SMTP_IN_ID_SUPPRESSED) == 0)
+            reply(s, "250 2.0.0 Ok: not queued, every recipient is suppressed");
+        else
+            reply(s, "250 2.0.0 Ok: queued as %s", r->id);
         log_info("smtp-in session=%lu from=%s msg=%s rcpts=%zu size=%zu batch=%zu%s%s", s->id,
                  s->ip, r->id, r->nrcpts, r->size, r->batch, s->auth_user ? " user=" : "",
                  s->auth_user ? s->auth_user : "");

@@ -60,6 +60,7 @@ DECLARE
     v_at timestamptz := coalesce(p_not_before, now());
     v_acct bool;
     v_ignore text;
+    v_sup int[];
 BEGIN
     -- Each check below first tests the common good case in a plain
     -- expression and calls the full check (which raises with the reason)
@@ -107,6 +108,39 @@ BEGIN
 
     IF p_job_id IS NOT NULL THEN
         INSERT INTO mta.job (job_id) VALUES (p_job_id) ON CONFLICT DO NOTHING;
+    END IF;
+    -- Suppressed recipients get their 'b' row and are left out; a message
+    -- none of whose recipients is left is not stored (NULL is returned).
+    -- Their positions in p_rcpt_to are left in the transaction's setting
+    -- mta.suppressed (only when there are some: nothing is set otherwise),
+    -- where mta.inject_request finds them without a second lookup.
+    -- One recipient (SMTP's usual case): a bare index probe first, as
+    -- mta.suppress_rcpts costs several times more.
+    IF v_n = 1 THEN
+        PERFORM 1 FROM mta.suppression_match(v_rcpt, v_domain, p_job_id);
+        IF FOUND THEN
+            v_sup := mta.suppress_rcpts(ARRAY[v_rcpt], ARRAY[v_domain], NULL,
+                                        ARRAY[p_mail_from], ARRAY[p_job_id], ARRAY[v_vmta],
+                                        ARRAY[p_envid], ARRAY[v_pipe], ARRAY[v_size]);
+        END IF;
+        IF v_sup IS NOT NULL THEN
+            PERFORM set_config('mta.suppressed', '{1}', true);
+            RETURN NULL;
+        END IF;
+    ELSE
+        v_sup := mta.suppress_rcpts(p_rcpt_to, v_domains, NULL, ARRAY[p_mail_from],
+                                    ARRAY[p_job_id], ARRAY[v_vmta], ARRAY[p_envid],
+                                    ARRAY[v_pipe], ARRAY[v_size]);
+        IF v_sup IS NOT NULL THEN
+            PERFORM set_config('mta.suppressed', v_sup::text, true);
+            IF cardinality(v_sup) = v_n THEN
+                RETURN NULL;
+            END IF;
+            SELECT array_agg(u.r ORDER BY u.i), array_agg(u.d ORDER BY u.i)
+              INTO p_rcpt_to, v_domains
+              FROM unnest(p_rcpt_to, v_domains) WITH ORDINALITY AS u(r, d, i)
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(v_sup) AS s(i) WHERE s.i = u.i);
+        END IF;
     END IF;
     IF v_n = 1 THEN
         INSERT INTO mta.queue (pipe, domain, vmta) VALUES (v_pipe, v_domain, v_vmta)
@@ -159,7 +193,8 @@ $$;
 
 -- Contract (DESIGN §6): the two public overloads. SECURITY DEFINER with a
 -- fixed search_path, so a role with only EXECUTE (mta_inject) can enqueue
--- without any right on the tables.
+-- without any right on the tables (mta.suppression included). NULL when
+-- every recipient is suppressed: no message was stored.
 CREATE OR REPLACE FUNCTION mta.enqueue(mail_from text, rcpt_to text[], content bytea,
                                        job_id text DEFAULT NULL, vmta text DEFAULT NULL,
                                        pipe text DEFAULT NULL, envid text DEFAULT NULL,

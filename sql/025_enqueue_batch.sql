@@ -11,7 +11,9 @@
 -- elements of p_rcpt_to.
 --
 -- Returns one row per message, in order: its id, or the SQLSTATE and the
--- message text of the error that refused it.
+-- message text of the error that refused it, or neither when every
+-- recipient of the message is suppressed (accepted, nothing stored: see
+-- README, Suppression).
 --
 -- Two paths, with the same result and the same rows (mta.enqueue_bytes's):
 --
@@ -77,6 +79,8 @@ DECLARE
     v_rmsg int[];
     v_rdom text[];
     v_ids bigint[];
+    v_sup int[];
+    v_kept bool[];
 BEGIN
     IF coalesce(cardinality(p_rcpt_count), 0) <> n OR coalesce(cardinality(p_content), 0) <> n
        OR coalesce(cardinality(p_job_id), 0) <> n OR coalesce(cardinality(p_vmta), 0) <> n
@@ -165,9 +169,30 @@ BEGIN
                 SELECT DISTINCT j FROM unnest(p_job_id) AS j WHERE j IS NOT NULL ORDER BY 1
                 ON CONFLICT DO NOTHING;
         END IF;
+        -- Suppressed recipients: their 'b' rows now, and left out below. A
+        -- message with no recipient left is not stored; its row has no id
+        -- and no error.
+        v_sup := mta.suppress_rcpts(p_rcpt_to[1:v_total], v_rdom, v_rmsg, p_mail_from, p_job_id,
+                                    p_vmta, p_envid,
+                                    ARRAY(SELECT coalesce(p, v_default)
+                                            FROM unnest(p_pipe) WITH ORDINALITY AS u(p, i)
+                                           ORDER BY i),
+                                    v_sizes);
+        IF v_sup IS NOT NULL THEN
+            -- joins, not "= ANY (v_sup)": both lists may be long
+            v_rmsg := ARRAY(SELECT CASE WHEN s.k IS NULL THEN r.m END
+                              FROM unnest(v_rmsg) WITH ORDINALITY AS r(m, k)
+                              LEFT JOIN unnest(v_sup) AS s(k) ON s.k = r.k
+                             ORDER BY r.k);
+            v_kept := ARRAY(SELECT c.m IS NOT NULL
+                              FROM generate_series(1, n) AS g
+                              LEFT JOIN (SELECT DISTINCT m FROM unnest(v_rmsg) AS m) c ON c.m = g
+                             ORDER BY g);
+        END IF;
         INSERT INTO mta.queue (pipe, domain, vmta)
             SELECT DISTINCT coalesce(p_pipe[r.m], v_default), r.d, coalesce(p_vmta[r.m], '')
               FROM unnest(v_rmsg, v_rdom) AS r(m, d)
+             WHERE r.m IS NOT NULL
              ORDER BY 1, 2, 3
             ON CONFLICT DO NOTHING;
         -- Ids are taken first, so that the recipients and 'r' rows can name
@@ -182,6 +207,7 @@ BEGIN
                    mta.header_message_id(u.content)
               FROM unnest(p_mail_from, p_content, p_job_id, p_vmta, p_envid, p_pipe)
                    WITH ORDINALITY AS u(mail_from, content, job_id, vmta, envid, pipe, i)
+             WHERE v_kept IS NULL OR v_kept[u.i]
              ORDER BY u.i;
         INSERT INTO mta.recipients (id, message_id, rcpt, domain, vmta, pipe, job_id,
                                     next_attempt, queued_at)
@@ -200,7 +226,8 @@ BEGIN
                  WHERE u.m IS NOT NULL
                  ORDER BY u.k;
         END IF;
-        RETURN QUERY SELECT u.i::int, u.id, NULL::text, NULL::text
+        RETURN QUERY SELECT u.i::int, CASE WHEN v_kept IS NULL OR v_kept[u.i] THEN u.id END,
+                            NULL::text, NULL::text
                        FROM unnest(v_ids) WITH ORDINALITY AS u(id, i)
                       ORDER BY u.i;
         RETURN;

@@ -16,21 +16,28 @@
 -- DETAIL 'message N' (N: the message it concerns), so the caller can name
 -- the recipient at fault. One exception block for the whole loop: one
 -- subtransaction per call, not per message.
-CREATE OR REPLACE FUNCTION mta.inject_batch(p_mail_from text, p_contents bytea[], p_rcpts text[],
-                                            p_rcpt_msg int[], p_job_id text, p_vmta text,
-                                            p_pipe text, p_envid text, p_meta jsonb,
-                                            p_rcpt_meta text[])
-RETURNS bigint[] LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+--
+-- mta.inject_request also returns the positions in p_rcpts (1-based) of the
+-- recipients that were suppressed (NULL: none); a message whose every
+-- recipient is suppressed has a NULL id. mta.inject_batch returns only the
+-- ids.
+CREATE OR REPLACE FUNCTION mta.inject_request(p_mail_from text, p_contents bytea[],
+                                              p_rcpts text[], p_rcpt_msg int[], p_job_id text,
+                                              p_vmta text, p_pipe text, p_envid text,
+                                              p_meta jsonb, p_rcpt_meta text[],
+                                              OUT ids bigint[], OUT suppressed int[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- local copies: plpgsql keeps them expanded, so subscripts are O(1)
     v_contents bytea[] := p_contents;
     v_msg int[] := p_rcpt_msg;
+    v_rcpts text[] := p_rcpts;
     v_n int := coalesce(cardinality(p_contents), 0);
+    v_nr int := coalesce(cardinality(p_rcpts), 0);
     v_ids bigint[] := '{}';
     v_list text[] := '{}';
     v_cur int := 1;
-    v_k int := 0;
-    v_r text;
+    v_s text;
     v_state text;
     v_text text;
     v_detail text;
@@ -64,27 +71,37 @@ BEGIN
             PERFORM set_config('mta.acct_received', 'off', true);
         END IF;
     END IF;
+    IF current_setting('mta.suppressed', true) <> '' THEN
+        PERFORM set_config('mta.suppressed', '', true);
+    END IF;
     BEGIN
-        FOREACH v_r IN ARRAY p_rcpts LOOP
-            v_k := v_k + 1;
-            IF v_msg[v_k] IS DISTINCT FROM v_cur THEN
-                IF v_msg[v_k] IS NULL OR v_msg[v_k] <> v_cur + 1 OR v_k = 1 THEN
+        -- v_k = v_nr + 1 enqueues the last message.
+        FOR v_k IN 1 .. v_nr + 1 LOOP
+            IF v_k > v_nr OR v_msg[v_k] IS DISTINCT FROM v_cur THEN
+                IF v_k <= v_nr AND (v_msg[v_k] IS NULL OR v_msg[v_k] <> v_cur + 1 OR v_k = 1) THEN
                     RAISE EXCEPTION 'p_rcpt_msg[%] = %: messages must follow each other from 1',
                         v_k, v_msg[v_k] USING ERRCODE = 'invalid_parameter_value';
                 END IF;
                 v_ids := v_ids || mta.enqueue_bytes(p_mail_from, v_list, v_contents[v_cur],
                                                     p_job_id, p_vmta, p_pipe, p_envid, 0, NULL);
+                -- positions in v_list, which ends just before v_k
+                v_s := current_setting('mta.suppressed', true);
+                IF v_s <> '' THEN
+                    suppressed := coalesce(suppressed, '{}')
+                                  || ARRAY(SELECT v_k - cardinality(v_list) + x - 1
+                                             FROM unnest(v_s::int[]) AS x);
+                    PERFORM set_config('mta.suppressed', '', true);
+                END IF;
+                EXIT WHEN v_k > v_nr;
                 v_cur := v_cur + 1;
                 v_list := '{}';
             END IF;
-            v_list := v_list || v_r;
+            v_list := v_list || v_rcpts[v_k];
         END LOOP;
         IF v_cur <> v_n THEN
             RAISE EXCEPTION '% messages but recipients for %', v_n, v_cur
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        v_ids := v_ids || mta.enqueue_bytes(p_mail_from, v_list, v_contents[v_cur], p_job_id,
-                                            p_vmta, p_pipe, p_envid, 0, NULL);
         IF v_with_meta THEN
             v_cur := 0; -- a refusal from here on concerns no single message
             PERFORM mta.inject_meta(v_ids, p_rcpts, p_rcpt_msg, p_meta, p_rcpt_meta, v_acct);
@@ -99,8 +116,16 @@ BEGIN
             DETAIL = CASE WHEN v_cur > 0 THEN 'message ' || v_cur || coalesce(': ' || nullif(v_detail, ''), '')
                           ELSE v_detail END;
     END;
-    RETURN v_ids;
+    ids := v_ids;
 END
+$$;
+
+CREATE OR REPLACE FUNCTION mta.inject_batch(p_mail_from text, p_contents bytea[], p_rcpts text[],
+                                            p_rcpt_msg int[], p_job_id text, p_vmta text,
+                                            p_pipe text, p_envid text, p_meta jsonb,
+                                            p_rcpt_meta text[])
+RETURNS bigint[] LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.ids FROM mta.inject_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) r
 $$;
 
 -- The metadata of the messages p_ids just enqueued (arguments as for

@@ -13,7 +13,10 @@
 -- work set-based: checks (a failing row aborts the whole statement, nothing is
 -- stored), then job and queue rows, messages, recipients and 'r' accounting
 -- rows (unless mta.acct_received is off, see sql/020_enqueue.sql) in a few
--- statements, then deletes the staged rows again. There is no per-row
+-- statements, then deletes the staged rows again. Suppressed recipients
+-- (sql/015_suppression.sql) are found with an anti-join in the same
+-- statement: they get a 'b' row instead, and a message none of whose rows
+-- is left is not stored. There is no per-row
 -- trigger: its call overhead would dominate the cost of COPY.
 
 -- The transition table may be larger than work_mem and then lives in a temp
@@ -27,6 +30,7 @@ SET work_mem = '64MB' AS $$
 DECLARE
     v_default text;
     v_acct bool := mta.acct_received();
+    v_sup bool := EXISTS (SELECT 1 FROM mta.suppression);
     c record;
     v text;
 BEGIN
@@ -94,10 +98,33 @@ BEGIN
                coalesce(n.not_before, now()) AS not_before,
                octet_length(n.content) AS size, sha256(convert_to(n.content, 'UTF8')) AS h
           FROM new_rows n
+    ), hit AS MATERIALIZED (
+        -- The suppressed rows, with the entry mta.suppression_match would
+        -- pick (the most specific). One probe of the unique index per row
+        -- for both keys (address, '@domain'): cheaper than hashing a large
+        -- list, and with no hashable condition the planner keeps to it.
+        -- Skipped when the list is empty.
+        SELECT DISTINCT ON (s.id) s.id, e.address, e.scope, e.reason, e.source
+          FROM src s
+          JOIN mta.suppression e
+            ON e.address = ANY (ARRAY[mta.suppression_key(s.rcpt_to, s.domain), '@' || s.domain])
+         WHERE v_sup AND (e.scope IS NULL OR starts_with(s.job_id, e.scope))
+           AND (e.expires IS NULL OR e.expires > now())
+         ORDER BY s.id, left(e.address, 1) = '@', length(e.scope) DESC NULLS LAST
     ), keyed AS MATERIALIZED (
         SELECT s.*, min(s.id) OVER (PARTITION BY s.h, s.mail_from, s.job_id, s.vmta, s.pipe,
                                                  s.envid, s.priority, s.not_before) AS first_id
           FROM src s
+         WHERE NOT EXISTS (SELECT 1 FROM hit WHERE hit.id = s.id)
+    ), bounced AS (
+        INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
+                              dsn_diag, bounce_cat, vmta, job_id, envid, queue, pipe, dlv_size)
+            SELECT 'b', now(), now(), s.mail_from, s.rcpt_to, 'failed', '5.7.1',
+                   mta.suppression_diag(h.address, h.scope, h.reason, h.source), 'suppressed',
+                   nullif(s.vmta, ''), s.job_id, s.envid, mta.queue_name(s.domain, s.vmta),
+                   s.pipe, s.size
+              FROM hit h JOIN src s ON s.id = h.id
+             ORDER BY h.id
     ), grp AS MATERIALIZED (
         SELECT nextval('mta.messages_id_seq') AS message_id, k.*
           FROM keyed k WHERE k.id = k.first_id

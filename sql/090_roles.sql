@@ -9,7 +9,8 @@
 --                injection), pause/resume (HTTP API), housekeeping, the
 --                views, and the queue's backoff columns.
 --   mta_admin    everything in schema mta.
---   mta_monitor  SELECT on the views and mta.acct, nothing else.
+--   mta_monitor  SELECT on the views, mta.acct and mta.suppression, and
+--                mta.suppressed(), nothing else.
 --
 -- All API functions are SECURITY DEFINER with a fixed search_path, so the
 -- roles need no rights on the tables behind them.
@@ -84,6 +85,10 @@ GRANT INSERT ON mta.submit TO mta_node;
 GRANT USAGE ON SEQUENCE mta.submit_id_seq TO mta_node;
 GRANT SELECT ON mta.queues, mta.connections, mta.nodes, mta.jobs TO mta_node;
 GRANT SELECT ON mta.queue, mta.pipes, mta.node, mta.job TO mta_node;
+-- HTTP injection with the suppressed recipients named (026_inject.sql)
+GRANT EXECUTE ON FUNCTION mta.inject_request(text, bytea[], text[], int[], text, text, text,
+                                             text, jsonb, text[])
+    TO mta_node;
 -- group commit of the SMTP listener (025_enqueue_batch.sql)
 GRANT EXECUTE ON FUNCTION mta.enqueue_batch(text[], int[], text[], bytea[], text[], text[],
                                             text[], text[])
@@ -99,5 +104,9 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA mta TO mta_admin;
 
 -- mta_monitor
 GRANT SELECT ON mta.queues, mta.connections, mta.nodes, mta.jobs TO mta_monitor;
+-- the suppression list (managed by mta_admin; mta_inject and mta_node only
+-- meet it inside the enqueue functions)
+GRANT SELECT ON mta.suppression TO mta_monitor;
+GRANT EXECUTE ON FUNCTION mta.suppressed(text, text) TO mta_monitor;
 -- and the accounting, as README (Watching and steering) says
 GRANT SELECT ON mta.acct TO mta_monitor;
