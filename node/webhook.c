@@ -559,6 +559,8 @@ do_post(struct consumer *c)
     evhttp_add_header(h, "Content-Type", "application/json");
     evhttp_add_header(h, "User-Agent", "pgmta/" PGMTA_VERSION);
     evhttp_add_header(h, "X-Pgmta-Consumer", c->cw->name);
+    if (c->w->conf->node_name)
+        evhttp_add_header(h, "X-Pgmta-Node", c->w->conf->node_name);
     evhttp_add_header(h, "X-Pgmta-Timestamp", ts);
     evhttp_add_header(h, "X-Pgmta-Signature", sig);
     evbuffer_add(evhttp_request_get_output_buffer(req), c->events, len);

@@ -39,15 +39,18 @@ KEY = b"s3cret-webhook-key"
 
 class Receiver:
     """An HTTP server in a thread that records the events of every batch it
-    answers 200 to. mode: "ok", "fail" (500, nothing recorded) or "sleep"
-    (sleeps past the sender's timeout, nothing recorded)."""
+    answers 200 to, with the node that sent it (X-Pgmta-Node). mode: "ok",
+    "fail" (500, nothing recorded) or "sleep" (sleeps past the sender's
+    timeout, nothing recorded); delay: seconds an "ok" answer waits."""
 
     def __init__(self, port, tls=None, host="127.0.0.1"):
         self.port = port
         self.host = host
         self.tls = tls  # (cert, key) to serve https
         self.mode = "ok"
+        self.delay = 0
         self.batches = []  # lists of event dicts, in the order acknowledged
+        self.senders = []  # per batch: (X-Pgmta-Node, time.monotonic() at arrival)
         self.requests = 0
         self.bad_signatures = 0
         self.lock = threading.Lock()
@@ -84,6 +87,8 @@ class Receiver:
                 events = json.loads(body)
                 with rec.lock:
                     rec.batches.append(events)
+                    rec.senders.append((self.headers.get("X-Pgmta-Node"), time.monotonic()))
+                time.sleep(rec.delay)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -371,6 +376,7 @@ class Webhooks(unittest.TestCase):
                 self.assertIn("@w", e["rcpt"])
                 self.assertEqual(e["orig"], "s@example.com")
         self.assertEqual(ra.bad_signatures + rb.bad_signatures, 0)
+        self.assertEqual({s[0] for s in ra.senders + rb.senders}, {"node-a"})
         self.assertGreater(max(len(b) for b in ra.batches), 1)
         self.assertLessEqual(max(len(b) for b in ra.batches), BATCH)
         self.assertIn("d", {e["type"] for b in ra.batches for e in b})
