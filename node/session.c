@@ -332,10 +332,8 @@ session_enter(struct session *s, enum session_state st)
     struct session_env *e = s->e;
     switch (st) {
     case SESSION_SLOT_CLAIM:
-        session_enter_slot_claim(s);
-        break;
     case SESSION_SLOT_TOKENS_CLAIM:
-        session_enter_slot_tokens_claim(s);
+        session_enter_slot_claim(s);
         break;
     case SESSION_TOKENS_CLAIM:
         session_enter_tokens_claim(s);
@@ -517,30 +515,21 @@ session_react(struct session *s, const struct session_event *ev)
         session_enter(s, SESSION_CONNECT_TOKEN);
         return;
     case SESSION_SLOT_CLAIM:
+    case SESSION_SLOT_TOKENS_CLAIM:
         if (ev->type == EV_SLOT) {
             s->slot_answer = ev->slot;
             s->slot = ev->slot >= 0 ? ev->slot : -1;
-        } else if (ev->type == EV_CLAIMED) {
+        } else if (ev->type == (s->state == SESSION_SLOT_CLAIM ? EV_CLAIMED : EV_TOKENS_CLAIMED)) {
             s->claim_answered = true;
+            if (ev->type == EV_TOKENS_CLAIMED) {
+                s->tokens = ev->granted;
+                s->claim_wait_ms = ev->wait_ms;
+            }
             s->claim_ok = session_take_claim(s, ev->res);
         } else {
             break;
         }
         session_slot_claim_step(s);
-        return;
-    case SESSION_SLOT_TOKENS_CLAIM:
-        if (ev->type == EV_SLOT) {
-            s->slot_answer = ev->slot;
-            s->slot = ev->slot >= 0 ? ev->slot : -1;
-        } else if (ev->type == EV_TOKENS_CLAIMED) {
-            s->claim_answered = true;
-            s->tokens = ev->granted;
-            s->claim_wait_ms = ev->wait_ms;
-            s->claim_ok = session_take_claim(s, ev->res);
-        } else {
-            break;
-        }
-        session_slot_tokens_claim_step(s);
         return;
     case SESSION_TOKENS_CLAIM:
         if (ev->type != EV_TOKENS_CLAIMED)

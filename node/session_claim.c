@@ -125,15 +125,6 @@ session_trim(struct session *s, size_t keep)
     session_give_back(s, keep, false);
 }
 
-/* A new connection's slot was refused after its rated claim: every row
- * goes back, with the tokens the claim spent (one per message claimed, the
- * connect token if it took one). */
-static void
-session_trim_refund(struct session *s)
-{
-    session_give_back(s, 0, true);
-}
-
 /* Decodes the claimed rows; false when there is nothing to deliver. */
 bool
 session_take_claim(struct session *s, const PGresult *res)
@@ -283,45 +274,6 @@ session_enter_tokens_claim(struct session *s)
     send_claim_of(s, true, false);
 }
 
-/* A rate-limited queue's new connection: the slot, and in parallel the
- * connect token, the message tokens and the first claim in one statement -
- * one round trip before the first byte instead of four. Rows claimed for a
- * slot that is refused go back with their tokens. */
-void
-session_enter_slot_tokens_claim(struct session *s)
-{
-    struct session_env *e = s->e;
-    s->slot_answer = -2;
-    s->claim_answered = s->claim_ok = false;
-    s->claim_wait_ms = 0;
-    s->tokens = claim_want(s);
-    send_claim_of(s, true, true);
-    s->pending++;
-    sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
-                        s->dom->max_smtp_out, session_on_slot, s);
-}
-
-/* Both answers of SESSION_SLOT_TOKENS_CLAIM are in: go on, or give back. */
-void
-session_slot_tokens_claim_step(struct session *s)
-{
-    if (s->slot_answer == -2 || !s->claim_answered)
-        return;
-    if (s->slot_answer < 0) {
-        session_postpone(s, SESSION_SLOT_RETRY_MS);
-        session_trim_refund(s);
-        session_end(s);
-    } else if (!s->claim_ok) {
-        /* the rate allows nothing yet: no node is offered the queue until
-         * its next token is due */
-        if (s->claim_wait_ms)
-            session_postpone(s, session_token_wait_ms(s->claim_wait_ms));
-        session_end(s);
-    } else {
-        session_enter(s, SESSION_RESOLVE);
-    }
-}
-
 void
 session_enter_claim(struct session *s)
 {
@@ -331,24 +283,28 @@ session_enter_claim(struct session *s)
         send_claim(s);
 }
 
-/* A new connection of a queue without rate limits: the slot and the first
- * claim in parallel, one round trip before the first byte instead of two.
- * Rows claimed for a slot that is refused are given back at once. */
+/* A new connection: the slot and, in parallel, the first claim - one round
+ * trip before the first byte. In SESSION_SLOT_TOKENS_CLAIM (a rate-limited
+ * queue) the claim's statement takes the connect token and the message
+ * tokens too, instead of three more round trips. Rows claimed for a slot
+ * that is refused are given back at once, with the tokens they cost. */
 void
 session_enter_slot_claim(struct session *s)
 {
     struct session_env *e = s->e;
+    bool rated = s->state == SESSION_SLOT_TOKENS_CLAIM;
     s->slot_answer = -2;
     s->claim_answered = s->claim_ok = false;
-    s->tokens = s->dom->max_msg_per_connection < SESSION_BATCH_MAX ? s->dom->max_msg_per_connection
-                                                                   : SESSION_BATCH_MAX;
-    send_claim(s);
+    s->claim_wait_ms = 0;
+    s->tokens = claim_want(s);
+    send_claim_of(s, rated, rated);
     s->pending++;
     sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
                         s->dom->max_smtp_out, session_on_slot, s);
 }
 
-/* Both answers of SESSION_SLOT_CLAIM are in: go on, or give back. */
+/* Both answers of SESSION_SLOT_CLAIM or SESSION_SLOT_TOKENS_CLAIM are in:
+ * go on, or give back. */
 void
 session_slot_claim_step(struct session *s)
 {
@@ -356,9 +312,13 @@ session_slot_claim_step(struct session *s)
         return;
     if (s->slot_answer < 0) {
         session_postpone(s, SESSION_SLOT_RETRY_MS);
-        session_trim(s, 0);
+        session_give_back(s, 0, s->state == SESSION_SLOT_TOKENS_CLAIM);
         session_end(s);
     } else if (!s->claim_ok) {
+        /* the rate allows nothing yet: no node is offered the queue until
+         * its next token is due */
+        if (s->claim_wait_ms)
+            session_postpone(s, session_token_wait_ms(s->claim_wait_ms));
         session_end(s);
     } else {
         session_enter(s, SESSION_RESOLVE);

@@ -83,7 +83,7 @@ struct session {
     unsigned pattern_effects; /* POLICY_EFFECT_* of this batch's replies */
     char *pattern_reply;
     unsigned pending;                   /* database or sched answers due */
-    int slot_answer;                    /* SESSION_SLOT_CLAIM: -2 none yet */
+    int slot_answer;                    /* SESSION_SLOT_(TOKENS_)CLAIM: -2 none yet */
     bool claim_answered, claim_ok;      /* SESSION_SLOT_CLAIM, SESSION_SLOT_TOKENS_CLAIM */
     unsigned claim_wait_ms;             /* SESSION_SLOT_TOKENS_CLAIM: tokens exhausted */
     bool connect_token;                 /* the rated claim in flight takes a connect token */
@@ -112,8 +112,6 @@ void session_enter_slot_claim(struct session *s);
 void session_slot_claim_step(struct session *s);
 bool session_may_slot_claim(const struct session *s);
 void session_enter_tokens_claim(struct session *s);
-void session_enter_slot_tokens_claim(struct session *s);
-void session_slot_tokens_claim_step(struct session *s);
 /* Whether the queue has a rate limit, so that its claims take their tokens
  * in the same statement (mta.claim_many_rated). */
 bool session_rated(const struct session *s);
