@@ -36,6 +36,11 @@ int admin_cmd_suppress(int argc, char **argv);
 /* Prints "pgmta: " + message to stderr. */
 void admin_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* A usage error: admin_err(FMT, ARG), then USAGE to stderr; returns
+ * ADMIN_EXIT_USAGE. */
+int admin_usage_error(const char *usage, const char *fmt, const char *arg)
+    __attribute__((format(printf, 2, 0)));
+
 /* Connects to opts->db or PGMTA_DATABASE_URL; on failure prints why and
  * returns NULL. The session gets client_min_messages=warning and ISO dates. */
 PGconn *admin_connect(const struct admin_opts *opts);

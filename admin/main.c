@@ -64,6 +64,14 @@ admin_err(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
+int
+admin_usage_error(const char *usage, const char *fmt, const char *arg)
+{
+    admin_err(fmt, arg);
+    fputs(usage, stderr);
+    return ADMIN_EXIT_USAGE;
+}
+
 static int
 usage(FILE *out, int status)
 {

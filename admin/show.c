@@ -85,16 +85,6 @@ parse_common(int argc, char **argv, const char *usage, struct admin_opts *opts, 
     return -1;
 }
 
-static int
-usage_error(const char *usage, const char *fmt, const char *arg)
-{
-    fputs("pgmta: ", stderr);
-    fprintf(stderr, fmt, arg);
-    fputc('\n', stderr);
-    fputs(usage, stderr);
-    return ADMIN_EXIT_USAGE;
-}
-
 struct view {
     const char *name;
     const char *sql;
@@ -141,15 +131,16 @@ admin_cmd_show(int argc, char **argv)
     if (st >= 0)
         return st;
     if (optind >= argc)
-        return usage_error(show_usage, "show: what? (%s)", "status|queues|topqueues|nodes|jobs");
+        return admin_usage_error(show_usage, "show: what? (%s)",
+                                 "status|queues|topqueues|nodes|jobs");
     if (optind + 1 < argc)
-        return usage_error(show_usage, "show: unexpected argument '%s'", argv[optind + 1]);
+        return admin_usage_error(show_usage, "show: unexpected argument '%s'", argv[optind + 1]);
     const struct view *v = NULL;
     for (size_t i = 0; i < sizeof views / sizeof views[0]; i++)
         if (!strcmp(argv[optind], views[i].name))
             v = &views[i];
     if (!v)
-        return usage_error(show_usage, "show: unknown view '%s'", argv[optind]);
+        return admin_usage_error(show_usage, "show: unknown view '%s'", argv[optind]);
     PGconn *conn = admin_connect(&opts);
     if (!conn)
         return ADMIN_EXIT_ERROR;
@@ -209,16 +200,16 @@ steer(int argc, char **argv, const char *verb, const char *usage)
     if (st >= 0)
         return st;
     if (argc - optind != 2)
-        return usage_error(usage, "%s: expected 'queue DOMAIN[/VMTA]' or 'job ID'", verb);
+        return admin_usage_error(usage, "%s: expected 'queue DOMAIN[/VMTA]' or 'job ID'", verb);
     const char *kind = argv[optind], *arg = argv[optind + 1];
     bool is_queue = !strcmp(kind, "queue");
     if (!is_queue && strcmp(kind, "job"))
-        return usage_error(usage, "unknown object '%s' (queue or job)", kind);
+        return admin_usage_error(usage, "unknown object '%s' (queue or job)", kind);
     char *domain = NULL, *vmta = NULL;
     if (is_queue && !split_queue(arg, &domain, &vmta))
-        return usage_error(usage, "bad queue '%s' (DOMAIN or DOMAIN/VMTA)", arg);
+        return admin_usage_error(usage, "bad queue '%s' (DOMAIN or DOMAIN/VMTA)", arg);
     if (!is_queue && !*arg)
-        return usage_error(usage, "%s: empty job id", verb);
+        return admin_usage_error(usage, "%s: empty job id", verb);
     int status = ADMIN_EXIT_ERROR;
     PGconn *conn = admin_connect(&opts);
     if (conn) {
@@ -264,14 +255,15 @@ admin_cmd_delete(int argc, char **argv)
     if (st >= 0)
         return st;
     if (optind < argc)
-        return usage_error(delete_usage, "delete: unexpected argument '%s'", argv[optind]);
+        return admin_usage_error(delete_usage, "delete: unexpected argument '%s'", argv[optind]);
     if (!queue == !job)
-        return usage_error(delete_usage, "delete: give exactly one of --queue and --job%s", "");
+        return admin_usage_error(delete_usage, "delete: give exactly one of --queue and --job%s",
+                                 "");
     char *domain = NULL, *vmta = NULL;
     if (queue && !split_queue(queue, &domain, &vmta))
-        return usage_error(delete_usage, "bad queue '%s' (DOMAIN or DOMAIN/VMTA)", queue);
+        return admin_usage_error(delete_usage, "bad queue '%s' (DOMAIN or DOMAIN/VMTA)", queue);
     if (job && !*job)
-        return usage_error(delete_usage, "delete: empty job id%s", "");
+        return admin_usage_error(delete_usage, "delete: empty job id%s", "");
     int status = ADMIN_EXIT_ERROR;
     PGconn *conn = admin_connect(&opts);
     if (conn) {

@@ -47,16 +47,6 @@ struct sopts {
     const char *expires;
 };
 
-static int
-usage_error(const char *fmt, const char *arg)
-{
-    fputs("pgmta: suppress: ", stderr);
-    fprintf(stderr, fmt, arg);
-    fputc('\n', stderr);
-    fputs(suppress_usage, stderr);
-    return ADMIN_EXIT_USAGE;
-}
-
 /* Options after "suppress VERB"; positional arguments stay at argv[optind..].
  * Returns -1 when done, or an exit status to return at once. */
 static int
@@ -394,7 +384,8 @@ int
 admin_cmd_suppress(int argc, char **argv)
 {
     if (argc < 2)
-        return usage_error("what? (%s)", "add, remove, list or import");
+        return admin_usage_error(suppress_usage, "suppress: what? (%s)",
+                                 "add, remove, list or import");
     const char *verb = argv[1];
     if (!strcmp(verb, "--help") || !strcmp(verb, "-h")) {
         fputs(suppress_usage, stdout);
@@ -409,16 +400,20 @@ admin_cmd_suppress(int argc, char **argv)
     bool is_add = !strcmp(verb, "add"), is_remove = !strcmp(verb, "remove");
     bool is_list = !strcmp(verb, "list"), is_import = !strcmp(verb, "import");
     if (!is_add && !is_remove && !is_list && !is_import)
-        return usage_error("unknown action '%s' (add, remove, list or import)", verb);
+        return admin_usage_error(
+            suppress_usage, "suppress: unknown action '%s' (add, remove, list or import)", verb);
     if (npos != (is_list ? 0 : 1))
-        return usage_error(is_list ? "%s takes no argument" : "%s needs exactly one argument",
-                           verb);
+        return admin_usage_error(suppress_usage,
+                                 is_list ? "suppress: %s takes no argument"
+                                         : "suppress: %s needs exactly one argument",
+                                 verb);
     if (!is_add && !is_import && (o.reason || o.expires))
-        return usage_error("%s: --reason and --expires are for add and import", verb);
+        return admin_usage_error(
+            suppress_usage, "suppress: %s: --reason and --expires are for add and import", verb);
     if (!is_add && o.source)
-        return usage_error("%s: --source is for add", verb);
+        return admin_usage_error(suppress_usage, "suppress: %s: --source is for add", verb);
     if (is_list ? false : !*pos[0])
-        return usage_error("%s: empty argument", verb);
+        return admin_usage_error(suppress_usage, "suppress: %s: empty argument", verb);
     PGconn *conn = admin_connect(&o.db);
     if (!conn)
         return ADMIN_EXIT_ERROR;
