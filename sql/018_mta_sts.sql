@@ -12,9 +12,9 @@
 -- delivery never waits for another node).
 --
 -- Returns one row: the valid cached policy (mode NULL: none) with its
--- seconds left, and fetch.
+-- seconds left, and do_fetch.
 CREATE OR REPLACE FUNCTION mta.mta_sts_get(p_domain text, p_txt_id text, p_node text)
-RETURNS TABLE (mode text, mx text, max_age int, ttl_s int, txt_id text, fetch bool)
+RETURNS TABLE (mode text, mx text, max_age int, ttl_s int, txt_id text, do_fetch bool)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r mta.mta_sts;
