@@ -4,9 +4,11 @@ serving policies per Host header, the test DNS serving _mta-sts TXT, MX and
 A records, and STARTTLS sinks. enforce with a good certificate delivers and
 records the policy in mta.acct; enforce with an MX outside the policy or a
 self-signed certificate defers (4.7.5, nothing sent, "MTA-STS:" in
-mta.queues); testing delivers and records the failure; an invalid policy is
+mta.queues); testing delivers and records the failure (untrusted
+issuer, host name mismatch); an invalid policy is
 an error recorded; a failed fetch keeps the cached policy; a policy cached
-by one node serves another without a fetch; mta-sts = false looks nothing
+by one node serves another without a fetch, and one node fetches at a time;
+mta-sts = false looks nothing
 up."""
 import http.server
 import os
@@ -34,6 +36,7 @@ POLICIES = {
     "mismatch.test": (200, policy("enforce", "mx.mismatch.test")),
     "selfsigned.test": (200, policy("enforce", "mx.selfsigned.test")),
     "testing.test": (200, policy("testing", "mx.testing.test")),
+    "wrongname.test": (200, policy("testing", "mx.wrongname.test")),
     "invalid.test": (200, "version: STSv1\r\nmode: enforce\r\nmx: mx.invalid.test\r\n"),
     "cached.test": (404, "gone\n"),
     "shared.test": (200, policy("enforce", "mx.shared.test")),
@@ -128,6 +131,7 @@ class MtaSts(unittest.TestCase):
                             ("mismatch.test", "mx.other.test", OTHER_MX_IP),
                             ("selfsigned.test", "mx.selfsigned.test", SELF_MX_IP),
                             ("testing.test", "mx.testing.test", SELF_MX_IP),
+                            ("wrongname.test", "mx.wrongname.test", GOOD_MX_IP),
                             ("invalid.test", "mx.invalid.test", GOOD_MX_IP),
                             ("cached.test", "mx.cached.test", GOOD_MX_IP),
                             ("shared.test", "mx.shared.test", GOOD_MX_IP),
@@ -215,6 +219,12 @@ class MtaSts(unittest.TestCase):
         self.assertEqual(row[3:6], ("sts", "certificate-not-trusted", "testing.test"))
         self.assertTrue(self.sent_mail(self.selfsigned, "a@testing.test"))
 
+    def test_testing_mode_records_host_mismatch(self):
+        # a certificate from the trusted CA, but not for this MX name
+        row = self.first("a@wrongname.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertEqual(row[3:5], ("sts", "certificate-host-mismatch"))
+
     def test_invalid_policy_is_an_error(self):
         row = self.first("a@invalid.test")
         self.assertEqual(row[0], "d", row)
@@ -241,6 +251,27 @@ class MtaSts(unittest.TestCase):
         self.assertEqual((row[0], row[3]), ("d", "sts"))
         self.assertTrue(row[7].startswith("node-b"), row)
         self.assertTrue(self.first("a@shared.test")[7].startswith("node-a"))
+
+    def test_one_node_fetches_at_a_time(self):
+        # a valid policy whose TXT id changed: the first node to ask fetches,
+        # another node asking meanwhile uses the cached policy
+        self.pg.query("INSERT INTO mta.mta_sts (domain, txt_id, mode, mx, max_age, fetched_at, "
+                      "expires_at) VALUES ('race.test', 'a1', 'testing', ARRAY['mx.race.test'], "
+                      "600, now(), now() + interval '10 minutes')")
+        get = "SELECT mode, mx, do_fetch FROM mta.mta_sts_get('race.test', %s, %s)"
+        self.assertEqual(self.pg.query(get, ("a1", "n1")), [("testing", "mx.race.test", False)])
+        self.assertEqual(self.pg.query(get, ("b2", "n1")), [("testing", "mx.race.test", True)])
+        self.assertEqual(self.pg.query(get, ("b2", "n2")), [("testing", "mx.race.test", False)])
+        # no TXT record: the cached policy, no fetch
+        self.assertEqual(self.pg.query(get, (None, "n2")), [("testing", "mx.race.test", False)])
+        self.pg.query("SELECT mta.mta_sts_put('race.test', 'n1', 'b2', 'enforce', "
+                      "ARRAY['mx.race.test'], 600)")
+        self.assertEqual(self.pg.query(get, ("b2", "n2")), [("enforce", "mx.race.test", False)])
+        # expired: nothing to use, every node that asks fetches
+        self.pg.query("UPDATE mta.mta_sts SET expires_at = now() - interval '1 s' "
+                      "WHERE domain = 'race.test'")
+        self.assertEqual(self.pg.query(get, ("b2", "n1")), [(None, None, True)])
+        self.assertEqual(self.pg.query(get, ("b2", "n2")), [(None, None, True)])
 
     def test_mta_sts_false_looks_nothing_up(self):
         self.assertEqual(self.dns.queries("_mta-sts.off.test", "TXT"), 0)
