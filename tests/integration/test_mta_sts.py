@@ -4,12 +4,10 @@ serving policies per Host header, the test DNS serving _mta-sts TXT, MX and
 A records, and STARTTLS sinks. enforce with a good certificate delivers and
 records the policy in mta.acct; enforce with an MX outside the policy or a
 self-signed certificate defers (4.7.5, nothing sent, "MTA-STS:" in
-mta.queues); testing delivers and records the failure (untrusted
-issuer, host name mismatch); an invalid policy is
-an error recorded; a failed fetch keeps the cached policy; a policy cached
-by one node serves another without a fetch, and one node fetches at a time;
-mta-sts = false looks nothing
-up."""
+mta.queues); testing delivers and records the failure (untrusted issuer,
+host name mismatch); an invalid policy is an error recorded; a failed fetch
+keeps the cached policy; a policy cached by one node serves another without
+a fetch, and one node fetches at a time; mta-sts = false looks nothing up."""
 import http.server
 import os
 import ssl
