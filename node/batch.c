@@ -218,6 +218,9 @@ batch_clear(struct batch *b)
     free(b->dest_ip);
     free(b->tls_protocol);
     free(b->tls_cipher);
+    free(b->tls_policy);
+    free(b->tls_failure);
+    free(b->tls_policy_domain);
     memset(b, 0, sizeof *b);
     return released;
 }
@@ -284,6 +287,9 @@ batch_set_connection(struct batch *b, const struct smtp_conn_info *info)
     free(b->dest_ip);
     free(b->tls_protocol);
     free(b->tls_cipher);
+    free(b->tls_policy);
+    free(b->tls_failure);
+    free(b->tls_policy_domain);
     b->dsn_mta = info->host || info->ip
                      ? xasprintf("%s (%s)", info->host ? info->host : "", info->ip ? info->ip : "")
                      : NULL;
@@ -291,6 +297,9 @@ batch_set_connection(struct batch *b, const struct smtp_conn_info *info)
     b->dest_ip = info->ip ? xstrdup(info->ip) : NULL;
     b->tls_protocol = info->tls_protocol ? xstrdup(info->tls_protocol) : NULL;
     b->tls_cipher = info->tls_cipher ? xstrdup(info->tls_cipher) : NULL;
+    b->tls_policy = info->tls_policy ? xstrdup(info->tls_policy) : NULL;
+    b->tls_failure = info->tls_failure ? xstrdup(info->tls_failure) : NULL;
+    b->tls_policy_domain = info->tls_policy_domain ? xstrdup(info->tls_policy_domain) : NULL;
 }
 
 void
@@ -354,6 +363,9 @@ batch_finish_arrays(const struct batch *b, struct buf *a)
         db_array_append_text(&a[BATCH_F_DST], b->dest_ip);
         db_array_append_text(&a[BATCH_F_TLSP], b->tls_protocol);
         db_array_append_text(&a[BATCH_F_TLSC], b->tls_cipher);
+        db_array_append_text(&a[BATCH_F_TLSPOL], b->tls_policy);
+        db_array_append_text(&a[BATCH_F_TLSFAIL], b->tls_failure);
+        db_array_append_text(&a[BATCH_F_TLSDOM], b->tls_policy_domain);
     }
     for (int i = 0; i < BATCH_F_N; i++)
         buf_puts(&a[i], "}");

@@ -69,6 +69,9 @@ struct batch {
     char *dest_ip;
     char *tls_protocol;
     char *tls_cipher;
+    char *tls_policy; /* TLS-RPT policy type, failure and policy domain */
+    char *tls_failure;
+    char *tls_policy_domain;
 };
 
 /* A row that cannot be delivered: set it aside with REASON. */
@@ -125,6 +128,9 @@ enum {
     BATCH_F_DST,
     BATCH_F_TLSP,
     BATCH_F_TLSC,
+    BATCH_F_TLSPOL,
+    BATCH_F_TLSFAIL,
+    BATCH_F_TLSDOM,
     BATCH_F_N
 };
 /* Encodes the outcomes into BATCH_F_N array literals (initialised here; the
