@@ -59,7 +59,8 @@ struct db {
     struct event *ev_defer; /* runs a failure found inside db_exec */
     bool broken;            /* a send failed: fail at the next loop turn */
     char broken_why[256];
-    int busy; /* depth of db handlers on the stack */
+    bool read_only; /* the previous connection was dropped for 25006 */
+    int busy;       /* depth of db handlers on the stack */
     bool freeing;
 };
 
@@ -220,7 +221,12 @@ db_connected(struct db *db)
     }
     evtimer_del(db->ev_timer);
     db->state = DB_READY;
-    db->backoff_ms = 250;
+    /* After a drop for 25006 the backoff keeps growing: without
+     * target_session_attrs=read-write, connecting to a read-only server
+     * succeeds, and we would otherwise reconnect to it every 250 ms. */
+    if (!db->read_only)
+        db->backoff_ms = 250;
+    db->read_only = false;
     event_add(db->ev_read, NULL);
     db_flush(db);
     log_info("db=%s event=connected prepared=%u", db->name, db->pending);
@@ -387,6 +393,19 @@ db_complete(struct db *db)
     free(r);
 }
 
+/* SQLSTATE 25006 (read_only_sql_transaction): the server we are connected
+ * to does not take writes any more, typically a primary demoted to standby
+ * by a failover (or default_transaction_read_only). Every later write on
+ * this session would fail the same way, so the connection is dropped and
+ * the reconnect path (target_session_attrs=read-write in a multi-host URL)
+ * finds the new primary. */
+static bool
+db_is_read_only(const PGresult *res)
+{
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return PQresultStatus(res) == PGRES_FATAL_ERROR && st && strcmp(st, "25006") == 0;
+}
+
 static void
 db_read(struct db *db)
 {
@@ -400,6 +419,16 @@ db_read(struct db *db)
         PGresult *res = PQgetResult(db->conn);
         if (!res)
             continue; /* end of one query's results; its sync follows */
+        if (db_is_read_only(res)) {
+            char why[256];
+            snprintf(why, sizeof why, "read-only server: %s", PQresultErrorMessage(res));
+            PQclear(res);
+            /* The request gets NULL like any other whose connection was
+             * lost: nothing of it committed. */
+            db->read_only = true;
+            db_fail(db, why);
+            return;
+        }
         ExecStatusType st = PQresultStatus(res);
         if (st == PGRES_PIPELINE_SYNC) {
             PQclear(res);
