@@ -13,7 +13,15 @@
  * db_enter/db_leave; db_free called from inside a callback (busy) fails
  * every pending request at once, as always, but leaves the memory to the
  * outermost handler, which frees it on the way out: no handler ever touches
- * a freed db. */
+ * a freed db.
+ *
+ * Multi-host URLs (host=a,b target_session_attrs=read-write, as a failover
+ * setup gives them): libpq tries the hosts in order, but with PQconnectPoll
+ * it ignores connect_timeout, so a host that never answers (a machine gone,
+ * not just its postmaster) would hold every attempt until our own timer
+ * ends it, and the next attempt would start with the same host. So the
+ * timer is the URL's connect_timeout (10 s by default), and after it fires
+ * the next attempt starts with the next host (the lists are rotated). */
 #include "db.h"
 
 #include <arpa/inet.h>
@@ -49,6 +57,10 @@ struct db {
     struct event *ev_read;
     struct event *ev_write;
     struct event *ev_timer; /* reconnect backoff and connect timeout */
+    unsigned connect_timeout_s;
+    char *hosts[3]; /* host, hostaddr, port lists of the URL, or NULL */
+    unsigned nhosts;
+    unsigned host_shift; /* the next attempt starts with this host */
     int sock;
     struct db_stmt *stmts;
     struct db_req *head, *tail;
@@ -85,6 +97,67 @@ db_leave(struct db *db)
         db_destroy(db);
 }
 
+static const char *const db_host_keys[3] = {"host", "hostaddr", "port"};
+
+static unsigned
+db_list_len(const char *s)
+{
+    if (!s || !*s)
+        return 0;
+    unsigned n = 1;
+    for (; *s; s++)
+        n += *s == ',';
+    return n;
+}
+
+/* LIST (N comma-separated entries) with its first SHIFT entries moved to
+ * the end; a list of another length (one port for every host) as it is. */
+static char *
+db_rotate_list(const char *list, unsigned n, unsigned shift)
+{
+    if (shift == 0 || db_list_len(list) != n)
+        return xstrdup(list);
+    const char *p = list;
+    for (unsigned i = 0; i < shift; i++)
+        p = strchr(p, ',') + 1;
+    size_t len = strlen(list), head = (size_t)(p - list), tail = len - head;
+    char *out = xmalloc(len + 1);
+    memcpy(out, p, tail);
+    out[tail] = ',';
+    memcpy(out + tail + 1, list, head - 1);
+    out[len] = '\0';
+    return out;
+}
+
+/* Reads the host lists and connect_timeout of the URL; a URL libpq cannot
+ * parse is left to fail at connect with libpq's message. */
+static void
+db_parse_url(struct db *db)
+{
+    db->connect_timeout_s = 10;
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(db->url, &err);
+    if (!opts) {
+        PQfreemem(err);
+        return;
+    }
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val)
+            continue;
+        if (strcmp(o->keyword, "connect_timeout") == 0) {
+            int t = atoi(o->val);
+            /* libpq's own floor; 0 (wait forever) keeps our default */
+            if (t > 0)
+                db->connect_timeout_s = t < 2 ? 2 : (unsigned)t;
+        }
+        for (int i = 0; i < 3; i++)
+            if (strcmp(o->keyword, db_host_keys[i]) == 0)
+                db->hosts[i] = xstrdup(o->val);
+    }
+    PQconninfoFree(opts);
+    db->nhosts = db_list_len(db->hosts[0] ? db->hosts[0] : db->hosts[1]);
+}
+
 struct db *
 db_new(struct event_base *base, const char *url, const char *name)
 {
@@ -94,6 +167,7 @@ db_new(struct event_base *base, const char *url, const char *name)
     db->name = xstrdup(name);
     db->sock = -1;
     db->backoff_ms = 250;
+    db_parse_url(db);
     db->ev_timer = evtimer_new(base, db_on_timer, db);
     db->ev_defer = event_new(base, -1, 0, db_on_defer, db);
     PGMTA_ASSERT(db->ev_timer && db->ev_defer);
@@ -271,19 +345,35 @@ db_connect(struct db *db)
     /* idle_in_transaction_session_timeout: a node never leaves a
      * transaction open (every request is its own implicit transaction);
      * should one hang, PostgreSQL ends it instead of holding row locks. */
-    const char *keys[] = {"keepalives",       "keepalives_idle",  "keepalives_interval",
-                          "keepalives_count", "application_name", "connect_timeout",
-                          "options",          "dbname",           NULL};
-    const char *vals[] = {
-        "1",     "10", "5", "3", db->name, "10", "-c idle_in_transaction_session_timeout=30s",
-        db->url, NULL};
+    const char *keys[12] = {"keepalives",
+                            "keepalives_idle",
+                            "keepalives_interval",
+                            "keepalives_count",
+                            "application_name",
+                            "connect_timeout",
+                            "options",
+                            "dbname"};
+    const char *vals[12] = {
+        "1", "10", "5", "3", db->name, "10", "-c idle_in_transaction_session_timeout=30s", db->url};
+    /* After the dbname (the URL), so that they override its lists. */
+    char *rotated[3] = {NULL, NULL, NULL};
+    int n = 8;
+    for (int i = 0; i < 3 && db->host_shift; i++)
+        if (db->hosts[i]) {
+            rotated[i] = db_rotate_list(db->hosts[i], db->nhosts, db->host_shift);
+            keys[n] = db_host_keys[i];
+            vals[n++] = rotated[i];
+        }
+    keys[n] = vals[n] = NULL;
     db->conn = PQconnectStartParams(keys, vals, 1);
+    for (int i = 0; i < 3; i++)
+        free(rotated[i]);
     if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
         db_fail(db, db->conn ? PQerrorMessage(db->conn) : "out of memory");
         return;
     }
     db->state = DB_CONNECTING;
-    struct timeval tv = {10, 0};
+    struct timeval tv = {db->connect_timeout_s, 0};
     evtimer_add(db->ev_timer, &tv);
     /* libpq: after PQconnectStart, act as if PQconnectPoll had answered
      * PGRES_POLLING_WRITING. Polling from the socket event (never from
@@ -333,9 +423,15 @@ db_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct db *db = arg;
     db_enter(db);
-    if (!db->freeing && db->state == DB_CONNECTING)
-        db_fail(db, "connect timeout");
-    else if (!db->freeing && db->state == DB_DISCONNECTED)
+    if (!db->freeing && db->state == DB_CONNECTING) {
+        char why[64] = "connect timeout";
+        if (db->nhosts > 1) {
+            db->host_shift = (db->host_shift + 1) % db->nhosts;
+            snprintf(why, sizeof why, "connect timeout, next from host %u of %u",
+                     db->host_shift + 1, db->nhosts);
+        }
+        db_fail(db, why);
+    } else if (!db->freeing && db->state == DB_DISCONNECTED)
         db_connect(db);
     db_leave(db);
 }
@@ -547,6 +643,8 @@ db_destroy(struct db *db)
         free(s->sql);
         free(s);
     }
+    for (int i = 0; i < 3; i++)
+        free(db->hosts[i]);
     free(db->url);
     free(db->name);
     free(db);
