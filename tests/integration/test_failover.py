@@ -48,6 +48,7 @@ class SmtpInjector(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.prefix, self.pause = port, prefix, pause
         self.acked, self.codes, self.errors = [], collections.Counter(), 0
+        self.acked_at = []  # time.time() of each 250
         self.stop_flag = threading.Event()
 
     def run(self):
@@ -61,6 +62,7 @@ class SmtpInjector(threading.Thread):
                     smtp.ehlo("injector.test")
                 smtp.sendmail("s@sender.test", [rcpt], content(rcpt))
                 self.acked.append(rcpt)
+                self.acked_at.append(time.time())
             except smtplib.SMTPRecipientsRefused as e:
                 self.codes.update(c for c, _ in e.recipients.values())
                 smtp = self._drop(smtp)
@@ -178,6 +180,9 @@ class Failover(unittest.TestCase):
         self.assertGreater(sum(codes.values()) + sum(t.errors for t in smtp_in), 0,
                            "no SMTP client saw the outage")
         self.assertGreater(len(sql_in.committed), 0)
+        # the smtp-in process reconnected too: 250s again after the promotion
+        self.assertTrue(any(t > killed_at + promoted for i in smtp_in for t in i.acked_at),
+                        "no SMTP message accepted after the failover")
 
         final = collections.Counter(r for r, in f.query(
             "SELECT rcpt FROM mta.acct WHERE type IN ('d', 'b')"))
