@@ -10,7 +10,7 @@ import os
 import subprocess
 import time
 
-from pgmta_test import (PG_BIN, PGMTA, Proc, _as_pg_user, _chown_pg, _cleanups, free_port,
+from pgmta_test import (PG_BIN, PGMTA, Proc, _as_pg_user, _chown_pg, free_port,
                         tmpdir, wait_for)
 
 PG_AUTOCTL = "/usr/bin/pg_autoctl"
