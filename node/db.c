@@ -13,7 +13,15 @@
  * db_enter/db_leave; db_free called from inside a callback (busy) fails
  * every pending request at once, as always, but leaves the memory to the
  * outermost handler, which frees it on the way out: no handler ever touches
- * a freed db. */
+ * a freed db.
+ *
+ * Multi-host URLs (host=a,b target_session_attrs=read-write, as a failover
+ * setup gives them): libpq tries the hosts in order, but with PQconnectPoll
+ * it ignores connect_timeout, so a host that never answers (a machine gone,
+ * not just its postmaster) would hold every attempt until our own timer
+ * ends it, and the next attempt would start with the same host. So the
+ * timer is the URL's connect_timeout (10 s by default), and after it fires
+ * the next attempt starts with the next host (the lists are rotated). */
 #include "db.h"
 
 #include <arpa/inet.h>
@@ -49,6 +57,10 @@ struct db {
     struct event *ev_read;
     struct event *ev_write;
     struct event *ev_timer; /* reconnect backoff and connect timeout */
+    unsigned connect_timeout_s;
+    char *hosts[3]; /* host, hostaddr, port lists of the URL, or NULL */
+    unsigned nhosts;
+    unsigned host_shift; /* the next attempt starts with this host */
     int sock;
     struct db_stmt *stmts;
     struct db_req *head, *tail;
@@ -59,7 +71,8 @@ struct db {
     struct event *ev_defer; /* runs a failure found inside db_exec */
     bool broken;            /* a send failed: fail at the next loop turn */
     char broken_why[256];
-    int busy; /* depth of db handlers on the stack */
+    bool read_only; /* the previous connection was dropped for 25006 */
+    int busy;       /* depth of db handlers on the stack */
     bool freeing;
 };
 
@@ -84,6 +97,67 @@ db_leave(struct db *db)
         db_destroy(db);
 }
 
+static const char *const db_host_keys[3] = {"host", "hostaddr", "port"};
+
+static unsigned
+db_list_len(const char *s)
+{
+    if (!s || !*s)
+        return 0;
+    unsigned n = 1;
+    for (; *s; s++)
+        n += *s == ',';
+    return n;
+}
+
+/* LIST (N comma-separated entries) with its first SHIFT entries moved to
+ * the end; a list of another length (one port for every host) as it is. */
+static char *
+db_rotate_list(const char *list, unsigned n, unsigned shift)
+{
+    if (shift == 0 || db_list_len(list) != n)
+        return xstrdup(list);
+    const char *p = list;
+    for (unsigned i = 0; i < shift; i++)
+        p = strchr(p, ',') + 1;
+    size_t len = strlen(list), head = (size_t)(p - list), tail = len - head;
+    char *out = xmalloc(len + 1);
+    memcpy(out, p, tail);
+    out[tail] = ',';
+    memcpy(out + tail + 1, list, head - 1);
+    out[len] = '\0';
+    return out;
+}
+
+/* Reads the host lists and connect_timeout of the URL; a URL libpq cannot
+ * parse is left to fail at connect with libpq's message. */
+static void
+db_parse_url(struct db *db)
+{
+    db->connect_timeout_s = 10;
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(db->url, &err);
+    if (!opts) {
+        PQfreemem(err);
+        return;
+    }
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val)
+            continue;
+        if (strcmp(o->keyword, "connect_timeout") == 0) {
+            int t = atoi(o->val);
+            /* libpq's own floor; 0 (wait forever) keeps our default */
+            if (t > 0)
+                db->connect_timeout_s = t < 2 ? 2 : (unsigned)t;
+        }
+        for (int i = 0; i < 3; i++)
+            if (strcmp(o->keyword, db_host_keys[i]) == 0)
+                db->hosts[i] = xstrdup(o->val);
+    }
+    PQconninfoFree(opts);
+    db->nhosts = db_list_len(db->hosts[0] ? db->hosts[0] : db->hosts[1]);
+}
+
 struct db *
 db_new(struct event_base *base, const char *url, const char *name)
 {
@@ -93,6 +167,7 @@ db_new(struct event_base *base, const char *url, const char *name)
     db->name = xstrdup(name);
     db->sock = -1;
     db->backoff_ms = 250;
+    db_parse_url(db);
     db->ev_timer = evtimer_new(base, db_on_timer, db);
     db->ev_defer = event_new(base, -1, 0, db_on_defer, db);
     PGMTA_ASSERT(db->ev_timer && db->ev_defer);
@@ -220,7 +295,12 @@ db_connected(struct db *db)
     }
     evtimer_del(db->ev_timer);
     db->state = DB_READY;
-    db->backoff_ms = 250;
+    /* After a drop for 25006 the backoff keeps growing: without
+     * target_session_attrs=read-write, connecting to a read-only server
+     * succeeds, and we would otherwise reconnect to it every 250 ms. */
+    if (!db->read_only)
+        db->backoff_ms = 250;
+    db->read_only = false;
     event_add(db->ev_read, NULL);
     db_flush(db);
     log_info("db=%s event=connected prepared=%u", db->name, db->pending);
@@ -265,19 +345,35 @@ db_connect(struct db *db)
     /* idle_in_transaction_session_timeout: a node never leaves a
      * transaction open (every request is its own implicit transaction);
      * should one hang, PostgreSQL ends it instead of holding row locks. */
-    const char *keys[] = {"keepalives",       "keepalives_idle",  "keepalives_interval",
-                          "keepalives_count", "application_name", "connect_timeout",
-                          "options",          "dbname",           NULL};
-    const char *vals[] = {
-        "1",     "10", "5", "3", db->name, "10", "-c idle_in_transaction_session_timeout=30s",
-        db->url, NULL};
+    const char *keys[12] = {"keepalives",
+                            "keepalives_idle",
+                            "keepalives_interval",
+                            "keepalives_count",
+                            "application_name",
+                            "connect_timeout",
+                            "options",
+                            "dbname"};
+    const char *vals[12] = {
+        "1", "10", "5", "3", db->name, "10", "-c idle_in_transaction_session_timeout=30s", db->url};
+    /* After the dbname (the URL), so that they override its lists. */
+    char *rotated[3] = {NULL, NULL, NULL};
+    int n = 8;
+    for (int i = 0; i < 3 && db->host_shift; i++)
+        if (db->hosts[i]) {
+            rotated[i] = db_rotate_list(db->hosts[i], db->nhosts, db->host_shift);
+            keys[n] = db_host_keys[i];
+            vals[n++] = rotated[i];
+        }
+    keys[n] = vals[n] = NULL;
     db->conn = PQconnectStartParams(keys, vals, 1);
+    for (int i = 0; i < 3; i++)
+        free(rotated[i]);
     if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
         db_fail(db, db->conn ? PQerrorMessage(db->conn) : "out of memory");
         return;
     }
     db->state = DB_CONNECTING;
-    struct timeval tv = {10, 0};
+    struct timeval tv = {db->connect_timeout_s, 0};
     evtimer_add(db->ev_timer, &tv);
     /* libpq: after PQconnectStart, act as if PQconnectPoll had answered
      * PGRES_POLLING_WRITING. Polling from the socket event (never from
@@ -327,9 +423,15 @@ db_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct db *db = arg;
     db_enter(db);
-    if (!db->freeing && db->state == DB_CONNECTING)
-        db_fail(db, "connect timeout");
-    else if (!db->freeing && db->state == DB_DISCONNECTED)
+    if (!db->freeing && db->state == DB_CONNECTING) {
+        char why[64] = "connect timeout";
+        if (db->nhosts > 1) {
+            db->host_shift = (db->host_shift + 1) % db->nhosts;
+            snprintf(why, sizeof why, "connect timeout, next from host %u of %u",
+                     db->host_shift + 1, db->nhosts);
+        }
+        db_fail(db, why);
+    } else if (!db->freeing && db->state == DB_DISCONNECTED)
         db_connect(db);
     db_leave(db);
 }
@@ -387,6 +489,19 @@ db_complete(struct db *db)
     free(r);
 }
 
+/* SQLSTATE 25006 (read_only_sql_transaction): the server we are connected
+ * to does not take writes any more, typically a primary demoted to standby
+ * by a failover (or default_transaction_read_only). Every later write on
+ * this session would fail the same way, so the connection is dropped and
+ * the reconnect path (target_session_attrs=read-write in a multi-host URL)
+ * finds the new primary. */
+static bool
+db_is_read_only(const PGresult *res)
+{
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return PQresultStatus(res) == PGRES_FATAL_ERROR && st && strcmp(st, "25006") == 0;
+}
+
 static void
 db_read(struct db *db)
 {
@@ -400,6 +515,16 @@ db_read(struct db *db)
         PGresult *res = PQgetResult(db->conn);
         if (!res)
             continue; /* end of one query's results; its sync follows */
+        if (db_is_read_only(res)) {
+            char why[256];
+            snprintf(why, sizeof why, "read-only server: %s", PQresultErrorMessage(res));
+            PQclear(res);
+            /* The request gets NULL like any other whose connection was
+             * lost: nothing of it committed. */
+            db->read_only = true;
+            db_fail(db, why);
+            return;
+        }
         ExecStatusType st = PQresultStatus(res);
         if (st == PGRES_PIPELINE_SYNC) {
             PQclear(res);
@@ -518,6 +643,8 @@ db_destroy(struct db *db)
         free(s->sql);
         free(s);
     }
+    for (int i = 0; i < 3; i++)
+        free(db->hosts[i]);
     free(db->url);
     free(db->name);
     free(db);
