@@ -20,6 +20,7 @@
 #include "destination.h"
 #include "dns.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "queue.h"
 #include "sched.h"
@@ -128,6 +129,7 @@ session_end(struct session *s)
         else
             smtp_client_free(s->smtp);
         s->smtp = NULL;
+        metrics_smtp_connections(-1);
     }
     for (struct session **pp = &e->sessions; *pp; pp = &(*pp)->next) {
         if (*pp == s) {
@@ -262,10 +264,28 @@ session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *re
                       .type = EV_BATCH_DONE, .results = results, .info = info, .usable = usable});
 }
 
+/* The outcomes of a finish that committed, counted even when the session
+ * ended meanwhile (its batch is still held). */
+static void
+session_count_finished(const struct session *s, const PGresult *res)
+{
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+        return;
+    long long now_us = wall_us();
+    for (size_t i = 0; i < s->batch.nrcpts; i++) {
+        const struct batch_rcpt *r = &s->batch.rcpts[i];
+        metrics_count_outcome(s->q->domain, s->q->vmta, s->e->pipe, r->type, r->bounce_cat);
+        if (r->type != 't')
+            metrics_observe(METRICS_H_QUEUE_TIME,
+                            now_us > r->queued_at_us ? (uint64_t)(now_us - r->queued_at_us) : 0);
+    }
+}
+
 static void
 session_on_finished(const PGresult *res, void *arg)
 {
     struct session *s = arg;
+    session_count_finished(s, res);
     if (session_returned(s))
         session_react(s, &(struct session_event){.type = EV_FINISHED, .res = res});
 }
@@ -296,6 +316,8 @@ enter_resolve(struct session *s)
 static void
 enter_send(struct session *s)
 {
+    if (!s->smtp_started_us)
+        s->smtp_started_us = metrics_now_us();
     s->e->content_bytes += batch_smtp_messages(&s->batch, s->e->dkim);
     /* The client reads the array until the batch callback. */
     smtp_client_send(s->smtp, s->batch.smtp_msgs, s->batch.nmsgs, session_on_batch, s);
@@ -382,6 +404,7 @@ react_resolved(struct session *s, const struct dns_result *res)
 {
     struct session_env *e = s->e;
     struct destination_failure f;
+    s->smtp_started_us = metrics_now_us(); /* the connect counts for its first batch */
     s->smtp = destination_connect(e->base, e->conf, s->dom, s->source_vmta, s->q->domain,
                                   s->q->name, res, &f);
     if (!s->smtp) {
@@ -390,6 +413,7 @@ react_resolved(struct session *s, const struct dns_result *res)
         session_enter(s, SESSION_FINISH);
         return;
     }
+    metrics_smtp_connections(1);
     s->usable = true;
     s->connect_reported = false;
     session_enter(s, SESSION_SEND);
@@ -401,6 +425,9 @@ react_batch_done(struct session *s, const struct session_event *ev)
     struct batch *b = &s->batch;
     s->usable = ev->usable;
     batch_set_connection(b, ev->info);
+    for (size_t i = 0; i < b->nmsgs; i++)
+        metrics_observe_since(METRICS_H_DELIVERY, s->smtp_started_us);
+    s->smtp_started_us = 0;
     bool answered = policy_batch_outcomes(s->dom, b, ev->results, s->q->backoff, wall_us(),
                                           draw_random, &s->pattern_effects, &s->pattern_reply);
     s->sent += (unsigned)b->nmsgs;
@@ -415,6 +442,7 @@ react_batch_done(struct session *s, const struct session_event *ev)
     if (!ev->usable) {
         smtp_client_free(s->smtp);
         s->smtp = NULL;
+        metrics_smtp_connections(-1);
     }
     session_enter(s, SESSION_FINISH);
 }
