@@ -71,8 +71,8 @@ void metrics_proc_detach(pid_t pid);
  * (DOMAIN, VMTA, PIPE); CAT is the bounce category of a 'b'. */
 void metrics_count_outcome(const char *domain, const char *vmta, const char *pipe, char type,
                            const char *cat);
-/* Recipients accepted at a door, and recipients refused there because they
- * are suppressed. */
+/* Recipients accepted at a door (their message committed), and how many of
+ * them were known to be suppressed (a 'b' row, nothing queued). */
 void metrics_count_injected(enum metrics_door door, size_t accepted, size_t suppressed);
 /* An SMTP connection of this process opened (+1) or closed (-1). */
 void metrics_smtp_connections(int delta);

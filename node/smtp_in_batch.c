@@ -334,7 +334,7 @@ batch_done(const PGresult *res, void *arg)
             } else if (PQgetisnull(res, row, 2)) {
                 /* no id and no error: every recipient is suppressed; the
                  * 'b' rows are committed, nothing is queued */
-                metrics_count_injected(METRICS_DOOR_SMTP, 0, take[i]->m.nrcpts);
+                metrics_count_injected(METRICS_DOOR_SMTP, take[i]->m.nrcpts, take[i]->m.nrcpts);
                 answer(b, take[i], SMTP_IN_STORED, SMTP_IN_ID_SUPPRESSED, NULL, NULL, n);
             } else {
                 char msg[256];
