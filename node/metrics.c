@@ -144,6 +144,8 @@ metrics_init(void)
                    -1, 0);
     if (m == MAP_FAILED)
         return -1;
+    if (seg)
+        munmap(seg, sizeof *seg);
     seg = m; /* zero-filled: every counter 0, every slot free */
     own_slot = NULL;
     own_kind = METRICS_PROC_ROOT;
