@@ -243,9 +243,12 @@ queue_counts(const char *domain, const char *vmta, const char *pipe)
         }
         uint32_t free_state = SLOT_FREE;
         if (!atomic_compare_exchange_strong(&q->state, &free_state, SLOT_WRITING)) {
-            /* taken meanwhile: look at it again */
+            /* Taken meanwhile (a slot never becomes free again): ours if
+             * it is published with this key by now, else probe on. */
             atomic_fetch_sub_explicit(&seg->nqueues, 1, memory_order_relaxed);
-            n--;
+            if (atomic_load_explicit(&q->state, memory_order_acquire) == SLOT_READY &&
+                key_equal(q, domain, vmta, pipe))
+                return &q->c;
             continue;
         }
         memcpy(q->domain, domain, strlen(domain) + 1);
