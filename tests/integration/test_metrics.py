@@ -112,11 +112,28 @@ class MetricsTest(unittest.TestCase):
                 body["pipe"] = pipe
             st, r = cls.post("/api/inject/v1", body, INJECT)
             assert st == 200, (st, r)
+        # the label sets above are the first the node counts (named), then
         # SQL: one message to more queues than the node counts one by one
+        named = {("m1.test", "bulk"), ("m2.test", "bulk"), ("m3.test", "bulk"),
+                 ("m4.test", "transactional")}
+        wait_for(lambda: named <= {(l["domain"], l["pipe"]) for n, l, _ in
+                                   strict_parse(cls.scrape())[1]
+                                   if n == "pgmta_delivered_total"},
+                 timeout=30, what="the first outcomes of m1..m4")
         cls.pg.query("SELECT mta.enqueue('s@sender.test', %s, %s)",
                      (["c@" + d for d in CAP_DOMAINS], CONTENT))
         wait_queue_empty(cls.pg, timeout=90, node=cls.node)
-        cls.text = cls.scrape()
+        # the node counts a finish when its answer arrives, a moment after
+        # the commit that emptied the queue
+        final = cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE type IN ('d', 'b', 't')"
+                              " AND bounce_cat IS DISTINCT FROM 'suppressed'")
+
+        def counted():
+            cls.text = cls.scrape()
+            return sum(v for n, _, v in strict_parse(cls.text)[1]
+                       if n in ("pgmta_delivered_total", "pgmta_bounced_total",
+                                "pgmta_deferred_total")) == final
+        wait_for(counted, timeout=10, what="the node's counters to reach mta.acct's rows")
 
     @classmethod
     def tearDownClass(cls):
