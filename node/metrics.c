@@ -16,6 +16,7 @@
  * atomic adds: a scrape may see one counter a few increments ahead of
  * another, never a counter going down. */
 #include "metrics.h"
+#include "batch.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -279,6 +280,19 @@ metrics_count_outcome(const char *domain, const char *vmta, const char *pipe, ch
         add(&c->bounced[metrics_category_index(cat)], 1);
     else if (type == 't')
         add(&c->deferred, 1);
+}
+
+void
+metrics_count_finished(const struct batch *b, const char *domain, const char *vmta,
+                       const char *pipe, long long now_us)
+{
+    for (size_t i = 0; seg && i < b->nrcpts; i++) {
+        const struct batch_rcpt *r = &b->rcpts[i];
+        metrics_count_outcome(domain, vmta, pipe, r->type, r->bounce_cat);
+        if (r->type != 't')
+            metrics_observe(METRICS_H_QUEUE_TIME,
+                            now_us > r->queued_at_us ? (uint64_t)(now_us - r->queued_at_us) : 0);
+    }
 }
 
 void

@@ -71,6 +71,11 @@ void metrics_proc_detach(pid_t pid);
  * (DOMAIN, VMTA, PIPE); CAT is the bounce category of a 'b'. */
 void metrics_count_outcome(const char *domain, const char *vmta, const char *pipe, char type,
                            const char *cat);
+/* The outcomes of a batch whose finish committed, per recipient, and the
+ * time in queue of the final ones (NOW_US: the wall clock). */
+struct batch;
+void metrics_count_finished(const struct batch *b, const char *domain, const char *vmta,
+                            const char *pipe, long long now_us);
 /* Recipients accepted at a door (their message committed), and how many of
  * them were known to be suppressed (a 'b' row, nothing queued). */
 void metrics_count_injected(enum metrics_door door, size_t accepted, size_t suppressed);

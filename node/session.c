@@ -264,28 +264,13 @@ session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *re
                       .type = EV_BATCH_DONE, .results = results, .info = info, .usable = usable});
 }
 
-/* The outcomes of a finish that committed, counted even when the session
- * ended meanwhile (its batch is still held). */
-static void
-session_count_finished(const struct session *s, const PGresult *res)
-{
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-        return;
-    long long now_us = wall_us();
-    for (size_t i = 0; i < s->batch.nrcpts; i++) {
-        const struct batch_rcpt *r = &s->batch.rcpts[i];
-        metrics_count_outcome(s->q->domain, s->q->vmta, s->e->pipe, r->type, r->bounce_cat);
-        if (r->type != 't')
-            metrics_observe(METRICS_H_QUEUE_TIME,
-                            now_us > r->queued_at_us ? (uint64_t)(now_us - r->queued_at_us) : 0);
-    }
-}
-
 static void
 session_on_finished(const PGresult *res, void *arg)
 {
     struct session *s = arg;
-    session_count_finished(s, res);
+    /* counted even when the session ended meanwhile (its batch is held) */
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
+        metrics_count_finished(&s->batch, s->q->domain, s->q->vmta, s->e->pipe, wall_us());
     if (session_returned(s))
         session_react(s, &(struct session_event){.type = EV_FINISHED, .res = res});
 }
