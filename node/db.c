@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 enum db_state { DB_DISCONNECTED, DB_CONNECTING, DB_READY };
@@ -44,7 +45,8 @@ struct db_req {
     db_cb cb;
     void *arg;
     PGresult *res;
-    bool internal; /* PREPARE during connection set-up */
+    bool internal;    /* PREPARE during connection set-up */
+    uint64_t sent_us; /* metrics_now_us at db_exec */
     struct db_req *next;
 };
 
@@ -480,6 +482,7 @@ db_complete(struct db *db)
             log_error("db=%s event=prepare-failed error=\"%s\"", db->name,
                       PQresultErrorMessage(r->res));
     } else if (r->cb) {
+        metrics_observe_since(METRICS_H_DB, r->sent_us);
         db_taken = NULL;
         r->cb(r->res, r->arg);
     }
@@ -591,6 +594,7 @@ db_exec(struct db *db, const char *stmt, int nparams, const char *const *values,
     struct db_req *r = xcalloc(1, sizeof *r);
     r->cb = cb;
     r->arg = arg;
+    r->sent_us = metrics_now_us();
     db_push(db, r);
     /* Never db_fail here: that would call this request's callback (and
      * every other pending one) before db_exec returns. */

@@ -21,6 +21,7 @@
 #include "json.h"
 #include "json_parse.h"
 #include "conf.h"
+#include "metrics.h"
 #include "mime.h"
 #include "smtp_server.h"
 #include "util.h"
@@ -997,6 +998,7 @@ http_inject_reply(const struct inject_batch *b, const PGresult *res, struct buf 
             buf_printf(out, ", \"message_id\": %lld}", ids[b->rcpt_msg[i]]);
     }
     buf_puts(out, "]}\n");
+    metrics_count_injected(METRICS_DOOR_HTTP, b->nrcpts, nsup);
     free(ids);
     free(sup);
     return 200;

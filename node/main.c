@@ -23,6 +23,7 @@
 #include "dkim.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "pipe.h"
 #include "registry.h"
 #include "smtp_in.h"
@@ -231,6 +232,10 @@ root_run(struct conf *conf)
     /* The failed-AUTH table of the node, before the smtp-in processes are
      * forked: they, and those restarted later, share it. */
     smtp_in_auth_shared_init();
+    /* The node's counters (metrics.h), shared the same way. */
+    if (metrics_init() != 0)
+        log_warn("root event=metrics-unavailable error=\"cannot map the shared segment\"");
+    metrics_proc_attach(METRICS_PROC_ROOT, "", 0);
     /* SIGCHLD is watched before the first fork, so no exit goes unseen. */
     r.sup = pipe_sup_new(r.base, worker_run, smtp_in_run);
     pipe_sup_set_webhook_fn(r.sup, webhook_run);

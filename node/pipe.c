@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 enum proc_state {
@@ -148,6 +149,10 @@ static void __attribute__((noreturn)) child_main(struct pipe_sup *s, struct pipe
     char ident[96];
     snprintf(ident, sizeof ident, "pgmtad[%s/%u]", p->pipe, p->index);
     log_set_ident(ident);
+    metrics_proc_attach(p->kind == PIPE_KIND_PIPE      ? METRICS_PROC_PIPE
+                        : p->kind == PIPE_KIND_SMTP_IN ? METRICS_PROC_SMTP_IN
+                                                       : METRICS_PROC_WEBHOOK,
+                        p->kind == PIPE_KIND_PIPE ? p->pipe : "", p->index);
 
     /* The child's copy of the configuration and of the pipe name; the
      * root's memory is not touched again in this process. */
@@ -379,6 +384,7 @@ proc_exited(struct pipe_proc *p, int status)
     describe_status(status, desc, sizeof desc);
     pid_t pid = p->pid;
     p->pid = 0;
+    metrics_proc_detach(pid);
 
     if (p->state == PROC_STOPPING) {
         log_info("%s index=%u pid=%d stopped status=%s", p->label, p->index, (int)pid, desc);

@@ -20,6 +20,7 @@
 #include "destination.h"
 #include "dns.h"
 #include "log.h"
+#include "metrics.h"
 #include "mta_sts.h"
 #include "policy.h"
 #include "queue.h"
@@ -133,6 +134,7 @@ session_end(struct session *s)
         else
             smtp_client_free(s->smtp);
         s->smtp = NULL;
+        metrics_smtp_connections(-1);
     }
     for (struct session **pp = &e->sessions; *pp; pp = &(*pp)->next) {
         if (*pp == s) {
@@ -279,6 +281,9 @@ static void
 session_on_finished(const PGresult *res, void *arg)
 {
     struct session *s = arg;
+    /* counted even when the session ended meanwhile (its batch is held) */
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
+        metrics_count_finished(&s->batch, s->q->domain, s->q->vmta, s->e->pipe, wall_us());
     if (session_returned(s))
         session_react(s, &(struct session_event){.type = EV_FINISHED, .res = res});
 }
@@ -321,6 +326,8 @@ enter_resolve(struct session *s)
 static void
 enter_send(struct session *s)
 {
+    if (!s->smtp_started_us)
+        s->smtp_started_us = metrics_now_us();
     s->e->content_bytes += batch_smtp_messages(&s->batch, s->e->dkim);
     /* The client reads the array until the batch callback. */
     smtp_client_send(s->smtp, s->batch.smtp_msgs, s->batch.nmsgs, session_on_batch, s);
@@ -446,6 +453,7 @@ react_resolved(struct session *s, const struct dns_result *res)
 {
     struct session_env *e = s->e;
     struct destination_failure f;
+    s->smtp_started_us = metrics_now_us(); /* the connect counts for its first batch */
     s->smtp = destination_connect(e->base, e->conf, s->dom, s->source_vmta, s->q->domain,
                                   s->q->name, res, s->sts_looked_up ? &s->sts : NULL, &f);
     if (!s->smtp) {
@@ -458,6 +466,7 @@ react_resolved(struct session *s, const struct dns_result *res)
         session_enter(s, SESSION_FINISH);
         return;
     }
+    metrics_smtp_connections(1);
     s->usable = true;
     s->connect_reported = false;
     session_enter(s, SESSION_SEND);
@@ -470,6 +479,9 @@ react_batch_done(struct session *s, const struct session_event *ev)
     s->usable = ev->usable;
     struct smtp_conn_info info = session_tls_info(s, ev->info);
     batch_set_connection(b, &info);
+    for (size_t i = 0; i < b->nmsgs; i++)
+        metrics_observe_since(METRICS_H_DELIVERY, s->smtp_started_us);
+    s->smtp_started_us = 0;
     bool answered = policy_batch_outcomes(s->dom, b, ev->results, s->q->backoff, wall_us(),
                                           draw_random, &s->pattern_effects, &s->pattern_reply);
     s->sent += (unsigned)b->nmsgs;
@@ -484,6 +496,7 @@ react_batch_done(struct session *s, const struct session_event *ev)
     if (!ev->usable) {
         smtp_client_free(s->smtp);
         s->smtp = NULL;
+        metrics_smtp_connections(-1);
     }
     session_enter(s, SESSION_FINISH);
 }

@@ -9,6 +9,7 @@
 #include "admission.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "queue.h"
 #include "sched.h"
 #include "session_claims.h"
@@ -149,6 +150,7 @@ session_take_claim(struct session *s, const PGresult *res)
     s->drained = rows < s->claim_limit && !capped;
     if (!capped)
         e->avg_claim_rows = 0.9 * e->avg_claim_rows + 0.1 * (double)rows;
+    metrics_observe(METRICS_H_CLAIM, rows);
     s->q->more_work = !s->drained;
     if (rows == 0)
         return false;

@@ -99,6 +99,7 @@ struct session {
     bool connect_token;                 /* the rated claim in flight takes a connect token */
     unsigned tokens_spent;              /* message tokens the last rated claim spent */
     bool connect_reported;              /* admission_connected was told about this connection */
+    uint64_t smtp_started_us;           /* metrics: the batch's (or connect's) start, 0 none */
     struct admission_waiter claim_turn; /* in q's claim line */
     struct session *next;
 };

@@ -27,6 +27,7 @@
 
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 
 #define OID_TEXT_ 25
 #define OID_BYTEA_ 17
@@ -328,10 +329,12 @@ batch_done(const PGresult *res, void *arg)
                 util_panic(__func__, "enqueue_batch rows out of order");
             if (!PQgetisnull(res, row, 1)) {
                 stored++;
+                metrics_count_injected(METRICS_DOOR_SMTP, take[i]->m.nrcpts, 0);
                 answer(b, take[i], SMTP_IN_STORED, PQgetvalue(res, row, 1), NULL, NULL, n);
             } else if (PQgetisnull(res, row, 2)) {
                 /* no id and no error: every recipient is suppressed; the
                  * 'b' rows are committed, nothing is queued */
+                metrics_count_injected(METRICS_DOOR_SMTP, take[i]->m.nrcpts, take[i]->m.nrcpts);
                 answer(b, take[i], SMTP_IN_STORED, SMTP_IN_ID_SUPPRESSED, NULL, NULL, n);
             } else {
                 char msg[256];

@@ -342,6 +342,12 @@ class HttpApiTest(unittest.TestCase):
         self.assertEqual(m[("pgmta_queue_recipients",
                             lab(domain="api.test", vmta="", pipe="bulk", state="in_flight"))], 0)
         self.assertIn(("pgmta_nodes_alive", frozenset()), m)
+        self.assertEqual(m[("pgmta_queue_connections",
+                            lab(domain="api.test", vmta="", pipe="bulk"))], 0)
+        # the node's own families (test_metrics checks their values)
+        self.assertEqual(m[("pgmta_injected_recipients_total", lab(door="smtp"))], 0)
+        self.assertIn(("pgmta_smtp_transaction_seconds_count", frozenset()), m)
+        self.assertTrue(any(k[0] == "pgmta_process_resident_bytes" for k in m))
         self.assertEqual(m[("pgmta_acct_events_last_hour", lab(type="r"))], 4)
         builds = [k for k in m if k[0] == "pgmta_build_info"]
         self.assertEqual(len(builds), 1)
