@@ -723,6 +723,13 @@ find_bimi(const struct dkim *d, const char *domain)
 char *
 dkim_headers(struct dkim *d, const char *mail_from, const unsigned char *msg, size_t len)
 {
+    return dkim_headers_extra(d, mail_from, NULL, 0, msg, len);
+}
+
+char *
+dkim_headers_extra(struct dkim *d, const char *mail_from, const char *extra, size_t extra_len,
+                   const unsigned char *msg, size_t len)
+{
     if (!d || (d->nkeys == 0 && d->nbimi == 0))
         return NULL;
     char *domain = dkim_sender_domain(mail_from, msg, len);
@@ -739,18 +746,25 @@ dkim_headers(struct dkim *d, const char *mail_from, const unsigned char *msg, si
     if (bimi)
         buf_printf(&out, "BIMI-Selector: %s\r\n", bimi->value);
     if (k) {
-        struct field *mf;
-        size_t nmf;
+        struct field *mf, *xf = NULL;
+        size_t nmf, nxf = 0;
         size_t body = parse_fields(msg, len, &mf, &nmf);
-        /* The fields as the receiver sees them: the added BIMI-Selector first. */
-        struct field *fields = xmalloc((nmf + 1) * sizeof *fields);
+        if (extra_len)
+            parse_fields((const unsigned char *)extra, extra_len, &xf, &nxf);
+        /* The fields as the receiver sees them: the added BIMI-Selector
+         * first, then EXTRA, then the message's. */
+        struct field *fields = xmalloc((nmf + nxf + 1) * sizeof *fields);
         size_t n = 0;
         if (bimi)
             fields[n++] = (struct field){out.data, out.len - 2, false};
+        if (nxf)
+            memcpy(fields + n, xf, nxf * sizeof *xf);
+        n += nxf;
         if (nmf)
             memcpy(fields + n, mf, nmf * sizeof *mf);
         n += nmf;
         free(mf);
+        free(xf);
         /* out.data may move while the signature is appended: sign into a
          * separate buffer. */
         struct buf sig;

@@ -57,6 +57,7 @@
 struct db;
 struct dkim;
 struct dns;
+struct unsub;
 struct sched;
 struct session;
 
@@ -66,6 +67,7 @@ struct session_env {
     struct dns *dns;
     struct sched *sched;
     struct dkim *dkim;
+    struct unsub *unsub; /* list-unsubscribe entries and secret */
     struct db **dbs;
     size_t ndbs;
     size_t rr;
