@@ -6,10 +6,10 @@
  * API and dashboard (http.c, on listen.http, shared by every smtp-in
  * process through SO_REUSEPORT), the one-click unsubscribe listener
  * (unsub_http.c, on listen.unsubscribe, shared the same way), and a
- * second small connection for its row in mta.node. A stop (SIGTERM, SIGINT, or the root going away) closes
- * the listeners at once, lets sessions that are receiving or storing a
- * message finish, and exits when none is left or shutdown-timeout has
- * passed. */
+ * second small connection for its row in mta.node. A stop (SIGTERM,
+ * SIGINT, or the root going away) closes the listeners at once, lets
+ * sessions that are receiving or storing a message finish, and exits when
+ * none is left or shutdown-timeout has passed. */
 #include "smtp_in.h"
 
 #include <signal.h>
