@@ -202,6 +202,20 @@ class Unsubscribe(unittest.TestCase):
         self.assertTrue(self.pg.scalar("SELECT mta.suppressed('t@rcv.test', 't1-autumn')"))
         self.assertFalse(self.pg.scalar("SELECT mta.suppressed('t@rcv.test', 't2-other')"))
 
+    def test_database_down_is_503(self):
+        # the tenant's token: test_job_prefix_scope posts it too, in either order
+        path, _ = urls(self.parsed("t@rcv.test"))
+        src = "127.0.0.62"
+        self.pg.stop(mode="immediate")
+        try:
+            self.assertEqual(self.post(path, source=src), 503)
+        finally:
+            self.pg.start()
+        tries = iter(range(100, 250))  # a fresh client address each, below any rate limit
+        wait_for(lambda: self.post(path, source="127.0.1.%d" % next(tries)) == 200, timeout=30,
+                 interval=0.25, what="the unsubscribe listener to reconnect")
+        self.assertEqual(len(self.suppressed("t@rcv.test")), 1)
+
     def test_own_list_unsubscribe_kept(self):
         msg = self.parsed("own@rcv.test")
         self.assertEqual(msg.get_all("List-Unsubscribe"), ["<https://sender.example/own>"])
