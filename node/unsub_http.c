@@ -24,7 +24,6 @@
 
 #include "conf.h"
 #include "db.h"
-#include "hostport.h"
 #include "http.h"
 #include "http_conn.h"
 #include "http_reply.h"
@@ -52,8 +51,7 @@ struct unsub_http {
     struct event_base *base;
     struct evhttp *evh;
     struct http_conn *hc;
-    struct evhttp_bound_socket *bound;
-    char *listen;
+    struct http_conn_listen listen; /* listen.unsubscribe */
     bool stopped;
     struct unsub *unsub;
     struct conf_rate rate;
@@ -332,39 +330,6 @@ unsub_http_new(struct event_base *base)
 }
 
 static void
-unbind(struct unsub_http *h)
-{
-    if (h->bound) {
-        http_conn_unbind(h->hc, h->bound);
-        h->bound = NULL;
-        log_info("unsubscribe event=closed listen=%s", h->listen);
-    }
-    free(h->listen);
-    h->listen = NULL;
-}
-
-/* listen.unsubscribe, validated by conf with the same parser. A new address
- * that overlaps the old one is bound after the old one is released. */
-static void
-listen_on(struct unsub_http *h, const char *listen)
-{
-    struct hostport hp;
-    char err[256];
-    if (!hostport_parse_str(listen, HOSTPORT_IP_ONLY | HOSTPORT_PORT_REQUIRED, &hp, NULL)) {
-        log_error("unsubscribe event=listen-failed listen=%s error=\"bad address\"", listen);
-        return;
-    }
-    unbind(h);
-    h->bound = http_conn_bind(h->hc, hp.host, hp.port, err, sizeof err);
-    if (!h->bound) {
-        log_error("unsubscribe event=listen-failed listen=%s error=\"%s\"", listen, err);
-        return;
-    }
-    h->listen = xstrdup(listen);
-    log_info("unsubscribe event=listening listen=%s", listen);
-}
-
-static void
 set_db(struct unsub_http *h, const char *url)
 {
     if (url && h->db_url && !strcmp(url, h->db_url))
@@ -405,14 +370,8 @@ unsub_http_apply(struct unsub_http *h, const struct conf *conf)
     }
     if (h->stopped || !conf->database_url)
         want = NULL;
-    if (!want) {
-        unbind(h);
-        set_db(h, NULL);
-        return;
-    }
-    set_db(h, conf->database_url);
-    if (!h->listen || strcmp(h->listen, want) != 0)
-        listen_on(h, want);
+    set_db(h, want ? conf->database_url : NULL);
+    http_conn_listen(h->hc, &h->listen, "unsubscribe", want);
 }
 
 void
@@ -421,7 +380,7 @@ unsub_http_stop(struct unsub_http *h)
     if (!h)
         return;
     h->stopped = true;
-    unbind(h);
+    http_conn_listen(h->hc, &h->listen, "unsubscribe", NULL);
 }
 
 void
@@ -430,7 +389,7 @@ unsub_http_free(struct unsub_http *h)
     if (!h)
         return;
     set_db(h, NULL);
-    unbind(h);
+    http_conn_listen(h->hc, &h->listen, "unsubscribe", NULL);
     http_conn_free(h->hc);
     evhttp_free(h->evh);
     unsub_free(h->unsub);
