@@ -207,10 +207,8 @@ batch_trim(struct batch *b, size_t keep, struct buf *ids, struct buf *tokens)
             free(b->rcpts[i].diag);
         }
         b->nrcpts = first;
-        for (size_t i = keep; i < b->nmsgs; i++) {
-            struct batch_msg *m = &b->msgs[i];
-            released += msg_release(m);
-        }
+        for (size_t i = keep; i < b->nmsgs; i++)
+            released += msg_release(&b->msgs[i]);
         b->nmsgs = keep;
     }
     buf_puts(ids, "}");
@@ -227,9 +225,8 @@ batch_clear(struct batch *b)
         free(b->rcpts[i].diag);
     }
     free(b->rcpts);
-    for (size_t i = 0; i < b->nmsgs; i++) {
+    for (size_t i = 0; i < b->nmsgs; i++)
         released += msg_release(&b->msgs[i]);
-    }
     free(b->msgs);
     free(b->smtp_msgs);
     if (b->res)
