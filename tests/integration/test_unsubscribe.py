@@ -144,8 +144,12 @@ class Unsubscribe(unittest.TestCase):
             self.assertTrue(dkim.verify(raw, dnsfunc=self.dnsfunc), r)
             sig = " ".join(msg["DKIM-Signature"].split())
             h = re.search(r"(?:^|[; ])h=([^;]*);", sig).group(1).replace(" ", "").lower().split(":")
-            self.assertIn("list-unsubscribe", h)
-            self.assertIn("list-unsubscribe-post", h)
+            # signed, and listed once more than they occur: none can be added
+            self.assertEqual(h.count("list-unsubscribe"), 2)
+            self.assertEqual(h.count("list-unsubscribe-post"), 2)
+            # (above ours: the signature's first instance is still ours)
+            added = b"List-Unsubscribe: <https://evil.example/x>\r\n"
+            self.assertFalse(dkim.verify(added + raw, dnsfunc=self.dnsfunc))
             # the signature covers the header: another URL no longer verifies
             self.assertFalse(dkim.verify(raw.replace(b"/u/", b"/x/", 1), dnsfunc=self.dnsfunc))
         self.assertEqual(len(paths), 3)
