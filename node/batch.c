@@ -12,6 +12,7 @@
 #include "addr.h"
 #include "db.h"
 #include "dkim.h"
+#include "log.h"
 #include "unsub.h"
 #include "util.h"
 
@@ -257,8 +258,11 @@ unsub_prefix(struct batch_msg *msg, struct dkim *keys, const struct unsub *unsub
              const struct unsub_entry *e)
 {
     char *lu = unsub_headers(unsub, e, msg->rcpt_ptrs[0], msg->job_id);
-    if (!lu)
+    if (!lu) {
+        log_warn("message=%lld event=no-list-unsubscribe error=\"job id longer than %d octets\"",
+                 msg->message_id, UNSUB_JOB_MAX);
         return 0;
+    }
     size_t ll = strlen(lu);
     char *hdr =
         keys ? dkim_headers_extra(keys, msg->mail_from, lu, ll, msg->content, msg->content_len)
