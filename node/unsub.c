@@ -232,7 +232,8 @@ const struct unsub_entry *
 unsub_match(const struct unsub *u, const char *mail_from, const char *job, const unsigned char *msg,
             size_t len)
 {
-    if (!u || u->nentries == 0 || !u->key)
+    /* a job id no token can carry: no header, and no reason to split */
+    if (!u || u->nentries == 0 || !u->key || (job && strlen(job) > UNSUB_JOB_MAX))
         return NULL;
     char *domain = dkim_sender_domain(mail_from, msg, len);
     if (!domain)

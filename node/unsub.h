@@ -49,7 +49,8 @@ bool unsub_has_secret(const struct unsub *u);
 
 /* The entry for a message (MSG, LEN: its stored content; MAIL_FROM its
  * envelope sender; JOB its job id or NULL), or NULL when none applies or the
- * message carries a List-Unsubscribe header of its own (kept as it is). The
+ * message carries a List-Unsubscribe header of its own (kept as it is) or
+ * has a job id longer than UNSUB_JOB_MAX octets. The
  * sender domain is that of the From: address, else of MAIL_FROM, as for DKIM;
  * among entries of the domain whose job-prefix the job id starts with (or
  * without one) the longest job-prefix wins. */
