@@ -12,6 +12,8 @@
 #include "addr.h"
 #include "db.h"
 #include "dkim.h"
+#include "log.h"
+#include "unsub.h"
 #include "util.h"
 
 static char *
@@ -71,8 +73,8 @@ row_nonsense(const PGresult *res, int row, int c_rcpt, int c_from, int c_att)
 }
 
 size_t
-batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reject_cb reject,
-             void *arg, int *lease_left_ms)
+batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, const struct unsub *unsub,
+             batch_reject_cb reject, void *arg, int *lease_left_ms)
 {
     int n = PQntuples(res);
     *lease_left_ms = 0;
@@ -83,7 +85,8 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
         c_rcpt = PQfnumber(res, "rcpt"), c_content = PQfnumber(res, "content"),
         c_att = PQfnumber(res, "attempt"), c_envid = PQfnumber(res, "envid"),
         c_qat = PQfnumber(res, "queued_at"), c_first = PQfnumber(res, "content_first"),
-        c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms");
+        c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms"),
+        c_job = PQfnumber(res, "job_id");
     b->rcpts = xcalloc((size_t)n, sizeof *b->rcpts);
     b->msgs = xcalloc((size_t)n, sizeof *b->msgs);
     *lease_left_ms = c_left >= 0 ? db_get_int4(res, 0, c_left) : 0;
@@ -93,6 +96,7 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
     const unsigned char *content = NULL;
     size_t content_len = 0;
     const char *content_why = NULL;
+    const struct unsub_entry *content_unsub = NULL;
     long owner = -1;
     size_t held = 0;
     for (int i = 0; i < n; i++) {
@@ -104,6 +108,16 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
                                                     : "message content missing";
             content = content_why ? NULL : (const unsigned char *)PQgetvalue(res, i, c_content);
             content_len = content_why ? 0 : (size_t)PQgetlength(res, i, c_content);
+            /* List-Unsubscribe carries a token per recipient: one
+             * transaction (one body) per recipient. */
+            content_unsub =
+                content && unsub
+                    ? unsub_match(
+                          unsub, PQgetisnull(res, i, c_from) ? NULL : PQgetvalue(res, i, c_from),
+                          c_job >= 0 && !PQgetisnull(res, i, c_job) ? PQgetvalue(res, i, c_job)
+                                                                    : NULL,
+                          content, content_len)
+                    : NULL;
         }
         const char *why = content_why ? content_why : row_nonsense(res, i, c_rcpt, c_from, c_att);
         if (why) {
@@ -119,13 +133,16 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
         r->queued_at_us = db_get_timestamptz_us(res, i, c_qat);
         if (!r->rcpt)
             r->rcpt = xstrdup("");
-        if (!cur || cur->message_id != r->message_id || cur->nrcpts >= max_rcpt) {
+        if (!cur || cur->message_id != r->message_id ||
+            cur->nrcpts >= (content_unsub ? 1 : max_rcpt)) {
             cur = &b->msgs[b->nmsgs++];
             cur->message_id = r->message_id;
             cur->mail_from = col_text(res, i, c_from);
             if (!cur->mail_from)
                 cur->mail_from = xstrdup("");
             cur->envid = col_text(res, i, c_envid);
+            cur->job_id = col_text(res, i, c_job);
+            cur->unsub = content_unsub != NULL;
             cur->content = content;
             cur->content_len = content_len;
             cur->owner = owner;
@@ -159,6 +176,23 @@ batch_learn(const struct batch *b, size_t held, double *avg_row_bytes)
     *avg_row_bytes = sample > *avg_row_bytes ? sample : 0.5 * *avg_row_bytes + 0.5 * sample;
 }
 
+/* Frees what transaction M owns; returns the content bytes released. */
+static size_t
+msg_release(struct batch_msg *m)
+{
+    size_t released = m->prefix_len;
+    if (m->owner < 0) {
+        released += m->content_len + m->signed_len;
+        free(m->signed_content);
+    }
+    free(m->prefix);
+    free(m->mail_from);
+    free(m->envid);
+    free(m->job_id);
+    free(m->rcpt_ptrs);
+    return released;
+}
+
 size_t
 batch_trim(struct batch *b, size_t keep, struct buf *ids, struct buf *tokens)
 {
@@ -174,16 +208,8 @@ batch_trim(struct batch *b, size_t keep, struct buf *ids, struct buf *tokens)
             free(b->rcpts[i].diag);
         }
         b->nrcpts = first;
-        for (size_t i = keep; i < b->nmsgs; i++) {
-            struct batch_msg *m = &b->msgs[i];
-            if (m->owner < 0) {
-                released += m->content_len + m->signed_len;
-                free(m->signed_content);
-            }
-            free(m->mail_from);
-            free(m->envid);
-            free(m->rcpt_ptrs);
-        }
+        for (size_t i = keep; i < b->nmsgs; i++)
+            released += msg_release(&b->msgs[i]);
         b->nmsgs = keep;
     }
     buf_puts(ids, "}");
@@ -200,15 +226,8 @@ batch_clear(struct batch *b)
         free(b->rcpts[i].diag);
     }
     free(b->rcpts);
-    for (size_t i = 0; i < b->nmsgs; i++) {
-        if (b->msgs[i].owner < 0) {
-            released += b->msgs[i].content_len + b->msgs[i].signed_len;
-            free(b->msgs[i].signed_content);
-        }
-        free(b->msgs[i].mail_from);
-        free(b->msgs[i].envid);
-        free(b->msgs[i].rcpt_ptrs);
-    }
+    for (size_t i = 0; i < b->nmsgs; i++)
+        released += msg_release(&b->msgs[i]);
     free(b->msgs);
     free(b->smtp_msgs);
     if (b->res)
@@ -225,13 +244,57 @@ batch_clear(struct batch *b)
     return released;
 }
 
+static bool
+has_8bit(const unsigned char *p, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (p[k] & 0x80)
+            return true;
+    return false;
+}
+
+/* The List-Unsubscribe headers of a one-recipient transaction and the DKIM
+ * signature over them and the content, in msg->prefix. Returns the bytes
+ * now held. */
+static size_t
+unsub_prefix(struct batch_msg *msg, struct dkim *keys, const struct unsub *unsub,
+             const struct unsub_entry *e)
+{
+    char *lu = unsub_headers(unsub, e, msg->rcpt_ptrs[0], msg->job_id);
+    if (!lu) {
+        log_warn("message=%lld event=no-list-unsubscribe error=\"job id longer than %d octets\"",
+                 msg->message_id, UNSUB_JOB_MAX);
+        return 0;
+    }
+    size_t ll = strlen(lu);
+    char *hdr =
+        keys ? dkim_headers_extra(keys, msg->mail_from, lu, ll, msg->content, msg->content_len)
+             : NULL;
+    size_t hl = hdr ? strlen(hdr) : 0;
+    msg->prefix = xmalloc(hl + ll);
+    if (hl)
+        memcpy(msg->prefix, hdr, hl);
+    memcpy(msg->prefix + hl, lu, ll);
+    msg->prefix_len = hl + ll;
+    free(hdr);
+    free(lu);
+    return msg->prefix_len;
+}
+
 size_t
-batch_smtp_messages(struct batch *b, struct dkim *keys)
+batch_smtp_messages(struct batch *b, struct dkim *keys, const struct unsub *unsub)
 {
     size_t added = 0;
     struct smtp_message *m = xcalloc(b->nmsgs ? b->nmsgs : 1, sizeof *m);
+    /* The entry of the current message, matched again: the one found at
+     * decoding may have gone with a reload since. */
+    const struct unsub_entry *ue = NULL;
     for (size_t i = 0; i < b->nmsgs; i++) {
         struct batch_msg *msg = &b->msgs[i];
+        if (msg->owner < 0)
+            ue = msg->unsub ? unsub_match(unsub, msg->mail_from, msg->job_id, msg->content,
+                                          msg->content_len)
+                            : NULL;
         m[i].mail_from = msg->mail_from;
         m[i].envid = msg->envid;
         m[i].rcpts = msg->rcpt_ptrs;
@@ -243,6 +306,13 @@ batch_smtp_messages(struct batch *b, struct dkim *keys)
             for (const char *p = msg->rcpt_ptrs[k]; *p; p++)
                 utf8 |= (*p & 0x80) != 0;
         m[i].smtputf8 = utf8;
+        if (ue) {
+            /* Headers of this recipient before the stored content, which
+             * every transaction of the message shares unchanged. */
+            added += unsub_prefix(msg, keys, unsub, ue);
+            m[i].prefix = msg->prefix;
+            m[i].prefix_len = msg->prefix_len;
+        }
         if (msg->owner >= 0) {
             /* A later transaction of the same message: the same bytes. */
             m[i].content = m[msg->owner].content;
@@ -252,6 +322,10 @@ batch_smtp_messages(struct batch *b, struct dkim *keys)
         }
         m[i].content = msg->content;
         m[i].content_len = msg->content_len;
+        if (ue) {
+            m[i].eightbit = has_8bit(msg->content, msg->content_len);
+            continue;
+        }
         /* DKIM signature and BIMI-Selector of the sender domain, once per
          * message (not per recipient or transaction). */
         char *hdr =
@@ -267,12 +341,7 @@ batch_smtp_messages(struct batch *b, struct dkim *keys)
             added += msg->signed_len;
             free(hdr);
         }
-        for (size_t k = 0; k < msg->content_len; k++) {
-            if (msg->content[k] & 0x80) {
-                m[i].eightbit = true;
-                break;
-            }
-        }
+        m[i].eightbit = has_8bit(msg->content, msg->content_len);
     }
     free(b->smtp_msgs);
     b->smtp_msgs = m;

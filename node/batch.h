@@ -19,6 +19,7 @@
 
 struct buf;
 struct dkim;
+struct unsub;
 
 /* Largest content a node sends; larger rows are nonsense (enqueue refuses
  * more than 64 MB). */
@@ -46,6 +47,12 @@ struct batch_msg {
     long long message_id;
     char *mail_from;
     char *envid;
+    char *job_id;
+    /* A list-unsubscribe entry applied at decoding: one recipient per
+     * transaction, its headers in prefix (owned by each transaction). */
+    bool unsub;
+    unsigned char *prefix;
+    size_t prefix_len;
     const unsigned char *content; /* inside the claim result */
     size_t content_len;
     unsigned char *signed_content; /* DKIM/BIMI headers + content, when signed */
@@ -79,10 +86,12 @@ typedef void (*batch_reject_cb)(long long id, long long token, const char *reaso
 
 /* Decodes a claim result (called from the claim's db callback: the batch
  * takes the result). Consecutive rows of one message become transactions
- * of at most MAX_RCPT recipients. Returns the content bytes now held;
+ * of at most MAX_RCPT recipients, of one when a list-unsubscribe entry of
+ * UNSUB (may be NULL) applies to the message. Returns the content bytes now held;
  * *LEASE_LEFT_MS is the lease time the server gave (0 without rows). */
-size_t batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reject_cb reject,
-                    void *arg, int *lease_left_ms);
+size_t batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt,
+                    const struct unsub *unsub, batch_reject_cb reject, void *arg,
+                    int *lease_left_ms);
 /* Rows to claim for TOKENS messages, at most MAX_ROWS: message tokens
  * (max-msg-rate) and max-msg-per-connection count messages, i.e. SMTP
  * transactions, as PowerMTA does, while a claim counts recipient rows. A
@@ -103,9 +112,11 @@ size_t batch_trim(struct batch *b, size_t keep, struct buf *ids, struct buf *tok
 size_t batch_clear(struct batch *b);
 
 /* Builds b->smtp_msgs: DKIM signature and BIMI-Selector once per message
- * (KEYS may be NULL), 8BITMIME and SMTPUTF8 flags. Returns the bytes of the
- * signed copies now held. */
-size_t batch_smtp_messages(struct batch *b, struct dkim *keys);
+ * (KEYS may be NULL), 8BITMIME and SMTPUTF8 flags. A transaction with a
+ * list-unsubscribe entry gets its List-Unsubscribe headers and a signature
+ * of its own as a prefix, the content shared. Returns the bytes of the
+ * signed copies and prefixes now held. */
+size_t batch_smtp_messages(struct batch *b, struct dkim *keys, const struct unsub *unsub);
 /* Records the connection facts of INFO for accounting. */
 void batch_set_connection(struct batch *b, const struct smtp_conn_info *info);
 

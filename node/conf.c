@@ -9,8 +9,10 @@
  * The struct conf returned by conf_load owns all its strings; the loader
  * state (file names, per-entry bookkeeping) lives only during conf_load. */
 #include "conf_int.h"
+#include "addr.h"
 #include "hostport.h"
 #include "log.h"
+#include "unsub.h"
 #include "util.h"
 #include "webhook.h"
 
@@ -18,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <libconfig.h>
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -870,6 +873,62 @@ top_loc(struct loader *ld, const char *name)
     return l;
 }
 
+/* list-unsubscribe entries, the secret and the listener (see README,
+ * One-click unsubscribe): the secret is read here so that a missing or
+ * unreadable file stops the start, not the first delivery. */
+static int
+validate_unsubscribe(struct loader *ld)
+{
+    struct conf *c = ld->c;
+    char err[512];
+    const struct field *uf =
+        conf_top_fields[conf_field_index(conf_top_fields, "list-unsubscribe")].kind->fields;
+    for (size_t i = 0; i < c->nlist_unsubscribe; i++) {
+        const struct conf_list_unsubscribe *e = &c->list_unsubscribe[i];
+        const struct meta *m = &ld->metas[K_LIST_UNSUB][i];
+        int j = conf_field_index(uf, "url");
+        struct loc l = m->set & (1u << j) ? m->flocs[j] : m->loc;
+        if (unsub_url_check(e->url, err, sizeof err) != 0)
+            return fail(ld, l, "list-unsubscribe \"%s\": %s", e->name, err);
+        if (e->mailto && (!addr_validate_str(e->mailto, NULL, NULL) ||
+                          strspn(e->mailto, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                            "0123456789.-_+@") != strlen(e->mailto)))
+            return fail(ld, m->loc,
+                        "list-unsubscribe \"%s\": mailto: an address of letters, digits and "
+                        ".-_+ wanted",
+                        e->name);
+        if (e->job_prefix && strlen(e->job_prefix) > UNSUB_JOB_MAX)
+            return fail(ld, m->loc, "list-unsubscribe \"%s\": job-prefix: at most %d octets",
+                        e->name, UNSUB_JOB_MAX);
+        const char *sc = e->suppression_scope;
+        if (sc && strcmp(sc, "global") != 0 && strcmp(sc, "job-prefix") != 0)
+            return fail(ld, m->loc,
+                        "list-unsubscribe \"%s\": suppression-scope: \"global\" or "
+                        "\"job-prefix\"",
+                        e->name);
+        if (sc && !strcmp(sc, "job-prefix") && !e->job_prefix)
+            return fail(ld, m->loc,
+                        "list-unsubscribe \"%s\": suppression-scope \"job-prefix\" needs a "
+                        "job-prefix",
+                        e->name);
+    }
+    if ((c->nlist_unsubscribe || c->listen_unsubscribe) && !c->unsubscribe_secret_file) {
+        struct loc l = top_loc(ld, c->nlist_unsubscribe ? "list-unsubscribe" : "listen");
+        return fail(ld, l, "unsubscribe-secret-file is required by %s",
+                    c->nlist_unsubscribe ? "list-unsubscribe" : "listen.unsubscribe");
+    }
+    if (c->unsubscribe_secret_file) {
+        size_t len;
+        char *key = unsub_read_secret(c->unsubscribe_secret_file, &len, err, sizeof err);
+        if (!key)
+            return fail(ld, top_loc(ld, "unsubscribe-secret-file"), "unsubscribe-secret-file: %s",
+                        err);
+        OPENSSL_cleanse(key, len);
+        free(key);
+    }
+    return 0;
+}
+
 static int
 validate(struct loader *ld)
 {
@@ -910,6 +969,8 @@ validate(struct loader *ld)
     if (validate_smtp_listener(ld) != 0)
         return -1;
     if (validate_webhooks(ld) != 0)
+        return -1;
+    if (validate_unsubscribe(ld) != 0)
         return -1;
     if (c->npipes == 0) {
         c->pipes = xcalloc(2, sizeof *c->pipes);
@@ -990,6 +1051,8 @@ conf_load(const char *path, char *err, size_t errlen)
     c->smtp_listener_max_auth_failures = 3;
     c->hop_count_limit = 50;
     c->smtp_listener_auth_failure_delay_ms = 1000;
+    /* Mailbox providers post one-click unsubscribes from a few addresses. */
+    c->unsubscribe_max_rate = (struct conf_rate){600, 60000};
 
     int rc = load_file(&ld, path);
     if (rc == 0)

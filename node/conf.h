@@ -104,6 +104,18 @@ struct conf_webhook {
     char *ca_file;         /* https: the CAs (PEM) to verify with; NULL: the system's */
 };
 
+/* list-unsubscribe entry: the List-Unsubscribe headers (RFC 8058) added to
+ * the mail of one sender domain, optionally of the jobs whose id starts with
+ * job_prefix (see README, One-click unsubscribe). */
+struct conf_list_unsubscribe {
+    char *name;
+    char *domain;            /* sender domain (From:, else MAIL FROM), lower case */
+    char *job_prefix;        /* NULL: every job, and mail without one */
+    char *url;               /* https base URL, the token appended */
+    char *mailto;            /* address of the mailto: URI, or NULL */
+    char *suppression_scope; /* "global" (NULL) or "job-prefix" */
+};
+
 /* smtp-listener.users entry: who may AUTH on the injection listener. */
 struct conf_smtp_user {
     char *name;
@@ -148,6 +160,11 @@ struct conf {
     size_t nbimi;
     struct conf_webhook *webhooks;
     size_t nwebhooks;
+    struct conf_list_unsubscribe *list_unsubscribe;
+    size_t nlist_unsubscribe;
+    char *unsubscribe_secret_file;         /* the HMAC key of the tokens */
+    char *listen_unsubscribe;              /* "ip:port" of POST /u/TOKEN, or NULL */
+    struct conf_rate unsubscribe_max_rate; /* requests per client address */
     bool generate_bounces;
     uint64_t lease_ms;         /* how long a claim is valid */
     uint64_t poll_interval_ms; /* upper bound of the idle poll backoff */

@@ -139,6 +139,21 @@ static const struct field webhook_fields[] = {
 static const struct list_kind webhook_kind = {K_WEBHOOK, "webhook", sizeof(struct conf_webhook),
                                               webhook_fields};
 
+#define U_OFF(m) offsetof(struct conf_list_unsubscribe, m)
+static const struct field list_unsub_fields[] = {
+    {.name = "name", .type = F_NAME, .off = U_OFF(name), .flags = FL_KEY},
+    {.name = "domain", .type = F_DOMAIN, .off = U_OFF(domain), .flags = FL_REQUIRED},
+    {.name = "job-prefix", .type = F_STRING, .off = U_OFF(job_prefix)},
+    {.name = "url", .type = F_STRING, .off = U_OFF(url), .flags = FL_REQUIRED},
+    {.name = "mailto", .type = F_STRING, .off = U_OFF(mailto)},
+    {.name = "suppression-scope", .type = F_STRING, .off = U_OFF(suppression_scope)},
+    {0},
+};
+
+static const struct list_kind list_unsub_kind = {K_LIST_UNSUB, "list-unsubscribe entry",
+                                                 sizeof(struct conf_list_unsubscribe),
+                                                 list_unsub_fields};
+
 static const struct field smtp_user_fields[] = {
     {.name = "name",
      .type = F_STRING,
@@ -191,6 +206,7 @@ static const struct field listen_fields[] = {
      .off = C_OFF(listen_smtp),
      .count_off = C_OFF(nlisten_smtp)},
     {.name = "http", .type = F_LISTEN, .off = C_OFF(listen_http)},
+    {.name = "unsubscribe", .type = F_LISTEN, .off = C_OFF(listen_unsubscribe)},
     {0},
 };
 
@@ -369,6 +385,13 @@ const struct field conf_top_fields[] = {
      .off = C_OFF(webhooks),
      .count_off = C_OFF(nwebhooks),
      .kind = &webhook_kind},
+    {.name = "list-unsubscribe",
+     .type = F_LIST,
+     .off = C_OFF(list_unsubscribe),
+     .count_off = C_OFF(nlist_unsubscribe),
+     .kind = &list_unsub_kind},
+    {.name = "unsubscribe-secret-file", .type = F_STRING, .off = C_OFF(unsubscribe_secret_file)},
+    {.name = "unsubscribe-max-rate-per-client", .type = F_RATE, .off = C_OFF(unsubscribe_max_rate)},
     {0},
 };
 

@@ -595,10 +595,12 @@ sign_data(const struct dkim_key *k, const unsigned char *data, size_t n, size_t 
 
 /* Appends the DKIM-Signature header (ending in CRLF) for the message whose
  * fields are FIELDS (the BIMI-Selector to be added among them) and whose body
- * is BODY. Returns -1 when signing fails. */
+ * is BODY; the names in OVERSIGN (NULL-terminated, may be NULL) that occur
+ * are listed once more in h=, as From always is. Returns -1 when signing
+ * fails. */
 static int
 sign_message(struct buf *out, const struct dkim_key *k, struct field *fields, size_t nfields,
-             const unsigned char *body, size_t bodylen)
+             const unsigned char *body, size_t bodylen, const char *const *oversign)
 {
     /* bh= */
     struct buf cb;
@@ -621,7 +623,10 @@ sign_message(struct buf *out, const struct dkim_key *k, struct field *fields, si
                 count++;
         if (count > DKIM_MAX_PER_NAME)
             count = DKIM_MAX_PER_NAME;
-        if (i == 0)
+        bool over = i == 0;
+        for (const char *const *o = oversign; o && *o && count && !over; o++)
+            over = !strcmp(*o, signed_names[i]);
+        if (over)
             count++;
         for (size_t c = 0; c < count; c++)
             h[nh++] = signed_names[i];
@@ -723,6 +728,13 @@ find_bimi(const struct dkim *d, const char *domain)
 char *
 dkim_headers(struct dkim *d, const char *mail_from, const unsigned char *msg, size_t len)
 {
+    return dkim_headers_extra(d, mail_from, NULL, 0, msg, len);
+}
+
+char *
+dkim_headers_extra(struct dkim *d, const char *mail_from, const char *extra, size_t extra_len,
+                   const unsigned char *msg, size_t len)
+{
     if (!d || (d->nkeys == 0 && d->nbimi == 0))
         return NULL;
     char *domain = dkim_sender_domain(mail_from, msg, len);
@@ -739,23 +751,33 @@ dkim_headers(struct dkim *d, const char *mail_from, const unsigned char *msg, si
     if (bimi)
         buf_printf(&out, "BIMI-Selector: %s\r\n", bimi->value);
     if (k) {
-        struct field *mf;
-        size_t nmf;
+        struct field *mf, *xf = NULL;
+        size_t nmf, nxf = 0;
         size_t body = parse_fields(msg, len, &mf, &nmf);
-        /* The fields as the receiver sees them: the added BIMI-Selector first. */
-        struct field *fields = xmalloc((nmf + 1) * sizeof *fields);
+        if (extra_len)
+            parse_fields((const unsigned char *)extra, extra_len, &xf, &nxf);
+        /* The fields as the receiver sees them: the added BIMI-Selector
+         * first, then EXTRA, then the message's. */
+        struct field *fields = xmalloc((nmf + nxf + 1) * sizeof *fields);
         size_t n = 0;
         if (bimi)
             fields[n++] = (struct field){out.data, out.len - 2, false};
+        if (nxf)
+            memcpy(fields + n, xf, nxf * sizeof *xf);
+        n += nxf;
         if (nmf)
             memcpy(fields + n, mf, nmf * sizeof *mf);
         n += nmf;
         free(mf);
+        free(xf);
         /* out.data may move while the signature is appended: sign into a
          * separate buffer. */
         struct buf sig;
         buf_init(&sig);
-        if (sign_message(&sig, k, fields, n, msg + body, len - body) != 0)
+        /* Fields we add are listed once more than they occur, like From:
+         * nobody can add a second List-Unsubscribe under the signature. */
+        static const char *const added[] = {"list-unsubscribe", "list-unsubscribe-post", NULL};
+        if (sign_message(&sig, k, fields, n, msg + body, len - body, nxf ? added : NULL) != 0)
             log_error("dkim domain=%s selector=%s error=\"signing failed\"", k->domain,
                       k->selector);
         else

@@ -27,6 +27,12 @@ void dkim_free(struct dkim *d);
  * content; bare LF and bare CR count as CRLF, as on the wire. The caller
  * frees the result. */
 char *dkim_headers(struct dkim *d, const char *mail_from, const unsigned char *msg, size_t len);
+/* The same for a message that goes out as EXTRA (EXTRA_LEN octets of header
+ * lines, each ending in CRLF, e.g. List-Unsubscribe) followed by MSG: the
+ * result goes before EXTRA, and EXTRA's fields are signed as the message's
+ * are. EXTRA is not copied into the result. */
+char *dkim_headers_extra(struct dkim *d, const char *mail_from, const char *extra, size_t extra_len,
+                         const unsigned char *msg, size_t len);
 
 /* Exported for tests and fuzzing. */
 

@@ -37,10 +37,8 @@
 struct http {
     struct event_base *base;
     struct evhttp *evh;
-    struct evhttp_bound_socket *bound;
     struct http_conn *hc;
-    char *listen;      /* "ip:port" we listen on, or NULL */
-    char *listen_host; /* its ip, without brackets */
+    struct http_conn_listen listen; /* listen.http */
     bool stopped;
     bool has_token;
     unsigned char token_hash[TOKEN_HASH_LEN];
@@ -157,7 +155,7 @@ host_allowed(const struct http *h, struct evhttp_request *req)
         return false;
     if (!strcasecmp(name, "localhost") || !strcmp(name, "127.0.0.1") || !strcmp(name, "::1"))
         return true;
-    if (h->listen_host && !strcasecmp(name, h->listen_host))
+    if (h->listen.host && !strcasecmp(name, h->listen.host))
         return true;
     for (size_t i = 0; i < h->nallowed_hosts; i++)
         if (!strcasecmp(name, h->allowed_hosts[i]) || !strcasecmp(v, h->allowed_hosts[i]))
@@ -251,60 +249,6 @@ http_new(struct event_base *base, http_reload_fn reload, void *reload_arg)
     return h;
 }
 
-static void
-unbind(struct http *h)
-{
-    if (h->bound) {
-        http_conn_unbind(h->hc, h->bound);
-        h->bound = NULL;
-        log_info("http event=closed listen=%s", h->listen);
-    }
-    free(h->listen);
-    free(h->listen_host);
-    h->listen = h->listen_host = NULL;
-}
-
-static struct evhttp_bound_socket *
-bind_listen(struct http *h, const char *listen, const char *ip, unsigned port)
-{
-    char err[256];
-    struct evhttp_bound_socket *s = http_conn_bind(h->hc, ip, port, err, sizeof err);
-    if (!s)
-        log_error("http event=listen-failed listen=%s error=\"%s\"", listen, err);
-    return s;
-}
-
-/* listen.http: "ip:port" or "[ip6]:port", validated by conf with the same
- * parser (hostport.h). */
-static void
-listen_on(struct http *h, const char *listen)
-{
-    struct hostport hp;
-    const char *why = "bad address";
-    if (!hostport_parse_str(listen, HOSTPORT_IP_ONLY | HOSTPORT_PORT_REQUIRED, &hp, &why)) {
-        log_error("http event=listen-failed listen=%s error=\"%s\"", listen, why);
-        unbind(h);
-        return;
-    }
-    struct evhttp_bound_socket *s = bind_listen(h, listen, hp.host, hp.port);
-    if (!s && h->bound) {
-        /* The new address may overlap the old one: release it and retry. */
-        unbind(h);
-        s = bind_listen(h, listen, hp.host, hp.port);
-    }
-    if (!s) {
-        if (h->bound)
-            log_warn("http event=listen-kept listen=%s", h->listen);
-        return;
-    }
-    unbind(h);
-    h->bound = s;
-    h->listen = xstrdup(listen);
-    h->listen_host = xstrdup(hp.host);
-    log_info("http event=listening listen=%s dashboard=%s", listen,
-             h->dashboard_dir ? h->dashboard_dir : "-");
-}
-
 void
 http_apply(struct http *h, const struct conf *conf)
 {
@@ -345,14 +289,11 @@ http_apply(struct http *h, const struct conf *conf)
     }
     if (h->stopped || !conf->database_url)
         want = NULL;
-    if (!want) {
-        unbind(h);
-        http_api_set_db(h->api, NULL);
-        return;
-    }
-    http_api_set_db(h->api, conf->database_url);
-    if (!h->listen || strcmp(h->listen, want) != 0)
-        listen_on(h, want);
+    http_api_set_db(h->api, want ? conf->database_url : NULL);
+    bool was = h->listen.bound != NULL;
+    http_conn_listen(h->hc, &h->listen, "http", want);
+    if (!was && h->listen.bound)
+        log_info("http event=dashboard dir=%s", h->dashboard_dir ? h->dashboard_dir : "-");
 }
 
 void
@@ -361,7 +302,7 @@ http_stop(struct http *h)
     if (!h)
         return;
     h->stopped = true;
-    unbind(h);
+    http_conn_listen(h->hc, &h->listen, "http", NULL);
 }
 
 void
@@ -370,7 +311,7 @@ http_free(struct http *h)
     if (!h)
         return;
     http_api_free(h->api);
-    unbind(h);
+    http_conn_listen(h->hc, &h->listen, "http", NULL);
     http_conn_free(h->hc);
     evhttp_free(h->evh);
     free(h->inject_hashes);

@@ -22,6 +22,7 @@
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
 
+#include "hostport.h"
 #include "log.h"
 #include "util.h"
 
@@ -437,4 +438,62 @@ http_conn_free(struct http_conn *hc)
     }
     event_free(hc->resume_timer);
     free(hc);
+}
+
+static void
+listen_close(struct http_conn *hc, struct http_conn_listen *l, const char *what)
+{
+    if (l->bound) {
+        http_conn_unbind(hc, l->bound);
+        l->bound = NULL;
+        log_info("%s event=closed listen=%s", what, l->addr);
+    }
+    free(l->addr);
+    free(l->host);
+    l->addr = l->host = NULL;
+}
+
+static struct evhttp_bound_socket *
+listen_bind(struct http_conn *hc, const char *what, const char *addr, const struct hostport *hp)
+{
+    char err[256];
+    struct evhttp_bound_socket *s = http_conn_bind(hc, hp->host, hp->port, err, sizeof err);
+    if (!s)
+        log_error("%s event=listen-failed listen=%s error=\"%s\"", what, addr, err);
+    return s;
+}
+
+void
+http_conn_listen(struct http_conn *hc, struct http_conn_listen *l, const char *what,
+                 const char *addr)
+{
+    if (!addr) {
+        listen_close(hc, l, what);
+        return;
+    }
+    if (l->addr && !strcmp(l->addr, addr))
+        return;
+    struct hostport hp;
+    const char *why = "bad address";
+    if (!hostport_parse_str(addr, HOSTPORT_IP_ONLY | HOSTPORT_PORT_REQUIRED, &hp, &why)) {
+        log_error("%s event=listen-failed listen=%s error=\"%s\"", what, addr, why);
+        listen_close(hc, l, what);
+        return;
+    }
+    struct evhttp_bound_socket *s = listen_bind(hc, what, addr, &hp);
+    if (!s && l->bound) {
+        /* The new address may overlap the old one: release it and retry. */
+        listen_close(hc, l, what);
+        s = listen_bind(hc, what, addr, &hp);
+    }
+    if (!s) {
+        if (l->bound)
+            log_warn("%s event=listen-kept listen=%s", what, l->addr);
+        return;
+    }
+    listen_close(hc, l, what);
+    l->bound = s;
+    l->addr = xstrdup(addr);
+    l->host = xstrdup(hp.host);
+    log_info("%s event=listening listen=%s", what, addr);
 }

@@ -39,6 +39,21 @@ void http_conn_set_limits(struct http_conn *hc, unsigned max_conns, uint64_t hea
 struct evhttp_bound_socket *http_conn_bind(struct http_conn *hc, const char *ip, unsigned port,
                                            char *err, size_t errlen);
 void http_conn_unbind(struct http_conn *hc, struct evhttp_bound_socket *s);
+
+/* The one listening address of a server (listen.http, listen.unsubscribe),
+ * kept across reloads. */
+struct http_conn_listen {
+    struct evhttp_bound_socket *bound;
+    char *addr; /* "ip:port" listened on, or NULL */
+    char *host; /* its ip, without brackets */
+};
+/* Listens on ADDR ("ip:port" or "[ip6]:port", the parser conf uses): nothing
+ * changes when ADDR is the address in use; otherwise ADDR is bound beside
+ * the old socket, or after releasing it when that fails (the addresses may
+ * overlap), and the old socket is kept when ADDR cannot be bound. NULL
+ * closes. Logged as "WHAT event=listening|listen-failed|listen-kept|closed". */
+void http_conn_listen(struct http_conn *hc, struct http_conn_listen *l, const char *what,
+                      const char *addr);
 /* REQ's headers and body are in: its connection's timers stop. */
 void http_conn_request_read(struct http_conn *hc, struct evhttp_request *req);
 unsigned http_conn_count(const struct http_conn *hc);

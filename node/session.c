@@ -328,7 +328,7 @@ enter_send(struct session *s)
 {
     if (!s->smtp_started_us)
         s->smtp_started_us = metrics_now_us();
-    s->e->content_bytes += batch_smtp_messages(&s->batch, s->e->dkim);
+    s->e->content_bytes += batch_smtp_messages(&s->batch, s->e->dkim, s->e->unsub);
     /* The client reads the array until the batch callback. */
     smtp_client_send(s->smtp, s->batch.smtp_msgs, s->batch.nmsgs, session_on_batch, s);
 }

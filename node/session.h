@@ -57,6 +57,7 @@
 struct db;
 struct dkim;
 struct dns;
+struct unsub;
 struct sched;
 struct session;
 
@@ -67,6 +68,7 @@ struct session_env {
     struct mta_sts *sts; /* MTA-STS policies (mta_sts.h), or NULL */
     struct sched *sched;
     struct dkim *dkim;
+    struct unsub *unsub; /* list-unsubscribe entries and secret */
     struct db **dbs;
     size_t ndbs;
     size_t rr;

@@ -154,8 +154,8 @@ session_take_claim(struct session *s, const PGresult *res)
     s->q->more_work = !s->drained;
     if (rows == 0)
         return false;
-    size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, session_set_aside, s,
-                               &lease_left_ms);
+    size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, e->unsub,
+                               session_set_aside, s, &lease_left_ms);
     e->content_bytes += held;
     /* The lease deadline is the server's (lease_until, as time left when
      * the rows were sent), on our monotonic clock. */

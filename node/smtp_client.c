@@ -691,7 +691,7 @@ msg_prepare(struct smtp_client *c, size_t i)
     } else if (m->smtputf8 && !c->cap_smtputf8) {
         fail_status = "5.6.7";
         fail_text = "SMTPUTF8 required but not offered by host";
-    } else if (c->cap_size && m->content_len > c->cap_size) {
+    } else if (c->cap_size && m->prefix_len + m->content_len > c->cap_size) {
         fail_status = "5.3.4";
         fail_text = "message size exceeds the limit announced by host";
     }
@@ -719,7 +719,8 @@ write_mail(struct smtp_client *c)
     char params[400] = "";
     size_t n = 0;
     if (c->cap_size)
-        n += (size_t)snprintf(params + n, sizeof params - n, " SIZE=%zu", m->content_len);
+        n += (size_t)snprintf(params + n, sizeof params - n, " SIZE=%zu",
+                              m->prefix_len + m->content_len);
     if (m->eightbit && c->cap_8bitmime)
         n += (size_t)snprintf(params + n, sizeof params - n, " BODY=8BITMIME");
     if (m->smtputf8 && c->cap_smtputf8)
@@ -1118,6 +1119,8 @@ smtp_enter(struct smtp_client *c, enum smtp_state st)
         struct evbuffer *out = bufferevent_get_output(c->bev);
         if (!c->discard_dot) {
             const struct smtp_message *m = &c->msgs[c->cur];
+            if (m->prefix_len)
+                dotstuff(emit_evbuffer, out, m->prefix, m->prefix_len);
             dotstuff(emit_evbuffer, out, m->content, m->content_len);
         }
         evbuffer_add(out, ".\r\n", 3);

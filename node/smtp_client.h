@@ -50,6 +50,9 @@ struct smtp_message {
     const char *envid;     /* ENVID= when the server offers DSN, or NULL */
     const char *const *rcpts;
     size_t nrcpts;
+    const unsigned char *prefix; /* header lines of this transaction only, sent before
+                                    content (ending in CRLF), or NULL */
+    size_t prefix_len;
     const unsigned char *content;
     size_t content_len;
     bool eightbit; /* content has 8-bit bytes: BODY=8BITMIME if offered */

@@ -4,11 +4,12 @@
  * on a successful SIGHUP reload), the SMTP server (smtp_server.c, with its
  * listeners, sessions and the batcher's database connection), the HTTP
  * API and dashboard (http.c, on listen.http, shared by every smtp-in
- * process through SO_REUSEPORT), and a second small connection for its
- * row in mta.node. A stop (SIGTERM, SIGINT, or the root going away) closes
- * the listeners at once, lets sessions that are receiving or storing a
- * message finish, and exits when none is left or shutdown-timeout has
- * passed. */
+ * process through SO_REUSEPORT), the one-click unsubscribe listener
+ * (unsub_http.c, on listen.unsubscribe, shared the same way), and a
+ * second small connection for its row in mta.node. A stop (SIGTERM,
+ * SIGINT, or the root going away) closes the listeners at once, lets
+ * sessions that are receiving or storing a message finish, and exits when
+ * none is left or shutdown-timeout has passed. */
 #include "smtp_in.h"
 
 #include <signal.h>
@@ -26,6 +27,7 @@
 #include "log.h"
 #include "smtp_server.h"
 #include "registry.h"
+#include "unsub_http.h"
 #include "util.h"
 
 #define SMTP_IN_HEARTBEAT_MS 5000
@@ -39,6 +41,7 @@ struct smtp_in {
     unsigned index;
     struct smtp_server *smtp;
     struct http *http;
+    struct unsub_http *unsub; /* listen.unsubscribe */
     struct event *signals[3];
     struct event *stop_poll;
     uint64_t stop_deadline;
@@ -138,6 +141,7 @@ smtp_in_stop(struct smtp_in *in, const char *why)
              smtp_server_sessions(in->smtp));
     smtp_server_stop_accepting(in->smtp);
     http_stop(in->http);
+    unsub_http_stop(in->unsub);
     in->stop_deadline = util_now_ms() + in->conf->shutdown_timeout_ms;
     struct timeval tv = {0, SMTP_IN_STOP_POLL_MS * 1000};
     evtimer_add(in->stop_poll, &tv);
@@ -157,6 +161,8 @@ smtp_in_reload(struct smtp_in *in)
                   err);
     if (in->http)
         http_apply(in->http, fresh);
+    if (in->unsub)
+        unsub_http_apply(in->unsub, fresh);
     http_inject_configure(fresh);
     conf_free(in->conf);
     in->conf = fresh;
@@ -226,6 +232,8 @@ smtp_in_run(struct conf *conf, const char *name, unsigned index)
     } else {
         in.http = http_new(in.base, reload_via_root, &in);
         http_apply(in.http, conf);
+        in.unsub = unsub_http_new(in.base);
+        unsub_http_apply(in.unsub, conf);
         http_inject_configure(conf);
         node_db_start(&in);
         log_info("smtp-in index=%u event=started pid=%d", index, (int)getpid());
@@ -234,6 +242,7 @@ smtp_in_run(struct conf *conf, const char *name, unsigned index)
 
     smtp_server_free(in.smtp);
     http_free(in.http);
+    unsub_http_free(in.unsub);
     registry_free(in.registry);
     db_free(in.db);
     event_free(in.stop_poll);

@@ -33,6 +33,7 @@
 #include "session_claims.h"
 #include "session_finish.h"
 #include "smtp_client.h"
+#include "unsub.h"
 #include "util.h"
 
 /* Delivery sessions per process at most. */
@@ -369,8 +370,17 @@ worker_reload(struct worker *w)
         conf_free(c);
         return;
     }
+    struct unsub *unsub = unsub_new(c, err, sizeof err);
+    if (!unsub) {
+        log_error("pipe=%s event=reload-failed error=\"%s\" keeping=old", w->pipe, err);
+        dkim_free(keys);
+        conf_free(c);
+        return;
+    }
     dkim_free(w->env.dkim);
     w->env.dkim = keys;
+    unsub_free(w->env.unsub);
+    w->env.unsub = unsub;
     /* Sessions keep pointers into the old configuration: keep it until
      * exit (reloads are rare). */
     w->old_confs = xrealloc(w->old_confs, (w->nold_confs + 1) * sizeof *w->old_confs);
@@ -472,6 +482,11 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
         log_error("pipe=%s event=dkim-init-failed error=\"%s\"", pipe_name, err);
         return 2;
     }
+    e->unsub = unsub_new(conf, err, sizeof err);
+    if (!e->unsub) {
+        log_error("pipe=%s event=unsubscribe-init-failed error=\"%s\"", pipe_name, err);
+        return 2;
+    }
     e->dns = dns_new(w->base, (const char *const *)conf->dns_servers, conf->ndns_servers,
                      conf->dns_timeout_ms, err, sizeof err);
     if (!e->dns) {
@@ -535,6 +550,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     registry_free(w->registry);
     sched_free(e->sched);
     dkim_free(e->dkim);
+    unsub_free(e->unsub);
     for (size_t i = 0; i < w->ndbs; i++)
         db_free(w->dbs[i]);
     free(w->dbs);

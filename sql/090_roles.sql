@@ -97,6 +97,8 @@ GRANT EXECUTE ON FUNCTION mta.enqueue_batch(text[], int[], text[], bytea[], text
                                             text[], text[])
     TO mta_node;
 GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO mta_node;
+-- one-click and mailto: unsubscribes (016_unsubscribe.sql)
+GRANT EXECUTE ON FUNCTION mta.unsubscribe(text, text, text, text) TO mta_node;
 -- the node's HTTP API (status, dashboard, metrics) reads the accounting
 GRANT SELECT ON mta.acct TO mta_node;
 
