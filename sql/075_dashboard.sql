@@ -48,7 +48,8 @@ $$;
 --   top_deferral       the 10 queues with the highest share of deferrals among
 --                      their delivery attempts (d, b, t) in the window
 --   vmtas, nodes       delivered, bounced, deferred per virtual MTA and per
---                      node, delivered in the last 5 minutes too
+--                      node (all its processes), delivered in the last 5
+--                      minutes too
 --   webhooks           mta.webhook_lag
 --   suppression        entries of mta.suppression per source
 -- The window is read once (one scan, grouping sets); plpgsql because
@@ -74,8 +75,11 @@ BEGIN
                count(*) FILTER (WHERE e.type = 't') AS deferred,
                count(*) FILTER (WHERE e.type = 'd' AND e.time_logged >= v_recent)
                    AS delivered_5m
-          FROM mta.acct e
-         WHERE e.time_logged >= v_from AND e.time_logged < now() + interval '1 minute'
+          FROM (SELECT a.type, a.time_logged, a.bounce_cat, a.queue, a.vmta,
+                       -- the node, not its process ("NAME/PIPE/INDEX")
+                       regexp_replace(a.node, '/[^/]*/[0-9]+$', '') AS node
+                  FROM mta.acct a
+                 WHERE a.time_logged >= v_from AND a.time_logged < now() + interval '1 minute') e
          GROUP BY GROUPING SETS ((), (e.bounce_cat), (e.queue), (e.vmta), (e.node))),
     -- grouping() has one bit per argument, the first the highest: the set
     -- grouped by bounce_cat alone is 0b0111, by queue 0b1011, and so on
