@@ -12,7 +12,7 @@
 CREATE OR REPLACE FUNCTION mta.acct_minutes(p_hours int DEFAULT 6)
 RETURNS TABLE (minute timestamptz, received bigint, delivered bigint, bounced bigint,
                deferred bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, mta AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, mta SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     v_from timestamptz;
@@ -53,9 +53,11 @@ $$;
 --   webhooks           mta.webhook_lag
 --   suppression        entries of mta.suppression per source
 -- The window is read once (one scan, grouping sets); plpgsql because
--- mta.webhook_lag is created by a later file.
+-- mta.webhook_lag is created by a later file. No JIT: the planner's estimate
+-- for mta.webhook_lag is high enough to make it compile the statement, which
+-- takes seconds on every call, several times the work itself.
 CREATE OR REPLACE FUNCTION mta.dashboard(p_minutes int DEFAULT 60) RETURNS json
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, mta AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, mta SET jit = off AS $$
 DECLARE
     v_from timestamptz;
     v_recent timestamptz := now() - interval '5 minutes';
@@ -75,11 +77,8 @@ BEGIN
                count(*) FILTER (WHERE e.type = 't') AS deferred,
                count(*) FILTER (WHERE e.type = 'd' AND e.time_logged >= v_recent)
                    AS delivered_5m
-          FROM (SELECT a.type, a.time_logged, a.bounce_cat, a.queue, a.vmta,
-                       -- the node, not its process ("NAME/PIPE/INDEX")
-                       regexp_replace(a.node, '/[^/]*/[0-9]+$', '') AS node
-                  FROM mta.acct a
-                 WHERE a.time_logged >= v_from AND a.time_logged < now() + interval '1 minute') e
+          FROM mta.acct e
+         WHERE e.time_logged >= v_from AND e.time_logged < now() + interval '1 minute'
          GROUP BY GROUPING SETS ((), (e.bounce_cat), (e.queue), (e.vmta), (e.node))),
     -- grouping() has one bit per argument, the first the highest: the set
     -- grouped by bounce_cat alone is 0b0111, by queue 0b1011, and so on
@@ -87,7 +86,11 @@ BEGIN
     c AS (SELECT * FROM g WHERE gs = 7 AND bounced > 0),
     q AS (SELECT * FROM g WHERE gs = 11 AND deferred > 0),
     v AS (SELECT * FROM g WHERE gs = 13),
-    n AS (SELECT * FROM g WHERE gs = 14)
+    -- the node, not its processes ("NAME/PIPE/INDEX")
+    n AS (SELECT regexp_replace(g.node, '/[^/]*/[0-9]+$', '') AS node,
+                 sum(g.delivered)::bigint AS delivered, sum(g.bounced)::bigint AS bounced,
+                 sum(g.deferred)::bigint AS deferred, sum(g.delivered_5m)::bigint AS delivered_5m
+            FROM g WHERE gs = 14 GROUP BY 1)
     SELECT json_build_object(
         'minutes', p_minutes,
         'totals', (SELECT json_build_object('received', coalesce(max(t.received), 0),
