@@ -251,8 +251,7 @@ function renderDashboard(d) {
     el("td", w.events_behind, "n"), el("td", age(Math.round(w.seconds_behind)), "n"),
     el("td", w.failures, w.failures ? "n bad" : "n"), el("td", w.last_error || "", "err")],
   "no consumer");
-  const sup = $("suppression");
-  sup.hidden = sup.previousElementSibling.hidden = !d.suppression.length;
+  $("suppression-part").hidden = !d.suppression.length;
   fillTable("suppression", d.suppression, (s) => [el("td", s.source), el("td", s.entries, "n")]);
 }
 

@@ -11,7 +11,8 @@ the node does not run: the backlog, one of its queues paused. Once the
 accounting no longer changes, the page must show per type the totals of
 mta.acct, the bounce categories and the top queue as SQL counts them, the
 node's throughput, and a screenshot of each chart must show it drawn: the
-chart's SVG paths are long, and its pixels hold the series' colours.
+chart's SVG paths are long, and its pixels hold the series' colours. More
+data and a redraw must not move the sections below the charts.
 """
 import os
 import unittest
@@ -167,6 +168,23 @@ class DashboardChartsTest(unittest.TestCase):
         colours = img.colours(0, 0, img.width, img.height)
         red = sum(v for col, v in colours.items() if near(col, COLORS["bounced"], 8))
         self.assertGreater(red, 500, "no bars in the bounce chart")
+
+        # more data (ten more bounce categories, more deferring queues) and
+        # a redraw move nothing on the page
+        tops = "return ['queues', 'nodes', 'jobs'].map((i) => " \
+               "document.getElementById(i).getBoundingClientRect().top + window.scrollY)"
+        before = self.wd.run(tops)
+        self.pg.query("INSERT INTO mta.acct (type, queue, node, bounce_cat) "
+                      "SELECT t, 'q' || i || '.test', 'node-b/transactional/0', 'cat-' || i "
+                      "FROM generate_series(1, 10) i, unnest(ARRAY['b', 't', 'b']) t")
+        self.wd.run("return Promise.all([refresh(), refreshCharts()])")
+        self.assertEqual(len(self.table("top-deferral")), 10)
+        self.assertEqual(len(self.table("node-throughput")), 2)
+        labels = self.wd.run("return Array.from(document.querySelectorAll('#bounces g.bar "
+                             "text:not(.v)'), (t) => t.textContent)")
+        self.assertEqual(len(labels), 8)
+        self.assertEqual(labels[-1], "(5 more)")
+        self.assertEqual(self.wd.run(tops), before)
         self.assertTrue(self.node.proc.alive())
 
 
