@@ -422,17 +422,30 @@ http_api_nodes(struct http_api *a, struct evhttp_request *req)
     call_start(a, call_new(req, CALL_ROWS), "http_nodes", 0, NULL);
 }
 
+/* Parses the parameters of a GET into P and finds NAME in *value (NULL if
+ * absent, *dup if given more than once). A malformed query string is
+ * answered here (400, P freed): false. */
+static bool
+params_parse_get(struct evhttp_request *req, struct params *p, const char *name, const char **value,
+                 bool *dup)
+{
+    if (params_parse(req, p) < 0) {
+        params_free(p);
+        http_reply_error(req, 400, "malformed query string");
+        return false;
+    }
+    *value = params_get(p, name, dup);
+    return true;
+}
+
 void
 http_api_jobs(struct http_api *a, struct evhttp_request *req)
 {
     struct params p;
     bool dup = false;
-    if (params_parse(req, &p) < 0) {
-        params_free(&p);
-        http_reply_error(req, 400, "malformed query string");
+    const char *job;
+    if (!params_parse_get(req, &p, "job", &job, &dup))
         return;
-    }
-    const char *job = params_get(&p, "job", &dup);
     if (dup || (job && (!*job || has_ctl(job)))) {
         params_free(&p);
         http_reply_error(req, 400, "job: one non-empty job id expected");
@@ -455,12 +468,9 @@ api_window(struct http_api *a, struct evhttp_request *req, enum call_kind kind, 
 {
     struct params p;
     bool dup = false;
-    if (params_parse(req, &p) < 0) {
-        params_free(&p);
-        http_reply_error(req, 400, "malformed query string");
+    const char *v;
+    if (!params_parse_get(req, &p, name, &v, &dup))
         return;
-    }
-    const char *v = params_get(&p, name, &dup);
     long n = def;
     if (v) {
         char *end;

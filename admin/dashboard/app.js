@@ -220,8 +220,17 @@ function stateCell(q) {
   return td;
 }
 
-// Rows of /api/dashboard's vmtas or nodes (named by key) into a table.
+// Rows of /api/dashboard's vmtas or nodes (named by key) into a table; the
+// two tables have one header, made here.
 function fillThroughput(id, rows, key) {
+  const head = $(id).tHead;
+  if (!head.rows.length) {
+    const tr = el("tr");
+    tr.append(el("th", key), el("th", "delivered", "n"), el("th", "bounced", "n"),
+      el("th", "deferred", "n"), el("th", "/min", "n"), el("th", null, "barcol"));
+    tr.cells[4].title = "delivered per minute, last 5 minutes";
+    head.append(tr);
+  }
   const total = (r) => r.delivered + r.bounced + r.deferred;
   const max = Math.max(0, ...rows.map(total));
   fillTable(id, rows, (r) => [el("td", r[key] === null ? "(none)" : r[key]),
