@@ -14,6 +14,7 @@
  * request after its reply. */
 #include "http_api.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -475,7 +476,7 @@ api_window(struct http_api *a, struct evhttp_request *req, enum call_kind kind, 
     if (v) {
         char *end;
         n = strtol(v, &end, 10);
-        if (!*v || *end || v[0] == '-' || v[0] == '+' || v[0] == ' ')
+        if (!isdigit((unsigned char)v[0]) || *end)
             n = min - 1;
     }
     params_free(&p);

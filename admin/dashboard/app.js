@@ -85,6 +85,12 @@ function renderStatus(st) {
   $("node").textContent = (st.node || "") + (st.version ? " · pgmta " + st.version : "");
 }
 
+function buttonCell(button) {
+  const td = el("td");
+  td.append(button);
+  return td;
+}
+
 function steerButton(kind, value, paused) {
   const b = el("button", paused ? "Resume" : "Pause");
   b.type = "button";
@@ -97,7 +103,7 @@ function steerButton(kind, value, paused) {
         body: new URLSearchParams(kind === "queue"
           ? { queue: value.domain, vmta: value.vmta || "" } : { job: value }).toString(),
       });
-      await refresh();
+      await Promise.all([refresh(), refreshCharts()]);
     } catch (e) {
       setState(e.message, false);
     } finally {
@@ -131,9 +137,7 @@ function renderQueues(rows) {
       el("td", q.paused ? "yes" : "", q.paused ? "yes" : ""),
       el("td", q.backoff ? "yes" : "", q.backoff ? "yes" : ""),
       el("td", q.connections, "n"), el("td", queueReason(q), "err"));
-    const td = el("td");
-    td.append(steerButton("queue", { domain: q.domain, vmta: q.vmta }, q.paused));
-    tr.append(td);
+    tr.append(buttonCell(steerButton("queue", { domain: q.domain, vmta: q.vmta }, q.paused)));
     tb.append(tr);
   }
 }
@@ -160,9 +164,7 @@ function renderJobs(rows) {
     tr.append(el("td", j.job_id), el("td", j.paused ? "yes" : "", j.paused ? "yes" : ""),
       el("td", j.queued, "n"), el("td", j.delivered, "n"), el("td", j.bounced, "n"),
       el("td", j.deferred, "n"), el("td", fmtTime(j.created_at)));
-    const td = el("td");
-    td.append(steerButton("job", j.job_id, j.paused));
-    tr.append(td);
+    tr.append(buttonCell(steerButton("job", j.job_id, j.paused)));
     tb.append(tr);
   }
 }
@@ -249,7 +251,7 @@ function renderDashboard(d) {
   const qmax = Math.max(0, ...d.top_backlog.map((q) => q.queued));
   fillTable("top-backlog", d.top_backlog, (q) => [el("td", queueName(q)),
     el("td", q.queued, "n"), el("td", q.deferred, "n"), stateCell(q),
-    barCell(q.queued, qmax)], "nothing queued");
+    barCell(q.queued, qmax), buttonCell(steerButton("queue", q, q.paused))], "nothing queued");
   fillTable("top-deferral", d.top_deferral, (q) => [el("td", q.queue),
     el("td", q.delivered + q.bounced + q.deferred, "n"), el("td", q.deferred, "n"),
     el("td", (100 * q.rate).toFixed(1) + "%", "n"), barCell(q.rate, 1, "warn")],

@@ -120,8 +120,18 @@ class DashboardChartsTest(unittest.TestCase):
                             "ORDER BY queued DESC, domain LIMIT 2")
         self.assertEqual(top, [("big.test", 7, True), ("small.test", 2, False)])
         rows = self.table("top-backlog")
-        self.assertEqual([(r[0], r[1], r[3]) for r in rows],
-                         [("big.test (bulk)", "7", "paused"), ("small.test (bulk)", "2", "")])
+        self.assertEqual([(r[0], r[1], r[3], r[5]) for r in rows],
+                         [("big.test (bulk)", "7", "paused", "Resume"),
+                          ("small.test (bulk)", "2", "", "Pause")])
+        # its button resumes it, and the page shows it at once
+        paused = "SELECT paused FROM mta.queues WHERE domain = 'big.test'"
+        for label, state in (("Resume", False), ("Pause", True)):
+            self.wd.click(self.wd.find("//table[@id='top-backlog']//tr[td[1]='big.test (bulk)']"
+                                       "//button[text()='%s']" % label))
+            wait_for(lambda: self.pg.scalar(paused) is state, timeout=10,
+                     what="big.test paused=%s" % state)
+            wait_for(lambda: self.table("top-backlog")[0][3] == ("paused" if state else ""),
+                     timeout=10, what="the row of big.test shown paused=%s" % state)
 
         # deferral rate of c1.test (the 451s), and the node's throughput
         d1, b1, t1 = self.pg.query("SELECT count(*) FILTER (WHERE type = 'd'), "

@@ -593,7 +593,8 @@ class HttpStatsTest(unittest.TestCase):
                      "/api/stats?hours=2&hours=3", "/api/stats?hours=99999999999999999999",
                      "/api/stats?hours=1%3BDROP%20TABLE%20mta.acct",
                      "/api/dashboard?minutes=0", "/api/dashboard?minutes=1441",
-                     "/api/dashboard?minutes=1.5", "/api/dashboard?minutes=%2060"):
+                     "/api/dashboard?minutes=1.5", "/api/dashboard?minutes=%2060",
+                     "/api/dashboard?minutes=%0960", "/api/dashboard?minutes=0x10"):
             st, _, body = self.c.json("GET", path)
             self.assertEqual(st, 400, path)
             self.assertIn("error", body)
