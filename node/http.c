@@ -63,6 +63,8 @@ static const struct route {
     {"/api/queues", M_GET, "GET, HEAD", http_api_queues},
     {"/api/nodes", M_GET, "GET, HEAD", http_api_nodes},
     {"/api/jobs", M_GET, "GET, HEAD", http_api_jobs},
+    {"/api/stats", M_GET, "GET, HEAD", http_api_stats},
+    {"/api/dashboard", M_GET, "GET, HEAD", http_api_dashboard},
     {"/api/pause", M_POST, "POST", http_api_pause},
     {"/api/resume", M_POST, "POST", http_api_resume},
     {"/api/reload", M_POST, "POST", http_api_reload},

@@ -14,6 +14,7 @@
  * request after its reply. */
 #include "http_api.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -84,10 +85,12 @@ static const struct {
     {"http_pause_job", "SELECT mta.pause_job($1)", 1},
     {"http_resume_job", "SELECT mta.resume_job($1)", 1},
     {"http_metrics", http_metrics_sql, 0},
+    {"http_stats", "SELECT * FROM mta.acct_minutes($1::int)", 1},
+    {"http_dashboard", "SELECT mta.dashboard($1::int)", 1},
     {"http_inject", HTTP_INJECT_SQL, HTTP_INJECT_NPARAMS},
 };
 
-enum call_kind { CALL_ROWS, CALL_STATUS, CALL_STEER, CALL_METRICS, CALL_INJECT };
+enum call_kind { CALL_ROWS, CALL_VALUE, CALL_STATUS, CALL_STEER, CALL_METRICS, CALL_INJECT };
 
 struct call {
     uint64_t id;
@@ -231,6 +234,15 @@ call_done(const PGresult *res, void *arg)
         case CALL_ROWS:
             json_append_rows(&b, res);
             http_reply_json(req, 200, &b);
+            break;
+        case CALL_VALUE: /* one row, one json column: the body as is */
+            if (PQntuples(res) == 1 && PQnfields(res) == 1) {
+                json_append_value(&b, res, 0, 0);
+                buf_puts(&b, "\n");
+                http_reply_json(req, 200, &b);
+            } else {
+                http_reply_error(req, 500, "query returned no row");
+            }
             break;
         case CALL_STATUS:
             if (PQntuples(res) == 1) {
@@ -411,17 +423,30 @@ http_api_nodes(struct http_api *a, struct evhttp_request *req)
     call_start(a, call_new(req, CALL_ROWS), "http_nodes", 0, NULL);
 }
 
+/* Parses the parameters of a GET into P and finds NAME in *value (NULL if
+ * absent, *dup if given more than once). A malformed query string is
+ * answered here (400, P freed): false. */
+static bool
+params_parse_get(struct evhttp_request *req, struct params *p, const char *name, const char **value,
+                 bool *dup)
+{
+    if (params_parse(req, p) < 0) {
+        params_free(p);
+        http_reply_error(req, 400, "malformed query string");
+        return false;
+    }
+    *value = params_get(p, name, dup);
+    return true;
+}
+
 void
 http_api_jobs(struct http_api *a, struct evhttp_request *req)
 {
     struct params p;
     bool dup = false;
-    if (params_parse(req, &p) < 0) {
-        params_free(&p);
-        http_reply_error(req, 400, "malformed query string");
+    const char *job;
+    if (!params_parse_get(req, &p, "job", &job, &dup))
         return;
-    }
-    const char *job = params_get(&p, "job", &dup);
     if (dup || (job && (!*job || has_ctl(job)))) {
         params_free(&p);
         http_reply_error(req, 400, "job: one non-empty job id expected");
@@ -434,6 +459,49 @@ http_api_jobs(struct http_api *a, struct evhttp_request *req)
         call_start(a, call_new(req, CALL_ROWS), "http_jobs", 0, NULL);
     }
     params_free(&p);
+}
+
+/* GET with one optional integer parameter NAME in [min, max] (default DEF)
+ * passed to STMT: bad values are refused here, before any SQL. */
+static void
+api_window(struct http_api *a, struct evhttp_request *req, enum call_kind kind, const char *stmt,
+           const char *name, long min, long max, long def)
+{
+    struct params p;
+    bool dup = false;
+    const char *v;
+    if (!params_parse_get(req, &p, name, &v, &dup))
+        return;
+    long n = def;
+    if (v) {
+        char *end;
+        n = strtol(v, &end, 10);
+        if (!isdigit((unsigned char)v[0]) || *end)
+            n = min - 1;
+    }
+    params_free(&p);
+    if (dup || n < min || n > max) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s: one whole number from %ld to %ld expected", name, min, max);
+        http_reply_error(req, 400, msg);
+        return;
+    }
+    char num[24];
+    snprintf(num, sizeof num, "%ld", n);
+    const char *values[1] = {num};
+    call_start(a, call_new(req, kind), stmt, 1, values);
+}
+
+void
+http_api_stats(struct http_api *a, struct evhttp_request *req)
+{
+    api_window(a, req, CALL_ROWS, "http_stats", "hours", 1, 48, 6);
+}
+
+void
+http_api_dashboard(struct http_api *a, struct evhttp_request *req)
+{
+    api_window(a, req, CALL_VALUE, "http_dashboard", "minutes", 1, 1440, 60);
 }
 
 static void

@@ -31,6 +31,10 @@ void http_api_status(struct http_api *a, struct evhttp_request *req);
 void http_api_queues(struct http_api *a, struct evhttp_request *req);
 void http_api_nodes(struct http_api *a, struct evhttp_request *req);
 void http_api_jobs(struct http_api *a, struct evhttp_request *req);
+/* GET /api/stats?hours=H: accounting events per minute (mta.acct_minutes) */
+void http_api_stats(struct http_api *a, struct evhttp_request *req);
+/* GET /api/dashboard?minutes=M: the dashboard's breakdowns (mta.dashboard) */
+void http_api_dashboard(struct http_api *a, struct evhttp_request *req);
 void http_api_pause(struct http_api *a, struct evhttp_request *req);
 void http_api_resume(struct http_api *a, struct evhttp_request *req);
 void http_api_reload(struct http_api *a, struct evhttp_request *req);

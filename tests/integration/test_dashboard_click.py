@@ -1,6 +1,6 @@
 """The dashboard's Pause and Resume buttons, clicked in a real headless
-Chromium driven by ChromeDriver (the W3C WebDriver protocol, spoken with
-urllib), against a real pgmtad and a real PostgreSQL.
+Chromium driven by ChromeDriver (tests/lib/webdriver.py), against a real
+pgmtad and a real PostgreSQL.
 
 One domain has two queues: one without a virtual MTA and one with vmta-a.
 Pause on the row without a vmta must pause exactly that queue (not every
@@ -11,93 +11,17 @@ What the buttons did is read back with SQL, not from the page.
 As in test_http_api, the node runs only the "transactional" pipe and the
 mail sits in "bulk", so nothing is delivered while the test looks.
 """
-import json
-import os
-import shutil
 import time
 import unittest
-import urllib.error
-import urllib.request
 
-from pgmta_test import PgServer, Proc, free_port, main, tmpdir, wait_for
+from pgmta_test import PgServer, free_port, main, wait_for
 from test_http_api import TOKEN, start_node, stop_node
+from webdriver import WebDriver, WebDriverError
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
 DOMAIN = "click.test"
 # vmta:paused for every queue of the domain, e.g. ":true,vmta-a:false"
 PAUSED = ("SELECT string_agg(vmta || ':' || paused, ',' ORDER BY vmta) "
           "FROM mta.queue WHERE domain = '%s'" % DOMAIN)
-
-
-class WebDriverError(Exception):
-    def __init__(self, status, value):
-        super().__init__("%s: %s" % (status, value.get("error")))
-        self.error = value.get("error")
-        self.value = value
-
-
-class WebDriver:
-    """A minimal W3C WebDriver client: one ChromeDriver, one session."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.dir = tmpdir("pgmta-webdriver-")
-        self.proc = Proc([CHROMEDRIVER, "--port=%d" % self.port,
-                          "--allowed-ips=127.0.0.1"],
-                         os.path.join(self.dir, "chromedriver.log"))
-        self.base = "http://127.0.0.1:%d" % self.port
-        wait_for(self._ready, timeout=20, what="chromedriver to answer")
-        caps = {"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1400,900",
-                         "--user-data-dir=" + os.path.join(self.dir, "profile")]}}}}
-        self.session = self._call("POST", "/session", caps, timeout=60)["sessionId"]
-
-    def _ready(self):
-        try:
-            return self._call("GET", "/status", timeout=2)["ready"]
-        except (OSError, WebDriverError):
-            return False
-
-    def _call(self, method, path, body=None, timeout=30):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return json.loads(r.read())["value"]
-        except urllib.error.HTTPError as e:
-            raise WebDriverError(e.code, json.loads(e.read())["value"]) from None
-
-    def cmd(self, method, path, body=None, timeout=30):
-        return self._call(method, "/session/%s%s" % (self.session, path), body, timeout)
-
-    def get(self, url):
-        self.cmd("POST", "/url", {"url": url}, timeout=60)
-
-    def refresh(self):
-        self.cmd("POST", "/refresh", {}, timeout=60)
-
-    def run(self, script, *args):
-        return self.cmd("POST", "/execute/sync", {"script": script, "args": list(args)})
-
-    def find(self, xpath):
-        """The first element matching xpath, or None."""
-        found = self.cmd("POST", "/elements", {"using": "xpath", "value": xpath})
-        return found[0] if found else None
-
-    def click(self, element):
-        self.cmd("POST", "/element/%s/click" % list(element.values())[0], {})
-
-    def quit(self):
-        try:
-            self.cmd("DELETE", "", timeout=30)
-        except (OSError, WebDriverError):
-            pass
-        self.proc.stop()
 
 
 def row_xpath(vmta):
@@ -108,8 +32,6 @@ def row_xpath(vmta):
 class DashboardClickTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.access(CHROMEDRIVER, os.X_OK) or not shutil.which("chromium"):
-            raise AssertionError("chromedriver or chromium missing (admin/deps.sh --tests)")
         cls.pg = PgServer()
         cls.port = free_port()
         cls.node, cls.client = start_node(cls.pg, cls.port)

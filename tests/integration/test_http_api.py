@@ -536,6 +536,179 @@ class HttpApiTest(unittest.TestCase):
             self.assertNotIn(b"root:", body, path)
 
 
+def minute_epoch(text):
+    """Seconds since the epoch of a timestamptz as the API renders it."""
+    import datetime
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+# Known accounting rows, relative to T0 = the start of the current minute:
+# (count, type, offset, queue, vmta, node, bounce_cat).
+KNOWN_ACCT = [
+    (3, "d", "-2 minutes +5 seconds", "a.test/v1", "v1", "node-x", None),
+    (2, "b", "-2 minutes +7 seconds", "a.test/v1", "v1", "node-x", "bad-mailbox"),
+    (1, "t", "-2 minutes +9 seconds", "a.test/v1", "v1", "node-x", "other"),
+    (1, "b", "-30 minutes", "b.test/v2", "v2", "node-y", "spam-related"),
+    (4, "t", "-30 minutes", "b.test/v2", "v2", "node-y", "other"),
+    (5, "d", "-90 minutes", "c.test", None, "node-x", None),   # outside 60 minutes
+    (7, "d", "-7 hours", "c.test", None, "node-x", None),      # outside 6 hours
+    (2, "d", "-3 days", "c.test", None, "node-x", None),       # outside everything
+]
+
+
+class HttpStatsTest(unittest.TestCase):
+    """GET /api/stats and /api/dashboard against accounting rows inserted
+    with known times (a database of their own: the rows would change what
+    HttpApiTest counts)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PgServer()
+        cls.port = free_port()
+        cls.node, cls.c = start_node(cls.pg, cls.port)
+        for n, typ, off, queue, vmta, node, cat in KNOWN_ACCT:
+            cls.pg.query("INSERT INTO mta.acct (type, time_logged, queue, vmta, node, bounce_cat, "
+                         "rcpt) SELECT %s, date_trunc('minute', now()) + %s::interval, %s, %s, "
+                         "%s, %s, 'r' || i || '@' || split_part(%s, '/', 1) "
+                         "FROM generate_series(1, %s) i", (typ, off, queue, vmta, node, cat,
+                                                           queue, n))
+        enqueue(cls.pg, ["u%d@big.test" % i for i in range(5)])
+        enqueue(cls.pg, ["u@small.test"])
+        cls.pg.query("INSERT INTO mta.webhook_cursor (consumer, last_time) "
+                     "VALUES ('hook-a', now() - interval '45 minutes')")
+        cls.pg.query("INSERT INTO mta.suppression (address, source) VALUES "
+                     "('x@y.test', 'manual'), ('@z.test', 'import'), ('w@y.test', 'import')")
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_node(cls.node)
+        cls.pg.stop()
+
+    def test_token_required(self):
+        for path in ("/api/stats", "/api/stats?hours=2", "/api/dashboard"):
+            st, hdrs, _ = self.c.request("GET", path, token=None)
+            self.assertEqual(st, 401, path)
+            self.assertTrue(hdrs.get("www-authenticate", "").startswith("Bearer"), hdrs)
+            self.assertEqual(self.c.request("GET", path, token="wrong")[0], 401, path)
+        self.assertEqual(self.c.request("HEAD", "/api/stats")[0], 200)
+        self.assertEqual(self.c.request("POST", "/api/dashboard", body="")[0], 405)
+
+    def test_bad_parameters(self):
+        for path in ("/api/stats?hours=0", "/api/stats?hours=49", "/api/stats?hours=x",
+                     "/api/stats?hours=", "/api/stats?hours=-1", "/api/stats?hours=+2",
+                     "/api/stats?hours=2&hours=3", "/api/stats?hours=99999999999999999999",
+                     "/api/stats?hours=1%3BDROP%20TABLE%20mta.acct",
+                     "/api/dashboard?minutes=0", "/api/dashboard?minutes=1441",
+                     "/api/dashboard?minutes=1.5", "/api/dashboard?minutes=%2060",
+                     "/api/dashboard?minutes=%0960", "/api/dashboard?minutes=0x10"):
+            st, _, body = self.c.json("GET", path)
+            self.assertEqual(st, 400, path)
+            self.assertIn("error", body)
+        self.assertGreater(self.pg.scalar("SELECT count(*) FROM mta.acct"), 0)
+
+    def sql_minutes(self, first, last):
+        """{minute epoch: (r, d, b, t)} of mta.acct for the minutes first..last."""
+        return {int(e): tuple(c) for e, *c in self.pg.query(
+            "SELECT extract(epoch FROM date_trunc('minute', time_logged)), "
+            "count(*) FILTER (WHERE type = 'r'), count(*) FILTER (WHERE type = 'd'), "
+            "count(*) FILTER (WHERE type = 'b'), count(*) FILTER (WHERE type = 't') "
+            "FROM mta.acct WHERE time_logged >= to_timestamp(%s) "
+            "AND time_logged < to_timestamp(%s) + interval '1 minute' GROUP BY 1",
+            (first, last))}
+
+    def test_stats_per_minute(self):
+        for hours, delivered in ((None, 3 + 5), (1, 3), (8, 3 + 5 + 7), (48, 3 + 5 + 7)):
+            st, hdrs, rows = self.c.json("GET", "/api/stats" + ("?hours=%d" % hours
+                                                                if hours else ""))
+            self.assertEqual(st, 200)
+            self.assertEqual(hdrs["content-type"], "application/json")
+            self.assertEqual(len(rows), (hours or 6) * 60)
+            self.assertEqual(set(rows[0]), {"minute", "received", "delivered", "bounced",
+                                            "deferred"})
+            epochs = [int(minute_epoch(r["minute"])) for r in rows]
+            self.assertEqual(epochs, list(range(epochs[0], epochs[0] + 60 * len(rows), 60)))
+            self.assertLessEqual(abs(epochs[-1] - time.time()), 120)
+            got = {e: (r["received"], r["delivered"], r["bounced"], r["deferred"])
+                   for e, r in zip(epochs, rows) if any((r["received"], r["delivered"],
+                                                         r["bounced"], r["deferred"]))}
+            self.assertEqual(got, self.sql_minutes(epochs[0], epochs[-1]), hours)
+            self.assertEqual(sum(r["delivered"] for r in rows), delivered, hours)
+            self.assertEqual(sum(r["received"] for r in rows), 6, hours)
+        # the minute two minutes back holds exactly the first three groups
+        st, _, rows = self.c.json("GET", "/api/stats?hours=1")
+        t0 = self.pg.scalar("SELECT extract(epoch FROM date_trunc('minute', now()) "
+                            "- interval '2 minutes')")
+        row = [r for r in rows if int(minute_epoch(r["minute"])) == int(t0)]
+        if row:  # absent only if the clock passed an hour boundary meanwhile
+            self.assertEqual((row[0]["delivered"], row[0]["bounced"], row[0]["deferred"]),
+                             (3, 2, 1))
+
+    def test_dashboard_breakdowns(self):
+        st, hdrs, d = self.c.json("GET", "/api/dashboard")
+        self.assertEqual(st, 200)
+        self.assertEqual(hdrs["content-type"], "application/json")
+        self.assertEqual(set(d), {"minutes", "totals", "bounce_categories", "top_backlog",
+                                  "top_deferral", "vmtas", "nodes", "webhooks",
+                                  "suppression"})
+        self.assertEqual(d["minutes"], 60)
+        sql = dict(self.pg.query("SELECT type, count(*) FROM mta.acct "
+                                 "WHERE time_logged >= now() - interval '60 minutes' "
+                                 "GROUP BY 1"))
+        self.assertEqual(d["totals"], {"received": sql.get("r", 0), "delivered": sql.get("d", 0),
+                                       "bounced": sql.get("b", 0), "deferred": sql.get("t", 0)})
+        self.assertEqual(d["totals"], {"received": 6, "delivered": 3, "bounced": 3,
+                                       "deferred": 5})
+        self.assertEqual(d["bounce_categories"], [{"category": "bad-mailbox", "bounced": 2},
+                                                  {"category": "spam-related", "bounced": 1}])
+        self.assertEqual(d["top_deferral"], [
+            {"queue": "b.test/v2", "delivered": 0, "bounced": 1, "deferred": 4, "rate": 0.8},
+            {"queue": "a.test/v1", "delivered": 3, "bounced": 2, "deferred": 1,
+             "rate": 0.1667}])
+        self.assertEqual(d["vmtas"], [
+            {"vmta": "v1", "delivered": 3, "bounced": 2, "deferred": 1, "delivered_5m": 3},
+            {"vmta": "v2", "delivered": 0, "bounced": 1, "deferred": 4, "delivered_5m": 0}])
+        self.assertEqual(d["nodes"], [
+            {"node": "node-x", "delivered": 3, "bounced": 2, "deferred": 1, "delivered_5m": 3},
+            {"node": "node-y", "delivered": 0, "bounced": 1, "deferred": 4, "delivered_5m": 0}])
+        backlog = self.pg.query("SELECT domain, vmta, pipe, queued, paused, backoff "
+                                "FROM mta.queues WHERE queued > 0 "
+                                "ORDER BY queued DESC, domain LIMIT 10")
+        self.assertEqual([(q["domain"], q["vmta"], q["pipe"], q["queued"], q["paused"],
+                           q["backoff"]) for q in d["top_backlog"]], backlog)
+        self.assertEqual(backlog[0][:4], ("big.test", None, "bulk", 5))
+        self.assertEqual(set(d["top_backlog"][0]), {"domain", "vmta", "pipe", "queued", "ready",
+                                                    "deferred", "in_flight", "paused",
+                                                    "backoff", "last_error"})
+        behind = self.pg.scalar("SELECT events_behind FROM mta.webhook_lag "
+                                "WHERE consumer = 'hook-a'")
+        self.assertGreater(behind, 0)
+        self.assertEqual([(w["consumer"], w["events_behind"]) for w in d["webhooks"]],
+                         [("hook-a", behind)])
+        self.assertGreater(d["webhooks"][0]["seconds_behind"], 0)
+        self.assertEqual(d["suppression"], [{"source": "import", "entries": 2},
+                                            {"source": "manual", "entries": 1}])
+        # a shorter window: only the rows of two minutes back
+        st, _, d = self.c.json("GET", "/api/dashboard?minutes=5")
+        self.assertEqual(st, 200)
+        self.assertEqual((d["minutes"], d["totals"]["delivered"], d["totals"]["bounced"],
+                          d["totals"]["deferred"]), (5, 3, 2, 1))
+        st, _, d = self.c.json("GET", "/api/dashboard?minutes=1440")
+        self.assertEqual((st, d["totals"]["delivered"]), (200, 3 + 5 + 7))
+
+    def test_roles(self):
+        # the node's role and the monitoring role may read them, the
+        # injecting role may not
+        for role in ("mta_node", "mta_monitor"):
+            r = self.pg.psql("SELECT count(*) FROM mta.acct_minutes(2); "
+                             "SELECT mta.dashboard(10) IS NOT NULL",
+                             dsn=self.pg.role_dsn(role))
+            self.assertEqual(r.stdout.split(), ["120", "t"], role)
+        r = self.pg.psql("SELECT mta.dashboard(10)", dsn=self.pg.role_dsn("mta_inject"),
+                         check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("permission denied", r.stderr)
+
+
 class HttpReloadTest(unittest.TestCase):
     def setUp(self):
         self.pg = PgServer()
