@@ -22,6 +22,16 @@ col_text(const PGresult *res, int row, int col)
     return xstrndup(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
 }
 
+/* A binary smallint column; NULL reads as -1. */
+static int
+col_int2(const PGresult *res, int row, int col)
+{
+    if (col < 0 || PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 2)
+        return -1;
+    const unsigned char *v = (const unsigned char *)PQgetvalue(res, row, col);
+    return (int16_t)(v[0] << 8 | v[1]);
+}
+
 /* A binary boolean column; NULL reads as false. */
 static bool
 col_bool(const PGresult *res, int row, int col)
@@ -83,7 +93,9 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
         c_rcpt = PQfnumber(res, "rcpt"), c_content = PQfnumber(res, "content"),
         c_att = PQfnumber(res, "attempt"), c_envid = PQfnumber(res, "envid"),
         c_qat = PQfnumber(res, "queued_at"), c_first = PQfnumber(res, "content_first"),
-        c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms");
+        c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms"),
+        c_notify = PQfnumber(res, "dsn_notify"), c_orcpt = PQfnumber(res, "dsn_orcpt"),
+        c_ret = PQfnumber(res, "dsn_ret");
     b->rcpts = xcalloc((size_t)n, sizeof *b->rcpts);
     b->msgs = xcalloc((size_t)n, sizeof *b->msgs);
     *lease_left_ms = c_left >= 0 ? db_get_int4(res, 0, c_left) : 0;
@@ -126,6 +138,8 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
             if (!cur->mail_from)
                 cur->mail_from = xstrdup("");
             cur->envid = col_text(res, i, c_envid);
+            if (c_ret >= 0 && !PQgetisnull(res, i, c_ret))
+                cur->ret = PQgetvalue(res, i, c_ret)[0];
             cur->content = content;
             cur->content_len = content_len;
             cur->owner = owner;
@@ -136,6 +150,18 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
             }
             cur->first = b->nrcpts - 1;
             cur->rcpt_ptrs = xcalloc((size_t)n, sizeof(char *));
+        }
+        int notify = col_int2(res, i, c_notify);
+        const char *orcpt =
+            c_orcpt >= 0 && !PQgetisnull(res, i, c_orcpt) ? PQgetvalue(res, i, c_orcpt) : NULL;
+        if ((notify >= 0 || orcpt) && !cur->notify) {
+            cur->notify = xmalloc((size_t)n);
+            memset(cur->notify, -1, (size_t)n);
+            cur->orcpt = xcalloc((size_t)n, sizeof(char *));
+        }
+        if (cur->notify) {
+            cur->notify[cur->nrcpts] = (signed char)(notify >= 0 && notify <= 7 ? notify : -1);
+            cur->orcpt[cur->nrcpts] = orcpt;
         }
         cur->rcpt_ptrs[cur->nrcpts++] = r->rcpt;
     }
@@ -183,6 +209,8 @@ batch_trim(struct batch *b, size_t keep, struct buf *ids, struct buf *tokens)
             free(m->mail_from);
             free(m->envid);
             free(m->rcpt_ptrs);
+            free(m->notify);
+            free(m->orcpt);
         }
         b->nmsgs = keep;
     }
@@ -208,6 +236,8 @@ batch_clear(struct batch *b)
         free(b->msgs[i].mail_from);
         free(b->msgs[i].envid);
         free(b->msgs[i].rcpt_ptrs);
+        free(b->msgs[i].notify);
+        free(b->msgs[i].orcpt);
     }
     free(b->msgs);
     free(b->smtp_msgs);
@@ -231,6 +261,9 @@ batch_smtp_messages(struct batch *b, struct dkim *keys)
         struct batch_msg *msg = &b->msgs[i];
         m[i].mail_from = msg->mail_from;
         m[i].envid = msg->envid;
+        m[i].ret = msg->ret;
+        m[i].notify = msg->notify;
+        m[i].orcpt = msg->orcpt;
         m[i].rcpts = msg->rcpt_ptrs;
         m[i].nrcpts = msg->nrcpts;
         bool utf8 = false;
@@ -289,6 +322,7 @@ batch_set_connection(struct batch *b, const struct smtp_conn_info *info)
                      : NULL;
     b->source_ip = info->source_ip ? xstrdup(info->source_ip) : NULL;
     b->dest_ip = info->ip ? xstrdup(info->ip) : NULL;
+    b->hop_dsn = info->dsn;
     b->tls_protocol = info->tls_protocol ? xstrdup(info->tls_protocol) : NULL;
     b->tls_cipher = info->tls_cipher ? xstrdup(info->tls_cipher) : NULL;
 }
@@ -354,6 +388,8 @@ batch_finish_arrays(const struct batch *b, struct buf *a)
         db_array_append_text(&a[BATCH_F_DST], b->dest_ip);
         db_array_append_text(&a[BATCH_F_TLSP], b->tls_protocol);
         db_array_append_text(&a[BATCH_F_TLSC], b->tls_cipher);
+        buf_puts(&a[BATCH_F_HOPDSN], b->hop_dsn ? "t" : "f");
+        buf_printf(&a[BATCH_F_DELAY], "%u", b->notify_delay_every_s);
     }
     for (int i = 0; i < BATCH_F_N; i++)
         buf_puts(&a[i], "}");

@@ -54,6 +54,12 @@ struct batch_msg {
     size_t first; /* index of its first recipient */
     size_t nrcpts;
     const char **rcpt_ptrs;
+    /* DSN options (see README, "DSN options"): parallel to rcpt_ptrs, NULL
+     * when no recipient of the transaction has one; strings inside the
+     * claim result */
+    signed char *notify; /* NOTIFY bitmask, -1 none */
+    const char **orcpt;
+    char ret; /* RET: 'F', 'H' or 0 */
 };
 
 struct batch {
@@ -69,6 +75,8 @@ struct batch {
     char *dest_ip;
     char *tls_protocol;
     char *tls_cipher;
+    bool hop_dsn;                  /* the next hop offered DSN: it reports success */
+    unsigned notify_delay_every_s; /* the domain's notify-of-delay-every */
 };
 
 /* A row that cannot be delivered: set it aside with REASON. */
@@ -125,6 +133,8 @@ enum {
     BATCH_F_DST,
     BATCH_F_TLSP,
     BATCH_F_TLSC,
+    BATCH_F_HOPDSN,
+    BATCH_F_DELAY,
     BATCH_F_N
 };
 /* Encodes the outcomes into BATCH_F_N array literals (initialised here; the

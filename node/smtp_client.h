@@ -44,8 +44,12 @@ struct smtp_client_config {
 struct smtp_message {
     const char *mail_from; /* without <>; "" for the null sender */
     const char *envid;     /* ENVID= when the server offers DSN, or NULL */
+    char ret;              /* RET=FULL ('F') or HDRS ('H') when DSN is offered, or 0 */
     const char *const *rcpts;
     size_t nrcpts;
+    /* per recipient, sent when the server offers DSN; either may be NULL */
+    const signed char *notify; /* NOTIFY bitmask (1 SUCCESS, 2 FAILURE, 4 DELAY, 0 NEVER), -1 none */
+    const char *const *orcpt;  /* ORCPT "addr-type;address" (decoded), or NULL */
     const unsigned char *content;
     size_t content_len;
     bool eightbit; /* content has 8-bit bytes: BODY=8BITMIME if offered */
@@ -73,6 +77,7 @@ struct smtp_conn_info {
     const char *source_ip;    /* local IP as text, NULL if none */
     const char *tls_protocol; /* e.g. "TLSv1.3", NULL when clear text */
     const char *tls_cipher;
+    bool dsn; /* the server offered DSN (RFC 3461): it reports success */
 };
 
 struct smtp_client;

@@ -69,7 +69,7 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.claim_many(bigint, text, text[], text[], int[], int, bigint[], int[]),
                           mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
                                      text[], text[], text[], text[], text[], text[], text[],
-                                     text[], bool),
+                                     text[], bool, bool[], int[]),
                           mta.release(bigint, bigint[], bigint[]),
                           mta.set_aside(bigint[], bigint[], text),
                           mta.pause_queue(text, text),
@@ -91,7 +91,7 @@ GRANT EXECUTE ON FUNCTION mta.inject_request(text, bytea[], text[], int[], text,
     TO mta_node;
 -- group commit of the SMTP listener (025_enqueue_batch.sql)
 GRANT EXECUTE ON FUNCTION mta.enqueue_batch(text[], int[], text[], bytea[], text[], text[],
-                                            text[], text[])
+                                            text[], text[], text[], smallint[], text[])
     TO mta_node;
 GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO mta_node;
 -- the node's HTTP API (status, dashboard, metrics) reads the accounting

@@ -238,7 +238,7 @@ test_mail_params(void **state)
     for (size_t i = 0; i < sizeof param_cases / sizeof param_cases[0]; i++) {
         const struct param_case *c = &param_cases[i];
         uint64_t declared = 42;
-        const char *err = smtp_server_mail_params(c->params, c->max, &declared);
+        const char *err = smtp_server_mail_params(c->params, c->max, &declared, NULL);
         int code = err ? atoi(err) : 0;
         if (code != c->code)
             fail_msg("case %zu \"%s\": got %s", i, c->params, err ? err : "accepted");
