@@ -48,8 +48,9 @@ struct smtp_message {
     const char *const *rcpts;
     size_t nrcpts;
     /* per recipient, sent when the server offers DSN; either may be NULL */
-    const signed char *notify; /* NOTIFY bitmask (1 SUCCESS, 2 FAILURE, 4 DELAY, 0 NEVER), -1 none */
-    const char *const *orcpt;  /* ORCPT "addr-type;address" (decoded), or NULL */
+    const signed char
+        *notify;              /* NOTIFY bitmask (1 SUCCESS, 2 FAILURE, 4 DELAY, 0 NEVER), -1 none */
+    const char *const *orcpt; /* ORCPT "addr-type;address" (decoded), or NULL */
     const unsigned char *content;
     size_t content_len;
     bool eightbit; /* content has 8-bit bytes: BODY=8BITMIME if offered */

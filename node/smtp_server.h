@@ -106,8 +106,8 @@ unsigned smtp_server_hop_count(const char *buf, size_t len, unsigned limit);
 #define SMTP_SERVER_MAX_ORCPT 500 /* RFC 3461 4.2, as xtext */
 
 struct smtp_server_mail_dsn {
-    char ret;                               /* 'F' FULL, 'H' HDRS, 0 none */
-    char envid[SMTP_SERVER_MAX_ENVID + 1];  /* decoded, "" none */
+    char ret;                              /* 'F' FULL, 'H' HDRS, 0 none */
+    char envid[SMTP_SERVER_MAX_ENVID + 1]; /* decoded, "" none */
 };
 
 struct smtp_server_rcpt_dsn {
