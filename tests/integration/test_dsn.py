@@ -193,6 +193,34 @@ class DsnTest(unittest.TestCase):
         self.assertLessEqual(len(delayed), self.pg.scalar(
             "SELECT count(*) FROM mta.acct WHERE type = 't' AND rcpt = 'delay@dsn.test'"))
 
+    def test_enqueue_batch_both_paths_store_options(self):
+        # a quoted local part sends the batch down the per-message path; a
+        # plain one stays on the set path: both store RET, NOTIFY and ORCPT
+        conn = self.pg.connect(autocommit=False)
+        try:
+            cur = conn.cursor()
+            for rcpt in ("plain@paused.test", '"q u"@paused.test'):
+                cur.execute("SELECT id FROM mta.enqueue_batch(ARRAY['s@sender.test'], ARRAY[2], "
+                            "ARRAY[%s, 'other@paused.test'], ARRAY[%s::bytea], ARRAY[NULL], "
+                            "ARRAY[NULL], ARRAY['e1'], ARRAY[NULL], ARRAY['H'], "
+                            "ARRAY[3, NULL]::smallint[], ARRAY['rfc822;o@x.test', NULL])",
+                            (rcpt, body("sql").encode()))
+                mid = cur.fetchone()[0]
+                self.assertIsNotNone(mid)
+                cur.execute("SELECT dsn_ret, envid FROM mta.messages WHERE id = %s", (mid,))
+                self.assertEqual(cur.fetchone(), ("H", "e1"))
+                cur.execute("SELECT rcpt, dsn_notify, dsn_orcpt FROM mta.recipients "
+                            "WHERE message_id = %s ORDER BY id", (mid,))
+                self.assertEqual(cur.fetchall(), [(rcpt, 3, "rfc822;o@x.test"),
+                                                  ("other@paused.test", None, None)])
+            with self.assertRaisesRegex(Exception, "bad DSN options"):
+                cur.execute("SELECT * FROM mta.enqueue_batch(ARRAY['s@sender.test'], ARRAY[1], "
+                            "ARRAY['a@paused.test'], ARRAY['x'::bytea], ARRAY[NULL], "
+                            "ARRAY[NULL], ARRAY[NULL], ARRAY[NULL], NULL, ARRAY[8]::smallint[])")
+        finally:
+            conn.rollback()
+            conn.close()
+
     def test_bad_parameters_501(self):
         s = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
         s.ehlo()
