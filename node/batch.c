@@ -248,6 +248,9 @@ batch_clear(struct batch *b)
     free(b->dest_ip);
     free(b->tls_protocol);
     free(b->tls_cipher);
+    free(b->tls_policy);
+    free(b->tls_failure);
+    free(b->tls_policy_domain);
     memset(b, 0, sizeof *b);
     return released;
 }
@@ -317,6 +320,9 @@ batch_set_connection(struct batch *b, const struct smtp_conn_info *info)
     free(b->dest_ip);
     free(b->tls_protocol);
     free(b->tls_cipher);
+    free(b->tls_policy);
+    free(b->tls_failure);
+    free(b->tls_policy_domain);
     b->dsn_mta = info->host || info->ip
                      ? xasprintf("%s (%s)", info->host ? info->host : "", info->ip ? info->ip : "")
                      : NULL;
@@ -325,6 +331,9 @@ batch_set_connection(struct batch *b, const struct smtp_conn_info *info)
     b->hop_dsn = info->dsn;
     b->tls_protocol = info->tls_protocol ? xstrdup(info->tls_protocol) : NULL;
     b->tls_cipher = info->tls_cipher ? xstrdup(info->tls_cipher) : NULL;
+    b->tls_policy = info->tls_policy ? xstrdup(info->tls_policy) : NULL;
+    b->tls_failure = info->tls_failure ? xstrdup(info->tls_failure) : NULL;
+    b->tls_policy_domain = info->tls_policy_domain ? xstrdup(info->tls_policy_domain) : NULL;
 }
 
 void
@@ -388,6 +397,9 @@ batch_finish_arrays(const struct batch *b, struct buf *a)
         db_array_append_text(&a[BATCH_F_DST], b->dest_ip);
         db_array_append_text(&a[BATCH_F_TLSP], b->tls_protocol);
         db_array_append_text(&a[BATCH_F_TLSC], b->tls_cipher);
+        db_array_append_text(&a[BATCH_F_TLSPOL], b->tls_policy);
+        db_array_append_text(&a[BATCH_F_TLSFAIL], b->tls_failure);
+        db_array_append_text(&a[BATCH_F_TLSDOM], b->tls_policy_domain);
         buf_puts(&a[BATCH_F_HOPDSN], b->hop_dsn ? "t" : "f");
         buf_printf(&a[BATCH_F_DELAY], "%u", b->notify_delay_every_s);
     }

@@ -75,6 +75,9 @@ struct batch {
     char *dest_ip;
     char *tls_protocol;
     char *tls_cipher;
+    char *tls_policy; /* TLS-RPT policy type, failure and policy domain */
+    char *tls_failure;
+    char *tls_policy_domain;
     bool hop_dsn;                  /* the next hop offered DSN: it reports success */
     unsigned notify_delay_every_s; /* the domain's notify-of-delay-every */
 };
@@ -133,6 +136,9 @@ enum {
     BATCH_F_DST,
     BATCH_F_TLSP,
     BATCH_F_TLSC,
+    BATCH_F_TLSPOL,
+    BATCH_F_TLSFAIL,
+    BATCH_F_TLSDOM,
     BATCH_F_HOPDSN,
     BATCH_F_DELAY,
     BATCH_F_N

@@ -665,6 +665,7 @@ domain_defaults(struct conf_domain *d)
     d->use_starttls = true;
     d->require_starttls = false;
     d->tls_verify = false;
+    d->mta_sts = true;
     d->connect_timeout_ms = 30000;
     d->command_timeout_ms = 2 * 60000;
     d->data_timeout_ms = 10 * 60000;
@@ -879,6 +880,11 @@ validate(struct loader *ld)
     /* The HTTP API always wants a token (RELIABILITY.md, security defaults). */
     if (c->listen_http && !c->http_token)
         return fail(ld, top_loc(ld, "listen"), "listen.http: the HTTP API needs http.token");
+    if (c->tls_ca_file) {
+        char err[300];
+        if (webhook_ca_check(c->tls_ca_file, err, sizeof err) != 0)
+            return fail(ld, top_loc(ld, "tls-ca-file"), "tls-ca-file: %s", err);
+    }
     /* The admin token must not inject and an inject token must not steer. */
     for (size_t i = 0; i < c->nhttp_inject_tokens; i++) {
         if (!c->http_inject_tokens[i][0])

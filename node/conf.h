@@ -50,6 +50,7 @@ struct conf_domain {
     bool use_starttls;
     bool require_starttls;
     bool tls_verify;
+    bool mta_sts; /* look up and apply the domain's MTA-STS policy (default on) */
     uint64_t connect_timeout_ms;
     uint64_t command_timeout_ms; /* greeting, EHLO, MAIL, RCPT, RSET, QUIT */
     uint64_t data_timeout_ms;    /* final "." reply */
@@ -132,6 +133,7 @@ struct conf {
     uint64_t http_header_timeout_ms;
     uint64_t http_request_timeout_ms;
     uint32_t smtp_port;
+    char *tls_ca_file; /* CA certificates for MX hosts and MTA-STS servers; NULL: system */
     struct conf_pipe *pipes;
     size_t npipes;
     char *default_pipe;

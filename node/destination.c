@@ -157,16 +157,16 @@ destination_dns_failure(const struct dns_result *res, struct destination_failure
         return false;
     case DNS_NXDOMAIN:
     case DNS_NO_HOSTS:
-        *f = (struct destination_failure){true, 550, "5.1.2", NULL};
+        *f = (struct destination_failure){true, 550, "5.1.2", NULL, NULL};
         f->diag = xasprintf("dns;%s", res->error ? res->error : "no such domain");
         return true;
     case DNS_NULL_MX:
-        *f = (struct destination_failure){true, 556, "5.1.10", NULL};
+        *f = (struct destination_failure){true, 556, "5.1.10", NULL, NULL};
         f->diag = xasprintf("dns;%s", res->error ? res->error : "domain accepts no mail (null MX)");
         return true;
     case DNS_TEMPFAIL:
     default:
-        *f = (struct destination_failure){false, 451, "4.4.3", NULL};
+        *f = (struct destination_failure){false, 451, "4.4.3", NULL, NULL};
         f->diag = xasprintf("dns;%s", res->error ? res->error : "temporary DNS failure");
         return true;
     }
@@ -188,7 +188,7 @@ destination_client_config(const struct conf *c, const struct conf_domain *d,
         .use_starttls = d->use_starttls,
         .require_starttls = d->require_starttls,
         .tls_verify = d->tls_verify,
-        .tls_ca_file = getenv("PGMTA_TLS_CA_FILE"),
+        .tls_ca_file = c->tls_ca_file ? c->tls_ca_file : getenv("PGMTA_TLS_CA_FILE"),
         .connect_timeout_ms = d->connect_timeout_ms,
         .command_timeout_ms = d->command_timeout_ms,
         .data_timeout_ms = d->data_timeout_ms,
@@ -196,27 +196,62 @@ destination_client_config(const struct conf *c, const struct conf_domain *d,
     };
 }
 
+/* Keeps the hosts whose name the policy allows, in order, at the front;
+ * frees the others. Returns how many are kept. */
+static size_t
+destination_sts_filter(struct dns_host *hosts, size_t n, const struct mta_sts_policy *sts)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (mta_sts_policy_allows(sts, hosts[i].name)) {
+            struct dns_host t = hosts[kept];
+            hosts[kept++] = hosts[i];
+            hosts[i] = t;
+        }
+    }
+    return kept;
+}
+
 struct smtp_client *
 destination_connect(struct event_base *base, const struct conf *c, const struct conf_domain *d,
                     const char *source_vmta, const char *domain, const char *id,
-                    const struct dns_result *res, struct destination_failure *f)
+                    const struct dns_result *res, const struct mta_sts_policy *sts,
+                    struct destination_failure *f)
 {
     if (destination_dns_failure(res, f))
         return NULL;
     size_t nhosts;
     struct dns_host *hosts = destination_hosts(c, res, &nhosts);
+    size_t total = nhosts;
+    bool enforce = sts && sts->mode == MTA_STS_ENFORCE;
+    if (enforce && nhosts > 0) {
+        size_t kept = destination_sts_filter(hosts, nhosts, sts);
+        if (kept == 0) {
+            destination_hosts_free(hosts, nhosts);
+            *f = (struct destination_failure){false, 451, "4.7.5", NULL, "validation-failure"};
+            f->diag = xasprintf("MTA-STS: no MX host of %s matches the policy", domain);
+            return NULL;
+        }
+        nhosts = kept;
+    }
     if (nhosts == 0) {
         /* Every MX is this node: delivering would loop (Postfix: 5.4.6). */
         destination_hosts_free(hosts, 0);
-        *f = (struct destination_failure){true, 554, "5.4.6", NULL};
+        *f = (struct destination_failure){true, 554, "5.4.6", NULL, NULL};
         f->diag = xasprintf("dns;mail for %s loops back to myself", domain);
         return NULL;
     }
     struct smtp_client_config cfg;
     struct sockaddr_storage src;
     destination_client_config(c, d, source_vmta, id, &cfg, &src);
+    if (enforce) {
+        cfg.use_starttls = cfg.require_starttls = cfg.tls_verify = true;
+        cfg.tls_policy_name = "MTA-STS";
+    } else if (sts && sts->mode == MTA_STS_TESTING) {
+        cfg.tls_check = true;
+    }
     struct smtp_client *client = smtp_client_new(base, &cfg, hosts, nhosts);
-    destination_hosts_free(hosts, nhosts);
+    destination_hosts_free(hosts, total);
     return client;
 }
 

@@ -12,6 +12,7 @@
 
 #include "conf.h"
 #include "dns.h"
+#include "mta_sts_policy.h"
 #include "smtp_client.h"
 
 /* Splits a route "host:port", "[v6]:port" or "host" into HOST (brackets
@@ -32,6 +33,7 @@ struct destination_failure {
     int code;
     const char *status;
     char *diag;
+    const char *tls_failure; /* RFC 8460 result type, or NULL */
 };
 bool destination_dns_failure(const struct dns_result *res, struct destination_failure *f);
 
@@ -44,11 +46,16 @@ void destination_client_config(const struct conf *c, const struct conf_domain *d
 
 /* The SMTP client for DOMAIN after its DNS answer RES, connecting to the
  * hosts that are not ours; or NULL with *F filled (DNS failure, or 5.4.6
- * when every MX is this node: delivering would loop). */
+ * when every MX is this node: delivering would loop). With an MTA-STS
+ * policy STS (NULL or mode none: nothing to apply): enforce connects only
+ * to the MX hosts it names, with TLS and a verified certificate required
+ * (else 4.7.5, "MTA-STS: ..."); testing checks the certificate and reports
+ * (smtp_conn_info.tls_failure) without failing. */
 struct smtp_client *destination_connect(struct event_base *base, const struct conf *c,
                                         const struct conf_domain *d, const char *source_vmta,
                                         const char *domain, const char *id,
                                         const struct dns_result *res,
+                                        const struct mta_sts_policy *sts,
                                         struct destination_failure *f);
 
 /* Whether NAME looks like a fully qualified domain name (two labels or

@@ -54,6 +54,7 @@
 #define DNS_T_A 1
 #define DNS_T_SOA 6
 #define DNS_T_MX 15
+#define DNS_T_TXT 16
 #define DNS_T_AAAA 28
 #define DNS_C_IN 1
 
@@ -85,6 +86,7 @@ struct rrset {
     struct mx_rr *mx;      /* DNS_T_MX */
     struct in_addr *a;     /* DNS_T_A */
     struct in6_addr *aaaa; /* DNS_T_AAAA */
+    char **txt;            /* DNS_T_TXT: each record's strings joined */
 };
 
 struct waiter {
@@ -180,6 +182,7 @@ struct dns {
     size_t nready, capready;
     bool freeing; /* dns_free called while busy */
     bool destroying;
+    struct dns_txt_request *txts; /* TXT lookups in flight or answered */
 };
 
 static void lookup(struct dns *d, int qtype, const char *name, uint64_t req_id, int slot);
@@ -260,6 +263,9 @@ rrset_free(struct rrset *rr)
     free(rr->mx);
     free(rr->a);
     free(rr->aaaa);
+    for (size_t i = 0; rr->txt && i < rr->n; i++)
+        free(rr->txt[i]);
+    free(rr->txt);
     free(rr->error);
     free(rr);
 }
@@ -387,6 +393,8 @@ parse_reply(struct dns *d, int qtype, int ares_status, const unsigned char *buf,
                 cap = cap ? cap * 2 : 8;
                 if (qtype == DNS_T_MX)
                     rr->mx = xrealloc(rr->mx, cap * sizeof *rr->mx);
+                else if (qtype == DNS_T_TXT)
+                    rr->txt = xrealloc(rr->txt, cap * sizeof *rr->txt);
                 else if (qtype == DNS_T_A)
                     rr->a = xrealloc(rr->a, cap * sizeof *rr->a);
                 else
@@ -401,12 +409,30 @@ parse_reply(struct dns *d, int qtype, int ares_status, const unsigned char *buf,
                 rr->mx[rr->n].pref = pref;
                 rr->mx[rr->n].name = name;
                 rr->n++;
+            } else if (qtype == DNS_T_TXT) {
+                /* character-strings, joined (RFC 8461 3.1, as RFC 7208 3.3) */
+                if (rr->n >= DNS_MAX_TXT)
+                    goto next;
+                struct buf t;
+                buf_init(&t);
+                for (int p = off; p < off + rdlen;) {
+                    int sl = buf[p];
+                    if (p + 1 + sl > off + rdlen) {
+                        buf_free(&t);
+                        goto bad;
+                    }
+                    if (t.len + (size_t)sl <= DNS_MAX_TXT_LEN)
+                        buf_append(&t, buf + p + 1, (size_t)sl);
+                    p += 1 + sl;
+                }
+                rr->txt[rr->n++] = t.data ? t.data : xstrdup("");
             } else if (qtype == DNS_T_A && rdlen == 4) {
                 memcpy(&rr->a[rr->n++], buf + off, 4);
             } else if (qtype == DNS_T_AAAA && rdlen == 16) {
                 memcpy(&rr->aaaa[rr->n++], buf + off, 16);
             }
         }
+    next:
         off += rdlen;
     }
     if (rcode == 0 && rr->n > 0) {
@@ -465,6 +491,9 @@ parse_reply(struct dns *d, int qtype, int ares_status, const unsigned char *buf,
 bad:
     for (size_t i = 0; rr->mx && i < rr->n; i++)
         free(rr->mx[i].name);
+    for (size_t i = 0; rr->txt && i < rr->n; i++)
+        free(rr->txt[i]);
+    free(rr->txt);
     free(rr->mx);
     free(rr->a);
     free(rr->aaaa);
@@ -488,6 +517,8 @@ dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
             each(rr->mx[i].pref, rr->mx[i].name, NULL, arg);
         else if (qtype == DNS_T_A)
             each(0, NULL, &rr->a[i], arg);
+        else if (qtype == DNS_T_TXT)
+            each(0, rr->txt[i], NULL, arg);
         else
             each(0, NULL, &rr->aaaa[i], arg);
     }
@@ -1256,6 +1287,121 @@ dns_cache_clear(struct dns *d)
     }
 }
 
+/* ---- TXT lookups ---------------------------------------------------------
+ *
+ * Uncached and outside the record layer: one c-ares query per request. The
+ * query's argument is a ticket naming the request by id (freed by the
+ * reply, which always comes, also on ares_destroy); the answer reaches the
+ * caller from the request's own event, never from inside c-ares. */
+
+struct dns_txt_request {
+    struct dns *d;
+    uint64_t id;
+    char *name;
+    dns_txt_cb cb;
+    void *arg;
+    struct event *ev;
+    struct rrset *rr; /* the answer, once it came */
+    struct dns_txt_request *next;
+};
+
+struct txt_ticket {
+    struct dns *d;
+    uint64_t id;
+};
+
+void
+dns_txt_cancel(struct dns_txt_request *r)
+{
+    if (!r)
+        return;
+    for (struct dns_txt_request **p = &r->d->txts; *p; p = &(*p)->next) {
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    }
+    event_free(r->ev);
+    rrset_free(r->rr);
+    free(r->name);
+    free(r);
+}
+
+static void
+on_txt_event(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dns_txt_request *r = arg;
+    struct rrset *rr = r->rr;
+    struct dns_txt_result res = {
+        .status = rr->status == RR_OK         ? DNS_OK
+                  : rr->status == RR_TEMPFAIL ? DNS_TEMPFAIL
+                                              : DNS_NXDOMAIN,
+        .error = rr->error,
+        .texts = rr->txt,
+        .ntexts = rr->status == RR_OK ? rr->n : 0,
+        .ttl = rr->ttl,
+    };
+    log_trace("dns query=%s type=TXT status=%s n=%zu ttl=%u", r->name, rr_status_names[rr->status],
+              res.ntexts, rr->ttl);
+    dns_txt_cb cb = r->cb;
+    void *cbarg = r->arg;
+    r->rr = NULL;
+    dns_txt_cancel(r);
+    cb(&res, cbarg);
+    rrset_free(rr);
+}
+
+static void
+on_txt_reply(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    (void)timeouts;
+    struct txt_ticket t = *(struct txt_ticket *)arg;
+    free(arg);
+    if (t.d->destroying || status == ARES_EDESTRUCTION || status == ARES_ECANCELLED)
+        return;
+    struct dns_txt_request *r = t.d->txts;
+    while (r && r->id != t.id)
+        r = r->next;
+    if (!r)
+        return; /* cancelled */
+    r->rr = parse_reply(t.d, DNS_T_TXT, status, abuf, alen);
+    event_active(r->ev, 0, 0);
+}
+
+struct dns_txt_request *
+dns_resolve_txt(struct dns *d, const char *name, dns_txt_cb cb, void *arg)
+{
+    PGMTA_ASSERT(d && !d->freeing && name && cb);
+    struct dns_txt_request *r = xcalloc(1, sizeof *r);
+    r->d = d;
+    r->id = ++d->next_id;
+    r->cb = cb;
+    r->arg = arg;
+    r->ev = event_new(d->base, -1, 0, on_txt_event, r);
+    PGMTA_ASSERT(r->ev != NULL);
+    r->next = d->txts;
+    d->txts = r;
+    r->name = normalize_name(name);
+    if (!r->name) {
+        r->name = xstrndup(name, strnlen(name, 255));
+        r->rr = xcalloc(1, sizeof *r->rr);
+        r->rr->status = RR_NXDOMAIN;
+        event_active(r->ev, 0, 0);
+        return r;
+    }
+    struct txt_ticket *t = xcalloc(1, sizeof *t);
+    t->d = d;
+    t->id = r->id;
+    enter(d);
+    /* may call on_txt_reply before returning (e.g. no servers) */
+    ares_query(d->channel, r->name, DNS_C_IN, DNS_T_TXT, on_txt_reply, t);
+    bool alive = leave(d);
+    PGMTA_ASSERT(alive);
+    return r;
+}
+
 /* Turns the server list into c-ares' "ip:port,[v6]:port" form. */
 static bool
 servers_csv(const char *const *servers, size_t n, struct buf *out, char *err, size_t errlen)
@@ -1350,6 +1496,8 @@ dns_destroy(struct dns *d)
     for (size_t i = 0; i < REQUEST_BUCKETS; i++)
         while (d->requests[i])
             request_free(d->requests[i]);
+    while (d->txts)
+        dns_txt_cancel(d->txts);
     d->destroying = true;
     if (d->channel_ok)
         ares_destroy(d->channel);
@@ -1377,6 +1525,8 @@ dns_free(struct dns *d)
         for (size_t i = 0; i < REQUEST_BUCKETS; i++)
             while (d->requests[i])
                 request_free(d->requests[i]);
+        while (d->txts)
+            dns_txt_cancel(d->txts);
         d->freeing = true;
         return;
     }

@@ -74,14 +74,34 @@ void dns_cancel(struct dns_request *r);
 /* Drops every cached answer (tests, reload). */
 void dns_cache_clear(struct dns *d);
 
+/* TXT records of one name (MTA-STS's _mta-sts.<domain>), not cached here
+ * (the caller keeps what it derives, for ttl). Each record's strings are
+ * joined; at most DNS_MAX_TXT records of at most DNS_MAX_TXT_LEN bytes are
+ * kept. status: DNS_OK, DNS_NXDOMAIN (no such name or no TXT record) or
+ * DNS_TEMPFAIL. */
+#define DNS_MAX_TXT 16
+#define DNS_MAX_TXT_LEN 4096
+struct dns_txt_result {
+    enum dns_status status;
+    const char *error; /* when status != DNS_OK */
+    char **texts;
+    size_t ntexts;
+    uint32_t ttl; /* of the answer, or the negative TTL */
+};
+struct dns_txt_request;
+typedef void (*dns_txt_cb)(const struct dns_txt_result *result, void *arg);
+/* Same callback rule as dns_resolve_mx: cb once, after this has returned. */
+struct dns_txt_request *dns_resolve_txt(struct dns *d, const char *name, dns_txt_cb cb, void *arg);
+void dns_txt_cancel(struct dns_txt_request *r);
+
 /* The resolver's reply parser, pure (for tests and fuzzing): parses BUF, a
- * reply to a query of QTYPE (1 A, 15 MX, 28 AAAA), as an answer is parsed
+ * reply to a query of QTYPE (1 A, 15 MX, 16 TXT, 28 AAAA), as an answer is parsed
  * before it is cached. Returns 0 records found, 1 NXDOMAIN, 2 no data,
  * 3 temporary failure (SERVFAIL, truncated, malformed: *error says which,
  * malloc'ed, NULL otherwise). *n records kept (MX sorted by preference, at
  * most 64, ties shuffled with SEED), *ttl the answer's or negative TTL. EACH,
  * when given, sees every record kept: MX as (pref, name, NULL), A and AAAA as
- * (0, NULL, struct in_addr * or struct in6_addr *). */
+ * (0, NULL, struct in_addr * or struct in6_addr *), TXT as (0, text, NULL). */
 int dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
                     void (*each)(uint16_t pref, const char *name, const void *addr, void *arg),
                     void *arg, size_t *n, uint32_t *ttl, char **error);

@@ -20,19 +20,21 @@
 #include "destination.h"
 #include "dns.h"
 #include "log.h"
+#include "mta_sts.h"
 #include "policy.h"
 #include "queue.h"
 #include "sched.h"
 #include "smtp_client.h"
 #include "util.h"
 
-static const char *const state_names[] = {
-    "slot",         "slot+claim", "slot+tokens+claim", "connect-token", "tokens",
-    "tokens+claim", "wait",       "claim-queued",      "claim",         "resolve",
-    "send",         "finish",     "finish-wait",       "done"};
-static const char *const event_names[] = {"slot",       "tokens",         "claim-turn",
-                                          "claimed",    "tokens-claimed", "resolved",
-                                          "batch-done", "finished",       "timer"};
+static const char *const state_names[] = {"slot",          "slot+claim",   "slot+tokens+claim",
+                                          "connect-token", "tokens",       "tokens+claim",
+                                          "wait",          "claim-queued", "claim",
+                                          "policy",        "resolve",      "send",
+                                          "finish",        "finish-wait",  "done"};
+static const char *const event_names[] = {"slot",           "tokens", "claim-turn", "claimed",
+                                          "tokens-claimed", "policy", "resolved",   "batch-done",
+                                          "finished",       "timer"};
 
 /* The wall clock, for what is stored (retry times, expiry against
  * queued_at, backoff end); deadlines use admission_now_ms. */
@@ -73,6 +75,7 @@ session_destroy(struct session *s)
     session_clear_batch(s);
     free(s->limit_domain);
     free(s->pattern_reply);
+    mta_sts_policy_clear(&s->sts);
     if (s->ev_timer)
         event_free(s->ev_timer);
     free(s);
@@ -113,6 +116,8 @@ session_end(struct session *s)
         dns_cancel(s->dnsreq);
         s->dnsreq = NULL;
     }
+    mta_sts_cancel(s->stsreq);
+    s->stsreq = NULL;
     s->resolving = false;
     if (s->ev_timer)
         evtimer_del(s->ev_timer);
@@ -253,6 +258,14 @@ session_on_dns(const struct dns_result *res, void *arg)
 }
 
 static void
+session_on_policy(const struct mta_sts_result *r, void *arg)
+{
+    struct session *s = arg;
+    s->stsreq = NULL;
+    session_react(s, &(struct session_event){.type = EV_POLICY, .sts = r});
+}
+
+static void
 session_on_batch(struct smtp_client *c, const struct smtp_rcpt_result *const *results,
                  const struct smtp_conn_info *info, bool usable, void *arg)
 {
@@ -274,11 +287,23 @@ session_on_finished(const PGresult *res, void *arg)
 
 /* ---- entering a state ---- */
 
+/* The domain's MTA-STS policy, once per session, for MX deliveries only
+ * (a route names its host: no MX to check). */
+static void
+enter_policy(struct session *s)
+{
+    s->stsreq = mta_sts_get(s->e->sts, s->q->domain, session_on_policy, s);
+}
+
 static void
 enter_resolve(struct session *s)
 {
     struct session_env *e = s->e;
     struct dns_request *req;
+    if (!s->sts_done && e->sts && s->dom->mta_sts && !s->dom->route) {
+        session_enter(s, SESSION_POLICY);
+        return;
+    }
     s->resolving = true;
     if (s->dom->route) {
         char host[256];
@@ -361,6 +386,9 @@ session_enter(struct session *s, enum session_state st)
     case SESSION_CLAIM:
         session_enter_claim(s);
         break;
+    case SESSION_POLICY:
+        enter_policy(s);
+        break;
     case SESSION_RESOLVE:
         enter_resolve(s);
         break;
@@ -377,14 +405,54 @@ session_enter(struct session *s, enum session_state st)
 
 /* ---- reacting to an event ---- */
 
+/* The TLS policy facts of this session's attempts (mta.acct, TLS-RPT):
+ * INFO with the policy, its domain and a failure the client did not see
+ * (an MX host outside a testing policy). */
+static struct smtp_conn_info
+session_tls_info(const struct session *s, const struct smtp_conn_info *info)
+{
+    struct smtp_conn_info out = info ? *info : (struct smtp_conn_info){0};
+    if (!s->sts_looked_up)
+        return out;
+    out.tls_policy_domain = s->q->domain;
+    if (s->sts.mode == MTA_STS_NONE) {
+        out.tls_policy = "no-policy-found";
+        if (!out.tls_failure)
+            out.tls_failure = s->sts_failure;
+        return out;
+    }
+    out.tls_policy = "sts";
+    if (!out.tls_failure && out.host && !mta_sts_policy_allows(&s->sts, out.host))
+        out.tls_failure = "validation-failure";
+    return out;
+}
+
+static void
+react_policy(struct session *s, const struct mta_sts_result *r)
+{
+    s->sts_done = true;
+    s->sts_looked_up = true;
+    mta_sts_policy_clear(&s->sts);
+    if (r->mode != MTA_STS_NONE)
+        mta_sts_policy_copy(&s->sts, r->policy);
+    s->sts_failure = r->failure;
+    log_debug("session=%llu queue=%s event=mta-sts mode=%s failure=%s", (unsigned long long)s->id,
+              s->q->name, mta_sts_mode_name(s->sts.mode), r->failure ? r->failure : "-");
+    session_enter(s, SESSION_RESOLVE);
+}
+
 static void
 react_resolved(struct session *s, const struct dns_result *res)
 {
     struct session_env *e = s->e;
     struct destination_failure f;
     s->smtp = destination_connect(e->base, e->conf, s->dom, s->source_vmta, s->q->domain,
-                                  s->q->name, res, &f);
+                                  s->q->name, res, s->sts_looked_up ? &s->sts : NULL, &f);
     if (!s->smtp) {
+        struct smtp_conn_info info = session_tls_info(s, NULL);
+        if (f.tls_failure)
+            info.tls_failure = f.tls_failure;
+        batch_set_connection(&s->batch, &info);
         session_fail_all(s, f.permanent, f.code, f.status, f.diag);
         free(f.diag);
         session_enter(s, SESSION_FINISH);
@@ -400,7 +468,8 @@ react_batch_done(struct session *s, const struct session_event *ev)
 {
     struct batch *b = &s->batch;
     s->usable = ev->usable;
-    batch_set_connection(b, ev->info);
+    struct smtp_conn_info info = session_tls_info(s, ev->info);
+    batch_set_connection(b, &info);
     bool answered = policy_batch_outcomes(s->dom, b, ev->results, s->q->backoff, wall_us(),
                                           draw_random, &s->pattern_effects, &s->pattern_reply);
     s->sent += (unsigned)b->nmsgs;
@@ -576,6 +645,11 @@ session_react(struct session *s, const struct session_event *ev)
             session_end(s);
         else
             session_enter(s, s->smtp ? SESSION_SEND : SESSION_RESOLVE);
+        return;
+    case SESSION_POLICY:
+        if (ev->type != EV_POLICY)
+            break;
+        react_policy(s, ev->sts);
         return;
     case SESSION_RESOLVE:
         if (ev->type != EV_RESOLVED)

@@ -64,6 +64,7 @@ struct session_env {
     struct event_base *base;
     struct conf *conf; /* current configuration (sessions keep their own domain) */
     struct dns *dns;
+    struct mta_sts *sts; /* MTA-STS policies (mta_sts.h), or NULL */
     struct sched *sched;
     struct dkim *dkim;
     struct db **dbs;

@@ -9,6 +9,7 @@
 
 #include "batch.h"
 #include "dns.h"
+#include "mta_sts.h"
 #include "session.h"
 #include "smtp_client.h"
 
@@ -24,6 +25,7 @@ enum session_state {
     SESSION_WAIT,         /* for tokens or budget, on the timer */
     SESSION_CLAIM_QUEUED,
     SESSION_CLAIM,
+    SESSION_POLICY, /* the domain's MTA-STS policy, before the MX lookup */
     SESSION_RESOLVE,
     SESSION_SEND,
     SESSION_FINISH,
@@ -37,6 +39,7 @@ enum session_event_type {
     EV_CLAIM_TURN,
     EV_CLAIMED,
     EV_TOKENS_CLAIMED, /* the answer of a claim with its tokens: rows, granted, wait_ms */
+    EV_POLICY,
     EV_RESOLVED,
     EV_BATCH_DONE,
     EV_FINISHED,
@@ -49,6 +52,7 @@ struct session_event {
     unsigned granted, wait_ms;
     const PGresult *res;
     const struct dns_result *dns;
+    const struct mta_sts_result *sts;
     const struct smtp_rcpt_result *const *results;
     const struct smtp_conn_info *info;
     bool usable;
@@ -63,6 +67,12 @@ struct session {
     struct smtp_client *smtp;
     struct dns_request *dnsreq;
     bool resolving;
+    /* MTA-STS: looked up once per session (sts_done), the policy kept */
+    struct mta_sts_request *stsreq;
+    bool sts_done;
+    bool sts_looked_up;        /* false: mta-sts off or a route */
+    struct mta_sts_policy sts; /* mode NONE: none applies */
+    const char *sts_failure;   /* why none could be had, for TLS-RPT */
     struct event *ev_timer;
     unsigned timer_ms; /* for SESSION_WAIT */
     struct batch batch;

@@ -96,9 +96,10 @@ struct smtp_client {
     char *id;
     char *helo_name;
     char *tls_ca_file;
+    char *tls_policy_name;
     struct sockaddr_storage source;
     socklen_t source_len;
-    bool use_starttls, require_starttls, tls_verify;
+    bool use_starttls, require_starttls, tls_verify, tls_check;
     uint64_t connect_timeout_ms, command_timeout_ms, data_timeout_ms;
 
     struct dns_host *hosts; /* owned deep copy */
@@ -143,6 +144,7 @@ struct smtp_client {
     char info_source[INET6_ADDRSTRLEN];
     char info_tls_protocol[32];
     char info_tls_cipher[128];
+    const char *info_tls_failure; /* static RFC 8460 result type, or NULL */
 
     /* current batch */
     bool have_batch;
@@ -486,6 +488,8 @@ start_connect(struct smtp_client *c)
     snprintf(c->info_host, sizeof c->info_host, "%s", h->name ? h->name : "");
     c->info_ip[0] = c->info_source[0] = '\0';
     c->info_tls_protocol[0] = c->info_tls_cipher[0] = '\0';
+    if (!c->plain_retry)
+        c->info_tls_failure = NULL; /* kept for the clear-text retry it caused */
     const void *addr = sa->sa_family == AF_INET6
                            ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
                            : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
@@ -664,6 +668,7 @@ batch_complete(struct smtp_client *c, bool usable)
         .source_ip = c->info_source[0] ? c->info_source : NULL,
         .tls_protocol = c->info_tls_protocol[0] ? c->info_tls_protocol : NULL,
         .tls_cipher = c->info_tls_cipher[0] ? c->info_tls_cipher : NULL,
+        .tls_failure = c->info_tls_failure,
         .dsn = c->cap_dsn,
     };
     if (cb && !c->freeing)
@@ -886,7 +891,10 @@ tls_start(struct smtp_client *c)
      * against the address connected to, never against nothing. */
     struct bufferevent *f =
         tls_client_start(c->base, c->bev, c->info_host[0] ? c->info_host : c->info_ip,
-                         c->tls_verify, c->tls_ca_file, err, sizeof err);
+                         c->tls_verify  ? TLS_VERIFY_REQUIRE
+                         : c->tls_check ? TLS_VERIFY_CHECK
+                                        : TLS_VERIFY_NONE,
+                         c->tls_ca_file, err, sizeof err);
     if (!f) {
         snprintf(c->io_error, sizeof c->io_error, "%s", err);
         return false;
@@ -1000,6 +1008,8 @@ on_event(struct bufferevent *bev, short what, void *arg)
     if (c->state == SMTP_ST_TLS_HANDSHAKE) {
         char detail[200];
         tls_client_failure(bev, detail, sizeof detail);
+        if (c->tls_verify || c->tls_check)
+            c->info_tls_failure = tls_client_failure_type(bev);
         snprintf(c->io_error, sizeof c->io_error, "TLS handshake with %s[%s] failed: %s",
                  c->info_host, c->info_ip, detail);
         smtp_react(c, SMTP_EV_TLS_FAILED);
@@ -1058,6 +1068,7 @@ session_destroy(struct smtp_client *c)
     free(c->id);
     free(c->helo_name);
     free(c->tls_ca_file);
+    free(c->tls_policy_name);
     free(c);
 }
 
@@ -1204,10 +1215,26 @@ react_setup_failure(struct smtp_client *c, enum smtp_event ev)
 /* The TLS handshake failed (reason in io_error). Required TLS: next
  * address. Opportunistic TLS: once more to the same address in clear text
  * (RFC 7435), then the next address. */
+static const char *
+tls_status(const struct smtp_client *c)
+{
+    return c->tls_policy_name ? "4.7.5" : "4.7.10";
+}
+
+static const char *
+tls_prefix(const struct smtp_client *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s%s", c->tls_policy_name ? c->tls_policy_name : "",
+             c->tls_policy_name ? ": " : "");
+    return buf;
+}
+
 static void
 tls_failed(struct smtp_client *c)
 {
-    set_error(c, SMTP_TRANSIENT, 0, "4.7.10", "%s", c->io_error);
+    char pfx[40];
+    set_error(c, SMTP_TRANSIENT, 0, tls_status(c), "%s%s", tls_prefix(c, pfx, sizeof pfx),
+              c->io_error);
     c->plain_retry = !(c->require_starttls || c->tls_verify);
     host_failed(c);
 }
@@ -1216,13 +1243,17 @@ tls_failed(struct smtp_client *c)
 static void
 after_hello(struct smtp_client *c)
 {
-    bool want_tls = c->use_starttls || c->require_starttls || c->tls_verify;
+    bool want_tls = c->use_starttls || c->require_starttls || c->tls_verify || c->tls_check;
     if (!c->tls_active && c->cap_starttls && want_tls && !c->plain_retry) {
         smtp_enter(c, SMTP_ST_STARTTLS);
         return;
     }
+    if (!c->tls_active && !c->cap_starttls && (c->tls_verify || c->tls_check))
+        c->info_tls_failure = "starttls-not-supported";
     if (!c->tls_active && (c->require_starttls || c->tls_verify)) {
-        set_error(c, SMTP_TRANSIENT, 0, "4.7.10", "TLS required but not offered by host %s[%s]",
+        char pfx[40];
+        set_error(c, SMTP_TRANSIENT, 0, tls_status(c),
+                  "%sTLS required but not offered by host %s[%s]", tls_prefix(c, pfx, sizeof pfx),
                   c->info_host, c->info_ip);
         c->plain_retry = false;
         host_failed(c); /* nothing more is sent on this connection */
@@ -1411,12 +1442,15 @@ smtp_react(struct smtp_client *c, enum smtp_event ev)
             smtp_enter(c, SMTP_ST_TLS_HANDSHAKE);
             return;
         }
+        if (c->tls_verify || c->tls_check)
+            c->info_tls_failure = "starttls-not-supported";
         if (c->reply_code == 421 || c->require_starttls || c->tls_verify) {
             set_error_reply(c);
+            char pfx[40];
             if (c->reply_code != 421)
-                set_error(c, SMTP_TRANSIENT, c->reply_code, "4.7.10",
-                          "TLS required but STARTTLS refused by host %s[%s]: %s", c->info_host,
-                          c->info_ip, c->reply_text);
+                set_error(c, SMTP_TRANSIENT, c->reply_code, tls_status(c),
+                          "%sTLS required but STARTTLS refused by host %s[%s]: %s",
+                          tls_prefix(c, pfx, sizeof pfx), c->info_host, c->info_ip, c->reply_text);
             host_failed(c);
             return;
         }
@@ -1427,6 +1461,8 @@ smtp_react(struct smtp_client *c, enum smtp_event ev)
             c->tls_active = true;
             tls_client_info(c->bev, c->info_tls_protocol, sizeof c->info_tls_protocol,
                             c->info_tls_cipher, sizeof c->info_tls_cipher);
+            if (c->tls_check && !c->tls_verify)
+                c->info_tls_failure = tls_client_failure_type(c->bev);
             log_debug("%s session=%lu tls host=%s protocol=%s cipher=%s verified=%d", cid(c),
                       c->sid, c->info_host, c->info_tls_protocol, c->info_tls_cipher,
                       c->tls_verify);
@@ -1510,6 +1546,7 @@ smtp_client_new(struct event_base *base, const struct smtp_client_config *cfg,
         c->helo_name = xstrdup("localhost");
     }
     c->tls_ca_file = cfg->tls_ca_file ? xstrdup(cfg->tls_ca_file) : NULL;
+    c->tls_policy_name = cfg->tls_policy_name ? xstrdup(cfg->tls_policy_name) : NULL;
     if (cfg->source && cfg->source_len <= sizeof c->source) {
         memcpy(&c->source, cfg->source, cfg->source_len);
         c->source_len = cfg->source_len;
@@ -1517,6 +1554,7 @@ smtp_client_new(struct event_base *base, const struct smtp_client_config *cfg,
     c->use_starttls = cfg->use_starttls;
     c->require_starttls = cfg->require_starttls;
     c->tls_verify = cfg->tls_verify;
+    c->tls_check = cfg->tls_check;
     c->connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : 30000;
     c->command_timeout_ms = cfg->command_timeout_ms ? cfg->command_timeout_ms : 300000;
     c->data_timeout_ms = cfg->data_timeout_ms ? cfg->data_timeout_ms : 600000;

@@ -30,7 +30,11 @@ struct smtp_client_config {
     bool use_starttls;       /* try STARTTLS when offered */
     bool require_starttls;   /* never send in clear: defer instead */
     bool tls_verify;         /* verify the certificate against the host name */
+    bool tls_check;          /* verify, but only report (tls_failure), never fail */
     const char *tls_ca_file; /* extra CA file for verification, or NULL */
+    /* the policy that requires TLS ("MTA-STS"), or NULL: its failures are
+     * 4.7.5 and their text starts with "MTA-STS: " */
+    const char *tls_policy_name;
     uint64_t connect_timeout_ms;
     uint64_t command_timeout_ms;
     uint64_t data_timeout_ms;
@@ -78,6 +82,12 @@ struct smtp_conn_info {
     const char *source_ip;    /* local IP as text, NULL if none */
     const char *tls_protocol; /* e.g. "TLSv1.3", NULL when clear text */
     const char *tls_cipher;
+    /* RFC 8460 result type of a TLS check that failed on this connection
+     * (tls_check or tls_verify), or NULL */
+    const char *tls_failure;
+    /* filled by the caller, not by the client: the policy that applied */
+    const char *tls_policy;
+    const char *tls_policy_domain;
     bool dsn; /* the server offered DSN (RFC 3461): it reports success */
 };
 

@@ -100,7 +100,8 @@ ip_literal(const char *s, char *ip, size_t iplen)
 /* A client SSL object: SNI = host (unless an IP literal); with verify, the
  * chain to ca_file (or the default paths) and host (or the IP SAN). */
 static SSL *
-tls_client_ssl(const char *host, bool verify, const char *ca_file, char *err, size_t errlen)
+tls_client_ssl(const char *host, enum tls_verify verify, const char *ca_file, char *err,
+               size_t errlen)
 {
     char ip[INET6_ADDRSTRLEN + 1];
     bool literal = ip_literal(host, ip, sizeof ip);
@@ -110,7 +111,7 @@ tls_client_ssl(const char *host, bool verify, const char *ca_file, char *err, si
         snprintf(err, errlen, "no host name to verify the certificate against");
         return NULL;
     }
-    SSL_CTX *ctx = tls_ctx_get(verify ? ca_file : NULL, err, errlen);
+    SSL_CTX *ctx = tls_ctx_get(verify != TLS_VERIFY_NONE ? ca_file : NULL, err, errlen);
     if (!ctx)
         return NULL;
     SSL *ssl = SSL_new(ctx);
@@ -121,8 +122,10 @@ tls_client_ssl(const char *host, bool verify, const char *ca_file, char *err, si
     /* SNI carries host names only (RFC 6066 3): none for an IP literal. */
     if (*host && !literal)
         SSL_set_tlsext_host_name(ssl, host);
-    if (verify) {
-        SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+    if (verify != TLS_VERIFY_NONE) {
+        /* CHECK: OpenSSL verifies and keeps the result, the handshake goes
+         * on whatever it is */
+        SSL_set_verify(ssl, verify == TLS_VERIFY_REQUIRE ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
         SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         /* an IP literal is matched against the certificate's IP SANs */
         int ok = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip)
@@ -139,8 +142,8 @@ tls_client_ssl(const char *host, bool verify, const char *ca_file, char *err, si
 }
 
 struct bufferevent *
-tls_client_start(struct event_base *base, struct bufferevent *bev, const char *host, bool verify,
-                 const char *ca_file, char *err, size_t errlen)
+tls_client_start(struct event_base *base, struct bufferevent *bev, const char *host,
+                 enum tls_verify verify, const char *ca_file, char *err, size_t errlen)
 {
     SSL *ssl = tls_client_ssl(host, verify, ca_file, err, errlen);
     if (!ssl)
@@ -161,7 +164,7 @@ struct bufferevent *
 tls_client_socket_new(struct event_base *base, const char *host, const char *ca_file, char *err,
                       size_t errlen)
 {
-    SSL *ssl = tls_client_ssl(host, true, ca_file, err, errlen);
+    SSL *ssl = tls_client_ssl(host, TLS_VERIFY_REQUIRE, ca_file, err, errlen);
     if (!ssl)
         return NULL;
     struct bufferevent *b = bufferevent_openssl_socket_new(
@@ -192,6 +195,33 @@ tls_client_failure(struct bufferevent *filter, char *out, size_t outlen)
     } else if (!out[0]) {
         int err = EVUTIL_SOCKET_ERROR();
         snprintf(out, outlen, "%s", err ? strerror(err) : "connection closed");
+    }
+}
+
+const char *
+tls_client_failure_type(struct bufferevent *filter)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(filter);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_ERR_UNSPECIFIED;
+    switch (vr) {
+    case X509_V_OK:
+        /* no certificate at all also leaves X509_V_OK */
+        return ssl && SSL_get0_peer_certificate(ssl) ? NULL : "validation-failure";
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        return "certificate-host-mismatch";
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return "certificate-expired";
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+        return "certificate-not-trusted";
+    default:
+        return "validation-failure";
     }
 }
 

@@ -25,6 +25,7 @@
 #include "dkim.h"
 #include "dns.h"
 #include "log.h"
+#include "mta_sts.h"
 #include "queue.h"
 #include "registry.h"
 #include "sched.h"
@@ -397,6 +398,7 @@ worker_prepare(struct db *db)
 {
     registry_prepare(db);
     queue_prepare(db);
+    mta_sts_prepare(db);
     db_prepare(db, "ready_queues",
                "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
     db_prepare(db, "purge_messages", "SELECT mta.purge_messages(10000)", 0);
@@ -476,6 +478,8 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
         log_error("pipe=%s event=dns-init-failed error=\"%s\"", pipe_name, err);
         return 1;
     }
+    e->sts = mta_sts_new(w->base, e->dns, worker_pick_db, w, w->node_label,
+                         conf->tls_ca_file ? conf->tls_ca_file : getenv("PGMTA_TLS_CA_FILE"));
     e->sched = sched_new(w->base, conf->database_url, w->node_label);
     sched_set_lost_cb(e->sched, worker_on_slots_lost, w);
     char *label = xasprintf("pipe=%s", pipe_name);
@@ -534,6 +538,8 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     for (size_t i = 0; i < w->ndbs; i++)
         db_free(w->dbs[i]);
     free(w->dbs);
+    mta_sts_free(e->sts);
+    e->sts = NULL;
     dns_free(e->dns);
     for (int i = 0; i < 3; i++)
         event_free(w->ev_signals[i]);

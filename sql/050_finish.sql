@@ -159,16 +159,27 @@ $$;
 --             counted from queueing, then from the last delay DSN; the time
 --             is kept in the recipient row this statement updates anyway.
 -- p_hop_dsn and p_delay_every may be NULL: no relayed or delayed DSN.
+-- p_tls_policy, p_tls_failure, p_tls_policy_domain: the TLS policy outcome
+-- per element for TLS-RPT (migrations/0012_mta_sts.sql), NULL when none.
+-- The arguments after p_generate_bounces have defaults, so that the older
+-- 15- and 18-argument calls keep working; the older functions themselves go.
 DROP FUNCTION IF EXISTS mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
-                                   text[], text[], text[], text[], text[], text[], text[],
-                                   text[], bool);
+                                   text[], text[], text[], text[], text[], text[], text[], text[],
+                                   bool);
+DROP FUNCTION IF EXISTS mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
+                                   text[], text[], text[], text[], text[], text[], text[], text[],
+                                   bool, text[], text[], text[]);
 CREATE OR REPLACE FUNCTION mta.finish(p_node bigint, p_node_name text, p_rcpt_ids bigint[],
                                       p_tokens bigint[], p_types text[],
                                       p_retry_at timestamptz[], p_dsn_status text[],
                                       p_dsn_diag text[], p_dsn_mta text[], p_bounce_cat text[],
                                       p_source_ip text[], p_dest_ip text[],
                                       p_tls_protocol text[], p_tls_cipher text[],
-                                      p_generate_bounces bool, p_hop_dsn bool[] DEFAULT NULL,
+                                      p_generate_bounces bool,
+                                      p_tls_policy text[] DEFAULT NULL,
+                                      p_tls_failure text[] DEFAULT NULL,
+                                      p_tls_policy_domain text[] DEFAULT NULL,
+                                      p_hop_dsn bool[] DEFAULT NULL,
                                       p_delay_every int[] DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -201,23 +212,25 @@ BEGIN
     -- Final outcomes: delete the recipient, one accounting row each.
     WITH f AS (
         SELECT * FROM unnest(p_rcpt_ids, p_tokens, p_types, p_dsn_status, p_dsn_diag, p_dsn_mta,
-                             p_bounce_cat, p_source_ip, p_dest_ip, p_tls_protocol, p_tls_cipher)
+                             p_bounce_cat, p_source_ip, p_dest_ip, p_tls_protocol, p_tls_cipher,
+                             p_tls_policy, p_tls_failure, p_tls_policy_domain)
                       WITH ORDINALITY
                    AS f(id, token, type, status, diag, dsn_mta, cat, src_ip, dst_ip, tls_proto,
-                        tls_cipher, i)
+                        tls_cipher, tls_pol, tls_fail, tls_dom, i)
          WHERE f.type IN ('d', 'b')
     ), d AS (
         DELETE FROM mta.recipients r USING f
          WHERE r.id = f.id AND r.lease_token = f.token
         RETURNING r.id AS rid, r.message_id, r.rcpt, r.domain, r.vmta, r.pipe, r.job_id,
                   r.queued_at, r.attempts, f.type, f.status, f.diag, f.dsn_mta, f.cat, f.src_ip,
-                  f.dst_ip, f.tls_proto, f.tls_cipher, r.dsn_notify, r.dsn_orcpt,
-                  coalesce(p_hop_dsn[f.i], true) AS hop_dsn
+                  f.dst_ip, f.tls_proto, f.tls_cipher, f.tls_pol, f.tls_fail, f.tls_dom,
+                  r.dsn_notify, r.dsn_orcpt, coalesce(p_hop_dsn[f.i], true) AS hop_dsn
     ), a AS (
         INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
                               dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
                               dlv_size, vmta, job_id, envid, queue, pipe, node, message_id,
-                              attempt, tls_protocol, tls_cipher, rcpt_id, meta, orcpt)
+                              attempt, tls_protocol, tls_cipher, rcpt_id, meta, tls_policy,
+                              tls_failure, tls_policy_domain, orcpt)
             SELECT d.type, now(), d.queued_at, m.mail_from, d.rcpt,
                    CASE d.type WHEN 'd' THEN 'relayed' ELSE 'failed' END, d.status, d.diag,
                    d.dsn_mta, d.cat, d.src_ip, d.dst_ip, m.size, nullif(d.vmta, ''), d.job_id,
@@ -228,7 +241,7 @@ BEGIN
                         THEN m.meta || coalesce((SELECT rm.meta FROM mta.recipient_meta rm
                                                   WHERE rm.message_id = d.message_id
                                                     AND rm.rcpt_id = d.rid), '{}') END,
-                   d.dsn_orcpt
+                   d.tls_pol, d.tls_fail, d.tls_dom, d.dsn_orcpt
               FROM d JOIN mta.messages m ON m.id = d.message_id
             RETURNING 1
     ), w AS (
@@ -251,10 +264,10 @@ BEGIN
     WITH f AS (
         SELECT * FROM unnest(p_rcpt_ids, p_tokens, p_types, p_retry_at, p_dsn_status, p_dsn_diag,
                              p_dsn_mta, p_bounce_cat, p_source_ip, p_dest_ip, p_tls_protocol,
-                             p_tls_cipher)
+                             p_tls_cipher, p_tls_policy, p_tls_failure, p_tls_policy_domain)
                       WITH ORDINALITY
                    AS f(id, token, type, retry_at, status, diag, dsn_mta, cat, src_ip, dst_ip,
-                        tls_proto, tls_cipher, i)
+                        tls_proto, tls_cipher, tls_pol, tls_fail, tls_dom, i)
          WHERE f.type = 't'
     ), u AS (
         -- NOTIFY=DELAY: a delay DSN is due when notify-of-delay-every has
@@ -271,13 +284,15 @@ BEGIN
          WHERE r.id = f.id AND r.lease_token = f.token
         RETURNING r.id AS rid, r.message_id, r.rcpt, r.domain, r.vmta, r.pipe, r.job_id,
                   r.queued_at, r.attempts, f.status, f.diag, f.dsn_mta, f.cat, f.src_ip,
-                  f.dst_ip, f.tls_proto, f.tls_cipher, r.next_attempt, r.dsn_orcpt,
+                  f.dst_ip, f.tls_proto, f.tls_cipher, r.next_attempt, f.tls_pol, f.tls_fail,
+                  f.tls_dom, r.dsn_orcpt,
                   coalesce(r.dsn_notify & 4 <> 0 AND r.dsn_delay_at = now(), false) AS delay_due
     ), a AS (
         INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
                               dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
                               dlv_size, vmta, job_id, envid, queue, pipe, node, message_id,
-                              attempt, tls_protocol, tls_cipher, rcpt_id, meta, orcpt)
+                              attempt, tls_protocol, tls_cipher, rcpt_id, meta, tls_policy,
+                              tls_failure, tls_policy_domain, orcpt)
             SELECT 't', now(), u.queued_at, m.mail_from, u.rcpt, 'delayed', u.status, u.diag,
                    u.dsn_mta, u.cat, u.src_ip, u.dst_ip, m.size, nullif(u.vmta, ''), u.job_id,
                    m.envid, mta.queue_name(u.domain, u.vmta), u.pipe, p_node_name,
@@ -287,7 +302,7 @@ BEGIN
                         THEN m.meta || coalesce((SELECT rm.meta FROM mta.recipient_meta rm
                                                   WHERE rm.message_id = u.message_id
                                                     AND rm.rcpt_id = u.rid), '{}') END,
-                   u.dsn_orcpt
+                   u.tls_pol, u.tls_fail, u.tls_dom, u.dsn_orcpt
               FROM u JOIN mta.messages m ON m.id = u.message_id
             RETURNING 1
     ), x AS (

@@ -69,7 +69,10 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.claim_many(bigint, text, text[], text[], int[], int, bigint[], int[]),
                           mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
                                      text[], text[], text[], text[], text[], text[], text[],
-                                     text[], bool, bool[], int[]),
+                                     text[], bool, text[], text[], text[], bool[], int[]),
+                          mta.mta_sts_get(text, text, text),
+                          mta.mta_sts_put(text, text, text, text, text[], int),
+                          mta.mta_sts_failed(text, text, text),
                           mta.release(bigint, bigint[], bigint[]),
                           mta.set_aside(bigint[], bigint[], text),
                           mta.pause_queue(text, text),
@@ -110,3 +113,5 @@ GRANT SELECT ON mta.suppression TO mta_monitor;
 GRANT EXECUTE ON FUNCTION mta.suppressed(text, text) TO mta_monitor;
 -- and the accounting, as README (Watching and steering) says
 GRANT SELECT ON mta.acct TO mta_monitor;
+-- the shared MTA-STS policy cache (sql/018_mta_sts.sql)
+GRANT SELECT ON mta.mta_sts TO mta_monitor;

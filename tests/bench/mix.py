@@ -73,13 +73,21 @@ class Mix:
         return sum(size * count for _, size, count in self.groups())
 
 
-def copy_rows(conn, rows):
+def csv_bytes(rows):
+    """rows as the CSV a bulk loader sends (a file it has ready)."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerows(rows)
-    buf.seek(0)
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return io.BytesIO(buf.getvalue().encode())
+
+
+def copy_csv(conn, data):
+    """One COPY mta.submit of prepared CSV (csv_bytes), committed."""
     with conn.cursor() as cur:
         cur.execute("SET work_mem = '256MB'")
         cur.copy_expert("COPY mta.submit (mail_from, rcpt_to, content, job_id) "
-                        "FROM STDIN WITH (FORMAT csv)", buf)
+                        "FROM STDIN WITH (FORMAT csv)", data, size=1 << 20)
     conn.commit()
+
+
+def copy_rows(conn, rows):
+    copy_csv(conn, csv_bytes(rows))

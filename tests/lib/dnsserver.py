@@ -170,6 +170,12 @@ class DnsServer:
     def add_aaaa(self, name, ip, ttl=300):
         self._add(name, QTYPES["AAAA"], ttl, ipaddress.IPv6Address(ip).packed, ip)
 
+    def add_txt(self, name, text, ttl=300):
+        """One TXT record: TEXT split into character-strings of 255 bytes."""
+        raw = text.encode()
+        chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
+        self._add(name, QTYPES["TXT"], ttl, b"".join(bytes([len(c)]) + c for c in chunks), text)
+
     def add_cname(self, name, target, ttl=300):
         self._add(name, QTYPES["CNAME"], ttl, encode_name(target), target)
 

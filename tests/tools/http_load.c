@@ -24,30 +24,15 @@
  * Exit status: 0 if every request got 200, 3 if the endpoint answered 404
  * (not there), 1 on any other failure, 2 on bad usage. Plain sockets and
  * poll(2): the program owns its connections and buffers, nothing else. */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
+#include <strings.h>
+
+#include "load_util.h"
 
 #define MAX_CONTENT 8
 #define MAX_CONN 1024
 #define RESP_MAX (1024 * 1024)
-
-struct buf {
-    char *p;
-    size_t len, cap;
-};
 
 struct conn {
     int fd;
@@ -69,75 +54,6 @@ struct opts {
 
 static char *contents_json[MAX_CONTENT]; /* JSON string literals, quotes included */
 static long next_request, requests_done, ok, failed, not_found, recipients_ok, posted;
-static char first_error[256];
-
-static void
-die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("http_load: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(2);
-}
-
-static void *
-xrealloc(void *p, size_t n)
-{
-    p = realloc(p, n);
-    if (!p)
-        die("out of memory");
-    return p;
-}
-
-static void
-buf_add(struct buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->p = xrealloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void
-buf_printf(struct buf *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        die("formatted text too long");
-    buf_add(b, tmp, (size_t)n);
-}
-
-static void
-error_once(const char *fmt, ...)
-{
-    if (first_error[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(first_error, sizeof first_error, fmt, ap);
-    va_end(ap);
-    for (char *c = first_error; *c; c++)
-        if (*c == '"' || *c == '\r' || *c == '\n')
-            *c = ' ';
-}
-
-static int64_t
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The file's bytes as a JSON string literal. */
 static char *
@@ -214,22 +130,8 @@ build_request(const struct opts *o, struct conn *c, long j)
 static int
 conn_open(const struct opts *o, struct conn *c)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
-    if (inet_pton(AF_INET, o->host, &sa.sin_addr) != 1)
-        die("--host must be an IPv4 address: %s", o->host);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (c->fd < 0)
-        die("socket: %s", strerror(errno));
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        error_once("connect %s:%d: %s", o->host, o->port, strerror(errno));
-        close(c->fd);
-        c->fd = -1;
-        return -1;
-    }
-    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
-    return 0;
+    c->fd = load_connect(o->host, o->port);
+    return c->fd < 0 ? -1 : 0;
 }
 
 static void
@@ -392,6 +294,7 @@ int
 main(int argc, char **argv)
 {
     struct opts o;
+    load_prog = "http_load";
     parse_args(argc, argv, &o);
     for (int i = 0; i < o.ncontent; i++)
         contents_json[i] = json_string_of_file(o.content_files[i]);
