@@ -24,6 +24,16 @@ col_text(const PGresult *res, int row, int col)
     return xstrndup(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
 }
 
+/* A binary smallint column; NULL reads as -1. */
+static int
+col_int2(const PGresult *res, int row, int col)
+{
+    if (col < 0 || PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 2)
+        return -1;
+    const unsigned char *v = (const unsigned char *)PQgetvalue(res, row, col);
+    return (int16_t)(v[0] << 8 | v[1]);
+}
+
 /* A binary boolean column; NULL reads as false. */
 static bool
 col_bool(const PGresult *res, int row, int col)
@@ -86,7 +96,8 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, const stru
         c_att = PQfnumber(res, "attempt"), c_envid = PQfnumber(res, "envid"),
         c_qat = PQfnumber(res, "queued_at"), c_first = PQfnumber(res, "content_first"),
         c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms"),
-        c_job = PQfnumber(res, "job_id");
+        c_job = PQfnumber(res, "job_id"), c_notify = PQfnumber(res, "dsn_notify"),
+        c_orcpt = PQfnumber(res, "dsn_orcpt"), c_ret = PQfnumber(res, "dsn_ret");
     b->rcpts = xcalloc((size_t)n, sizeof *b->rcpts);
     b->msgs = xcalloc((size_t)n, sizeof *b->msgs);
     *lease_left_ms = c_left >= 0 ? db_get_int4(res, 0, c_left) : 0;
@@ -143,6 +154,8 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, const stru
             cur->envid = col_text(res, i, c_envid);
             cur->job_id = col_text(res, i, c_job);
             cur->unsub = content_unsub != NULL;
+            if (c_ret >= 0 && !PQgetisnull(res, i, c_ret))
+                cur->ret = PQgetvalue(res, i, c_ret)[0];
             cur->content = content;
             cur->content_len = content_len;
             cur->owner = owner;
@@ -153,6 +166,18 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, const stru
             }
             cur->first = b->nrcpts - 1;
             cur->rcpt_ptrs = xcalloc((size_t)n, sizeof(char *));
+        }
+        int notify = col_int2(res, i, c_notify);
+        const char *orcpt =
+            c_orcpt >= 0 && !PQgetisnull(res, i, c_orcpt) ? PQgetvalue(res, i, c_orcpt) : NULL;
+        if ((notify >= 0 || orcpt) && !cur->notify) {
+            cur->notify = xmalloc((size_t)n);
+            memset(cur->notify, -1, (size_t)n);
+            cur->orcpt = xcalloc((size_t)n, sizeof(char *));
+        }
+        if (cur->notify) {
+            cur->notify[cur->nrcpts] = (signed char)(notify >= 0 && notify <= 7 ? notify : -1);
+            cur->orcpt[cur->nrcpts] = orcpt;
         }
         cur->rcpt_ptrs[cur->nrcpts++] = r->rcpt;
     }
@@ -190,6 +215,8 @@ msg_release(struct batch_msg *m)
     free(m->envid);
     free(m->job_id);
     free(m->rcpt_ptrs);
+    free(m->notify);
+    free(m->orcpt);
     return released;
 }
 
@@ -297,6 +324,9 @@ batch_smtp_messages(struct batch *b, struct dkim *keys, const struct unsub *unsu
                             : NULL;
         m[i].mail_from = msg->mail_from;
         m[i].envid = msg->envid;
+        m[i].ret = msg->ret;
+        m[i].notify = msg->notify;
+        m[i].orcpt = msg->orcpt;
         m[i].rcpts = msg->rcpt_ptrs;
         m[i].nrcpts = msg->nrcpts;
         bool utf8 = false;
@@ -364,6 +394,7 @@ batch_set_connection(struct batch *b, const struct smtp_conn_info *info)
                      : NULL;
     b->source_ip = info->source_ip ? xstrdup(info->source_ip) : NULL;
     b->dest_ip = info->ip ? xstrdup(info->ip) : NULL;
+    b->hop_dsn = info->dsn;
     b->tls_protocol = info->tls_protocol ? xstrdup(info->tls_protocol) : NULL;
     b->tls_cipher = info->tls_cipher ? xstrdup(info->tls_cipher) : NULL;
     b->tls_policy = info->tls_policy ? xstrdup(info->tls_policy) : NULL;
@@ -435,6 +466,8 @@ batch_finish_arrays(const struct batch *b, struct buf *a)
         db_array_append_text(&a[BATCH_F_TLSPOL], b->tls_policy);
         db_array_append_text(&a[BATCH_F_TLSFAIL], b->tls_failure);
         db_array_append_text(&a[BATCH_F_TLSDOM], b->tls_policy_domain);
+        buf_puts(&a[BATCH_F_HOPDSN], b->hop_dsn ? "t" : "f");
+        buf_printf(&a[BATCH_F_DELAY], "%u", b->notify_delay_every_s);
     }
     for (int i = 0; i < BATCH_F_N; i++)
         buf_puts(&a[i], "}");

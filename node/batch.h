@@ -61,6 +61,12 @@ struct batch_msg {
     size_t first; /* index of its first recipient */
     size_t nrcpts;
     const char **rcpt_ptrs;
+    /* DSN options (see README, "DSN options"): parallel to rcpt_ptrs, NULL
+     * when no recipient of the transaction has one; strings inside the
+     * claim result */
+    signed char *notify; /* NOTIFY bitmask, -1 none */
+    const char **orcpt;
+    char ret; /* RET: 'F', 'H' or 0 */
 };
 
 struct batch {
@@ -79,6 +85,8 @@ struct batch {
     char *tls_policy; /* TLS-RPT policy type, failure and policy domain */
     char *tls_failure;
     char *tls_policy_domain;
+    bool hop_dsn;                  /* the next hop offered DSN: it reports success */
+    unsigned notify_delay_every_s; /* the domain's notify-of-delay-every */
 };
 
 /* A row that cannot be delivered: set it aside with REASON. */
@@ -142,6 +150,8 @@ enum {
     BATCH_F_TLSPOL,
     BATCH_F_TLSFAIL,
     BATCH_F_TLSDOM,
+    BATCH_F_HOPDSN,
+    BATCH_F_DELAY,
     BATCH_F_N
 };
 /* Encodes the outcomes into BATCH_F_N array literals (initialised here; the

@@ -664,6 +664,7 @@ domain_defaults(struct conf_domain *d)
     d->retry_after_ms = 10 * 60000;
     d->max_retry_after_ms = 4 * 3600000;
     d->bounce_after_ms = (4 * 24 + 12) * 3600000ULL;
+    d->notify_of_delay_every_ms = 4 * 3600000ULL;
     d->use_starttls = true;
     d->require_starttls = false;
     d->tls_verify = false;

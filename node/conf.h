@@ -46,6 +46,7 @@ struct conf_domain {
     uint64_t retry_after_ms;     /* first retry delay; doubles per attempt */
     uint64_t max_retry_after_ms; /* cap of the backoff */
     uint64_t bounce_after_ms;
+    uint64_t notify_of_delay_every_ms; /* NOTIFY=DELAY: a delay DSN this often */
     bool use_starttls;
     bool require_starttls;
     bool tls_verify;

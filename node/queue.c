@@ -39,8 +39,8 @@ queue_prepare(struct db *db)
                "SELECT mta.finish($1::bigint, $2, $3::bigint[], $4::bigint[], $5::text[], "
                "$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
                "$12::text[], $13::text[], $14::text[], $15::bool, $16::text[], $17::text[], "
-               "$18::text[])",
-               18);
+               "$18::text[], $19::bool[], $20::int[])",
+               20);
     db_prepare(db, "release", "SELECT mta.release($1::bigint, $2::bigint[], $3::bigint[])", 3);
     db_prepare(db, "release_refund",
                "SELECT mta.release_refund($1::bigint, $2::bigint[], $3::bigint[], $4, $5, $6::int, "
@@ -68,7 +68,7 @@ queue_finish(struct db *db, long long node_id, const char *node_label, const str
     batch_finish_arrays(b, a);
     char node[32];
     snprintf(node, sizeof node, "%lld", node_id);
-    const char *values[18] = {node,
+    const char *values[20] = {node,
                               node_label,
                               a[BATCH_F_IDS].data,
                               a[BATCH_F_TOKENS].data,
@@ -85,8 +85,10 @@ queue_finish(struct db *db, long long node_id, const char *node_label, const str
                               generate_bounces ? "true" : "false",
                               a[BATCH_F_TLSPOL].data,
                               a[BATCH_F_TLSFAIL].data,
-                              a[BATCH_F_TLSDOM].data};
-    int rc = db_exec(db, "finish", 18, values, NULL, NULL, 0, cb, arg);
+                              a[BATCH_F_TLSDOM].data,
+                              a[BATCH_F_HOPDSN].data,
+                              a[BATCH_F_DELAY].data};
+    int rc = db_exec(db, "finish", 20, values, NULL, NULL, 0, cb, arg);
     for (int i = 0; i < BATCH_F_N; i++)
         buf_free(&a[i]);
     return rc;

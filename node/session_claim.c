@@ -156,6 +156,7 @@ session_take_claim(struct session *s, const PGresult *res)
         return false;
     size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, e->unsub,
                                session_set_aside, s, &lease_left_ms);
+    s->batch.notify_delay_every_s = (unsigned)(s->dom->notify_of_delay_every_ms / 1000);
     e->content_bytes += held;
     /* The lease deadline is the server's (lease_until, as time left when
      * the rows were sent), on our monotonic clock. */

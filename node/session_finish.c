@@ -82,7 +82,7 @@ finish_send(struct session_finish *f)
         buf_puts(&g->a[i], "}");
     char node[32];
     snprintf(node, sizeof node, "%lld", g->node_id);
-    const char *values[18] = {node,
+    const char *values[20] = {node,
                               g->node_label,
                               g->a[BATCH_F_IDS].data,
                               g->a[BATCH_F_TOKENS].data,
@@ -99,10 +99,12 @@ finish_send(struct session_finish *f)
                               g->generate_bounces ? "true" : "false",
                               g->a[BATCH_F_TLSPOL].data,
                               g->a[BATCH_F_TLSFAIL].data,
-                              g->a[BATCH_F_TLSDOM].data};
+                              g->a[BATCH_F_TLSDOM].data,
+                              g->a[BATCH_F_HOPDSN].data,
+                              g->a[BATCH_F_DELAY].data};
     struct db *db = f->pick_db(f->arg);
     log_debug("event=finish-group sessions=%zu rows=%zu", g->nwaiters, g->nrows);
-    if (!db || db_exec(db, "finish", 18, values, NULL, NULL, 0, on_group_done, g) < 0) {
+    if (!db || db_exec(db, "finish", 20, values, NULL, NULL, 0, on_group_done, g) < 0) {
         group_answer(g, NULL);
         group_free(g);
     }

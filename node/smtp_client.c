@@ -421,7 +421,9 @@ address_ok(const char *a, bool allow_empty)
     return addr_validate_str(a, NULL, NULL);
 }
 
-/* xtext (RFC 3461) for ENVID. */
+#define SMTP_ORCPT_MAX 500 /* RFC 3461 4.2 */
+
+/* xtext (RFC 3461) for ENVID and ORCPT. */
 static void
 xtext(char *out, size_t outlen, const char *in)
 {
@@ -434,6 +436,20 @@ xtext(char *out, size_t outlen, const char *in)
             o += (size_t)snprintf(out + o, outlen - o, "+%02X", ch);
     }
     out[o] = '\0';
+}
+
+/* Whether IN as xtext fits in OUTLEN bytes with xtext()'s margin. */
+static bool
+xtext_fits(const char *in, size_t outlen)
+{
+    size_t o = 0;
+    for (; *in; in++) {
+        unsigned char ch = (unsigned char)*in;
+        o += ch >= '!' && ch <= '~' && ch != '+' && ch != '=' ? 1 : 3;
+        if (o + 4 >= outlen)
+            return false;
+    }
+    return true;
 }
 
 /* ---------------------------------------------------------------------------
@@ -653,6 +669,7 @@ batch_complete(struct smtp_client *c, bool usable)
         .tls_protocol = c->info_tls_protocol[0] ? c->info_tls_protocol : NULL,
         .tls_cipher = c->info_tls_cipher[0] ? c->info_tls_cipher : NULL,
         .tls_failure = c->info_tls_failure,
+        .dsn = c->cap_dsn,
     };
     if (cb && !c->freeing)
         cb(c, (const struct smtp_rcpt_result *const *)pub, &info, usable, arg);
@@ -725,6 +742,9 @@ write_mail(struct smtp_client *c)
         n += (size_t)snprintf(params + n, sizeof params - n, " BODY=8BITMIME");
     if (m->smtputf8 && c->cap_smtputf8)
         n += (size_t)snprintf(params + n, sizeof params - n, " SMTPUTF8");
+    if (m->ret && c->cap_dsn)
+        n += (size_t)snprintf(params + n, sizeof params - n, " RET=%s",
+                              m->ret == 'H' ? "HDRS" : "FULL");
     if (m->envid && *m->envid && c->cap_dsn) {
         char x[200];
         xtext(x, sizeof x, m->envid);
@@ -737,7 +757,30 @@ static void
 write_rcpt(struct smtp_client *c, size_t k)
 {
     const struct smtp_message *m = &c->msgs[c->cur];
-    send_cmd(c, "RCPT TO:<%s>", m->rcpts[c->order[k]]);
+    size_t j = c->order[k];
+    char params[600] = "";
+    size_t n = 0;
+    if (c->cap_dsn && m->notify && m->notify[j] >= 0) {
+        int v = m->notify[j];
+        if (v == 0)
+            n += (size_t)snprintf(params, sizeof params, " NOTIFY=NEVER");
+        else
+            n += (size_t)snprintf(params, sizeof params, " NOTIFY=%s%s%s%s%s",
+                                  v & 1 ? "SUCCESS" : "", v & 1 && v & 6 ? "," : "",
+                                  v & 2 ? "FAILURE" : "", v & 2 && v & 4 ? "," : "",
+                                  v & 4 ? "DELAY" : "");
+    }
+    const char *semi = c->cap_dsn && m->orcpt && m->orcpt[j] ? strchr(m->orcpt[j], ';') : NULL;
+    if (semi && semi > m->orcpt[j] && semi - m->orcpt[j] < 64) {
+        /* RFC 3461 bounds the parameter to 500 characters; a longer one
+         * once encoded is left out rather than cut */
+        char x[SMTP_ORCPT_MAX + 4];
+        xtext(x, sizeof x, semi + 1);
+        size_t tlen = (size_t)(semi - m->orcpt[j]);
+        if (tlen + 1 + strlen(x) <= SMTP_ORCPT_MAX && xtext_fits(semi + 1, sizeof x))
+            snprintf(params + n, sizeof params - n, " ORCPT=%.*s;%s", (int)tlen, m->orcpt[j], x);
+    }
+    send_cmd(c, "RCPT TO:<%s>%s", m->rcpts[j], params);
 }
 
 /* Starts the next message that has something to send, or completes the

@@ -48,11 +48,16 @@ struct smtp_client_config {
 struct smtp_message {
     const char *mail_from; /* without <>; "" for the null sender */
     const char *envid;     /* ENVID= when the server offers DSN, or NULL */
+    char ret;              /* RET=FULL ('F') or HDRS ('H') when DSN is offered, or 0 */
     const char *const *rcpts;
     size_t nrcpts;
     const unsigned char *prefix; /* header lines of this transaction only, sent before
                                     content (ending in CRLF), or NULL */
     size_t prefix_len;
+    /* per recipient, sent when the server offers DSN; either may be NULL */
+    const signed char
+        *notify;              /* NOTIFY bitmask (1 SUCCESS, 2 FAILURE, 4 DELAY, 0 NEVER), -1 none */
+    const char *const *orcpt; /* ORCPT "addr-type;address" (decoded), or NULL */
     const unsigned char *content;
     size_t content_len;
     bool eightbit; /* content has 8-bit bytes: BODY=8BITMIME if offered */
@@ -86,6 +91,7 @@ struct smtp_conn_info {
     /* filled by the caller, not by the client: the policy that applied */
     const char *tls_policy;
     const char *tls_policy_domain;
+    bool dsn; /* the server offered DSN (RFC 3461): it reports success */
 };
 
 struct smtp_client;

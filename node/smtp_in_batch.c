@@ -32,6 +32,7 @@
 #define OID_TEXT_ 25
 #define OID_BYTEA_ 17
 #define OID_INT4_ 23
+#define OID_INT2_ 21
 
 struct qmsg {
     struct smtp_in_msg m;
@@ -116,6 +117,12 @@ msg_free(struct qmsg *q)
     buf_free(&q->m.content);
     free(q->m.job_id);
     free(q->m.vmta);
+    free(q->m.envid);
+    if (q->m.orcpt)
+        for (size_t i = 0; i < q->m.nrcpts; i++)
+            free(q->m.orcpt[i]);
+    free(q->m.orcpt);
+    free(q->m.notify);
     free(q);
 }
 
@@ -213,9 +220,37 @@ send_batch(struct smtp_in_batch *b, struct lane *l)
     const char **countp = xcalloc(n, sizeof *countp);
     size_t *count_len = xcalloc(n, sizeof *count_len);
     const char **rcpt = xcalloc(nrcpt + 1, sizeof *rcpt);
+    /* DSN options: each array is sent only when some message has it */
+    const char **envid = xcalloc(n, sizeof *envid);
+    char(*rets)[2] = xcalloc(n, sizeof *rets);
+    const char **ret = xcalloc(n, sizeof *ret);
+    char(*notifies)[2] = xcalloc(nrcpt + 1, sizeof *notifies);
+    const char **notify = xcalloc(nrcpt + 1, sizeof *notify);
+    size_t *notify_len = xcalloc(nrcpt + 1, sizeof *notify_len);
+    const char **orcpt = xcalloc(nrcpt + 1, sizeof *orcpt);
+    bool any_ret = false, any_notify = false, any_orcpt = false;
     size_t r = 0;
     for (size_t i = 0; i < n; i++) {
         const struct smtp_in_msg *m = &take[i]->m;
+        envid[i] = m->envid;
+        if (m->ret) {
+            rets[i][0] = m->ret;
+            ret[i] = rets[i];
+            any_ret = true;
+        }
+        for (size_t k = 0; k < m->nrcpts; k++) {
+            if (m->notify && m->notify[k] >= 0) {
+                uint16_t v = htons((uint16_t)m->notify[k]);
+                memcpy(notifies[r + k], &v, 2);
+                notify[r + k] = notifies[r + k];
+                notify_len[r + k] = 2;
+                any_notify = true;
+            }
+            if (m->orcpt && m->orcpt[k]) {
+                orcpt[r + k] = m->orcpt[k];
+                any_orcpt = true;
+            }
+        }
         from[i] = m->mail_from;
         content[i] = m->content.data ? m->content.data : "";
         content_len[i] = m->content.len;
@@ -237,12 +272,18 @@ send_batch(struct smtp_in_batch *b, struct lane *l)
     smtp_in_array_binary(&p[3], OID_BYTEA_, n, content, content_len);
     smtp_in_array_binary(&p[4], OID_TEXT_, n, job, NULL);
     smtp_in_array_binary(&p[5], OID_TEXT_, n, vmta, NULL);
-    smtp_in_array_binary(&p[6], OID_TEXT_, n, none, NULL); /* envid */
+    smtp_in_array_binary(&p[6], OID_TEXT_, n, envid, NULL);
     smtp_in_array_binary(&p[7], OID_TEXT_, n, none, NULL); /* pipe: default */
+    if (any_ret)
+        smtp_in_array_binary(&p[8], OID_TEXT_, n, ret, NULL);
+    if (any_notify)
+        smtp_in_array_binary(&p[9], OID_INT2_, nrcpt, notify, notify_len);
+    if (any_orcpt)
+        smtp_in_array_binary(&p[10], OID_TEXT_, nrcpt, orcpt, NULL);
     const char *values[SMTP_IN_BATCH_NPARAMS];
     int lengths[SMTP_IN_BATCH_NPARAMS], formats[SMTP_IN_BATCH_NPARAMS];
     for (int i = 0; i < SMTP_IN_BATCH_NPARAMS; i++) {
-        values[i] = p[i].data;
+        values[i] = p[i].len ? p[i].data : NULL; /* an empty buffer: SQL NULL */
         lengths[i] = (int)p[i].len;
         formats[i] = 1;
     }
@@ -268,6 +309,13 @@ send_batch(struct smtp_in_batch *b, struct lane *l)
     free(countp);
     free(count_len);
     free(rcpt);
+    free(envid);
+    free(rets);
+    free(ret);
+    free(notifies);
+    free(notify);
+    free(notify_len);
+    free(orcpt);
     if (rc != 0) {
         /* Not queued: answered from the kick event, then the FIFO goes on. */
         l->flight = NULL;

@@ -32,8 +32,9 @@ struct smtp_in_batch;
 #define SMTP_IN_BATCH_SQL                                                                          \
     "SELECT ord, id, err_state, err_text FROM mta.enqueue_batch($1::text[], $2::int[], "           \
     "$3::text[], "                                                                                 \
-    "$4::bytea[], $5::text[], $6::text[], $7::text[], $8::text[])"
-#define SMTP_IN_BATCH_NPARAMS 8
+    "$4::bytea[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int2[], "       \
+    "$11::text[])"
+#define SMTP_IN_BATCH_NPARAMS 11
 
 /* One message; smtp_in_batch_add takes every pointer it holds. */
 struct smtp_in_msg {
@@ -41,8 +42,13 @@ struct smtp_in_msg {
     char **rcpts;
     size_t nrcpts;
     struct buf content;
-    char *job_id;           /* NULL: none */
-    char *vmta;             /* NULL: none */
+    char *job_id; /* NULL: none */
+    char *vmta;   /* NULL: none */
+    /* DSN options (RFC 3461, see README "DSN options") */
+    char *envid;            /* ENVID decoded from xtext, NULL: none */
+    char ret;               /* RET: 'F' FULL, 'H' HDRS, 0 none */
+    signed char *notify;    /* per recipient: NOTIFY bitmask, -1 none; NULL: none at all */
+    char **orcpt;           /* per recipient: "type;address" or NULL; NULL: none at all */
     unsigned long sid, seq; /* handed back with the result */
 };
 

@@ -173,6 +173,9 @@ struct session {
     char *mail_from;
     char **rcpts;
     size_t nrcpts;
+    struct smtp_server_mail_dsn mail_dsn;
+    signed char *notify; /* per recipient, -1 none (NULL until one has NOTIFY) */
+    char **orcpt;        /* per recipient or NULL (NULL until one has ORCPT) */
     struct buf content;
     size_t header_start; /* where the client's content begins (after Received) */
     struct smtp_server_data data;
@@ -221,6 +224,13 @@ txn_reset(struct session *s)
         free(s->rcpts[i]);
     free(s->rcpts);
     s->rcpts = NULL;
+    if (s->orcpt)
+        for (size_t i = 0; i < s->nrcpts; i++)
+            free(s->orcpt[i]);
+    free(s->orcpt);
+    s->orcpt = NULL;
+    free(s->notify);
+    s->notify = NULL;
     s->nrcpts = 0;
     buf_free(&s->content);
     buf_init(&s->content);
@@ -438,11 +448,17 @@ enqueue_start(struct session *s, char *job_id, char *vmta)
         .content = s->content,
         .job_id = job_id,
         .vmta = vmta,
+        .envid = s->mail_dsn.envid[0] ? xstrdup(s->mail_dsn.envid) : NULL,
+        .ret = s->mail_dsn.ret,
+        .notify = s->notify,
+        .orcpt = s->orcpt,
         .sid = s->id,
         .seq = ++s->seq,
     };
     s->mail_from = NULL;
     s->rcpts = NULL;
+    s->notify = NULL;
+    s->orcpt = NULL;
     s->nrcpts = 0;
     buf_init(&s->content);
     session_enter(s, SS_ENQUEUE);
@@ -534,6 +550,7 @@ cmd_ehlo(struct session *s, const struct smtp_server_cmd *c, bool esmtp)
     caps[n++] = size;
     caps[n++] = "8BITMIME";
     caps[n++] = "ENHANCEDSTATUSCODES";
+    caps[n++] = "DSN";
     if (set->tls && !s->tls)
         caps[n++] = "STARTTLS";
     if (s->tls && set->nusers > 0)
@@ -566,7 +583,7 @@ cmd_mail(struct session *s, const struct smtp_server_cmd *c)
         size_t plen = (size_t)(c->arg + c->arglen - params);
         memcpy(p, params, plen);
         p[plen] = '\0';
-        err = smtp_server_mail_params(p, s->srv->set->max_size, &declared);
+        err = smtp_server_mail_params(p, s->srv->set->max_size, &declared, &s->mail_dsn);
     }
     if (err) {
         reply(s, "%s", err);
@@ -594,8 +611,14 @@ cmd_rcpt(struct session *s, const struct smtp_server_cmd *c)
         protocol_error(s);
         return;
     }
-    if (params < c->arg + c->arglen) {
-        reply(s, "555 5.5.4 Unsupported RCPT parameter");
+    struct smtp_server_rcpt_dsn dsn;
+    char p[SMTP_SERVER_MAX_LINE + 1];
+    size_t plen = (size_t)(c->arg + c->arglen - params);
+    memcpy(p, params, plen);
+    p[plen] = '\0';
+    err = smtp_server_rcpt_params(p, &dsn);
+    if (err) {
+        reply(s, "%s", err);
         return;
     }
     /* No open relay: a client neither in the allow list nor authenticated
@@ -610,6 +633,22 @@ cmd_rcpt(struct session *s, const struct smtp_server_cmd *c)
         return;
     }
     s->rcpts = xrealloc(s->rcpts, (s->nrcpts + 1) * sizeof *s->rcpts);
+    /* NOTIFY and ORCPT arrays exist once a recipient has one; the earlier
+     * recipients have none. */
+    if (dsn.notify >= 0 || s->notify) {
+        bool first = !s->notify;
+        s->notify = xrealloc(s->notify, (s->nrcpts + 1) * sizeof *s->notify);
+        if (first)
+            memset(s->notify, -1, s->nrcpts * sizeof *s->notify);
+        s->notify[s->nrcpts] = (signed char)dsn.notify;
+    }
+    if (dsn.orcpt[0] || s->orcpt) {
+        bool first = !s->orcpt;
+        s->orcpt = xrealloc(s->orcpt, (s->nrcpts + 1) * sizeof *s->orcpt);
+        if (first)
+            memset(s->orcpt, 0, s->nrcpts * sizeof *s->orcpt);
+        s->orcpt[s->nrcpts] = dsn.orcpt[0] ? xstrdup(dsn.orcpt) : NULL;
+    }
     s->rcpts[s->nrcpts++] = xstrdup(addr);
     reply(s, "250 2.1.5 Ok");
 }

@@ -97,7 +97,37 @@ const char *smtp_server_parse_path(const char *arg, size_t arglen, bool mail, ch
  * (hop-count-limit, see README, Security). */
 unsigned smtp_server_hop_count(const char *buf, size_t len, unsigned limit);
 
-const char *smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declared);
+/* The DSN options of RFC 3461 (see README, "DSN options"). */
+#define SMTP_DSN_NEVER 0
+#define SMTP_DSN_SUCCESS 1
+#define SMTP_DSN_FAILURE 2
+#define SMTP_DSN_DELAY 4
+#define SMTP_SERVER_MAX_ENVID 100 /* RFC 3461 4.4, as xtext */
+#define SMTP_SERVER_MAX_ORCPT 500 /* RFC 3461 4.2, as xtext */
+
+struct smtp_server_mail_dsn {
+    char ret;                              /* 'F' FULL, 'H' HDRS, 0 none */
+    char envid[SMTP_SERVER_MAX_ENVID + 1]; /* decoded, "" none */
+};
+
+struct smtp_server_rcpt_dsn {
+    int notify;                            /* SMTP_DSN_* bits, -1 none */
+    char orcpt[SMTP_SERVER_MAX_ORCPT + 1]; /* "addr-type;decoded address", "" none */
+};
+
+/* With DSN non-NULL, also RET=FULL|HDRS and ENVID=xtext (decoded into DSN;
+ * bad syntax or a decoded byte outside printable ASCII: 501 5.5.4). */
+const char *smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declared,
+                                    struct smtp_server_mail_dsn *dsn);
+/* Checks the RCPT parameters: NOTIFY=NEVER or a list of SUCCESS, FAILURE,
+ * DELAY, and ORCPT=addr-type;xtext (bad syntax or a duplicate: 501 5.5.4),
+ * anything else 555 5.5.4. Returns NULL or the reply to send. */
+const char *smtp_server_rcpt_params(const char *params, struct smtp_server_rcpt_dsn *dsn);
+/* Decodes RFC 3461 xtext ("+XX" hex escapes, upper-case hex) of IN[0..N)
+ * into OUT (NUL-terminated). Returns the decoded length, -1 when IN is not
+ * xtext (empty, '=' or a byte outside '!'..'~', a bad escape) or OUT is too
+ * small. */
+long smtp_server_xtext_decode(const char *in, size_t n, char *out, size_t outlen);
 
 /* Reads DATA content: removes dot-stuffing and stops after CRLF "." CRLF
  * (only that sequence; a dot after a bare LF or CR is content). The

@@ -183,10 +183,80 @@ param_is(const char *p, size_t n, const char *key, const char **value, size_t *v
     return true;
 }
 
+long
+smtp_server_xtext_decode(const char *in, size_t n, char *out, size_t outlen)
+{
+    if (!xtext_ok(in, n))
+        return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c == '+') {
+            unsigned v = 0;
+            for (int k = 1; k <= 2; k++) {
+                unsigned char h = (unsigned char)in[i + (size_t)k];
+                v = v * 16 + (unsigned)(h <= '9' ? h - '0' : h - 'A' + 10);
+            }
+            c = (unsigned char)v;
+            i += 2;
+        }
+        if (o + 1 >= outlen)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return (long)o;
+}
+
+/* Decodes an xtext DSN value that must be printable ASCII once decoded
+ * (ENVID, the address of ORCPT): what the next hop and the report get. */
+static bool
+dsn_text(const char *v, size_t n, char *out, size_t outlen)
+{
+    long len = smtp_server_xtext_decode(v, n, out, outlen);
+    if (len <= 0)
+        return false;
+    for (long i = 0; i < len; i++)
+        if (out[i] < 0x20 || out[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* RFC 3461 4.1: NEVER alone, or a list of SUCCESS, FAILURE and DELAY. */
+static int
+dsn_notify(const char *v, size_t n)
+{
+    if (n == 5 && strncasecmp(v, "NEVER", 5) == 0)
+        return SMTP_DSN_NEVER;
+    int mask = 0;
+    size_t i = 0;
+    while (i <= n) {
+        size_t k = i;
+        while (k < n && v[k] != ',')
+            k++;
+        size_t len = k - i;
+        if (len == 7 && strncasecmp(v + i, "SUCCESS", 7) == 0)
+            mask |= SMTP_DSN_SUCCESS;
+        else if (len == 7 && strncasecmp(v + i, "FAILURE", 7) == 0)
+            mask |= SMTP_DSN_FAILURE;
+        else if (len == 5 && strncasecmp(v + i, "DELAY", 5) == 0)
+            mask |= SMTP_DSN_DELAY;
+        else
+            return -1;
+        i = k + 1;
+    }
+    return mask;
+}
+
 const char *
-smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declared)
+smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declared,
+                        struct smtp_server_mail_dsn *dsn)
 {
     *declared = 0;
+    if (dsn) {
+        dsn->ret = 0;
+        dsn->envid[0] = '\0';
+    }
     const char *p = params;
     while (*p) {
         while (*p == ' ')
@@ -221,8 +291,73 @@ smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declare
              * unknown; accepted and not used (the sender is MAIL FROM). */
             if (!(vlen == 2 && v[0] == '<' && v[1] == '>') && !xtext_ok(v, vlen))
                 return "501 5.5.4 Bad AUTH parameter";
+        } else if (dsn && param_is(p, n, "RET", &v, &vlen)) {
+            if (dsn->ret)
+                return "501 5.5.4 Duplicate RET parameter";
+            if (vlen == 4 && strncasecmp(v, "FULL", 4) == 0)
+                dsn->ret = 'F';
+            else if (vlen == 4 && strncasecmp(v, "HDRS", 4) == 0)
+                dsn->ret = 'H';
+            else
+                return "501 5.5.4 Bad RET parameter (FULL or HDRS)";
+        } else if (dsn && param_is(p, n, "ENVID", &v, &vlen)) {
+            if (dsn->envid[0])
+                return "501 5.5.4 Duplicate ENVID parameter";
+            if (vlen > SMTP_SERVER_MAX_ENVID)
+                return "501 5.5.4 ENVID longer than 100 characters";
+            if (!dsn_text(v, vlen, dsn->envid, sizeof dsn->envid))
+                return "501 5.5.4 Bad ENVID parameter (xtext of printable ASCII)";
         } else {
             return "555 5.5.4 Unsupported MAIL parameter";
+        }
+        p += n;
+    }
+    return NULL;
+}
+
+const char *
+smtp_server_rcpt_params(const char *params, struct smtp_server_rcpt_dsn *dsn)
+{
+    dsn->notify = -1;
+    dsn->orcpt[0] = '\0';
+    const char *p = params;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            break;
+        size_t n = strcspn(p, " ");
+        const char *v;
+        size_t vlen;
+        if (param_is(p, n, "NOTIFY", &v, &vlen)) {
+            if (dsn->notify >= 0)
+                return "501 5.5.4 Duplicate NOTIFY parameter";
+            dsn->notify = dsn_notify(v, vlen);
+            if (dsn->notify < 0)
+                return "501 5.5.4 Bad NOTIFY parameter (NEVER, or a list of SUCCESS, FAILURE, "
+                       "DELAY)";
+        } else if (param_is(p, n, "ORCPT", &v, &vlen)) {
+            if (dsn->orcpt[0])
+                return "501 5.5.4 Duplicate ORCPT parameter";
+            if (vlen > SMTP_SERVER_MAX_ORCPT)
+                return "501 5.5.4 ORCPT longer than 500 characters";
+            /* addr-type ";" xtext; the type is an atom (RFC 3461 4.2) */
+            const char *semi = memchr(v, ';', vlen);
+            size_t tlen = semi ? (size_t)(semi - v) : 0;
+            bool ok = tlen > 0 && tlen < vlen - 1;
+            for (size_t i = 0; ok && i < tlen; i++) {
+                unsigned char c = (unsigned char)v[i];
+                ok = c > ' ' && c < 0x7f && !strchr("()<>[]:;@\\,.\"", c);
+            }
+            char addr[SMTP_SERVER_MAX_ORCPT + 1];
+            if (!ok || !dsn_text(semi + 1, vlen - tlen - 1, addr, sizeof addr))
+                return "501 5.5.4 Bad ORCPT parameter (addr-type;xtext)";
+            /* decoded, it is no longer than the xtext (at most 500) */
+            size_t alen = strlen(addr);
+            memcpy(dsn->orcpt, v, tlen + 1);
+            memcpy(dsn->orcpt + tlen + 1, addr, alen + 1);
+        } else {
+            return "555 5.5.4 Unsupported RCPT parameter";
         }
         p += n;
     }

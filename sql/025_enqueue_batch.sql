@@ -10,6 +10,15 @@
 -- and the recipients flattened: message i owns p_rcpt_count[i] consecutive
 -- elements of p_rcpt_to.
 --
+-- The DSN options of RFC 3461 (migrations/0011_dsn.sql), each array NULL
+-- when no message of the batch has them (then they cost nothing):
+--   p_ret[i]       RET of message i: 'F' (FULL), 'H' (HDRS) or NULL
+--   p_notify[k]    NOTIFY of recipient k (parallel to p_rcpt_to): bitmask
+--                  1 SUCCESS, 2 FAILURE, 4 DELAY, 0 NEVER, NULL not given
+--   p_orcpt[k]     ORCPT of recipient k, decoded: "rfc822;address"
+-- The listener has checked their syntax; values outside these domains
+-- refuse the whole call.
+--
 -- Returns one row per message, in order: its id, or the SQLSTATE and the
 -- message text of the error that refused it, or neither when every
 -- recipient of the message is suppressed (accepted, nothing stored: see
@@ -53,10 +62,14 @@
 -- path (2,200-2,700 -> 4,200-4,900 messages/s). Most of what is left is
 -- writing the content (mta.messages, lz4 and TOAST) and the recipients'
 -- ready-marker trigger. See README, "Enqueue cost".
+DROP FUNCTION IF EXISTS mta.enqueue_batch(text[], int[], text[], bytea[], text[], text[], text[],
+                                           text[]);
 CREATE OR REPLACE FUNCTION mta.enqueue_batch(p_mail_from text[], p_rcpt_count int[],
                                              p_rcpt_to text[], p_content bytea[],
                                              p_job_id text[], p_vmta text[], p_envid text[],
-                                             p_pipe text[])
+                                             p_pipe text[], p_ret text[] DEFAULT NULL,
+                                             p_notify smallint[] DEFAULT NULL,
+                                             p_orcpt text[] DEFAULT NULL)
 RETURNS TABLE (ord int, id bigint, err_state text, err_text text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan AS $$
@@ -94,6 +107,19 @@ BEGIN
     END IF;
     IF n = 0 THEN
         RETURN;
+    END IF;
+    IF (p_ret IS NOT NULL AND (cardinality(p_ret) <> n
+                               OR EXISTS (SELECT 1 FROM unnest(p_ret) AS r
+                                           WHERE r NOT IN ('F', 'H'))))
+       OR (p_notify IS NOT NULL AND (cardinality(p_notify) <> v_nr
+                                     OR EXISTS (SELECT 1 FROM unnest(p_notify) AS x
+                                                 WHERE x NOT BETWEEN 0 AND 7)))
+       OR (p_orcpt IS NOT NULL AND (cardinality(p_orcpt) <> v_nr
+                                    OR EXISTS (SELECT 1 FROM unnest(p_orcpt) AS o
+                                                WHERE o !~ '^[!-~]+;[\x20-\x7e]+$'
+                                                   OR length(o) > 500))) THEN
+        RAISE EXCEPTION 'enqueue_batch: bad DSN options (RET, NOTIFY or ORCPT)'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     -- The fast tests of mta.enqueue_bytes, for every message at once.
@@ -201,18 +227,19 @@ BEGIN
         v_ids := ARRAY(SELECT nextval('mta.messages_id_seq') FROM generate_series(1, n));
         v_rids := ARRAY(SELECT nextval('mta.recipients_id_seq') FROM generate_series(1, v_total));
         INSERT INTO mta.messages (id, mail_from, content, size, job_id, envid, vmta, pipe,
-                                  priority, message_id_header)
+                                  priority, message_id_header, dsn_ret)
             SELECT v_ids[u.i], u.mail_from, u.content, octet_length(u.content), u.job_id,
                    u.envid, nullif(u.vmta, ''), coalesce(u.pipe, v_default), 0,
-                   mta.header_message_id(u.content)
+                   mta.header_message_id(u.content), p_ret[u.i]
               FROM unnest(p_mail_from, p_content, p_job_id, p_vmta, p_envid, p_pipe)
                    WITH ORDINALITY AS u(mail_from, content, job_id, vmta, envid, pipe, i)
              WHERE v_kept IS NULL OR v_kept[u.i]
              ORDER BY u.i;
         INSERT INTO mta.recipients (id, message_id, rcpt, domain, vmta, pipe, job_id,
-                                    next_attempt, queued_at)
+                                    next_attempt, queued_at, dsn_notify, dsn_orcpt)
             SELECT v_rids[u.k], v_ids[u.m], u.rcpt, u.d, coalesce(p_vmta[u.m], ''),
-                   coalesce(p_pipe[u.m], v_default), p_job_id[u.m], now(), now()
+                   coalesce(p_pipe[u.m], v_default), p_job_id[u.m], now(), now(),
+                   p_notify[u.k], p_orcpt[u.k]
               FROM unnest(p_rcpt_to, v_rmsg, v_rdom) WITH ORDINALITY AS u(rcpt, m, d, k)
              WHERE u.m IS NOT NULL
              ORDER BY u.k;
@@ -240,6 +267,13 @@ BEGIN
             id := mta.enqueue_bytes(p_mail_from[i], p_rcpt_to[v_off + 1 : v_off + v_cnt],
                                     p_content[i], p_job_id[i], p_vmta[i], p_pipe[i],
                                     p_envid[i], 0, now());
+            IF id IS NOT NULL AND (p_ret[i] IS NOT NULL OR p_notify IS NOT NULL
+                                   OR p_orcpt IS NOT NULL) THEN
+                PERFORM mta.enqueue_dsn_options(id, p_ret[i],
+                                                p_rcpt_to[v_off + 1 : v_off + v_cnt],
+                                                p_notify[v_off + 1 : v_off + v_cnt],
+                                                p_orcpt[v_off + 1 : v_off + v_cnt]);
+            END IF;
             err_state := NULL;
             err_text := NULL;
         EXCEPTION WHEN OTHERS THEN

@@ -453,7 +453,8 @@ CREATE FUNCTION mta.claim_many(p_node bigint, p_pipe text, p_domains text[], p_v
 RETURNS TABLE (q int, rcpt_id bigint, lease_token bigint, message_id bigint, mail_from text,
                rcpt text, content bytea, attempt int, envid text, job_id text,
                queued_at timestamptz, content_first bool, message_missing bool,
-               lease_until timestamptz, lease_left_ms int, capped bool)
+               lease_until timestamptz, lease_left_ms int, capped bool, dsn_notify smallint,
+               dsn_orcpt text, dsn_ret text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- One plan for every call: planned afresh for each call's arrays (the
 -- default while a custom plan looks cheaper), the statement cost more to plan
@@ -506,7 +507,7 @@ BEGIN
         -- copies its rows): it is joined once, at the end, for the rows
         -- that carry it.
         SELECT c.i, c.b, c.m, c.id, c.message_id, m.id IS NULL AS missing, m.mail_from, m.envid,
-               coalesce(m.size, 0) AS size,
+               m.dsn_ret, coalesce(m.size, 0) AS size,
                row_number() OVER (PARTITION BY c.i
                                   ORDER BY c.next_attempt, c.message_id, c.id) AS ord
           FROM c LEFT JOIN mta.messages m ON m.id = c.message_id
@@ -550,12 +551,13 @@ BEGIN
           FROM k
          WHERE r.id = k.id AND k.taken
         RETURNING k.i, r.id, r.lease_token, r.message_id, k.mail_from, r.rcpt, r.attempts,
-                  k.envid, r.job_id, r.queued_at, k.first, k.missing, k.capped
+                  k.envid, r.job_id, r.queued_at, k.first, k.missing, k.capped, r.dsn_notify,
+                  r.dsn_orcpt, k.dsn_ret
     )
     SELECT u.i, u.id, u.lease_token, u.message_id, u.mail_from, u.rcpt, mc.content, u.attempts,
            u.envid, u.job_id, u.queued_at, u.first, u.missing, v_until,
            greatest(0, (extract(epoch FROM v_until - clock_timestamp()) * 1000)::int),
-           u.capped
+           u.capped, u.dsn_notify, u.dsn_orcpt, u.dsn_ret::text
       -- LEFT JOIN in s0: a recipient whose message row is missing comes
       -- back with message_missing, and the node sets it aside instead of
       -- leasing it for ever.

@@ -189,7 +189,7 @@ RETURNS TABLE (q int, rcpt_id bigint, lease_token bigint, message_id bigint, mai
                rcpt text, content bytea, attempt int, envid text, job_id text,
                queued_at timestamptz, content_first bool, message_missing bool,
                lease_until timestamptz, lease_left_ms int, capped bool, tokens int,
-               wait_ms int)
+               wait_ms int, dsn_notify smallint, dsn_orcpt text, dsn_ret text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int := coalesce(cardinality(p_domains), 0);
@@ -263,7 +263,8 @@ BEGIN
         queued_at := r.queued_at; content_first := r.content_first;
         message_missing := r.message_missing; lease_until := r.lease_until;
         lease_left_ms := r.lease_left_ms; capped := r.capped; tokens := v_grant[r.q];
-        wait_ms := 0;
+        wait_ms := 0; dsn_notify := r.dsn_notify; dsn_orcpt := r.dsn_orcpt;
+        dsn_ret := r.dsn_ret;
         RETURN NEXT;
     END LOOP;
 
@@ -281,7 +282,7 @@ BEGIN
             mail_from := NULL; rcpt := NULL; content := NULL; attempt := NULL; envid := NULL;
             job_id := NULL; queued_at := NULL; content_first := NULL; message_missing := NULL;
             lease_until := NULL; lease_left_ms := NULL; capped := NULL; tokens := 0;
-            wait_ms := v_wait[i];
+            wait_ms := v_wait[i]; dsn_notify := NULL; dsn_orcpt := NULL; dsn_ret := NULL;
             RETURN NEXT;
         END IF;
     END LOOP;

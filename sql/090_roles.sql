@@ -69,7 +69,7 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.claim_many(bigint, text, text[], text[], int[], int, bigint[], int[]),
                           mta.finish(bigint, text, bigint[], bigint[], text[], timestamptz[],
                                      text[], text[], text[], text[], text[], text[], text[],
-                                     text[], bool, text[], text[], text[]),
+                                     text[], bool, text[], text[], text[], bool[], int[]),
                           mta.mta_sts_get(text, text, text),
                           mta.mta_sts_put(text, text, text, text, text[], int),
                           mta.mta_sts_failed(text, text, text),
@@ -94,7 +94,7 @@ GRANT EXECUTE ON FUNCTION mta.inject_request(text, bytea[], text[], int[], text,
     TO mta_node;
 -- group commit of the SMTP listener (025_enqueue_batch.sql)
 GRANT EXECUTE ON FUNCTION mta.enqueue_batch(text[], int[], text[], bytea[], text[], text[],
-                                            text[], text[])
+                                            text[], text[], text[], smallint[], text[])
     TO mta_node;
 GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO mta_node;
 -- one-click and mailto: unsubscribes (016_unsubscribe.sql)

@@ -136,8 +136,23 @@ fuzz_command(const char *line, size_t size)
     }
     char *z = xstrndup(line, size);
     uint64_t declared;
-    const char *merr = smtp_server_mail_params(z, UINT64_MAX / 2, &declared);
+    struct smtp_server_mail_dsn md;
+    const char *merr = smtp_server_mail_params(z, UINT64_MAX / 2, &declared, &md);
     check(!merr || merr[0] == '5', "param error reply not 5xx");
+    if (!merr) {
+        check(md.ret == 0 || md.ret == 'F' || md.ret == 'H', "bad RET");
+        for (const char *q = md.envid; *q; q++)
+            check(*q >= 0x20 && *q <= 0x7e, "ENVID not printable ASCII");
+    }
+    struct smtp_server_rcpt_dsn rd;
+    const char *rerr = smtp_server_rcpt_params(z, &rd);
+    check(!rerr || rerr[0] == '5', "RCPT param error reply not 5xx");
+    if (!rerr) {
+        check(rd.notify >= -1 && rd.notify <= 7, "bad NOTIFY mask");
+        check(!rd.orcpt[0] || strchr(rd.orcpt, ';'), "ORCPT without a type");
+        for (const char *q = rd.orcpt; *q; q++)
+            check(*q >= 0x20 && *q <= 0x7e, "ORCPT not printable ASCII");
+    }
     free(z);
 }
 

@@ -238,13 +238,170 @@ test_mail_params(void **state)
     for (size_t i = 0; i < sizeof param_cases / sizeof param_cases[0]; i++) {
         const struct param_case *c = &param_cases[i];
         uint64_t declared = 42;
-        const char *err = smtp_server_mail_params(c->params, c->max, &declared);
+        const char *err = smtp_server_mail_params(c->params, c->max, &declared, NULL);
         int code = err ? atoi(err) : 0;
         if (code != c->code)
             fail_msg("case %zu \"%s\": got %s", i, c->params, err ? err : "accepted");
         if (!err)
             assert_true(declared == c->declared);
     }
+}
+
+/* ---- DSN options (RFC 3461) ---- */
+
+struct xtext_case {
+    const char *in;
+    long len; /* -1: refused */
+    const char *out;
+};
+
+static const struct xtext_case xtext_cases[] = {
+    {"abc", 3, "abc"},  {"a+2Bb", 3, "a+b"},
+    {"+3D", 1, "="},    {"rfc822+3Ba+40b", 10, "rfc822;a@b"},
+    {"+00", 1, ""},                         /* decodes, but a NUL: dsn_text refuses it */
+    {"", -1, NULL},     {"a+2b", -1, NULL}, /* lower-case hex */
+    {"a+2", -1, NULL},  {"a+", -1, NULL},
+    {"a=b", -1, NULL},  {"a b", -1, NULL},
+    {"\x7f", -1, NULL}, {"caf\xc3\xa9", -1, NULL},
+};
+
+static void
+test_xtext(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof xtext_cases / sizeof xtext_cases[0]; i++) {
+        const struct xtext_case *c = &xtext_cases[i];
+        char out[32];
+        long n = smtp_server_xtext_decode(c->in, strlen(c->in), out, sizeof out);
+        if (n != c->len)
+            fail_msg("case %zu \"%s\": got %ld", i, c->in, n);
+        if (n > 0 && c->out[0])
+            assert_string_equal(out, c->out);
+    }
+    char small[4];
+    assert_int_equal(smtp_server_xtext_decode("abcd", 4, small, sizeof small), -1);
+    assert_int_equal(smtp_server_xtext_decode("abc", 3, small, sizeof small), 3);
+}
+
+struct dsn_mail_case {
+    const char *params;
+    int code; /* 0: accepted */
+    char ret;
+    const char *envid;
+};
+
+static const struct dsn_mail_case dsn_mail_cases[] = {
+    {"RET=FULL", 0, 'F', ""},
+    {"ret=hdrs envid=QQ+2B314", 0, 'H', "QQ+314"},
+    {"SIZE=10 ENVID=a+20b RET=HDRS", 0, 'H', "a b"},
+    {"RET=", 501, 0, NULL},
+    {"RET=ALL", 501, 0, NULL},
+    {"RET=FULL RET=FULL", 501, 0, NULL},
+    {"ENVID=", 501, 0, NULL},
+    {"ENVID=a+0D+0Ab", 501, 0, NULL}, /* CR LF once decoded */
+    {"ENVID=a+zz", 501, 0, NULL},
+    {"ENVID=a ENVID=b", 501, 0, NULL},
+    {"NOTIFY=NEVER", 555, 0, NULL}, /* a RCPT parameter */
+};
+
+static void
+test_mail_params_dsn(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof dsn_mail_cases / sizeof dsn_mail_cases[0]; i++) {
+        const struct dsn_mail_case *c = &dsn_mail_cases[i];
+        uint64_t declared;
+        struct smtp_server_mail_dsn dsn;
+        const char *err = smtp_server_mail_params(c->params, 1000, &declared, &dsn);
+        int code = err ? atoi(err) : 0;
+        if (code != c->code)
+            fail_msg("case %zu \"%s\": got %s", i, c->params, err ? err : "accepted");
+        if (!err) {
+            assert_int_equal(dsn.ret, c->ret);
+            assert_string_equal(dsn.envid, c->envid);
+        }
+    }
+    /* ENVID: 100 characters of xtext at most (RFC 3461 4.4) */
+    char big[120];
+    memcpy(big, "ENVID=", 6);
+    memset(big + 6, 'x', 100);
+    big[106] = '\0';
+    uint64_t declared;
+    struct smtp_server_mail_dsn dsn;
+    assert_null(smtp_server_mail_params(big, 1000, &declared, &dsn));
+    assert_int_equal(strlen(dsn.envid), 100);
+    big[106] = 'x';
+    big[107] = '\0';
+    assert_non_null(smtp_server_mail_params(big, 1000, &declared, &dsn));
+    /* without a place to store them, DSN parameters are unknown */
+    const char *err = smtp_server_mail_params("RET=FULL", 1000, &declared, NULL);
+    assert_non_null(err);
+    assert_int_equal(atoi(err), 555);
+}
+
+struct dsn_rcpt_case {
+    const char *params;
+    int code;
+    int notify;
+    const char *orcpt;
+};
+
+static const struct dsn_rcpt_case dsn_rcpt_cases[] = {
+    {"", 0, -1, ""},
+    {"NOTIFY=NEVER", 0, 0, ""},
+    {"notify=never", 0, 0, ""},
+    {"NOTIFY=SUCCESS", 0, 1, ""},
+    {"NOTIFY=FAILURE,DELAY", 0, 6, ""},
+    {"NOTIFY=DELAY,SUCCESS,FAILURE", 0, 7, ""},
+    {"ORCPT=rfc822;a+40b.example", 0, -1, "rfc822;a@b.example"},
+    {"ORCPT=rfc822;Ann+2BX@B.example NOTIFY=SUCCESS", 0, 1, "rfc822;Ann+X@B.example"},
+    {"ORCPT=utf-8;a@b", 0, -1, "utf-8;a@b"},
+    {"NOTIFY=", 501, 0, NULL},
+    {"NOTIFY=NEVER,SUCCESS", 501, 0, NULL},
+    {"NOTIFY=SUCCESS,", 501, 0, NULL},
+    {"NOTIFY=,SUCCESS", 501, 0, NULL},
+    {"NOTIFY=SOMETIMES", 501, 0, NULL},
+    {"NOTIFY=SUCCESS NOTIFY=DELAY", 501, 0, NULL},
+    {"ORCPT=rfc822", 501, 0, NULL},
+    {"ORCPT=rfc822;", 501, 0, NULL},
+    {"ORCPT=;a@b", 501, 0, NULL},
+    {"ORCPT=rf(c;a@b", 501, 0, NULL},
+    {"ORCPT=rfc822;a=b", 501, 0, NULL},
+    {"ORCPT=rfc822;a+00b", 501, 0, NULL},
+    {"ORCPT=rfc822;a ORCPT=rfc822;b", 501, 0, NULL},
+    {"FOO=1", 555, 0, NULL},
+    {"NOTIFY", 555, 0, NULL},
+};
+
+static void
+test_rcpt_params(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof dsn_rcpt_cases / sizeof dsn_rcpt_cases[0]; i++) {
+        const struct dsn_rcpt_case *c = &dsn_rcpt_cases[i];
+        struct smtp_server_rcpt_dsn dsn;
+        const char *err = smtp_server_rcpt_params(c->params, &dsn);
+        int code = err ? atoi(err) : 0;
+        if (code != c->code)
+            fail_msg("case %zu \"%s\": got %s", i, c->params, err ? err : "accepted");
+        if (!err) {
+            assert_int_equal(dsn.notify, c->notify);
+            assert_string_equal(dsn.orcpt, c->orcpt);
+        } else if (code == 501) {
+            assert_non_null(strstr(err, "5.5.4"));
+        }
+    }
+    /* ORCPT: 500 characters of xtext at most (RFC 3461 4.2) */
+    char big[600];
+    memcpy(big, "ORCPT=rfc822;", 13);
+    memset(big + 13, 'a', 493);
+    big[506] = '\0';
+    struct smtp_server_rcpt_dsn dsn;
+    assert_null(smtp_server_rcpt_params(big, &dsn));
+    assert_int_equal(strlen(dsn.orcpt), 500);
+    big[506] = 'a';
+    big[507] = '\0';
+    assert_non_null(smtp_server_rcpt_params(big, &dsn));
 }
 
 /* ---- DATA ---- */
@@ -625,21 +782,15 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_command),
-        cmocka_unit_test(test_parse_command_nul_and_length),
-        cmocka_unit_test(test_parse_path),
-        cmocka_unit_test(test_parse_path_lengths),
-        cmocka_unit_test(test_mail_params),
-        cmocka_unit_test(test_data_table),
-        cmocka_unit_test(test_data_limit),
-        cmocka_unit_test(test_take_headers),
-        cmocka_unit_test(test_take_headers_many),
-        cmocka_unit_test(test_array_binary),
-        cmocka_unit_test(test_base64),
-        cmocka_unit_test(test_password),
-        cmocka_unit_test(test_auth_table),
-        cmocka_unit_test(test_log_escape),
-        cmocka_unit_test(test_cidr),
+        cmocka_unit_test(test_parse_command),   cmocka_unit_test(test_parse_command_nul_and_length),
+        cmocka_unit_test(test_parse_path),      cmocka_unit_test(test_parse_path_lengths),
+        cmocka_unit_test(test_mail_params),     cmocka_unit_test(test_xtext),
+        cmocka_unit_test(test_mail_params_dsn), cmocka_unit_test(test_rcpt_params),
+        cmocka_unit_test(test_data_table),      cmocka_unit_test(test_data_limit),
+        cmocka_unit_test(test_take_headers),    cmocka_unit_test(test_take_headers_many),
+        cmocka_unit_test(test_array_binary),    cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_password),        cmocka_unit_test(test_auth_table),
+        cmocka_unit_test(test_log_escape),      cmocka_unit_test(test_cidr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
