@@ -134,6 +134,8 @@ DECLARE
     k_domain text[];
     k_vmta text[];
     k_at timestamptz[];
+    h_rcpt text[];
+    h_why text[];
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_types) t WHERE t IS NULL OR t NOT IN ('d', 'b', 't')) THEN
         RAISE EXCEPTION 'finish: p_types must hold only ''d'', ''b'' or ''t'', got %', p_types
@@ -169,16 +171,23 @@ BEGIN
                                                   WHERE rm.message_id = d.message_id
                                                     AND rm.rcpt_id = d.rid), '{}') END
               FROM d JOIN mta.messages m ON m.id = d.message_id
-            RETURNING type, orig, message_id, rcpt, dsn_status, dsn_diag, dsn_mta
+            RETURNING type, orig, message_id, rcpt, dsn_status, dsn_diag, dsn_mta, bounce_cat
     )
     SELECT count(*),
            array_agg(a.message_id ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
            array_agg(a.rcpt ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
            array_agg(a.dsn_status ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
            array_agg(a.dsn_diag ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
-           array_agg(a.dsn_mta ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> '')
-      INTO n_final, b_msg, b_rcpt, b_status, b_diag, b_mta
+           array_agg(a.dsn_mta ORDER BY a.message_id) FILTER (WHERE a.type = 'b' AND a.orig <> ''),
+           -- hard bounces feed the suppression list (sql/017_inbound.sql)
+           array_agg(a.rcpt) FILTER (WHERE a.type = 'b' AND mta.hard_bounce_cat(a.bounce_cat)),
+           array_agg('hard bounce: ' || a.bounce_cat || ' ' || a.dsn_status)
+               FILTER (WHERE a.type = 'b' AND mta.hard_bounce_cat(a.bounce_cat))
+      INTO n_final, b_msg, b_rcpt, b_status, b_diag, b_mta, h_rcpt, h_why
       FROM a;
+    IF h_rcpt IS NOT NULL THEN
+        PERFORM mta.feed_hard_bounces(h_rcpt, h_why);
+    END IF;
 
     -- Transient failures: back to the queue at retry_at, lease cleared.
     WITH f AS (
