@@ -13,6 +13,7 @@
 #include "db.h"
 #include "dkim.h"
 #include "util.h"
+#include "verp.h"
 
 static char *
 col_text(const PGresult *res, int row, int col)
@@ -83,7 +84,8 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
         c_rcpt = PQfnumber(res, "rcpt"), c_content = PQfnumber(res, "content"),
         c_att = PQfnumber(res, "attempt"), c_envid = PQfnumber(res, "envid"),
         c_qat = PQfnumber(res, "queued_at"), c_first = PQfnumber(res, "content_first"),
-        c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms");
+        c_missing = PQfnumber(res, "message_missing"), c_left = PQfnumber(res, "lease_left_ms"),
+        c_job = PQfnumber(res, "job_id");
     b->rcpts = xcalloc((size_t)n, sizeof *b->rcpts);
     b->msgs = xcalloc((size_t)n, sizeof *b->msgs);
     *lease_left_ms = c_left >= 0 ? db_get_int4(res, 0, c_left) : 0;
@@ -119,12 +121,23 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reje
         r->queued_at_us = db_get_timestamptz_us(res, i, c_qat);
         if (!r->rcpt)
             r->rcpt = xstrdup("");
-        if (!cur || cur->message_id != r->message_id || cur->nrcpts >= max_rcpt) {
+        /* VERP: the envelope names the recipient, so one per transaction. */
+        char *verp = b->verp ? verp_sender(b->verp, PQgetvalue(res, i, c_from),
+                                           c_job >= 0 && !PQgetisnull(res, i, c_job)
+                                               ? PQgetvalue(res, i, c_job)
+                                               : NULL,
+                                           r->id)
+                             : NULL;
+        if (verp || !cur || cur->message_id != r->message_id || cur->nrcpts >= max_rcpt) {
             cur = &b->msgs[b->nmsgs++];
             cur->message_id = r->message_id;
             cur->mail_from = col_text(res, i, c_from);
             if (!cur->mail_from)
                 cur->mail_from = xstrdup("");
+            if (verp) {
+                cur->orig_from = cur->mail_from;
+                cur->mail_from = verp;
+            }
             cur->envid = col_text(res, i, c_envid);
             cur->content = content;
             cur->content_len = content_len;
@@ -181,6 +194,7 @@ batch_trim(struct batch *b, size_t keep, struct buf *ids, struct buf *tokens)
                 free(m->signed_content);
             }
             free(m->mail_from);
+            free(m->orig_from);
             free(m->envid);
             free(m->rcpt_ptrs);
         }
@@ -206,6 +220,7 @@ batch_clear(struct batch *b)
             free(b->msgs[i].signed_content);
         }
         free(b->msgs[i].mail_from);
+        free(b->msgs[i].orig_from);
         free(b->msgs[i].envid);
         free(b->msgs[i].rcpt_ptrs);
     }
@@ -251,8 +266,8 @@ batch_smtp_messages(struct batch *b, struct dkim *keys)
         m[i].content_len = msg->content_len;
         /* DKIM signature and BIMI-Selector of the sender domain, once per
          * message (not per recipient or transaction). */
-        char *hdr =
-            keys ? dkim_headers(keys, msg->mail_from, msg->content, msg->content_len) : NULL;
+        const char *sender = msg->orig_from ? msg->orig_from : msg->mail_from;
+        char *hdr = keys ? dkim_headers(keys, sender, msg->content, msg->content_len) : NULL;
         if (hdr) {
             size_t hl = strlen(hdr);
             msg->signed_content = xmalloc(hl + msg->content_len);

@@ -19,6 +19,7 @@
 
 struct buf;
 struct dkim;
+struct verp;
 
 /* Largest content a node sends; larger rows are nonsense (enqueue refuses
  * more than 64 MB). */
@@ -45,6 +46,7 @@ struct batch_rcpt {
 struct batch_msg {
     long long message_id;
     char *mail_from;
+    char *orig_from; /* the message's own sender when mail_from is a VERP address */
     char *envid;
     const unsigned char *content; /* inside the claim result */
     size_t content_len;
@@ -63,6 +65,7 @@ struct batch {
     size_t nmsgs;
     struct smtp_message *smtp_msgs; /* what the SMTP client reads until its callback */
     PGresult *res;                  /* the claimed rows */
+    const struct verp *verp;        /* the session's VERP rules (NULL: none), read by decode */
     /* the connection the batch went over, for accounting */
     char *dsn_mta;
     char *source_ip;
@@ -76,7 +79,8 @@ typedef void (*batch_reject_cb)(long long id, long long token, const char *reaso
 
 /* Decodes a claim result (called from the claim's db callback: the batch
  * takes the result). Consecutive rows of one message become transactions
- * of at most MAX_RCPT recipients. Returns the content bytes now held;
+ * of at most MAX_RCPT recipients; a recipient whose message gets a VERP
+ * sender (b->verp) is a transaction of its own. Returns the content bytes now held;
  * *LEASE_LEFT_MS is the lease time the server gave (0 without rows). */
 size_t batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, batch_reject_cb reject,
                     void *arg, int *lease_left_ms);

@@ -56,6 +56,7 @@
 
 struct db;
 struct dkim;
+struct verp;
 struct dns;
 struct sched;
 struct session;
@@ -66,6 +67,7 @@ struct session_env {
     struct dns *dns;
     struct sched *sched;
     struct dkim *dkim;
+    struct verp *verp; /* VERP rules (verp.h), NULL: none */
     struct db **dbs;
     size_t ndbs;
     size_t rr;

@@ -23,6 +23,7 @@
 #include "db.h"
 #include "destination.h"
 #include "dkim.h"
+#include "verp.h"
 #include "dns.h"
 #include "log.h"
 #include "queue.h"
@@ -370,6 +371,9 @@ worker_reload(struct worker *w)
     }
     dkim_free(w->env.dkim);
     w->env.dkim = keys;
+    /* read only while a claim is decoded: freeing the old rules is safe */
+    verp_free(w->env.verp);
+    w->env.verp = verp_new(c);
     /* Sessions keep pointers into the old configuration: keep it until
      * exit (reloads are rare). */
     w->old_confs = xrealloc(w->old_confs, (w->nold_confs + 1) * sizeof *w->old_confs);
@@ -470,6 +474,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
         log_error("pipe=%s event=dkim-init-failed error=\"%s\"", pipe_name, err);
         return 2;
     }
+    e->verp = verp_new(conf);
     e->dns = dns_new(w->base, (const char *const *)conf->dns_servers, conf->ndns_servers,
                      conf->dns_timeout_ms, err, sizeof err);
     if (!e->dns) {
@@ -531,6 +536,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     registry_free(w->registry);
     sched_free(e->sched);
     dkim_free(e->dkim);
+    verp_free(e->verp);
     for (size_t i = 0; i < w->ndbs; i++)
         db_free(w->dbs[i]);
     free(w->dbs);
