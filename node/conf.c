@@ -907,7 +907,8 @@ validate(struct loader *ld)
         return -1;
     /* A VERP tag nobody can check, or a listener that cannot check one,
      * would let forged bounces suppress addresses. */
-    if ((c->nverp > 0 || c->nlisten_inbound > 0) && (!c->verp_secret || strlen(c->verp_secret) < 16))
+    if ((c->nverp > 0 || c->nlisten_inbound > 0) &&
+        (!c->verp_secret || strlen(c->verp_secret) < 16))
         return fail(ld, top_loc(ld, c->nverp > 0 ? "verp" : "listen"),
                     "verp-secret: at least 16 characters are needed with verp entries or "
                     "listen.inbound");

@@ -292,7 +292,7 @@ find_proc(struct pipe_sup *s, enum pipe_kind kind, const char *pipe, unsigned in
 unsigned
 pipe_smtp_in_wanted(const struct conf *conf)
 {
-    if (conf->nlisten_smtp == 0 && !conf->listen_http)
+    if (conf->nlisten_smtp == 0 && conf->nlisten_inbound == 0 && !conf->listen_http)
         return 0;
     if (conf->smtp_listener_processes > 0)
         return conf->smtp_listener_processes;

@@ -93,6 +93,9 @@ DECLARE
     h_rcpt text[];
     h_why text[];
 BEGIN
+    IF p_report->>'keep' IS NOT NULL THEN
+        RETURN mta.inbound_keep(p_report, p_headers, p_report->>'keep');
+    END IF;
     IF p_report->>'error' IS NOT NULL THEN
         RETURN mta.inbound_keep(p_report, p_headers, 'unparseable: ' || (p_report->>'error'));
     END IF;
