@@ -54,7 +54,18 @@ struct field {
     const struct list_kind *kind;
 };
 
-enum kind_id { K_PIPE, K_VMTA, K_POOL, K_DOMAIN, K_DKIM, K_BIMI, K_SMTP_USER, K_WEBHOOK, K_VERP, NKINDS };
+enum kind_id {
+    K_PIPE,
+    K_VMTA,
+    K_POOL,
+    K_DOMAIN,
+    K_DKIM,
+    K_BIMI,
+    K_SMTP_USER,
+    K_WEBHOOK,
+    K_VERP,
+    NKINDS
+};
 
 struct list_kind {
     enum kind_id id;

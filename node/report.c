@@ -317,6 +317,11 @@ walk_multipart(struct report *r, struct walk *w, const char *p, size_t n, const 
         }
         line = next;
     }
+    /* no close delimiter (a cut message): the last part runs to the end */
+    if (in_part && part < n && w->parts < REPORT_MAX_PARTS) {
+        w->parts++;
+        walk_entity(r, w, p + part, n - part, depth + 1);
+    }
 }
 
 static void
