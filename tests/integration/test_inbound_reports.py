@@ -149,6 +149,24 @@ class InboundTest(unittest.TestCase):
         self.assertEqual(self.suppressed("inband@rcpt.example"),
                          [("bounce", "hard bounce: bad-mailbox 5.1.1")])
 
+    def test_hard_bounce_count_setting(self):
+        conn = self.pg.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute("SET pgmta.suppress_after_hard_bounces = 2")
+            feed = "SELECT mta.feed_hard_bounces(ARRAY['twice@count.example'], ARRAY['hb'])"
+            cur.execute(feed)
+            self.assertEqual(cur.fetchone()[0], 0)
+            self.assertEqual(self.suppressed("twice@count.example"), [])
+            cur.execute(feed)
+            self.assertEqual(cur.fetchone()[0], 1)
+            self.assertEqual(self.suppressed("twice@count.example"), [("bounce", "2 hard bounces")])
+            cur.execute("SET pgmta.suppress_after_hard_bounces = 0")
+            cur.execute("SELECT mta.feed_hard_bounces(ARRAY['never@count.example'], ARRAY['hb'])")
+            self.assertEqual(cur.fetchone()[0], 0)
+        finally:
+            conn.close()
+
     def test_arf_rfc5965_example_verbatim_is_kept_unmatched(self):
         self.send("fbl@fbl.example", report("arf_rfc5965_b1.eml"))
         self.assertEqual(self.unmatched("no VERP address and no ENVID match"), 1)
