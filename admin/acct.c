@@ -93,7 +93,8 @@ time_expr(PGconn *conn, const char *opt, const char *t)
     return e;
 }
 
-/* "d,b" -> "ARRAY['d','b']" after checking each is a known record type. */
+/* "d,b,rb" -> "ARRAY['d','b','rb']" after checking each is a known record
+ * type (r, d, b, t, rb remote bounce, f feedback report). */
 static char *
 type_filter(const char *list)
 {
@@ -101,21 +102,25 @@ type_filter(const char *list)
     buf_init(&b);
     buf_puts(&b, " AND type = ANY (ARRAY[");
     bool first = true;
-    for (const char *p = list; *p; p++) {
-        if (*p == ',' || *p == ' ')
+    for (const char *p = list; *p;) {
+        if (*p == ',' || *p == ' ') {
+            p++;
             continue;
-        if (!strchr("rdbt", *p) || (p[1] && p[1] != ',' && p[1] != ' ')) {
+        }
+        size_t n = strcspn(p, ", ");
+        if (!((n == 1 && strchr("rdbtf", *p)) || (n == 2 && p[0] == 'r' && p[1] == 'b'))) {
             buf_free(&b);
             return NULL;
         }
-        buf_printf(&b, "%s'%c'", first ? "" : ",", *p);
+        buf_printf(&b, "%s'%.*s'", first ? "" : ",", (int)n, p);
         first = false;
+        p += n;
     }
     if (first) {
         buf_free(&b);
         return NULL;
     }
-    buf_puts(&b, "]::char[])");
+    buf_puts(&b, "]::text[])");
     return b.data;
 }
 
@@ -258,7 +263,7 @@ admin_cmd_acct(int argc, char **argv)
     }
     char *type_sql = NULL;
     if (types && !(type_sql = type_filter(types))) {
-        admin_err("acct export: bad --type '%s' (letters r, d, b, t separated by commas)", types);
+        admin_err("acct export: bad --type '%s' (r, d, b, t, rb, f separated by commas)", types);
         return ADMIN_EXIT_USAGE;
     }
     PGconn *conn = admin_connect(&opts);

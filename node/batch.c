@@ -15,6 +15,7 @@
 #include "log.h"
 #include "unsub.h"
 #include "util.h"
+#include "verp.h"
 
 static char *
 col_text(const PGresult *res, int row, int col)
@@ -144,13 +145,24 @@ batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt, const stru
         r->queued_at_us = db_get_timestamptz_us(res, i, c_qat);
         if (!r->rcpt)
             r->rcpt = xstrdup("");
-        if (!cur || cur->message_id != r->message_id ||
+        /* VERP: the envelope names the recipient, so one per transaction. */
+        char *verp = b->verp ? verp_sender(b->verp, PQgetvalue(res, i, c_from),
+                                           c_job >= 0 && !PQgetisnull(res, i, c_job)
+                                               ? PQgetvalue(res, i, c_job)
+                                               : NULL,
+                                           r->id)
+                             : NULL;
+        if (verp || !cur || cur->message_id != r->message_id ||
             cur->nrcpts >= (content_unsub ? 1 : max_rcpt)) {
             cur = &b->msgs[b->nmsgs++];
             cur->message_id = r->message_id;
             cur->mail_from = col_text(res, i, c_from);
             if (!cur->mail_from)
                 cur->mail_from = xstrdup("");
+            if (verp) {
+                cur->orig_from = cur->mail_from;
+                cur->mail_from = verp;
+            }
             cur->envid = col_text(res, i, c_envid);
             cur->job_id = col_text(res, i, c_job);
             cur->unsub = content_unsub != NULL;
@@ -212,6 +224,7 @@ msg_release(struct batch_msg *m)
     }
     free(m->prefix);
     free(m->mail_from);
+    free(m->orig_from);
     free(m->envid);
     free(m->job_id);
     free(m->rcpt_ptrs);
@@ -358,8 +371,8 @@ batch_smtp_messages(struct batch *b, struct dkim *keys, const struct unsub *unsu
         }
         /* DKIM signature and BIMI-Selector of the sender domain, once per
          * message (not per recipient or transaction). */
-        char *hdr =
-            keys ? dkim_headers(keys, msg->mail_from, msg->content, msg->content_len) : NULL;
+        const char *sender = msg->orig_from ? msg->orig_from : msg->mail_from;
+        char *hdr = keys ? dkim_headers(keys, sender, msg->content, msg->content_len) : NULL;
         if (hdr) {
             size_t hl = strlen(hdr);
             msg->signed_content = xmalloc(hl + msg->content_len);

@@ -20,6 +20,7 @@
 struct buf;
 struct dkim;
 struct unsub;
+struct verp;
 
 /* Largest content a node sends; larger rows are nonsense (enqueue refuses
  * more than 64 MB). */
@@ -46,6 +47,7 @@ struct batch_rcpt {
 struct batch_msg {
     long long message_id;
     char *mail_from;
+    char *orig_from; /* the message's own sender when mail_from is a VERP address */
     char *envid;
     char *job_id;
     /* A list-unsubscribe entry applied at decoding: one recipient per
@@ -76,6 +78,7 @@ struct batch {
     size_t nmsgs;
     struct smtp_message *smtp_msgs; /* what the SMTP client reads until its callback */
     PGresult *res;                  /* the claimed rows */
+    const struct verp *verp;        /* the session's VERP rules (NULL: none), read by decode */
     /* the connection the batch went over, for accounting */
     char *dsn_mta;
     char *source_ip;
@@ -95,7 +98,8 @@ typedef void (*batch_reject_cb)(long long id, long long token, const char *reaso
 /* Decodes a claim result (called from the claim's db callback: the batch
  * takes the result). Consecutive rows of one message become transactions
  * of at most MAX_RCPT recipients, of one when a list-unsubscribe entry of
- * UNSUB (may be NULL) applies to the message. Returns the content bytes now held;
+ * UNSUB (may be NULL) applies to the message; a recipient whose message gets a
+ * VERP sender (b->verp) is a transaction of its own. Returns the content bytes now held;
  * *LEASE_LEFT_MS is the lease time the server gave (0 without rows). */
 size_t batch_decode(struct batch *b, const PGresult *res, unsigned max_rcpt,
                     const struct unsub *unsub, batch_reject_cb reject, void *arg,

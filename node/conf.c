@@ -973,6 +973,18 @@ validate(struct loader *ld)
         return -1;
     if (validate_unsubscribe(ld) != 0)
         return -1;
+    /* A VERP tag nobody can check, or a listener that cannot check one,
+     * would let forged bounces suppress addresses. */
+    if ((c->nverp > 0 || c->nlisten_inbound > 0) &&
+        (!c->verp_secret || strlen(c->verp_secret) < 16))
+        return fail(ld, top_loc(ld, c->nverp > 0 ? "verp" : "listen"),
+                    "verp-secret: at least 16 characters are needed with verp entries or "
+                    "listen.inbound");
+    if (c->nlisten_inbound > 0 && c->nverp == 0 && c->ninbound_bounce_domains == 0 &&
+        c->ninbound_feedback_domains == 0)
+        return fail(ld, top_loc(ld, "listen"),
+                    "listen.inbound: no bounce or feedback domain (verp entries, "
+                    "inbound.bounce-domains or inbound.feedback-domains)");
     if (c->npipes == 0) {
         c->pipes = xcalloc(2, sizeof *c->pipes);
         c->pipes[0] = (struct conf_pipe){xstrdup("transactional"), 1};
@@ -1021,6 +1033,15 @@ conf_load(const char *path, char *err, size_t errlen)
     c->dns_servers = xcalloc(1, sizeof *c->dns_servers);
     c->dns_timeout_ms = 5000;
     c->listen_smtp = xcalloc(1, sizeof *c->listen_smtp);
+    c->listen_inbound = xcalloc(1, sizeof *c->listen_inbound);
+    c->inbound_bounce_domains = xcalloc(1, sizeof *c->inbound_bounce_domains);
+    c->inbound_feedback_domains = xcalloc(1, sizeof *c->inbound_feedback_domains);
+    c->inbound_max_sessions = 200;
+    c->inbound_max_sessions_per_client = 10;
+    c->inbound_max_message_size = 10 * 1024 * 1024;
+    c->inbound_idle_timeout_ms = 5 * 60000;
+    c->inbound_data_timeout_ms = 3 * 60000;
+    c->inbound_max_data_time_ms = 10 * 60000;
     c->http_allowed_hosts = xcalloc(1, sizeof *c->http_allowed_hosts);
     c->http_inject_tokens = xcalloc(1, sizeof *c->http_inject_tokens);
     c->http_max_body_size = 32 * 1024 * 1024;

@@ -117,6 +117,17 @@ struct conf_list_unsubscribe {
     char *suppression_scope; /* "global" (NULL) or "job-prefix" */
 };
 
+/* verp entry: which mail gets a VERP envelope sender (see README, VERP).
+ * sender-domain and job-prefix both set: both must match; the first
+ * matching entry wins. */
+struct conf_verp {
+    char *name;
+    char *sender_domain; /* of the original envelope sender; NULL: any */
+    char *job_prefix;    /* NULL: any job, or none */
+    char *bounce_domain; /* the VERP address's domain */
+    char *prefix;        /* local part before '+'; NULL: "bounces" */
+};
+
 /* smtp-listener.users entry: who may AUTH on the injection listener. */
 struct conf_smtp_user {
     char *name;
@@ -166,6 +177,24 @@ struct conf {
     char *unsubscribe_secret_file;         /* the HMAC key of the tokens */
     char *listen_unsubscribe;              /* "ip:port" of POST /u/TOKEN, or NULL */
     struct conf_rate unsubscribe_max_rate; /* requests per client address */
+    struct conf_verp *verp;
+    size_t nverp;
+    char *verp_secret; /* the key of the VERP tag (HMAC-SHA256) */
+    /* inbound { ... }: the listener for bounces and feedback reports
+     * (listen.inbound; see README, Inbound bounces and feedback) */
+    char **listen_inbound;
+    size_t nlisten_inbound;
+    char **inbound_bounce_domains; /* besides every verp bounce-domain */
+    size_t ninbound_bounce_domains;
+    char **inbound_feedback_domains;
+    size_t ninbound_feedback_domains;
+    char *inbound_unsubscribe_local_part; /* NULL: no mailto: unsubscribes */
+    uint32_t inbound_max_sessions;
+    uint32_t inbound_max_sessions_per_client;
+    uint32_t inbound_max_message_size;
+    uint64_t inbound_idle_timeout_ms;
+    uint64_t inbound_data_timeout_ms;
+    uint64_t inbound_max_data_time_ms;
     bool generate_bounces;
     uint64_t lease_ms;         /* how long a claim is valid */
     uint64_t poll_interval_ms; /* upper bound of the idle poll backoff */

@@ -157,6 +157,18 @@ static const struct field list_unsub_fields[] = {
 static const struct list_kind list_unsub_kind = {K_LIST_UNSUB, "list-unsubscribe entry",
                                                  sizeof(struct conf_list_unsubscribe),
                                                  list_unsub_fields};
+#define V_OFF(m) offsetof(struct conf_verp, m)
+static const struct field verp_fields[] = {
+    {.name = "name", .type = F_NAME, .off = V_OFF(name), .flags = FL_KEY},
+    {.name = "sender-domain", .type = F_DOMAIN, .off = V_OFF(sender_domain)},
+    {.name = "job-prefix", .type = F_STRING, .off = V_OFF(job_prefix)},
+    {.name = "bounce-domain", .type = F_DOMAIN, .off = V_OFF(bounce_domain), .flags = FL_REQUIRED},
+    {.name = "prefix", .type = F_NAME, .off = V_OFF(prefix)},
+    {0},
+};
+
+static const struct list_kind verp_kind = {K_VERP, "verp entry", sizeof(struct conf_verp),
+                                           verp_fields};
 
 static const struct field smtp_user_fields[] = {
     {.name = "name",
@@ -211,6 +223,10 @@ static const struct field listen_fields[] = {
      .count_off = C_OFF(nlisten_smtp)},
     {.name = "http", .type = F_LISTEN, .off = C_OFF(listen_http)},
     {.name = "unsubscribe", .type = F_LISTEN, .off = C_OFF(listen_unsubscribe)},
+    {.name = "inbound",
+     .type = F_LISTEN_LIST,
+     .off = C_OFF(listen_inbound),
+     .count_off = C_OFF(nlisten_inbound)},
     {0},
 };
 
@@ -330,6 +346,50 @@ static const struct field smtp_listener_fields[] = {
     {0},
 };
 
+/* The inbound listener for bounces and feedback reports (smtp_server.c
+ * in its inbound mode, report.c, inbound.c). */
+static const struct field inbound_fields[] = {
+    {.name = "bounce-domains",
+     .type = F_STRING_LIST,
+     .off = C_OFF(inbound_bounce_domains),
+     .count_off = C_OFF(ninbound_bounce_domains)},
+    {.name = "feedback-domains",
+     .type = F_STRING_LIST,
+     .off = C_OFF(inbound_feedback_domains),
+     .count_off = C_OFF(ninbound_feedback_domains)},
+    {.name = "unsubscribe-local-part",
+     .type = F_NAME,
+     .off = C_OFF(inbound_unsubscribe_local_part)},
+    {.name = "max-sessions",
+     .type = F_UINT,
+     .off = C_OFF(inbound_max_sessions),
+     .min = 1,
+     .max = 100000},
+    {.name = "max-sessions-per-client",
+     .type = F_UINT,
+     .off = C_OFF(inbound_max_sessions_per_client),
+     .min = 1,
+     .max = 100000},
+    {.name = "max-message-size",
+     .type = F_UINT,
+     .off = C_OFF(inbound_max_message_size),
+     .min = 1024,
+     .max = 66060288},
+    {.name = "idle-timeout",
+     .type = F_DURATION,
+     .off = C_OFF(inbound_idle_timeout_ms),
+     .flags = FL_NONZERO},
+    {.name = "data-timeout",
+     .type = F_DURATION,
+     .off = C_OFF(inbound_data_timeout_ms),
+     .flags = FL_NONZERO},
+    {.name = "max-data-time",
+     .type = F_DURATION,
+     .off = C_OFF(inbound_max_data_time_ms),
+     .flags = FL_NONZERO},
+    {0},
+};
+
 const struct field conf_top_fields[] = {
     {.name = "node-name", .type = F_STRING, .off = C_OFF(node_name)},
     {.name = "log-level", .type = F_LOG_LEVEL, .off = C_OFF(log_level)},
@@ -396,6 +456,13 @@ const struct field conf_top_fields[] = {
      .kind = &list_unsub_kind},
     {.name = "unsubscribe-secret-file", .type = F_STRING, .off = C_OFF(unsubscribe_secret_file)},
     {.name = "unsubscribe-max-rate-per-client", .type = F_RATE, .off = C_OFF(unsubscribe_max_rate)},
+    {.name = "verp",
+     .type = F_LIST,
+     .off = C_OFF(verp),
+     .count_off = C_OFF(nverp),
+     .kind = &verp_kind},
+    {.name = "verp-secret", .type = F_STRING, .off = C_OFF(verp_secret), .flags = FL_SECRET},
+    {.name = "inbound", .type = F_GROUP, .sub = inbound_fields},
     {0},
 };
 

@@ -64,6 +64,7 @@ enum kind_id {
     K_SMTP_USER,
     K_WEBHOOK,
     K_LIST_UNSUB,
+    K_VERP,
     NKINDS
 };
 

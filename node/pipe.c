@@ -297,7 +297,8 @@ find_proc(struct pipe_sup *s, enum pipe_kind kind, const char *pipe, unsigned in
 unsigned
 pipe_smtp_in_wanted(const struct conf *conf)
 {
-    if (conf->nlisten_smtp == 0 && !conf->listen_http && !conf->listen_unsubscribe)
+    if (conf->nlisten_smtp == 0 && conf->nlisten_inbound == 0 && !conf->listen_http &&
+        !conf->listen_unsubscribe)
         return 0;
     if (conf->smtp_listener_processes > 0)
         return conf->smtp_listener_processes;

@@ -56,6 +56,7 @@
 
 struct db;
 struct dkim;
+struct verp;
 struct dns;
 struct unsub;
 struct sched;
@@ -69,6 +70,7 @@ struct session_env {
     struct sched *sched;
     struct dkim *dkim;
     struct unsub *unsub; /* list-unsubscribe entries and secret */
+    struct verp *verp; /* VERP rules (verp.h), NULL: none */
     struct db **dbs;
     size_t ndbs;
     size_t rr;

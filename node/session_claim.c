@@ -154,6 +154,7 @@ session_take_claim(struct session *s, const PGresult *res)
     s->q->more_work = !s->drained;
     if (rows == 0)
         return false;
+    s->batch.verp = e->verp;
     size_t held = batch_decode(&s->batch, res, s->dom->max_rcpt_per_message, e->unsub,
                                session_set_aside, s, &lease_left_ms);
     s->batch.notify_delay_every_s = (unsigned)(s->dom->notify_of_delay_every_ms / 1000);

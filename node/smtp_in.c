@@ -40,6 +40,7 @@ struct smtp_in {
     struct conf *conf;
     unsigned index;
     struct smtp_server *smtp;
+    struct smtp_server *inbound; /* listen.inbound: bounces and reports; NULL: none */
     struct http *http;
     struct unsub_http *unsub; /* listen.unsubscribe */
     struct event *signals[3];
@@ -123,7 +124,7 @@ on_stop_poll(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct smtp_in *in = arg;
-    size_t left = smtp_server_sessions(in->smtp);
+    size_t left = smtp_server_sessions(in->smtp) + smtp_server_sessions(in->inbound);
     if (left == 0 || util_now_ms() >= in->stop_deadline) {
         log_info("smtp-in index=%u event=stopped sessions-left=%zu", in->index, left);
         evtimer_del(in->stop_poll);
@@ -140,6 +141,7 @@ smtp_in_stop(struct smtp_in *in, const char *why)
     log_info("smtp-in index=%u event=stopping signal=%s sessions=%zu", in->index, why,
              smtp_server_sessions(in->smtp));
     smtp_server_stop_accepting(in->smtp);
+    smtp_server_stop_accepting(in->inbound);
     http_stop(in->http);
     unsub_http_stop(in->unsub);
     in->stop_deadline = util_now_ms() + in->conf->shutdown_timeout_ms;
@@ -159,6 +161,15 @@ smtp_in_reload(struct smtp_in *in)
     if (smtp_server_reload(in->smtp, fresh, err, sizeof err) != 0)
         log_error("smtp-in index=%u event=smtp-listener-reload-failed error=\"%s\"", in->index,
                   err);
+    if (!in->inbound && fresh->nlisten_inbound > 0) {
+        in->inbound = smtp_server_new_inbound(in->base, fresh, err, sizeof err);
+        if (!in->inbound)
+            log_error("smtp-in index=%u event=inbound-listener-failed error=\"%s\"", in->index,
+                      err);
+    } else if (smtp_server_reload(in->inbound, fresh, err, sizeof err) != 0) {
+        log_error("smtp-in index=%u event=inbound-listener-reload-failed error=\"%s\"", in->index,
+                  err);
+    }
     if (in->http)
         http_apply(in->http, fresh);
     if (in->unsub)
@@ -224,6 +235,13 @@ smtp_in_run(struct conf *conf, const char *name, unsigned index)
 
     char err[SMTP_IN_ERR_LEN] = "";
     in.smtp = smtp_server_new(in.base, conf, err, sizeof err);
+    if (in.smtp && conf->nlisten_inbound > 0) {
+        in.inbound = smtp_server_new_inbound(in.base, conf, err, sizeof err);
+        if (!in.inbound) {
+            smtp_server_free(in.smtp);
+            in.smtp = NULL;
+        }
+    }
     int status = 0;
     if (!in.smtp) {
         /* e.g. the address is taken: exit, the root retries with backoff */
@@ -240,6 +258,7 @@ smtp_in_run(struct conf *conf, const char *name, unsigned index)
         event_base_dispatch(in.base);
     }
 
+    smtp_server_free(in.inbound);
     smtp_server_free(in.smtp);
     http_free(in.http);
     unsub_http_free(in.unsub);

@@ -150,3 +150,30 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
         st->vmtas[st->nvmtas++] = xstrdup(conf->vmta_pools[i].name);
     return st;
 }
+
+struct smtp_in_settings *
+smtp_in_settings_new_inbound(const struct conf *conf, char *err, size_t errlen)
+{
+    struct smtp_in_settings *st = xcalloc(1, sizeof *st);
+    if (conf->smtp_listener_tls_cert && conf->smtp_listener_tls_key) {
+        st->tls =
+            tls_server_ctx(conf->smtp_listener_tls_cert, conf->smtp_listener_tls_key, err, errlen);
+        if (!st->tls) {
+            smtp_in_settings_free(st);
+            return NULL;
+        }
+    }
+    st->max_sessions = conf->inbound_max_sessions;
+    st->max_per_client = conf->inbound_max_sessions_per_client;
+    st->max_size = conf->inbound_max_message_size;
+    /* a report goes to one address; a few more are harmless */
+    st->max_rcpt = 10;
+    st->idle_ms = conf->inbound_idle_timeout_ms;
+    st->data_ms = conf->inbound_data_timeout_ms;
+    st->data_max_ms = conf->inbound_max_data_time_ms;
+    st->max_auth_failures = 1;
+    st->auth_delay_ms = 1000;
+    st->hop_limit = conf->hop_count_limit;
+    st->hostname = xstrdup(conf->node_name ? conf->node_name : "localhost");
+    return st;
+}

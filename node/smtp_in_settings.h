@@ -42,6 +42,10 @@ struct smtp_in_settings {
 /* Does the configuration know the virtual MTA or pool NAME? */
 bool smtp_in_settings_vmta_known(const struct smtp_in_settings *st, const char *name);
 struct smtp_in_settings *smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen);
+/* The inbound listener's: inbound.* limits, smtp-listener's TLS files,
+ * no allow list and no users. */
+struct smtp_in_settings *smtp_in_settings_new_inbound(const struct conf *conf, char *err,
+                                                      size_t errlen);
 /* Frees (passwords are wiped first). NULL is ignored. */
 void smtp_in_settings_free(struct smtp_in_settings *st);
 

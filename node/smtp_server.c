@@ -52,6 +52,7 @@
 
 #include "db.h"
 #include "log.h"
+#include "inbound.h"
 #include "smtp_in_batch.h"
 #include "smtp_in_settings.h"
 
@@ -103,6 +104,8 @@ struct smtp_server {
     struct smtp_in_auth_table *auth;     /* failed AUTH per client address */
     bool auth_owned;                     /* auth is this server's, not the node's */
     struct smtp_in_auth_pool *auth_pool; /* password checks, from the first AUTH */
+    bool inbound;                        /* the listener for bounces and reports */
+    struct inbound *in;                  /* inbound: parses and stores (inbound.c) */
 };
 
 /* ---------------------------------------------------------------------------
@@ -393,7 +396,11 @@ static void
 enqueue_result(struct session *s)
 {
     const struct smtp_in_result *r = s->result;
-    if (r->status == SMTP_IN_STORED) {
+    if (r->status == SMTP_IN_STORED && s->srv->inbound) {
+        reply(s, "250 2.0.0 Ok: %s", r->id);
+        log_info("smtp-in inbound session=%lu from=%s outcome=\"%s\" size=%zu", s->id, s->ip, r->id,
+                 r->size);
+    } else if (r->status == SMTP_IN_STORED) {
         if (strcmp(r->id, SMTP_IN_ID_SUPPRESSED) == 0)
             reply(s, "250 2.0.0 Ok: not queued, every recipient is suppressed");
         else
@@ -465,6 +472,27 @@ enqueue_start(struct session *s, char *job_id, char *vmta)
     smtp_in_batch_add(s->srv->batch, &m);
 }
 
+/* An inbound report to parse and store; the reply waits for the commit,
+ * as an enqueue's does. */
+static void
+inbound_start(struct session *s)
+{
+    struct inbound_msg m = {
+        .mail_from = s->mail_from,
+        .rcpts = s->rcpts,
+        .nrcpts = s->nrcpts,
+        .client_ip = s->ip,
+        .content = s->content.data ? s->content.data : "",
+        .len = s->content.len,
+        .sid = s->id,
+        .seq = ++s->seq,
+    };
+    session_enter(s, SS_ENQUEUE);
+    inbound_store(s->srv->in, &m);
+    buf_free(&s->content);
+    buf_init(&s->content);
+}
+
 /* ---- DATA --------------------------------------------------------------- */
 
 static void
@@ -504,6 +532,10 @@ data_finished(struct session *s)
                  s->ip, s->srv->set->hop_limit);
         txn_reset(s);
         session_enter(s, SS_CMD);
+        return;
+    }
+    if (s->srv->inbound) {
+        inbound_start(s);
         return;
     }
     char *job = NULL, *vmta = NULL;
@@ -621,9 +653,17 @@ cmd_rcpt(struct session *s, const struct smtp_server_cmd *c)
         reply(s, "%s", err);
         return;
     }
+    /* The inbound listener takes mail for its own domains only, from
+     * anyone; no relay either way. */
+    if (s->srv->inbound && !inbound_accepts(s->srv->in, addr)) {
+        reply(s, "550 5.7.1 <%s>: Relay access denied", addr);
+        log_info("smtp-in inbound session=%lu from=%s event=relay-denied rcpt=\"%s\"", s->id, s->ip,
+                 addr);
+        return;
+    }
     /* No open relay: a client neither in the allow list nor authenticated
      * cannot inject, whatever the address looks like. */
-    if (!session_allowed(s)) {
+    if (!s->srv->inbound && !session_allowed(s)) {
         reply(s, "550 5.7.1 <%s>: Relay access denied", addr);
         log_info("smtp-in session=%lu from=%s event=relay-denied rcpt=\"%s\"", s->id, s->ip, addr);
         return;
@@ -1440,7 +1480,8 @@ listen_on(struct smtp_server *srv, const char *addr, char *err, size_t errlen)
     int len = (int)sizeof ss;
     memset(&ss, 0, sizeof ss);
     if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) != 0) {
-        snprintf(err, errlen, "listen.smtp: bad address \"%s\"", addr);
+        snprintf(err, errlen, "%s: bad address \"%s\"",
+                 srv->inbound ? "listen.inbound" : "listen.smtp", addr);
         return NULL;
     }
     unsigned flags =
@@ -1450,7 +1491,8 @@ listen_on(struct smtp_server *srv, const char *addr, char *err, size_t errlen)
     struct evconnlistener *lev =
         evconnlistener_new_bind(srv->base, on_accept, srv, flags, 128, (struct sockaddr *)&ss, len);
     if (!lev) {
-        snprintf(err, errlen, "listen.smtp: cannot listen on %s: %s", addr, strerror(errno));
+        snprintf(err, errlen, "%s: cannot listen on %s: %s",
+                 srv->inbound ? "listen.inbound" : "listen.smtp", addr, strerror(errno));
         return NULL;
     }
     evconnlistener_set_error_cb(lev, on_accept_error);
@@ -1511,6 +1553,13 @@ listeners_apply(struct smtp_server *srv, char *const *list, size_t n, char *err,
 static void
 start_db(struct smtp_server *srv, const struct conf *conf)
 {
+    if (srv->inbound) {
+        if (!srv->in)
+            srv->in = inbound_new(srv->base, conf, enqueue_done, srv);
+        else
+            inbound_configure(srv->in, conf);
+        return;
+    }
     if (srv->batch || conf->nlisten_smtp == 0 || !conf->database_url)
         return;
     struct db *db = db_new(srv->base, conf->database_url, "pgmtad-smtp-in");
@@ -1520,11 +1569,27 @@ start_db(struct smtp_server *srv, const struct conf *conf)
     smtp_in_batch_set_limits(srv->batch, &srv->set->batch);
 }
 
-struct smtp_server *
-smtp_server_new(struct event_base *base, const struct conf *conf, char *err, size_t errlen)
+static struct smtp_in_settings *
+settings_new(const struct smtp_server *srv, const struct conf *conf, char *err, size_t errlen)
+{
+    return srv->inbound ? smtp_in_settings_new_inbound(conf, err, errlen)
+                        : smtp_in_settings_new(conf, err, errlen);
+}
+
+static int
+listeners_conf(struct smtp_server *srv, const struct conf *conf, char *err, size_t errlen)
+{
+    return srv->inbound
+               ? listeners_apply(srv, conf->listen_inbound, conf->nlisten_inbound, err, errlen)
+               : listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen);
+}
+
+static struct smtp_server *
+server_new(struct event_base *base, const struct conf *conf, bool inbound, char *err, size_t errlen)
 {
     struct smtp_server *srv = xcalloc(1, sizeof *srv);
     srv->base = base;
+    srv->inbound = inbound;
     srv->next_sid = 1;
     srv->accept_resume = evtimer_new(base, on_accept_resume, srv);
     PGMTA_ASSERT(srv->accept_resume != NULL);
@@ -1533,7 +1598,7 @@ smtp_server_new(struct event_base *base, const struct conf *conf, char *err, siz
         srv->auth = smtp_in_auth_table_new();
         srv->auth_owned = true;
     }
-    srv->set = smtp_in_settings_new(conf, err, errlen);
+    srv->set = settings_new(srv, conf, err, errlen);
     if (!srv->set) {
         event_free(srv->accept_resume);
         if (srv->auth_owned)
@@ -1541,7 +1606,7 @@ smtp_server_new(struct event_base *base, const struct conf *conf, char *err, siz
         free(srv);
         return NULL;
     }
-    if (listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen) != 0) {
+    if (listeners_conf(srv, conf, err, errlen) != 0) {
         smtp_server_free(srv);
         return NULL;
     }
@@ -1549,17 +1614,29 @@ smtp_server_new(struct event_base *base, const struct conf *conf, char *err, siz
     return srv;
 }
 
+struct smtp_server *
+smtp_server_new(struct event_base *base, const struct conf *conf, char *err, size_t errlen)
+{
+    return server_new(base, conf, false, err, errlen);
+}
+
+struct smtp_server *
+smtp_server_new_inbound(struct event_base *base, const struct conf *conf, char *err, size_t errlen)
+{
+    return server_new(base, conf, true, err, errlen);
+}
+
 int
 smtp_server_reload(struct smtp_server *srv, const struct conf *conf, char *err, size_t errlen)
 {
     if (!srv)
         return 0;
-    struct smtp_in_settings *fresh = smtp_in_settings_new(conf, err, errlen);
+    struct smtp_in_settings *fresh = settings_new(srv, conf, err, errlen);
     if (!fresh)
         return -1;
     smtp_in_settings_free(srv->set);
     srv->set = fresh;
-    int rc = listeners_apply(srv, conf->listen_smtp, conf->nlisten_smtp, err, errlen);
+    int rc = listeners_conf(srv, conf, err, errlen);
     start_db(srv, conf);
     if (srv->batch) /* none without listen.smtp */
         smtp_in_batch_set_limits(srv->batch, &srv->set->batch);
@@ -1602,6 +1679,8 @@ smtp_server_free(struct smtp_server *srv)
      * freed database. */
     smtp_in_batch_free(srv->batch);
     srv->batch = NULL;
+    inbound_free(srv->in);
+    srv->in = NULL;
     if (srv->accept_resume)
         event_free(srv->accept_resume);
     while (srv->sessions) {

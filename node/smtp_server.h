@@ -37,6 +37,12 @@ struct smtp_server;
  * be loaded. The server copies what it needs from CONF. */
 struct smtp_server *smtp_server_new(struct event_base *base, const struct conf *conf, char *err,
                                     size_t errlen);
+/* The inbound listener (listen.inbound, inbound { }): the same protocol
+ * and limits, no AUTH, RCPT only for the bounce and feedback domains
+ * (550 5.7.1 otherwise), and each message parsed and stored as a report
+ * (inbound.c) instead of queued. */
+struct smtp_server *smtp_server_new_inbound(struct event_base *base, const struct conf *conf,
+                                            char *err, size_t errlen);
 /* Applies a new configuration: limits, users, allow list and TLS files
  * apply to new commands at once; listeners are opened and closed to match
  * listen.smtp. The database URL is read at start only. On error (TLS files,

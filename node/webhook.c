@@ -241,10 +241,11 @@ webhook_types_check(const char *types, char *err, size_t errlen)
         const char *end = e;
         while (end > p && end[-1] == ' ')
             end--;
-        if (end - p != 1 || !strchr("rdbt", *p)) {
+        bool rb = end - p == 2 && p[0] == 'r' && p[1] == 'b';
+        if (!rb && (end - p != 1 || !strchr("rdbtf", *p))) {
             snprintf(err, errlen,
-                     "types: unknown event type \"%.*s\" (expected r, d, b, t separated by "
-                     "commas)",
+                     "types: unknown event type \"%.*s\" (expected r, d, b, t, rb, f separated "
+                     "by commas)",
                      (int)(end - p > 32 ? 32 : end - p), p);
             return -1;
         }

@@ -23,6 +23,7 @@
 #include "db.h"
 #include "destination.h"
 #include "dkim.h"
+#include "verp.h"
 #include "dns.h"
 #include "log.h"
 #include "mta_sts.h"
@@ -381,6 +382,9 @@ worker_reload(struct worker *w)
     w->env.dkim = keys;
     unsub_free(w->env.unsub);
     w->env.unsub = unsub;
+    /* read only while a claim is decoded: freeing the old rules is safe */
+    verp_free(w->env.verp);
+    w->env.verp = verp_new(c);
     /* Sessions keep pointers into the old configuration: keep it until
      * exit (reloads are rare). */
     w->old_confs = xrealloc(w->old_confs, (w->nold_confs + 1) * sizeof *w->old_confs);
@@ -487,6 +491,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
         log_error("pipe=%s event=unsubscribe-init-failed error=\"%s\"", pipe_name, err);
         return 2;
     }
+    e->verp = verp_new(conf);
     e->dns = dns_new(w->base, (const char *const *)conf->dns_servers, conf->ndns_servers,
                      conf->dns_timeout_ms, err, sizeof err);
     if (!e->dns) {
@@ -551,6 +556,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     sched_free(e->sched);
     dkim_free(e->dkim);
     unsub_free(e->unsub);
+    verp_free(e->verp);
     for (size_t i = 0; i < w->ndbs; i++)
         db_free(w->dbs[i]);
     free(w->dbs);

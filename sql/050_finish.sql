@@ -203,6 +203,8 @@ DECLARE
     k_domain text[];
     k_vmta text[];
     k_at timestamptz[];
+    h_rcpt text[];
+    h_why text[];
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_types) t WHERE t IS NULL OR t NOT IN ('d', 'b', 't')) THEN
         RAISE EXCEPTION 'finish: p_types must hold only ''d'', ''b'' or ''t'', got %', p_types
@@ -243,7 +245,7 @@ BEGIN
                                                     AND rm.rcpt_id = d.rid), '{}') END,
                    d.tls_pol, d.tls_fail, d.tls_dom, d.dsn_orcpt
               FROM d JOIN mta.messages m ON m.id = d.message_id
-            RETURNING 1
+            RETURNING type, rcpt, dsn_status, bounce_cat
     ), w AS (
         -- The rows a DSN is due for (the sender is checked where the DSN
         -- is made: most rows are neither, and look nothing up).
@@ -256,9 +258,17 @@ BEGIN
     SELECT (SELECT count(*) FROM a), array_agg(w.message_id ORDER BY w.message_id),
            array_agg(w.rcpt ORDER BY w.message_id), array_agg(w.status ORDER BY w.message_id),
            array_agg(w.diag ORDER BY w.message_id), array_agg(w.dsn_mta ORDER BY w.message_id),
-           array_agg(w.dsn_orcpt ORDER BY w.message_id), array_agg(w.action ORDER BY w.message_id)
-      INTO n_final, b_msg, b_rcpt, b_status, b_diag, b_mta, b_orcpt, b_action
+           array_agg(w.dsn_orcpt ORDER BY w.message_id), array_agg(w.action ORDER BY w.message_id),
+           -- hard bounces feed the suppression list (sql/017_inbound.sql)
+           (SELECT array_agg(a.rcpt) FROM a
+             WHERE a.type = 'b' AND mta.hard_bounce_cat(a.bounce_cat)),
+           (SELECT array_agg('hard bounce: ' || a.bounce_cat || ' ' || a.dsn_status) FROM a
+             WHERE a.type = 'b' AND mta.hard_bounce_cat(a.bounce_cat))
+      INTO n_final, b_msg, b_rcpt, b_status, b_diag, b_mta, b_orcpt, b_action, h_rcpt, h_why
       FROM w;
+    IF h_rcpt IS NOT NULL THEN
+        PERFORM mta.feed_hard_bounces(h_rcpt, h_why);
+    END IF;
 
     -- Transient failures: back to the queue at retry_at, lease cleared.
     WITH f AS (

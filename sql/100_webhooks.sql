@@ -40,6 +40,16 @@ BEGIN
 END
 $$;
 
+-- The record types of a webhook's types (comma-separated: "d,b,rb,f"; a
+-- token other than "rb" is read letter by letter, as before 'rb' existed).
+CREATE OR REPLACE FUNCTION mta.webhook_type_list(p_types text)
+RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT array_agg(x)
+      FROM unnest(regexp_split_to_array(regexp_replace(p_types, '[^a-z,]', '', 'g'), ',')) t,
+           LATERAL unnest(CASE WHEN t = 'rb' THEN ARRAY[t] ELSE regexp_split_to_array(t, '') END) x
+     WHERE x <> ''
+$$;
+
 -- The next batch of consumer P_CONSUMER after its cursor: at most P_LIMIT
 -- events whose type is in P_TYPES (letters, NULL: all) and whose job_id
 -- starts with P_JOB_PREFIX (NULL: all), as a JSON array of objects with the
@@ -55,7 +65,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, mta AS 
 DECLARE
     v_horizon timestamptz;
     v_cur mta.webhook_cursor;
-    v_types char[];
+    v_types text[];
 BEGIN
     IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
         RAISE EXCEPTION 'invalid batch size %', p_limit;
@@ -67,7 +77,7 @@ BEGIN
                                   last_attempt = now()
      WHERE consumer = p_consumer RETURNING * INTO v_cur;
     IF p_types IS NOT NULL THEN
-        v_types := regexp_split_to_array(regexp_replace(p_types, '[^a-z]', '', 'g'), '');
+        v_types := mta.webhook_type_list(p_types);
     END IF;
     SELECT coalesce(json_agg(json_build_object(
                'id', e.id, 'type', e.type, 'time_logged', e.time_logged,
@@ -78,7 +88,13 @@ BEGIN
                'dlv_size', e.dlv_size, 'vmta', e.vmta, 'job_id', e.job_id, 'envid', e.envid,
                'queue', e.queue, 'pipe', e.pipe, 'node', e.node, 'message_id', e.message_id,
                'attempt', e.attempt, 'tls_protocol', e.tls_protocol,
-               'tls_cipher', e.tls_cipher) ORDER BY e.time_logged, e.id)::text, '[]'),
+               'tls_cipher', e.tls_cipher, 'reporting_mta', e.reporting_mta,
+               'feedback_type', e.feedback_type, 'user_agent', e.user_agent,
+               'arf_version', e.arf_version, 'arf_original_mail_from', e.arf_original_mail_from,
+               'arf_original_rcpt_to', e.arf_original_rcpt_to,
+               'arf_arrival_date', e.arf_arrival_date, 'arf_source_ip', e.arf_source_ip,
+               'arf_reported_domain', e.arf_reported_domain,
+               'arf_message_id', e.arf_message_id) ORDER BY e.time_logged, e.id)::text, '[]'),
            count(*),
            (array_agg(e.time_logged ORDER BY e.time_logged DESC, e.id DESC))[1],
            (array_agg(e.id ORDER BY e.time_logged DESC, e.id DESC))[1]
@@ -129,7 +145,7 @@ SELECT c.consumer, c.last_time, c.last_id, c.delivered, c.updated_at, c.failures
       SELECT count(*) AS events_behind, min(a.time_logged) AS oldest
         FROM mta.acct a
        WHERE (a.time_logged, a.id) > (c.last_time, c.last_id) AND a.id IS NOT NULL
-         AND (c.types IS NULL OR strpos(c.types, a.type) > 0)
+         AND (c.types IS NULL OR a.type = ANY (mta.webhook_type_list(c.types)))
          AND (c.job_prefix IS NULL OR starts_with(a.job_id, c.job_prefix))) b;
 
 GRANT EXECUTE ON FUNCTION mta.webhook_lock(text),
