@@ -70,7 +70,7 @@ struct session_env {
     struct sched *sched;
     struct dkim *dkim;
     struct unsub *unsub; /* list-unsubscribe entries and secret */
-    struct verp *verp; /* VERP rules (verp.h), NULL: none */
+    struct verp *verp;   /* VERP rules (verp.h), NULL: none */
     struct db **dbs;
     size_t ndbs;
     size_t rr;
