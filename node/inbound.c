@@ -1,8 +1,8 @@
 /* inbound: parse, check and store one inbound report (see inbound.h).
  *
  * Ownership: an inbound object owns its database connection, copies of
- * the VERP key, the accepted domains and the unsubscribe local part
- * (replaced on reload), and each request in flight (its JSON and header
+ * the VERP key, the accepted domains, the unsubscribe local part and the
+ * unsubscribe token key (replaced on reload), and each request in flight (its JSON and header
  * text, freed once the statement was sent; the request record when its
  * answer came). */
 #include "inbound.h"
@@ -18,6 +18,7 @@
 #include "json.h"
 #include "log.h"
 #include "report.h"
+#include "unsub.h"
 #include "util.h"
 #include "verp.h"
 
@@ -32,6 +33,7 @@ struct inbound {
     char **bounce_domains; /* where a VERP address may be */
     size_t nbounce_domains;
     char *unsub_local;
+    struct unsub *unsub; /* checks mailto: tokens; NULL if its secret is unreadable */
 };
 
 struct inbound_req {
@@ -61,6 +63,11 @@ names_add(char ***v, size_t *n, const char *name)
 void
 inbound_configure(struct inbound *in, const struct conf *c)
 {
+    char err[256];
+    unsub_free(in->unsub);
+    in->unsub = unsub_new(c, err, sizeof err);
+    if (!in->unsub)
+        log_error("inbound event=unsubscribe-key-unreadable error=\"%s\"", err);
     if (in->key)
         OPENSSL_cleanse(in->key, strlen(in->key));
     free(in->key);
@@ -112,6 +119,7 @@ inbound_free(struct inbound *in)
     names_free(in->domains, in->ndomains);
     names_free(in->bounce_domains, in->nbounce_domains);
     free(in->unsub_local);
+    unsub_free(in->unsub);
     free(in);
 }
 
@@ -147,12 +155,19 @@ inbound_is_unsubscribe(const struct inbound *in, const char *rcpt)
 }
 
 const char *
-inbound_unsubscribe(const char *rcpt, const char *content, size_t len)
+inbound_unsubscribe(const struct inbound *in, const char *subject, char **rcpt, char **job,
+                    char **scope)
 {
-    (void)rcpt;
-    (void)content;
-    (void)len;
-    return "mailto: unsubscribe: no token verification in this build";
+    if (!in->unsub || !unsub_has_secret(in->unsub))
+        return "mailto: unsubscribe: no unsubscribe-secret-file";
+    size_t len = 0;
+    const char *t = subject ? unsub_subject_token(subject, &len) : NULL;
+    if (!t || len == 0)
+        return "mailto: unsubscribe: no token in the Subject";
+    char *token = xstrndup(t, len);
+    int rc = unsub_token_verify(in->unsub, token, rcpt, job, scope);
+    free(token);
+    return rc == 0 ? NULL : "mailto: unsubscribe: the token does not verify";
 }
 
 /* ---- the request ----------------------------------------------------------- */
@@ -242,11 +257,12 @@ report_json(struct buf *j, const struct inbound *in, const struct inbound_msg *m
     free(text);
     buf_puts(j, "{\"kind\":");
     const char *unsub = NULL;
+    char *u_rcpt = NULL, *u_job = NULL, *u_scope = NULL;
     bool is_unsub = false;
     for (size_t i = 0; i < m->nrcpts && !is_unsub; i++) {
         if (inbound_is_unsubscribe(in, m->rcpts[i])) {
             is_unsub = true;
-            unsub = inbound_unsubscribe(m->rcpts[i], m->content, m->len);
+            unsub = inbound_unsubscribe(in, r.subject, &u_rcpt, &u_job, &u_scope);
         }
     }
     json_append_string(j, is_unsub ? "unsubscribe" : report_kind_name(r.kind));
@@ -255,8 +271,18 @@ report_json(struct buf *j, const struct inbound *in, const struct inbound_msg *m
     buf_printf(j, ",\"verp\":\"%s\"", v == VERP_OK ? "ok" : v == VERP_FORGED ? "forged" : "none");
     if (v == VERP_OK)
         buf_printf(j, ",\"rcpt_id\":%lld", id);
-    if (is_unsub)
-        add(j, "keep", unsub ? unsub : "unsubscribe done");
+    if (is_unsub && unsub) {
+        add(j, "keep", unsub);
+    } else if (is_unsub) {
+        /* the token's recipient, job and scope: mta.inbound_report writes
+         * the suppression (sql/016_unsubscribe.sql) */
+        add(j, "unsub_rcpt", u_rcpt);
+        add(j, "unsub_job", u_job);
+        add(j, "unsub_scope", u_scope);
+    }
+    free(u_rcpt);
+    free(u_job);
+    free(u_scope);
     add(j, "error", r.error);
     char *from = db_text(m->mail_from, strlen(m->mail_from));
     add(j, "mail_from", from);

@@ -51,9 +51,12 @@ int inbound_accepts(const struct inbound *in, const char *rcpt);
  * domain)? The listener accepts it like a report; inbound_store hands it
  * to inbound_unsubscribe. */
 int inbound_is_unsubscribe(const struct inbound *in, const char *rcpt);
-/* The mailto: unsubscribe hook: the token verification (node/unsub.h) and
- * the suppression it leads to belong here. Returns NULL when the request
- * was carried out, else the reason it is kept unmatched (static text). */
-const char *inbound_unsubscribe(const char *rcpt, const char *content, size_t len);
+/* A mailto: unsubscribe: the token is the Subject after "unsubscribe-"
+ * (node/unsub.h). NULL when it verifies, with *RCPT, *JOB and *SCOPE set
+ * (NULL when the token has none; the caller frees), for
+ * mta.inbound_report to write the suppression; else the reason it is kept
+ * unmatched (static text). */
+const char *inbound_unsubscribe(const struct inbound *in, const char *subject, char **rcpt,
+                                char **job, char **scope);
 
 #endif

@@ -78,8 +78,9 @@ $$;
 -- there only when the tag was right. Writes 'rb' rows (one per failed
 -- recipient of a DSN or bounce) or an 'f' row, each copying the delivery
 -- row it matched, and feeds the suppression list; or keeps the report in
--- mta.inbound_unmatched with the reason. Returns what it did: 'rb', 'f' or
--- 'unmatched: REASON'.
+-- mta.inbound_unmatched with the reason; or, for a verified mailto:
+-- unsubscribe, writes the suppression. Returns what it did: 'rb', 'f',
+-- 'unsubscribed' or 'unmatched: REASON'.
 CREATE OR REPLACE FUNCTION mta.inbound_report(p_report jsonb, p_headers text)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -95,6 +96,13 @@ DECLARE
 BEGIN
     IF p_report->>'keep' IS NOT NULL THEN
         RETURN mta.inbound_keep(p_report, p_headers, p_report->>'keep');
+    END IF;
+    -- A mailto: unsubscribe whose token the listener verified: the same
+    -- suppression as a one-click POST (sql/016_unsubscribe.sql).
+    IF v_kind = 'unsubscribe' AND p_report ? 'unsub_rcpt' THEN
+        PERFORM mta.unsubscribe(p_report->>'unsub_rcpt', p_report->>'unsub_job', 'mailto',
+                                p_report->>'unsub_scope');
+        RETURN 'unsubscribed';
     END IF;
     IF p_report->>'error' IS NOT NULL THEN
         RETURN mta.inbound_keep(p_report, p_headers, 'unparseable: ' || (p_report->>'error'));

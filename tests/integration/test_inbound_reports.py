@@ -8,6 +8,7 @@ Also sent with smtplib: the RFC 5965 Appendix B example (verbatim: kept
 unmatched; with a VERP Original-Mail-From: an 'f' row), a JMRP-style
 complaint, a forged VERP tag, an unreadable message, a mailto: unsubscribe
 and a recipient outside the bounce and feedback domains (550 5.7.1)."""
+import base64
 import hashlib
 import hmac
 import os
@@ -16,13 +17,22 @@ import socket
 import sys
 import unittest
 
-from pgmta_test import Pgmtad, PgServer, free_port, main, wait_for
+from pgmta_test import Pgmtad, PgServer, free_port, main, tmpdir, wait_for
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 from peers import PostfixInstance  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "reports")
 SECRET = "verp-secret-for-tests-0123456789"
+UNSUB_SECRET = b"unsubscribe-secret-for-tests-42"
+
+
+def unsub_token(rcpt, job, key=UNSUB_SECRET):
+    """The token of node/unsub.c: version 1, job and scope lengths, job,
+    recipient, HMAC-SHA256 of all that; base64url without padding."""
+    raw = bytes([1, len(job), 0]) + job.encode() + rcpt.encode()
+    raw += hmac.new(key, raw, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 CONTENT = "From: news@sender.example\r\nSubject: news\r\nMessage-ID: <n1@sender.example>\r\n" \
           "\r\nnews\r\n"
 
@@ -73,7 +83,8 @@ class InboundTest(unittest.TestCase):
             ' unsubscribe-local-part = "unsubscribe"; max-sessions-per-client = 3;'
             ' max-message-size = 65536; };\n'
             'smtp-listener = { processes = 1; };\n'
-            % (cls.smtp, cls.inbound, SECRET)))
+            'unsubscribe-secret-file = "%s";\n'
+            % (cls.smtp, cls.inbound, SECRET, cls.unsub_secret_file())))
         cls.node.wait_accepting([cls.smtp, cls.inbound])
         # delivered recipients that the reports sent by hand refer to
         for rid, rcpt, job in ((900001, "complainer@example.net", "job-arf"),
@@ -87,6 +98,14 @@ class InboundTest(unittest.TestCase):
         cls.node.stop()
         cls.postfix.stop()
         cls.pg.stop()
+
+    @classmethod
+    def unsub_secret_file(cls):
+        path = os.path.join(tmpdir("pgmta-unsub-"), "unsubscribe.secret")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(UNSUB_SECRET + b"\n")
+        return path
 
     def send(self, rcpt, text, mail_from="<>"):
         with smtplib.SMTP("127.0.0.1", self.inbound, timeout=30) as c:
@@ -224,7 +243,24 @@ class InboundTest(unittest.TestCase):
         self.assertEqual(self.unmatched("unparseable: %"), 1)
         self.send("unsubscribe@fbl.example", "Subject: unsubscribe\r\n\r\n\r\n",
                   mail_from="reader@else.example")
-        self.assertEqual(self.unmatched("mailto: unsubscribe%"), 1)
+        self.assertEqual(self.unmatched("mailto: unsubscribe: no token in the Subject"), 1)
+
+    def test_mailto_unsubscribe(self):
+        """The mailto: URI of List-Unsubscribe: a mail to the unsubscribe
+        address whose Subject carries the token suppresses the token's
+        recipient; a forged token is kept unmatched and suppresses nothing."""
+        good = unsub_token("reader@news.example", "job-news")
+        self.send("unsubscribe@fbl.example",
+                  "Subject: unsubscribe-%s\r\n\r\n\r\n" % good, mail_from="reader@news.example")
+        rows = self.suppressed("reader@news.example")
+        self.assertEqual([s for s, _ in rows], ["unsubscribe"])
+        self.assertIn("mailto", rows[0][1])
+        forged = unsub_token("victim@news.example", "job-news", key=b"another-key-of-16+chars")
+        self.send("unsubscribe@fbl.example",
+                  "Subject: unsubscribe-%s\r\n\r\n\r\n" % forged,
+                  mail_from="attacker@else.example")
+        self.assertEqual(self.unmatched("mailto: unsubscribe: the token does not verify"), 1)
+        self.assertEqual(self.suppressed("victim@news.example"), [])
 
     def test_per_client_cap_and_size_limit(self):
         socks = [socket.create_connection(("127.0.0.1", self.inbound), timeout=10)
