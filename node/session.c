@@ -1,9 +1,10 @@
 /* session: the delivery session state machine (see session.h).
  *
  * Ownership: a session owns its batch (the claim result and everything
- * decoded from it), its SMTP client, its DNS request and its timer. The
- * session_env (the worker's) owns the list of sessions; the queue
- * (admission) outlives its sessions. A request function may call its
+ * decoded from it), its SMTP client, its DNS and MTA-STS requests (both
+ * cancelled when it ends), an MX answer it keeps while the policy is due,
+ * and its timer. The session_env (the worker's) owns the list of sessions;
+ * the queue (admission) outlives its sessions. A request function may call its
  * callback before it returns or later: "pending" is set before each
  * request, the callback clears it, and a session that ended meanwhile is
  * freed by that callback instead of at the end of the loop turn. */
