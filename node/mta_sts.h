@@ -1,5 +1,5 @@
 /* mta_sts: the MTA-STS policy of a recipient domain (RFC 8461), as delivery
- * sessions ask for it before they resolve the MX hosts: the _mta-sts TXT
+ * sessions ask for it while they resolve the MX hosts: the _mta-sts TXT
  * record (c-ares), the policy cache in the database that every node shares
  * (sql/018_mta_sts.sql), the HTTPS fetch of
  * https://mta-sts.<domain>/.well-known/mta-sts.txt (evhttp over a verifying

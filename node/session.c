@@ -1,9 +1,10 @@
 /* session: the delivery session state machine (see session.h).
  *
  * Ownership: a session owns its batch (the claim result and everything
- * decoded from it), its SMTP client, its DNS request and its timer. The
- * session_env (the worker's) owns the list of sessions; the queue
- * (admission) outlives its sessions. A request function may call its
+ * decoded from it), its SMTP client, its DNS and MTA-STS requests (both
+ * cancelled when it ends), an MX answer it keeps while the policy is due,
+ * and its timer. The session_env (the worker's) owns the list of sessions;
+ * the queue (admission) outlives its sessions. A request function may call its
  * callback before it returns or later: "pending" is set before each
  * request, the callback clears it, and a session that ended meanwhile is
  * freed by that callback instead of at the end of the loop turn. */
@@ -13,6 +14,7 @@
 
 #include <libpq-fe.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/time.h>
 
 #include "batch.h"
@@ -28,11 +30,11 @@
 #include "smtp_client.h"
 #include "util.h"
 
-static const char *const state_names[] = {"slot",          "slot+claim",   "slot+tokens+claim",
-                                          "connect-token", "tokens",       "tokens+claim",
-                                          "wait",          "claim-queued", "claim",
-                                          "policy",        "resolve",      "send",
-                                          "finish",        "finish-wait",  "done"};
+static const char *const state_names[] = {"slot",           "slot+claim",   "slot+tokens+claim",
+                                          "connect-token",  "tokens",       "tokens+claim",
+                                          "wait",           "claim-queued", "claim",
+                                          "policy+resolve", "resolve",      "send",
+                                          "finish",         "finish-wait",  "done"};
 static const char *const event_names[] = {"slot",           "tokens", "claim-turn", "claimed",
                                           "tokens-claimed", "policy", "resolved",   "batch-done",
                                           "finished",       "timer"};
@@ -68,6 +70,43 @@ session_clear_batch(struct session *s)
     s->e->content_bytes -= batch_clear(&s->batch);
 }
 
+/* An MX answer kept beyond its callback (SESSION_POLICY_RESOLVE). */
+static struct dns_result *
+dns_result_dup(const struct dns_result *res)
+{
+    struct dns_result *c = xcalloc(1, sizeof *c);
+    c->status = res->status;
+    c->error = res->error ? xstrdup(res->error) : NULL;
+    c->nhosts = res->nhosts;
+    if (res->nhosts)
+        c->hosts = xcalloc(res->nhosts, sizeof *c->hosts);
+    for (size_t i = 0; i < res->nhosts; i++) {
+        const struct dns_host *h = &res->hosts[i];
+        c->hosts[i] = *h;
+        c->hosts[i].name = h->name ? xstrdup(h->name) : NULL;
+        c->hosts[i].addrs = NULL;
+        if (h->naddrs) {
+            c->hosts[i].addrs = xcalloc(h->naddrs, sizeof *h->addrs);
+            memcpy(c->hosts[i].addrs, h->addrs, h->naddrs * sizeof *h->addrs);
+        }
+    }
+    return c;
+}
+
+static void
+dns_result_free(struct dns_result *res)
+{
+    if (!res)
+        return;
+    for (size_t i = 0; i < res->nhosts; i++) {
+        free(res->hosts[i].name);
+        free(res->hosts[i].addrs);
+    }
+    free(res->hosts);
+    free(res->error);
+    free(res);
+}
+
 static void
 session_destroy(struct session *s)
 {
@@ -77,6 +116,7 @@ session_destroy(struct session *s)
     free(s->limit_domain);
     free(s->pattern_reply);
     mta_sts_policy_clear(&s->sts);
+    dns_result_free(s->resolved);
     if (s->ev_timer)
         event_free(s->ev_timer);
     free(s);
@@ -119,6 +159,7 @@ session_end(struct session *s)
     }
     mta_sts_cancel(s->stsreq);
     s->stsreq = NULL;
+    s->sts_pending = false;
     s->resolving = false;
     if (s->ev_timer)
         evtimer_del(s->ev_timer);
@@ -264,6 +305,7 @@ session_on_policy(const struct mta_sts_result *r, void *arg)
 {
     struct session *s = arg;
     s->stsreq = NULL;
+    s->sts_pending = false;
     session_react(s, &(struct session_event){.type = EV_POLICY, .sts = r});
 }
 
@@ -292,23 +334,11 @@ session_on_finished(const PGresult *res, void *arg)
 
 /* ---- entering a state ---- */
 
-/* The domain's MTA-STS policy, once per session, for MX deliveries only
- * (a route names its host: no MX to check). */
 static void
-enter_policy(struct session *s)
-{
-    s->stsreq = mta_sts_get(s->e->sts, s->q->domain, session_on_policy, s);
-}
-
-static void
-enter_resolve(struct session *s)
+start_resolve(struct session *s)
 {
     struct session_env *e = s->e;
     struct dns_request *req;
-    if (!s->sts_done && e->sts && s->dom->mta_sts && !s->dom->route) {
-        session_enter(s, SESSION_POLICY);
-        return;
-    }
     s->resolving = true;
     if (s->dom->route) {
         char host[256];
@@ -321,6 +351,29 @@ enter_resolve(struct session *s)
     /* The answer may have come already (a cached one). */
     if (s->resolving)
         s->dnsreq = req;
+}
+
+/* The domain's MTA-STS policy, once per session, for MX deliveries only (a
+ * route names its host: no MX to check), asked for together with the MX
+ * hosts: a new domain's connection waits for the slower of the two answers,
+ * not for their sum. The policy filters the hosts once both are there. */
+static void
+enter_policy_resolve(struct session *s)
+{
+    s->sts_pending = true;
+    struct mta_sts_request *r = mta_sts_get(s->e->sts, s->q->domain, session_on_policy, s);
+    if (s->sts_pending)
+        s->stsreq = r;
+    start_resolve(s);
+}
+
+static void
+enter_resolve(struct session *s)
+{
+    if (!s->sts_done && s->e->sts && s->dom->mta_sts && !s->dom->route)
+        session_enter(s, SESSION_POLICY_RESOLVE);
+    else
+        start_resolve(s);
 }
 
 static void
@@ -393,8 +446,8 @@ session_enter(struct session *s, enum session_state st)
     case SESSION_CLAIM:
         session_enter_claim(s);
         break;
-    case SESSION_POLICY:
-        enter_policy(s);
+    case SESSION_POLICY_RESOLVE:
+        enter_policy_resolve(s);
         break;
     case SESSION_RESOLVE:
         enter_resolve(s);
@@ -445,7 +498,6 @@ react_policy(struct session *s, const struct mta_sts_result *r)
     s->sts_failure = r->failure;
     log_debug("session=%llu queue=%s event=mta-sts mode=%s failure=%s", (unsigned long long)s->id,
               s->q->name, mta_sts_mode_name(s->sts.mode), r->failure ? r->failure : "-");
-    session_enter(s, SESSION_RESOLVE);
 }
 
 static void
@@ -470,6 +522,29 @@ react_resolved(struct session *s, const struct dns_result *res)
     s->usable = true;
     s->connect_reported = false;
     session_enter(s, SESSION_SEND);
+}
+
+/* SESSION_POLICY_RESOLVE: the policy and the MX answer come in either
+ * order; the MX answer is kept until the policy is there, then the session
+ * connects as from SESSION_RESOLVE. */
+static void
+react_policy_resolve(struct session *s, const struct session_event *ev)
+{
+    if (ev->type == EV_RESOLVED) {
+        if (s->sts_pending)
+            s->resolved = dns_result_dup(ev->dns);
+        else
+            react_resolved(s, ev->dns);
+        return;
+    }
+    react_policy(s, ev->sts);
+    if (s->resolving)
+        return; /* the MX answer is due */
+    struct dns_result *res = s->resolved;
+    PGMTA_ASSERT(res != NULL); /* neither answer comes before its request returned */
+    s->resolved = NULL;
+    react_resolved(s, res);
+    dns_result_free(res);
 }
 
 static void
@@ -659,10 +734,10 @@ session_react(struct session *s, const struct session_event *ev)
         else
             session_enter(s, s->smtp ? SESSION_SEND : SESSION_RESOLVE);
         return;
-    case SESSION_POLICY:
-        if (ev->type != EV_POLICY)
+    case SESSION_POLICY_RESOLVE:
+        if (ev->type != EV_POLICY && ev->type != EV_RESOLVED)
             break;
-        react_policy(s, ev->sts);
+        react_policy_resolve(s, ev);
         return;
     case SESSION_RESOLVE:
         if (ev->type != EV_RESOLVED)

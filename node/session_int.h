@@ -25,7 +25,8 @@ enum session_state {
     SESSION_WAIT,         /* for tokens or budget, on the timer */
     SESSION_CLAIM_QUEUED,
     SESSION_CLAIM,
-    SESSION_POLICY, /* the domain's MTA-STS policy, before the MX lookup */
+    /* a new connection's MTA-STS policy and MX lookup, in parallel */
+    SESSION_POLICY_RESOLVE,
     SESSION_RESOLVE,
     SESSION_SEND,
     SESSION_FINISH,
@@ -67,8 +68,11 @@ struct session {
     struct smtp_client *smtp;
     struct dns_request *dnsreq;
     bool resolving;
+    /* SESSION_POLICY_RESOLVE: the MX answer that came before the policy */
+    struct dns_result *resolved;
     /* MTA-STS: looked up once per session (sts_done), the policy kept */
     struct mta_sts_request *stsreq;
+    bool sts_pending; /* stsreq's answer is due */
     bool sts_done;
     bool sts_looked_up;        /* false: mta-sts off or a route */
     struct mta_sts_policy sts; /* mode NONE: none applies */

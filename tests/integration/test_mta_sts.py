@@ -7,12 +7,16 @@ self-signed certificate defers (4.7.5, nothing sent, "MTA-STS:" in
 mta.queues); testing delivers and records the failure (untrusted issuer,
 host name mismatch); an invalid policy is an error recorded; a failed fetch
 keeps the cached policy; a policy cached by one node serves another without
-a fetch, and one node fetches at a time; mta-sts = false looks nothing up."""
+a fetch, and one node fetches at a time; mta-sts = false looks nothing up.
+The policy and the MX lookup run in parallel: an MX answer that comes
+first waits for the policy and is filtered by it, and a node stopped while
+both are due frees its session cleanly (sanitizer build)."""
 import http.server
 import os
 import ssl
 import subprocess
 import threading
+import time
 import unittest
 
 from dnsserver import DnsServer
@@ -39,7 +43,12 @@ POLICIES = {
     "cached.test": (404, "gone\n"),
     "shared.test": (200, policy("enforce", "mx.shared.test")),
     "off.test": (200, policy("enforce", "mx.nowhere.test")),
+    # answered only once the node has resolved the MX hosts (parallel lookups)
+    "slow.test": (200, policy("enforce", "mx2.slow.test")),
+    # answered only when the test lets it (a node stopped meanwhile)
+    "hang.test": (200, policy("enforce", "mx.hang.test")),
 }
+RELEASE_HANG = threading.Event()
 
 
 def openssl(*args):
@@ -61,12 +70,23 @@ def make_ca_cert(d, ca, ca_key, name, sans):
 class PolicyHandler(http.server.BaseHTTPRequestHandler):
     counts = {}
     lock = threading.Lock()
+    dns = None
+    slow_saw_mx = None  # slow.test: the MX host was resolved before the policy was served
 
     def do_GET(self):
         host = (self.headers.get("Host") or "").split(":")[0].lower()
         domain = host[len("mta-sts."):] if host.startswith("mta-sts.") else ""
         with self.lock:
             self.counts[host] = self.counts.get(host, 0) + 1
+        if domain == "slow.test":
+            # a serial lookup would ask for the MX hosts only after this answer
+            deadline = time.monotonic() + 5
+            while not self.dns.queries("mx2.slow.test", "A") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            PolicyHandler.slow_saw_mx = self.dns.queries("mx2.slow.test", "A") >= 1
+            time.sleep(0.3)  # the MX answer has come: it waits for this one
+        if domain == "hang.test":
+            RELEASE_HANG.wait(20)
         status, body = POLICIES.get(domain, (404, "no such policy\n"))
         if self.path != "/.well-known/mta-sts.txt":
             status, body = 404, "not here\n"
@@ -99,7 +119,8 @@ class MtaSts(unittest.TestCase):
                                          ["mta-sts." + dom for dom in POLICIES])
         mx_cert, mx_key = make_ca_cert(d, ca, ca_key, "mx",
                                        ["mx1.good.test", "mx.shared.test", "mx.cached.test",
-                                        "mx.invalid.test", "mx.off.test", "mx.other.test"])
+                                        "mx.invalid.test", "mx.off.test", "mx.other.test",
+                                        "mx2.slow.test"])
         self_cert, self_key = os.path.join(d, "self.pem"), os.path.join(d, "self.key")
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                 "-nodes", "-subj", "/CN=mx.selfsigned.test", "-days", "2",
@@ -119,6 +140,7 @@ class MtaSts(unittest.TestCase):
         cls.selfsigned = Sink(host=SELF_MX_IP, port=port, tls_cert=self_cert, tls_key=self_key)
         cls.other = Sink(host=OTHER_MX_IP, port=port, tls_cert=mx_cert, tls_key=mx_key)
         dns = cls.dns
+        PolicyHandler.dns = dns
         for dom in POLICIES:
             dns.add_txt("_mta-sts." + dom, "v=STSv1; id=20261203;")
             dns.add_a("mta-sts." + dom, "127.0.0.1")
@@ -133,17 +155,24 @@ class MtaSts(unittest.TestCase):
                             ("invalid.test", "mx.invalid.test", GOOD_MX_IP),
                             ("cached.test", "mx.cached.test", GOOD_MX_IP),
                             ("shared.test", "mx.shared.test", GOOD_MX_IP),
-                            ("off.test", "mx.off.test", GOOD_MX_IP)]:
+                            ("off.test", "mx.off.test", GOOD_MX_IP),
+                            ("slow.test", "mx.slow.test", OTHER_MX_IP)]:
             dns.add_mx(dom, 10, mx)
             dns.add_a(mx, ip)
+        # slow.test's best MX is outside its policy: only mx2 may be used
+        dns.add_mx("slow.test", 20, "mx2.slow.test")
+        dns.add_a("mx2.slow.test", GOOD_MX_IP)
+        # hang.test: neither its MX hosts nor its policy answer while node C runs
+        dns.timeout("hang.test")
         # A policy cached by an earlier fetch that the failing one must not
         # replace: enforce, with an MX pattern that excludes mx.cached.test.
         cls.pg.query("INSERT INTO mta.mta_sts (domain, txt_id, mode, mx, max_age, fetched_at, "
                      "expires_at) VALUES ('cached.test', 'old1', 'enforce', "
                      "ARRAY['mx.elsewhere.test'], 86400, now(), now() + interval '1 day')")
         for dom in POLICIES:
-            cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)", ("s@sender.test", "a@" + dom,
-                                                                  BODY))
+            if dom != "hang.test":
+                cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)",
+                             ("s@sender.test", "a@" + dom, BODY))
         conf = dict(extra='smtp-port = %d; tls-ca-file = "%s";' % (port, ca),
                     domains=['{ name = "off.test"; mta-sts = false; }'])
         cls.node_a = Pgmtad(cls.pg, cls.dns, name="node-a", **conf)
@@ -151,7 +180,7 @@ class MtaSts(unittest.TestCase):
         wait_for(lambda: cls.pg.scalar(
             "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE (type = 'd' AND rcpt <> ALL(%s)) "
             "OR (type = 't' AND rcpt = ANY(%s))",
-            (["a@" + x for x in deferred], ["a@" + x for x in deferred])) == len(POLICIES),
+            (["a@" + x for x in deferred], ["a@" + x for x in deferred])) == len(POLICIES) - 1,
             timeout=30, what="a first outcome for every domain")
         cls.node_a.stop()
         # node B: a second message to shared.test, the policy from the database
@@ -163,9 +192,24 @@ class MtaSts(unittest.TestCase):
                                        "rcpt = 'b@shared.test'") == 1,
                  timeout=20, what="node-b's delivery")
         cls.node_b.stop()
+        # node C: stopped while a@hang.test's session waits for both its
+        # policy and its MX hosts; the shutdown deadline frees the session
+        cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)", ("s@sender.test", "a@hang.test",
+                                                              BODY))
+        extra_c = conf["extra"] + ' dns = { servers = [ "%s" ]; timeout = "10s"; }; ' \
+            'shutdown-timeout = "1s";' % dns.server_arg
+        cls.node_c = Pgmtad(cls.pg, cls.dns, name="node-c", extra=extra_c,
+                            domains=conf["domains"])
+        wait_for(lambda: fetches("hang.test") >= 1 and dns.queries("hang.test", "MX") >= 1,
+                 timeout=20, what="hang.test's policy fetch and MX lookup")
+        try:
+            cls.node_c.stop()  # fails on a sanitizer report
+        finally:
+            RELEASE_HANG.set()
 
     @classmethod
     def tearDownClass(cls):
+        RELEASE_HANG.set()
         for s in (cls.good, cls.selfsigned, cls.other):
             s.stop()
         cls.web.shutdown()
@@ -270,6 +314,21 @@ class MtaSts(unittest.TestCase):
                       "WHERE domain = 'race.test'")
         self.assertEqual(self.pg.query(get, ("b2", "n1")), [(None, None, True)])
         self.assertEqual(self.pg.query(get, ("b2", "n2")), [(None, None, True)])
+
+    def test_mx_answer_first_waits_for_policy_and_is_filtered(self):
+        self.assertTrue(PolicyHandler.slow_saw_mx, "no MX lookup during the policy fetch")
+        row = self.first("a@slow.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertEqual(row[3:6], ("sts", None, "slow.test"))
+        self.assertTrue(self.sent_mail(self.good, "a@slow.test"))
+        self.assertFalse(self.sent_mail(self.other, "a@slow.test"))
+
+    def test_session_freed_with_policy_and_mx_due(self):
+        self.assertIn("event=shutdown-deadline", self.node_c.log())
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct "
+                                        "WHERE rcpt = 'a@hang.test' AND type <> 'r'"), 0)
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.recipients "
+                                        "WHERE rcpt = 'a@hang.test'"), 1)
 
     def test_mta_sts_false_looks_nothing_up(self):
         self.assertEqual(self.dns.queries("_mta-sts.off.test", "TXT"), 0)
