@@ -87,6 +87,9 @@ DECLARE
     v_kind text := p_report->>'kind';
     v_rcpt_id bigint := (p_report->>'rcpt_id')::bigint;
     v_envid text := nullif(p_report->>'envid', '');
+    -- the enclosed original's Message-ID, as the 'd' rows keep it
+    v_msgid text := nullif(btrim(p_report->>'msgid', '<> '), '');
+    v_orcpt text := p_report->>'original_rcpt_to';
     d record;
     r record;
     n int := 0;
@@ -115,16 +118,29 @@ BEGIN
             SELECT a.* INTO d FROM mta.acct a
              WHERE a.rcpt_id = v_rcpt_id AND a.type = 'd' ORDER BY a.time_logged DESC LIMIT 1;
             v_found := FOUND;
-        ELSIF v_envid IS NOT NULL AND p_report->>'original_rcpt_to' IS NOT NULL THEN
-            SELECT a.* INTO d FROM mta.acct a
-             WHERE a.envid = v_envid AND a.rcpt = p_report->>'original_rcpt_to' AND a.type = 'd'
-             ORDER BY a.time_logged DESC LIMIT 1;
-            v_found := FOUND;
+        ELSE
+            IF v_envid IS NOT NULL AND v_orcpt IS NOT NULL THEN
+                SELECT a.* INTO d FROM mta.acct a
+                 WHERE a.envid = v_envid AND a.rcpt = v_orcpt AND a.type = 'd'
+                 ORDER BY a.time_logged DESC LIMIT 1;
+                v_found := FOUND;
+            END IF;
+            -- By Message-ID: with the reported recipient when the report
+            -- names it, else only if the message had one recipient.
+            IF NOT v_found AND v_msgid IS NOT NULL THEN
+                SELECT a.* INTO d FROM mta.acct a
+                 WHERE a.header_message_id = v_msgid AND a.type = 'd'
+                   AND (v_orcpt IS NULL OR a.rcpt = v_orcpt)
+                 ORDER BY a.time_logged DESC LIMIT 1;
+                v_found := FOUND AND (v_orcpt IS NOT NULL OR NOT EXISTS (
+                    SELECT 1 FROM mta.acct a
+                     WHERE a.header_message_id = v_msgid AND a.type = 'd' AND a.rcpt <> d.rcpt));
+            END IF;
         END IF;
         IF NOT v_found THEN
             RETURN mta.inbound_keep(p_report, p_headers,
                                     CASE WHEN v_rcpt_id IS NOT NULL THEN 'no delivery of that recipient'
-                                         ELSE 'no VERP address and no ENVID match' END);
+                                         ELSE 'no VERP address, ENVID or Message-ID match' END);
         END IF;
         INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid,
                               queue, pipe, message_id, rcpt_id, dsn_mta, reporting_mta,
@@ -163,11 +179,19 @@ BEGIN
             SELECT a.* INTO d FROM mta.acct a
              WHERE a.rcpt_id = v_rcpt_id AND a.type = 'd' ORDER BY a.time_logged DESC LIMIT 1;
             v_found := FOUND;
-        ELSIF v_envid IS NOT NULL THEN
-            SELECT a.* INTO d FROM mta.acct a
-             WHERE a.envid = v_envid AND a.rcpt = r.rcpt AND a.type = 'd'
-             ORDER BY a.time_logged DESC LIMIT 1;
-            v_found := FOUND;
+        ELSE
+            IF v_envid IS NOT NULL THEN
+                SELECT a.* INTO d FROM mta.acct a
+                 WHERE a.envid = v_envid AND a.rcpt = r.rcpt AND a.type = 'd'
+                 ORDER BY a.time_logged DESC LIMIT 1;
+                v_found := FOUND;
+            END IF;
+            IF NOT v_found AND v_msgid IS NOT NULL THEN
+                SELECT a.* INTO d FROM mta.acct a
+                 WHERE a.header_message_id = v_msgid AND a.rcpt = r.rcpt AND a.type = 'd'
+                 ORDER BY a.time_logged DESC LIMIT 1;
+                v_found := FOUND;
+            END IF;
         END IF;
         CONTINUE WHEN NOT v_found;
         INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, dsn_action, dsn_status,
@@ -194,7 +218,7 @@ BEGIN
                                              OR (x->>'action' IS NULL AND x->>'status' ~ '^5'))
                                      THEN 'no failed recipient in the report'
                                      WHEN v_rcpt_id IS NOT NULL THEN 'no delivery of that recipient'
-                                     ELSE 'no VERP address and no ENVID match' END);
+                                     ELSE 'no VERP address, ENVID or Message-ID match' END);
     END IF;
     PERFORM mta.feed_hard_bounces(h_rcpt, h_why);
     RETURN 'rb';

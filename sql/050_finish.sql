@@ -232,7 +232,7 @@ BEGIN
                               dsn_diag, dsn_mta, bounce_cat, dlv_source_ip, dlv_destination_ip,
                               dlv_size, vmta, job_id, envid, queue, pipe, node, message_id,
                               attempt, tls_protocol, tls_cipher, rcpt_id, meta, tls_policy,
-                              tls_failure, tls_policy_domain, orcpt)
+                              tls_failure, tls_policy_domain, orcpt, header_message_id)
             SELECT d.type, now(), d.queued_at, m.mail_from, d.rcpt,
                    CASE d.type WHEN 'd' THEN 'relayed' ELSE 'failed' END, d.status, d.diag,
                    d.dsn_mta, d.cat, d.src_ip, d.dst_ip, m.size, nullif(d.vmta, ''), d.job_id,
@@ -243,7 +243,9 @@ BEGIN
                         THEN m.meta || coalesce((SELECT rm.meta FROM mta.recipient_meta rm
                                                   WHERE rm.message_id = d.message_id
                                                     AND rm.rcpt_id = d.rid), '{}') END,
-                   d.tls_pol, d.tls_fail, d.tls_dom, d.dsn_orcpt
+                   d.tls_pol, d.tls_fail, d.tls_dom, d.dsn_orcpt,
+                   -- reports without VERP or ENVID match by it (migrations/0013)
+                   CASE WHEN d.type = 'd' THEN nullif(btrim(m.message_id_header, '<> '), '') END
               FROM d JOIN mta.messages m ON m.id = d.message_id
             RETURNING type, rcpt, dsn_status, bounce_cat
     ), w AS (

@@ -87,11 +87,14 @@ class InboundTest(unittest.TestCase):
             % (cls.smtp, cls.inbound, SECRET, cls.unsub_secret_file())))
         cls.node.wait_accepting([cls.smtp, cls.inbound])
         # delivered recipients that the reports sent by hand refer to
-        for rid, rcpt, job in ((900001, "complainer@example.net", "job-arf"),
-                               (900002, "jm@hotmail.example", "job-jmrp")):
+        for rid, rcpt, job, mid in ((900001, "complainer@example.net", "job-arf", None),
+                                    (900002, "jm@hotmail.example", "job-jmrp", None),
+                                    (900003, "mid@example.org", "job-mid", "m3@sender.example"),
+                                    (900004, "other@example.org", "job-mid", "m3@sender.example")):
             cls.pg.query("INSERT INTO mta.acct (type, orig, rcpt, rcpt_id, message_id, job_id,"
-                         " queue) VALUES ('d', 'news@sender.example', %s, %s, %s, %s, %s)",
-                         (rcpt, rid, rid, job, rcpt.split("@")[1]))
+                         " queue, header_message_id)"
+                         " VALUES ('d', 'news@sender.example', %s, %s, %s, %s, %s, %s)",
+                         (rcpt, rid, rid, job, rcpt.split("@")[1], mid))
 
     @classmethod
     def tearDownClass(cls):
@@ -157,6 +160,34 @@ class InboundTest(unittest.TestCase):
                                        " AND job_id = 'job-8'"), [("suppressed",)])
         self.assertIsNone(again)  # no message stored: its only recipient is suppressed
 
+    def test_bounce_matched_by_message_id(self):
+        """A bounce to a plain address of the bounce domain (no VERP, no
+        ENVID) finds its recipient by the enclosed original's Message-ID and
+        the Final-Recipient; the d rows of real deliveries keep it."""
+        dsn = ("From: MAILER-DAEMON@mx.example\r\nTo: bounces@bounce.example\r\n"
+               "Subject: Undelivered\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report;"
+               " report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\n"
+               "Content-Type: text/plain\r\n\r\nfailed\r\n--b\r\n"
+               "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n"
+               "\r\nFinal-Recipient: rfc822; mid@example.org\r\nAction: failed\r\n"
+               "Status: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n\r\n--b\r\n"
+               "Content-Type: text/rfc822-headers\r\n\r\nFrom: news@sender.example\r\n"
+               "Message-ID: <m3@sender.example>\r\nSubject: news\r\n\r\n--b--\r\n")
+        self.send("bounces@bounce.example", dsn)
+        self.assertEqual(self.pg.query("SELECT rcpt, rcpt_id, job_id, dsn_status FROM mta.acct"
+                                       " WHERE type = 'rb' AND job_id = 'job-mid'"),
+                         [("mid@example.org", 900003, "job-mid", "5.2.2")])
+        # the same report for a recipient the message did not have: unmatched
+        self.send("bounces@bounce.example", dsn.replace("mid@example.org", "nobody@example.org"))
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'rb'"
+                                        " AND job_id = 'job-mid'"), 1)
+        # a delivery through the node records the Message-ID for it
+        msg = self.pg.scalar("SELECT mta.enqueue('plain@sender2.example', ARRAY["
+                             "'kept@rcpt.example'], %s, 'job-mid2')", (CONTENT,))
+        wait_for(lambda: self.pg.scalar("SELECT header_message_id FROM mta.acct WHERE type = 'd'"
+                                        " AND message_id = %s", (msg,)) == "n1@sender.example",
+                 timeout=30, what="the d row with the Message-ID")
+
     def test_inband_hard_bounce_suppresses(self):
         self.pg.query("SELECT mta.enqueue('news@sender.example', ARRAY['inband@rcpt.example'],"
                       " %s, 'job-9')", (CONTENT,))
@@ -188,7 +219,7 @@ class InboundTest(unittest.TestCase):
 
     def test_arf_rfc5965_example_verbatim_is_kept_unmatched(self):
         self.send("fbl@fbl.example", report("arf_rfc5965_b1.eml"))
-        self.assertEqual(self.unmatched("no VERP address and no ENVID match"), 1)
+        self.assertEqual(self.unmatched("no VERP address, ENVID or Message-ID match"), 1)
         kind, mfrom = self.pg.query("SELECT kind, report->>'original_mail_from'"
                                     " FROM mta.inbound_unmatched WHERE kind = 'arf'")[0]
         self.assertEqual(mfrom, "somespammer@example.net")
