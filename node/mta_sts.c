@@ -38,6 +38,8 @@
 #define MTA_STS_ERR_LEN 300
 /* DNS trouble or no database: ask again soon */
 #define MTA_STS_RETRY_S 5u
+/* how old the list of domains with a shared policy may get */
+#define MTA_STS_KNOWN_MS 60000u
 
 enum estate { E_IDLE, E_TXT, E_DB, E_HOST, E_FETCH };
 static const char *const estate_names[] = {"idle", "txt", "db", "host", "fetch"};
@@ -84,6 +86,13 @@ struct mta_sts {
     char *ca_file;
     struct entry *entries;
     size_t nentries;
+    /* The domains the shared cache holds a policy for (mta.mta_sts_domains),
+     * sorted, loaded at most every MTA_STS_KNOWN_MS: a domain without a TXT
+     * record that is not among them needs no statement of its own. */
+    char **known;
+    size_t nknown;
+    bool known_valid, known_loading;
+    uint64_t known_at_ms;
 };
 
 static void entry_enter(struct entry *e, enum estate st);
@@ -94,6 +103,7 @@ mta_sts_prepare(struct db *db)
     db_prepare(db, "mta_sts_get", "SELECT * FROM mta.mta_sts_get($1, $2, $3)", 3);
     db_prepare(db, "mta_sts_put", "SELECT mta.mta_sts_put($1, $2, $3, $4, $5::text[], $6::int)", 6);
     db_prepare(db, "mta_sts_failed", "SELECT mta.mta_sts_failed($1, $2, $3)", 3);
+    db_prepare(db, "mta_sts_domains", "SELECT d FROM mta.mta_sts_domains() d ORDER BY 1", 0);
 }
 
 struct mta_sts *
@@ -151,9 +161,62 @@ mta_sts_free(struct mta_sts *m)
         m->entries = e->next;
         entry_free(e);
     }
+    for (size_t i = 0; i < m->nknown; i++)
+        free(m->known[i]);
+    free(m->known);
     free(m->node);
     free(m->ca_file);
     free(m);
+}
+
+/* ---- the list of domains with a shared policy ---- */
+
+static int
+cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void
+on_known(const PGresult *res, void *arg)
+{
+    struct mta_sts *m = arg;
+    m->known_loading = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        m->known_valid = false; /* every domain asks the database again */
+        return;
+    }
+    for (size_t i = 0; i < m->nknown; i++)
+        free(m->known[i]);
+    free(m->known);
+    m->nknown = (size_t)PQntuples(res);
+    m->known = xcalloc(m->nknown + 1, sizeof *m->known);
+    for (size_t i = 0; i < m->nknown; i++)
+        m->known[i] = xstrdup(PQgetvalue(res, (int)i, 0));
+    qsort(m->known, m->nknown, sizeof *m->known, cmp_str); /* strcmp order, not the collation's */
+    m->known_valid = true;
+    m->known_at_ms = util_now_ms();
+}
+
+static void
+known_refresh(struct mta_sts *m)
+{
+    if (m->known_loading || (m->known_valid && util_now_ms() - m->known_at_ms < MTA_STS_KNOWN_MS))
+        return;
+    struct db *db = m->pick_db(m->db_arg);
+    if (db && db_exec(db, "mta_sts_domains", 0, NULL, NULL, NULL, 0, on_known, m) == 0)
+        m->known_loading = true;
+}
+
+/* Can the shared cache hold a policy for DOMAIN? True unless a fresh list
+ * says it does not. */
+static bool
+known_may_have(struct mta_sts *m, const char *domain)
+{
+    known_refresh(m);
+    if (!m->known_valid || util_now_ms() - m->known_at_ms >= MTA_STS_KNOWN_MS)
+        return true;
+    return bsearch(&domain, m->known, m->nknown, sizeof *m->known, cmp_str) != NULL;
 }
 
 /* ---- answers ---- */
@@ -514,6 +577,13 @@ entry_enter(struct entry *e, enum estate st)
         return;
     }
     case E_DB: {
+        if (!e->have_txt && !known_may_have(e->m, e->domain)) {
+            /* no policy announced and none shared: nothing to ask */
+            mta_sts_policy_clear(&e->cached);
+            e->have_cached = false;
+            use_cached(e, NULL, NULL);
+            return;
+        }
         struct db *db = e->m->pick_db(e->m->db_arg);
         const char *v[3] = {e->domain, e->have_txt ? e->txt_id : NULL, e->m->node};
         if (!db || db_exec(db, "mta_sts_get", 3, v, NULL, NULL, 0, on_db_get, e) != 0) {

@@ -73,6 +73,7 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.mta_sts_get(text, text, text),
                           mta.mta_sts_put(text, text, text, text, text[], int),
                           mta.mta_sts_failed(text, text, text),
+                          mta.mta_sts_domains(),
                           mta.release(bigint, bigint[], bigint[]),
                           mta.set_aside(bigint[], bigint[], text),
                           mta.pause_queue(text, text),
