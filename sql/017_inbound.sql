@@ -73,6 +73,37 @@ RETURNS text LANGUAGE sql AS $$
     RETURNING 'unmatched: ' || reason
 $$;
 
+-- The delivery a VERP address names: its 'd' row; or, when the report came
+-- before the finish of that delivery committed (a relay that bounces at
+-- once), the recipient still queued in flight, in the columns the report
+-- rows copy (type 'd'). All columns NULL when there is neither.
+CREATE OR REPLACE FUNCTION mta.inbound_delivery(p_rcpt_id bigint)
+RETURNS mta.acct LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    x mta.acct;
+BEGIN
+    FOR attempt IN 1..2 LOOP
+        SELECT a.* INTO x FROM mta.acct a
+         WHERE a.rcpt_id = p_rcpt_id AND a.type = 'd' ORDER BY a.time_logged DESC LIMIT 1;
+        IF FOUND THEN
+            RETURN x;
+        END IF;
+        SELECT r.queued_at, m.mail_from, r.rcpt, nullif(r.vmta, ''), r.job_id, m.envid,
+               mta.queue_name(r.domain, r.vmta), r.pipe, r.message_id, r.id, m.size
+          INTO x.time_queued, x.orig, x.rcpt, x.vmta, x.job_id, x.envid, x.queue, x.pipe,
+               x.message_id, x.rcpt_id, x.dlv_size
+          FROM mta.recipients r JOIN mta.messages m ON m.id = r.message_id
+         WHERE r.id = p_rcpt_id;
+        IF FOUND THEN
+            x.type := 'd';
+            RETURN x;
+        END IF;
+        -- neither: the finish may have committed between the two reads
+    END LOOP;
+    RETURN x;
+END
+$$;
+
 -- The listener's one call per inbound message, after it parsed the report
 -- (node/report.c) and checked any VERP tag (node/verp.c): "rcpt_id" is
 -- there only when the tag was right. Writes 'rb' rows (one per failed
@@ -115,9 +146,8 @@ BEGIN
     END IF;
     IF v_kind IN ('arf', 'jmrp') THEN
         IF v_rcpt_id IS NOT NULL THEN
-            SELECT a.* INTO d FROM mta.acct a
-             WHERE a.rcpt_id = v_rcpt_id AND a.type = 'd' ORDER BY a.time_logged DESC LIMIT 1;
-            v_found := FOUND;
+            d := mta.inbound_delivery(v_rcpt_id);
+            v_found := d.rcpt_id IS NOT NULL;
         ELSE
             IF v_envid IS NOT NULL AND v_orcpt IS NOT NULL THEN
                 SELECT a.* INTO d FROM mta.acct a
@@ -176,9 +206,8 @@ BEGIN
     LOOP
         v_found := false;
         IF v_rcpt_id IS NOT NULL THEN
-            SELECT a.* INTO d FROM mta.acct a
-             WHERE a.rcpt_id = v_rcpt_id AND a.type = 'd' ORDER BY a.time_logged DESC LIMIT 1;
-            v_found := FOUND;
+            d := mta.inbound_delivery(v_rcpt_id);
+            v_found := d.rcpt_id IS NOT NULL;
         ELSE
             IF v_envid IS NOT NULL THEN
                 SELECT a.* INTO d FROM mta.acct a

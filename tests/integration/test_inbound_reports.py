@@ -188,6 +188,28 @@ class InboundTest(unittest.TestCase):
                                         " AND message_id = %s", (msg,)) == "n1@sender.example",
                  timeout=30, what="the d row with the Message-ID")
 
+    def test_bounce_before_the_finish_matches_the_queued_recipient(self):
+        """A relay that bounces at once can report before the finish of the
+        delivery is committed: the VERP address still finds its recipient,
+        then queued (here: in a paused queue)."""
+        self.pg.query("SELECT mta.pause_queue('held.example')")
+        msg = self.pg.scalar("SELECT mta.enqueue('news@sender.example', ARRAY['x@held.example'],"
+                             " %s, 'job-held')", (CONTENT,))
+        rid = self.pg.scalar("SELECT id FROM mta.recipients WHERE message_id = %s", (msg,))
+        addr = verp(rid)
+        dsn = ("From: MAILER-DAEMON@mx.example\r\nTo: %s\r\nSubject: Undelivered\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: multipart/report;"
+               " report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\n"
+               "Content-Type: text/plain\r\n\r\nfailed\r\n--b\r\n"
+               "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n"
+               "\r\nFinal-Recipient: rfc822; x@held.example\r\nAction: failed\r\n"
+               "Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\n--b--\r\n"
+               % addr)
+        self.send(addr, dsn)
+        self.assertEqual(self.pg.query("SELECT rcpt, job_id, orig, queue FROM mta.acct"
+                                       " WHERE type = 'rb' AND rcpt_id = %s", (rid,)),
+                         [("x@held.example", "job-held", "news@sender.example", "held.example")])
+
     def test_inband_hard_bounce_suppresses(self):
         self.pg.query("SELECT mta.enqueue('news@sender.example', ARRAY['inband@rcpt.example'],"
                       " %s, 'job-9')", (CONTENT,))
