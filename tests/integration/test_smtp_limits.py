@@ -249,8 +249,12 @@ class LimitsTest(unittest.TestCase):
         elapsed = time.monotonic() - start
         cpu = cpu_s(self.pid) - cpu0
         self.assertEqual(code, 250, text)
-        self.assertLess(cpu, 3.0, "CPU %.2fs for %d header lines" % (cpu, lines))
-        self.assertLess(worst[0], 1.5, "another session waited %.2fs" % worst[0])
+        # Linear removal takes 0.12 s of CPU for 2,000,000 lines on the normal
+        # build and the loop stalls for that long; a quadratic one took
+        # minutes. The sanitizer build runs about ten times slower.
+        slow = 3 if pgmta_test.sanitizer_build() else 1
+        self.assertLess(cpu, 3.0 * slow, "CPU %.2fs for %d header lines" % (cpu, lines))
+        self.assertLess(worst[0], 1.5 * slow, "another session waited %.2fs" % worst[0])
         mid = int(re.search(r"queued as (\d+)", text).group(1))
         job, content = self.pg.query("SELECT job_id, content FROM mta.messages WHERE id = %s",
                                      (mid,))[0]

@@ -27,6 +27,17 @@ import unittest
 SOURCE_DIR = os.environ.get("PGMTA_SOURCE_DIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD_DIR = os.environ.get("PGMTA_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+
+
+def sanitizer_build():
+    """Is the build under test instrumented (-DPGMTA_SANITIZE)? Its code runs
+    several times slower, so bounds on time spent computing scale with it."""
+    try:
+        with open(os.path.join(BUILD_DIR, "CMakeCache.txt")) as f:
+            return any(line.startswith("PGMTA_SANITIZE:STRING=") and line.strip()[22:]
+                       for line in f)
+    except OSError:
+        return False
 PG_BIN = os.environ.get("PGMTA_PG_BIN", "/usr/lib/postgresql/15/bin")
 PGMTA = os.path.join(BUILD_DIR, "admin", "pgmta")
 PGMTAD = os.path.join(BUILD_DIR, "node", "pgmtad")
