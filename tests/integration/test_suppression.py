@@ -14,6 +14,7 @@ import json
 import os
 import smtplib
 import subprocess
+import time
 import unittest
 
 import psycopg2
@@ -420,15 +421,22 @@ class NodePathsTest(unittest.TestCase):
         self.assertEqual(self.rows("smtpjob2"), ([], [("c@blocked.test", "suppressed", "5.7.1")]))
 
     def post(self, body):
-        c = http.client.HTTPConnection("127.0.0.1", self.http, timeout=30)
-        try:
-            c.request("POST", "/api/inject/v1", body=json.dumps(body).encode(),
-                      headers={"Authorization": "Bearer " + INJECT,
-                               "Content-Type": "application/json"})
-            r = c.getresponse()
-            return r.status, json.loads(r.read())
-        finally:
-            c.close()
+        # The listener accepts before its database connection is up; until
+        # then a request gets 503 with nothing stored, and is sent again.
+        deadline = time.monotonic() + 20
+        while True:
+            c = http.client.HTTPConnection("127.0.0.1", self.http, timeout=30)
+            try:
+                c.request("POST", "/api/inject/v1", body=json.dumps(body).encode(),
+                          headers={"Authorization": "Bearer " + INJECT,
+                                   "Content-Type": "application/json"})
+                r = c.getresponse()
+                status, reply = r.status, json.loads(r.read())
+            finally:
+                c.close()
+            if status != 503 or time.monotonic() > deadline:
+                return status, reply
+            time.sleep(0.2)
 
     def test_http(self):
         st, r = self.post({"envelope_sender": "s@sender.test", "job_id": "httpjob",
