@@ -171,6 +171,19 @@ xtext_ok(const char *v, size_t n)
     return true;
 }
 
+/* The next space-separated ESMTP parameter at *P: skips the spaces before
+ * it, leaves *P at its start and its length in *N; false at the end. */
+static bool
+param_next(const char **p, size_t *n)
+{
+    while (**p == ' ')
+        (*p)++;
+    if (!**p)
+        return false;
+    *n = strcspn(*p, " ");
+    return true;
+}
+
 /* Case-insensitive "KEY=" prefix test; *value gets what follows. */
 static bool
 param_is(const char *p, size_t n, const char *key, const char **value, size_t *vlen)
@@ -258,12 +271,8 @@ smtp_server_mail_params(const char *params, uint64_t max_size, uint64_t *declare
         dsn->envid[0] = '\0';
     }
     const char *p = params;
-    while (*p) {
-        while (*p == ' ')
-            p++;
-        if (!*p)
-            break;
-        size_t n = strcspn(p, " ");
+    size_t n;
+    while (param_next(&p, &n)) {
         const char *v;
         size_t vlen;
         if (param_is(p, n, "SIZE", &v, &vlen)) {
@@ -321,12 +330,8 @@ smtp_server_rcpt_params(const char *params, struct smtp_server_rcpt_dsn *dsn)
     dsn->notify = -1;
     dsn->orcpt[0] = '\0';
     const char *p = params;
-    while (*p) {
-        while (*p == ' ')
-            p++;
-        if (!*p)
-            break;
-        size_t n = strcspn(p, " ");
+    size_t n;
+    while (param_next(&p, &n)) {
         const char *v;
         size_t vlen;
         if (param_is(p, n, "NOTIFY", &v, &vlen)) {
