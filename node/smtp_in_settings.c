@@ -87,8 +87,10 @@ tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen)
     return ctx;
 }
 
-struct smtp_in_settings *
-smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
+/* New settings with the listener's STARTTLS context (both listeners offer
+ * the same certificate), or NULL with the reason. */
+static struct smtp_in_settings *
+settings_with_tls(const struct conf *conf, char *err, size_t errlen)
 {
     struct smtp_in_settings *st = xcalloc(1, sizeof *st);
     if (conf->smtp_listener_tls_cert && conf->smtp_listener_tls_key) {
@@ -99,6 +101,15 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
             return NULL;
         }
     }
+    return st;
+}
+
+struct smtp_in_settings *
+smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
+{
+    struct smtp_in_settings *st = settings_with_tls(conf, err, errlen);
+    if (!st)
+        return NULL;
     st->allow = xcalloc(conf->nsmtp_listener_allow + 1, sizeof *st->allow);
     for (size_t i = 0; i < conf->nsmtp_listener_allow; i++) {
         if (smtp_server_parse_cidr(conf->smtp_listener_allow[i], &st->allow[st->nallow]) != 0) {
@@ -154,15 +165,9 @@ smtp_in_settings_new(const struct conf *conf, char *err, size_t errlen)
 struct smtp_in_settings *
 smtp_in_settings_new_inbound(const struct conf *conf, char *err, size_t errlen)
 {
-    struct smtp_in_settings *st = xcalloc(1, sizeof *st);
-    if (conf->smtp_listener_tls_cert && conf->smtp_listener_tls_key) {
-        st->tls =
-            tls_server_ctx(conf->smtp_listener_tls_cert, conf->smtp_listener_tls_key, err, errlen);
-        if (!st->tls) {
-            smtp_in_settings_free(st);
-            return NULL;
-        }
-    }
+    struct smtp_in_settings *st = settings_with_tls(conf, err, errlen);
+    if (!st)
+        return NULL;
     st->max_sessions = conf->inbound_max_sessions;
     st->max_per_client = conf->inbound_max_sessions_per_client;
     st->max_size = conf->inbound_max_message_size;
