@@ -63,6 +63,24 @@ class RolesTest(unittest.TestCase):
         self.denied(self.inject, "INSERT INTO mta.submit (mail_from, rcpt_to, content)"
                     " VALUES ('', 'r@x.example', 'x') RETURNING id")
 
+    def test_inject_counts_only_through_the_functions(self):
+        """mta_inject adds to the SQL door's counter by enqueuing, and has no
+        right on the table itself; mta_monitor and mta_node read it."""
+        total = "SELECT coalesce(sum(recipients), 0) FROM mta.inject_counter"
+        before = self.pg.scalar(total)
+        self.run_as(self.inject, "SELECT mta.enqueue('s@roles.example',"
+                    " ARRAY['c1@count-role.example', 'c2@count-role.example'], 'x')")
+        self.assertEqual(self.pg.scalar(total), before + 2)
+        self.denied(self.inject, "SELECT * FROM mta.inject_counter")
+        self.denied(self.inject, "UPDATE mta.inject_counter SET recipients = 0")
+        self.denied(self.inject, "INSERT INTO mta.inject_counter VALUES ('sql', 0, 1, 0)")
+        self.denied(self.inject, "SELECT mta.enqueue_counted('', ARRAY['a@x.example'], 'x',"
+                    " NULL, NULL, NULL, NULL, 0, now())")
+        for conn in (self.monitor, self.node):
+            self.assertEqual(self.run_as(conn, total)[0][0], before + 2)
+            self.denied(conn, "UPDATE mta.inject_counter SET recipients = 0")
+            self.denied(conn, "DELETE FROM mta.inject_counter")
+
     def test_monitor_reads_views_only(self):
         self.pg.query("SELECT mta.enqueue('s@roles.example', ARRAY['m@monitor.example'], 'x')")
         rows = self.run_as(self.monitor, "SELECT domain, queued FROM mta.queues"
