@@ -20,8 +20,8 @@
 /* One statement for /metrics: k = 'q' per queue, 'n' nodes (alive, all),
  * 'a' accounting rows of the last hour per type, 'w' the lag of each
  * webhook consumer (configured names, at most 50: bounded labels), 'i' the
- * SQL door's counter (recipients queued, suppressed: the sum of its 16
- * shard rows, migrations/0014_inject_counter.sql). Counting every accounting
+ * SQL door's counter (recipients queued, suppressed: the sum of its rows,
+ * migrations/0014_inject_count.sql). Counting every accounting
  * row ever written would read the whole partitioned table on each scrape;
  * the last hour reads today's partition only, so the metric is a gauge
  * (pgmta_acct_events_last_hour), not a counter. */
@@ -45,7 +45,7 @@ const char http_metrics_sql[] =
     "UNION ALL "
     "SELECT 'i', NULL, NULL, NULL, coalesce(sum(c.recipients), 0)::bigint, "
     "       coalesce(sum(c.suppressed), 0)::bigint, 0, 0, 0 "
-    "  FROM mta.inject_counter c WHERE c.door = 'sql'";
+    "  FROM mta.inject_count c WHERE c.door = 'sql'";
 
 static void
 prom_label(struct buf *b, const char *name, const char *value, bool first)

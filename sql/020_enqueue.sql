@@ -192,8 +192,8 @@ END
 $$;
 
 -- The SQL door: mta.enqueue_bytes, then the count of what it queued and
--- left out in mta.inject_counter (migrations/0014_inject_counter.sql), one
--- statement in the caller's transaction. The SMTP and HTTP paths call
+-- left out in mta.inject_count (migrations/0014_inject_count.sql): one row
+-- inserted in the caller's transaction, no lock on a shared row. The SMTP and HTTP paths call
 -- mta.enqueue_bytes directly: their nodes count them. A value of
 -- mta.suppressed left by an earlier call of the transaction is cleared
 -- first, so what is read after the call is this call's.
@@ -217,18 +217,40 @@ BEGIN
     ELSIF v_n > 1 AND current_setting('mta.suppressed', true) <> '' THEN
         v_sup := cardinality(current_setting('mta.suppressed')::int[]);
     END IF;
-    INSERT INTO mta.inject_counter AS c (door, shard, recipients, suppressed)
-        VALUES ('sql', pg_backend_pid() % 16, v_n - v_sup, v_sup)
-        ON CONFLICT (door, shard) DO UPDATE
-        SET recipients = c.recipients + excluded.recipients,
-            suppressed = c.suppressed + excluded.suppressed;
+    INSERT INTO mta.inject_count (door, recipients, suppressed)
+        VALUES ('sql', v_n - v_sup, v_sup);
     RETURN v_id;
+END
+$$;
+
+-- Folds the committed rows of mta.inject_count into one row per door (the
+-- housekeeping of a node calls it): the sum of a door is the same before and
+-- after, in any snapshot, because the rows deleted and the row inserted
+-- commit together. Rows of transactions still open are invisible and stay;
+-- SKIP LOCKED lets two nodes fold at once without waiting for each other
+-- (each folds the rows it locked). Returns the number of rows folded.
+CREATE OR REPLACE FUNCTION mta.inject_count_compact()
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int;
+BEGIN
+    WITH gone AS (
+        DELETE FROM mta.inject_count c
+         WHERE c.ctid = ANY (ARRAY(SELECT x.ctid FROM mta.inject_count x
+                                   FOR UPDATE SKIP LOCKED))
+        RETURNING c.door, c.recipients, c.suppressed
+    ), folded AS (
+        INSERT INTO mta.inject_count (door, recipients, suppressed)
+            SELECT g.door, sum(g.recipients), sum(g.suppressed) FROM gone g GROUP BY g.door
+    )
+    SELECT count(*) INTO n FROM gone;
+    RETURN n;
 END
 $$;
 
 -- Contract (DESIGN §6): the two public overloads. SECURITY DEFINER with a
 -- fixed search_path, so a role with only EXECUTE (mta_inject) can enqueue
--- without any right on the tables (mta.suppression and mta.inject_counter
+-- without any right on the tables (mta.suppression and mta.inject_count
 -- included). NULL when every recipient is suppressed: no message was stored.
 CREATE OR REPLACE FUNCTION mta.enqueue(mail_from text, rcpt_to text[], content bytea,
                                        job_id text DEFAULT NULL, vmta text DEFAULT NULL,

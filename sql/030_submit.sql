@@ -17,7 +17,7 @@
 -- (sql/015_suppression.sql) are found with an anti-join in the same
 -- statement: they get a 'b' row instead, and a message none of whose rows
 -- is left is not stored. The same statement adds the recipients queued and
--- suppressed to the SQL door's counter (mta.inject_counter). There is no
+-- suppressed to the SQL door's counter (mta.inject_count). There is no
 -- per-row trigger: its call overhead would dominate the cost of COPY.
 
 -- The transition table may be larger than work_mem and then lives in a temp
@@ -147,14 +147,10 @@ BEGIN
     ), staged AS (
         DELETE FROM mta.submit s USING src WHERE s.id = src.id
     ), counted AS (
-        -- the SQL door's count (migrations/0014_inject_counter.sql), one
-        -- row per statement
-        INSERT INTO mta.inject_counter AS t (door, shard, recipients, suppressed)
-            SELECT 'sql', pg_backend_pid() % 16, (SELECT count(*) FROM rc),
-                   (SELECT count(*) FROM hit)
-        ON CONFLICT (door, shard) DO UPDATE
-            SET recipients = t.recipients + excluded.recipients,
-                suppressed = t.suppressed + excluded.suppressed
+        -- the SQL door's count (migrations/0014_inject_count.sql): one
+        -- row of its own per statement, no shared row locked
+        INSERT INTO mta.inject_count (door, recipients, suppressed)
+            SELECT 'sql', (SELECT count(*) FROM rc), (SELECT count(*) FROM hit)
     )
     INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid, queue,
                           pipe, message_id, rcpt_id, dlv_size)
