@@ -2,10 +2,12 @@
  * http_metrics.h).
  *
  * Ownership: nothing is kept; the result belongs to the caller (db.c), the
- * buffer to the caller too. The families from SQL are gauges: the
+ * buffer to the caller too. The families from SQL are gauges (the
  * statement reads current counts, and the accounting rows of the last hour
- * only. The node's own counters and histograms come from a snapshot of the
- * shared segment (metrics.h), the process gauges from /proc. */
+ * only) except the SQL door's two counters, which are cluster-wide: every
+ * node reports the same value. The node's own counters and histograms come
+ * from a snapshot of the shared segment (metrics.h), the process gauges
+ * from /proc. */
 #include "http_metrics.h"
 
 #include <stdbool.h>
@@ -17,7 +19,9 @@
 
 /* One statement for /metrics: k = 'q' per queue, 'n' nodes (alive, all),
  * 'a' accounting rows of the last hour per type, 'w' the lag of each
- * webhook consumer (configured names, at most 50: bounded labels). Counting every accounting
+ * webhook consumer (configured names, at most 50: bounded labels), 'i' the
+ * SQL door's counter (recipients queued, suppressed: the sum of its rows,
+ * migrations/0014_inject_count.sql). Counting every accounting
  * row ever written would read the whole partitioned table on each scrape;
  * the last hour reads today's partition only, so the metric is a gauge
  * (pgmta_acct_events_last_hour), not a counter. */
@@ -37,7 +41,11 @@ const char http_metrics_sql[] =
     "UNION ALL "
     "SELECT * FROM (SELECT 'w', w.consumer, NULL, NULL, w.events_behind, "
     "       w.seconds_behind::bigint, w.failures::bigint, 0, 0 "
-    "  FROM mta.webhook_lag w ORDER BY w.consumer LIMIT 50) w";
+    "  FROM mta.webhook_lag w ORDER BY w.consumer LIMIT 50) w "
+    "UNION ALL "
+    "SELECT 'i', NULL, NULL, NULL, coalesce(sum(c.recipients), 0)::bigint, "
+    "       coalesce(sum(c.suppressed), 0)::bigint, 0, 0, 0 "
+    "  FROM mta.inject_count c WHERE c.door = 'sql'";
 
 static void
 prom_label(struct buf *b, const char *name, const char *value, bool first)
@@ -131,7 +139,8 @@ render_doors(struct buf *b, const struct metrics_snap *s)
 {
     prom_family_typed(b, "pgmta_injected_recipients_total", "counter",
                       "Recipients committed to the queue through this node, per door (SQL "
-                      "injection is not seen by a node: see pgmta_acct_events_last_hour).");
+                      "injection is not seen by a node: see "
+                      "pgmta_sql_injected_recipients_total).");
     for (int d = 0; d < METRICS_NDOORS; d++) {
         buf_puts(b, "pgmta_injected_recipients_total{");
         prom_label(b, "door", metrics_door_names[d], true);
@@ -321,6 +330,19 @@ http_metrics_render(struct buf *b, const PGresult *res, const char *node_name)
         buf_puts(b, "pgmta_acct_events_last_hour{");
         prom_label(b, "type", cell(res, r, 1), true);
         buf_printf(b, "} %s\n", cell(res, r, 4));
+    }
+    for (int r = 0; r < n; r++) {
+        if (strcmp(cell(res, r, 0), "i") != 0)
+            continue;
+        prom_family_typed(b, "pgmta_sql_injected_recipients_total", "counter",
+                          "Recipients queued through the SQL door (mta.enqueue, mta.submit), "
+                          "counted in the database: cluster-wide, every node reports the same "
+                          "value (take max over nodes, not sum).");
+        buf_printf(b, "pgmta_sql_injected_recipients_total %s\n", cell(res, r, 4));
+        prom_family_typed(b, "pgmta_sql_suppressed_recipients_total", "counter",
+                          "Recipients left out at the SQL door because they are suppressed; "
+                          "cluster-wide, as pgmta_sql_injected_recipients_total.");
+        buf_printf(b, "pgmta_sql_suppressed_recipients_total %s\n", cell(res, r, 5));
     }
     prom_family(b, "pgmta_webhook_events_behind",
                 "Events past the cursor of each webhook consumer that its filters select.");

@@ -289,8 +289,9 @@ worker_on_housekeeping(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct worker *w = arg;
-    static const char *const stmts[] = {"purge_messages", "purge_queues", "acct_partitions",
-                                        "purge_rate_buckets", "backoff_expire"};
+    static const char *const stmts[] = {"purge_messages",  "purge_queues",
+                                        "acct_partitions", "purge_rate_buckets",
+                                        "backoff_expire",  "inject_count_compact"};
     struct db *db = session_env_db(&w->env);
     if (!db || w->env.node_id == 0)
         return;
@@ -420,6 +421,7 @@ worker_prepare(struct db *db)
     db_prepare(db, "acct_partitions", "SELECT mta.acct_ensure_partitions(7)", 0);
     db_prepare(db, "purge_rate_buckets", "SELECT mta.purge_rate_buckets()", 0);
     db_prepare(db, "backoff_expire", "SELECT mta.backoff_expire()", 0);
+    db_prepare(db, "inject_count_compact", "SELECT mta.inject_count_compact()", 0);
 }
 
 /* libevent's own messages, as our log lines. A forked child's new event

@@ -191,17 +191,74 @@ BEGIN
 END
 $$;
 
+-- The SQL door: mta.enqueue_bytes, then the count of what it queued and
+-- left out in mta.inject_count (migrations/0014_inject_count.sql): one row
+-- inserted in the caller's transaction, no lock on a shared row. The SMTP and HTTP paths call
+-- mta.enqueue_bytes directly: their nodes count them. A value of
+-- mta.suppressed left by an earlier call of the transaction is cleared
+-- first, so what is read after the call is this call's.
+CREATE OR REPLACE FUNCTION mta.enqueue_counted(p_mail_from text, p_rcpt_to text[],
+                                               p_content bytea, p_job_id text, p_vmta text,
+                                               p_pipe text, p_envid text, p_priority int,
+                                               p_not_before timestamptz)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+    v_n int := cardinality(p_rcpt_to);
+    v_sup int := 0;
+BEGIN
+    IF current_setting('mta.suppressed', true) <> '' THEN
+        PERFORM set_config('mta.suppressed', '', true);
+    END IF;
+    v_id := mta.enqueue_bytes(p_mail_from, p_rcpt_to, p_content, p_job_id, p_vmta, p_pipe,
+                              p_envid, p_priority, p_not_before);
+    IF v_id IS NULL THEN
+        v_sup := v_n; -- every recipient suppressed
+    ELSIF v_n > 1 AND current_setting('mta.suppressed', true) <> '' THEN
+        v_sup := cardinality(current_setting('mta.suppressed')::int[]);
+    END IF;
+    INSERT INTO mta.inject_count (door, recipients, suppressed)
+        VALUES ('sql', v_n - v_sup, v_sup);
+    RETURN v_id;
+END
+$$;
+
+-- Folds the committed rows of mta.inject_count into one row per door (the
+-- housekeeping of a node calls it): the sum of a door is the same before and
+-- after, in any snapshot, because the rows deleted and the row inserted
+-- commit together. Rows of transactions still open are invisible and stay;
+-- SKIP LOCKED lets two nodes fold at once without waiting for each other
+-- (each folds the rows it locked). Returns the number of rows folded.
+CREATE OR REPLACE FUNCTION mta.inject_count_compact()
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int;
+BEGIN
+    WITH gone AS (
+        DELETE FROM mta.inject_count c
+         WHERE c.ctid = ANY (ARRAY(SELECT x.ctid FROM mta.inject_count x
+                                   FOR UPDATE SKIP LOCKED))
+        RETURNING c.door, c.recipients, c.suppressed
+    ), folded AS (
+        INSERT INTO mta.inject_count (door, recipients, suppressed)
+            SELECT g.door, sum(g.recipients), sum(g.suppressed) FROM gone g GROUP BY g.door
+    )
+    SELECT count(*) INTO n FROM gone;
+    RETURN n;
+END
+$$;
+
 -- Contract (DESIGN §6): the two public overloads. SECURITY DEFINER with a
 -- fixed search_path, so a role with only EXECUTE (mta_inject) can enqueue
--- without any right on the tables (mta.suppression included). NULL when
--- every recipient is suppressed: no message was stored.
+-- without any right on the tables (mta.suppression and mta.inject_count
+-- included). NULL when every recipient is suppressed: no message was stored.
 CREATE OR REPLACE FUNCTION mta.enqueue(mail_from text, rcpt_to text[], content bytea,
                                        job_id text DEFAULT NULL, vmta text DEFAULT NULL,
                                        pipe text DEFAULT NULL, envid text DEFAULT NULL,
                                        priority int DEFAULT 0,
                                        not_before timestamptz DEFAULT now())
 RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT mta.enqueue_bytes($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    SELECT mta.enqueue_counted($1, $2, $3, $4, $5, $6, $7, $8, $9)
 $$;
 
 -- Text content is stored as its UTF-8 bytes.
@@ -211,5 +268,5 @@ CREATE OR REPLACE FUNCTION mta.enqueue(mail_from text, rcpt_to text[], content t
                                        priority int DEFAULT 0,
                                        not_before timestamptz DEFAULT now())
 RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT mta.enqueue_bytes($1, $2, convert_to($3, 'UTF8'), $4, $5, $6, $7, $8, $9)
+    SELECT mta.enqueue_counted($1, $2, convert_to($3, 'UTF8'), $4, $5, $6, $7, $8, $9)
 $$;

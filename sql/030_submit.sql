@@ -16,8 +16,9 @@
 -- statements, then deletes the staged rows again. Suppressed recipients
 -- (sql/015_suppression.sql) are found with an anti-join in the same
 -- statement: they get a 'b' row instead, and a message none of whose rows
--- is left is not stored. There is no per-row
--- trigger: its call overhead would dominate the cost of COPY.
+-- is left is not stored. The same statement adds the recipients queued and
+-- suppressed to the SQL door's counter (mta.inject_count). There is no
+-- per-row trigger: its call overhead would dominate the cost of COPY.
 
 -- The transition table may be larger than work_mem and then lives in a temp
 -- file, so it is read as few times as possible: once for the checks and the
@@ -145,6 +146,11 @@ BEGIN
         RETURNING id, message_id, rcpt, domain, vmta, pipe, job_id
     ), staged AS (
         DELETE FROM mta.submit s USING src WHERE s.id = src.id
+    ), counted AS (
+        -- the SQL door's count (migrations/0014_inject_count.sql): one
+        -- row of its own per statement, no shared row locked
+        INSERT INTO mta.inject_count (door, recipients, suppressed)
+            SELECT 'sql', (SELECT count(*) FROM rc), (SELECT count(*) FROM hit)
     )
     INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid, queue,
                           pipe, message_id, rcpt_id, dlv_size)

@@ -9,8 +9,8 @@
 --                injection), pause/resume (HTTP API), housekeeping, the
 --                views, and the queue's backoff columns.
 --   mta_admin    everything in schema mta.
---   mta_monitor  SELECT on the views, mta.acct and mta.suppression, and
---                mta.suppressed(), nothing else.
+--   mta_monitor  SELECT on the views, mta.acct, mta.suppression and
+--                mta.inject_count, and mta.suppressed(), nothing else.
 --
 -- All API functions are SECURITY DEFINER with a fixed search_path, so the
 -- roles need no rights on the tables behind them.
@@ -83,6 +83,7 @@ GRANT EXECUTE ON FUNCTION mta.enqueue(text, text[], text, text, text, text, text
                           mta.purge_messages(int),
                           mta.purge_queues(),
                           mta.acct_ensure_partitions(int),
+                          mta.inject_count_compact(),
                           mta.inject_batch(text, bytea[], text[], int[], text, text, text, text)
     TO mta_node;
 GRANT INSERT ON mta.submit TO mta_node;
@@ -102,6 +103,9 @@ GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO
 GRANT EXECUTE ON FUNCTION mta.unsubscribe(text, text, text, text) TO mta_node;
 -- the node's HTTP API (status, dashboard, metrics) reads the accounting
 GRANT SELECT ON mta.acct TO mta_node;
+-- and the SQL door's counter (GET /metrics; written only by the SECURITY
+-- DEFINER enqueue functions, so mta_inject needs no right on it)
+GRANT SELECT ON mta.inject_count TO mta_node;
 
 -- mta_admin
 GRANT ALL ON ALL TABLES IN SCHEMA mta TO mta_admin;
@@ -118,3 +122,5 @@ GRANT EXECUTE ON FUNCTION mta.suppressed(text, text) TO mta_monitor;
 GRANT SELECT ON mta.acct TO mta_monitor;
 -- the shared MTA-STS policy cache (sql/018_mta_sts.sql)
 GRANT SELECT ON mta.mta_sts TO mta_monitor;
+-- the SQL door's counter (migrations/0014_inject_count.sql)
+GRANT SELECT ON mta.inject_count TO mta_monitor;

@@ -9,11 +9,16 @@ than the node counts one by one), delivered to a sink that answers 250, 550
 suppressed. Then the scrape is compared with mta.acct: exact counters per
 queue and category, histogram counts equal to the transactions and
 outcomes, the cap on label sets ("other"), and the text parsed by
-Prometheus's own parser plus a strict line check. Last, the bulk pipe
+Prometheus's own parser plus a strict line check. The SQL door's
+cluster-wide counters (mta.inject_count) count exactly what mta.enqueue,
+COPY and INSERT into mta.submit queued and suppressed, nothing of the SMTP
+and HTTP doors, and nothing of a rolled-back enqueue or COPY. Last, the bulk pipe
 process is killed with SIGKILL: its restart neither loses nor doubles what
 it had counted. The Grafana dashboard (admin/grafana/pgmta.json) may name
 only metrics this exposition has."""
+import csv
 import http.client
+import io
 import json
 import os
 import re
@@ -122,6 +127,7 @@ class MetricsTest(unittest.TestCase):
                  timeout=30, what="the first outcomes of m1..m4")
         cls.pg.query("SELECT mta.enqueue('s@sender.test', %s, %s)",
                      (["c@" + d for d in CAP_DOMAINS], CONTENT))
+        cls.inject_sql()
         wait_queue_empty(cls.pg, timeout=90, node=cls.node)
         # the node counts a finish when its answer arrives, a moment after
         # the commit that emptied the queue
@@ -142,6 +148,44 @@ class MetricsTest(unittest.TestCase):
         cls.dns.stop()
         cls.pg.stop()
         assert rc == 0, rc
+
+    @classmethod
+    def inject_sql(cls):
+        """More of the SQL door, as an injector (mta_inject) would: with
+        mta.enqueue 4 recipients queued and 3 suppressed, by COPY 3 and 2,
+        by INSERT 1; then an enqueue and a COPY rolled back. Recipients
+        e<N>@ to the cap domains (queued) or blocked.test (suppressed)."""
+        c = cls.pg.connect(cls.pg.role_dsn("mta_inject"), autocommit=False)
+        cap = ["e%d@%s" % (i, d) for i, d in enumerate(CAP_DOMAINS[:10])]
+        enqueue = "SELECT mta.enqueue('s@sender.test', %s, %s)"
+
+        def copy(cur, rcpts):
+            buf = io.StringIO()
+            csv.writer(buf).writerows(("s@sender.test", r, CONTENT) for r in rcpts)
+            buf.seek(0)
+            cur.copy_expert("COPY mta.submit (mail_from, rcpt_to, content) FROM STDIN"
+                            " WITH (FORMAT csv)", buf)
+        with c.cursor() as cur:
+            # two calls in one transaction: the second suppresses none
+            cur.execute(enqueue, ([cap[0], "e1@blocked.test", "e2@blocked.test"], CONTENT))
+            cur.execute(enqueue, ([cap[3], cap[4]], CONTENT))
+            c.commit()
+            cur.execute(enqueue, (["e5@blocked.test"], CONTENT))
+            assert cur.fetchone()[0] is None  # every recipient suppressed
+            cur.execute("SELECT mta.enqueue('s@sender.test', %s, %s::bytea)",
+                        ([cap[6]], CONTENT.encode()))
+            c.commit()
+            copy(cur, [cap[7], "e7@blocked.test", cap[8], "e8@blocked.test", cap[9]])
+            c.commit()
+            cur.execute("INSERT INTO mta.submit (mail_from, rcpt_to, content)"
+                        " VALUES ('s@sender.test', %s, %s)", (cap[5], CONTENT))
+            c.commit()
+            cur.execute(enqueue, (["rb1@" + CAP_DOMAINS[0], "rb2@blocked.test"], CONTENT))
+            copy(cur, ["rb3@" + CAP_DOMAINS[1], "rb4@blocked.test"])
+            c.rollback()
+        c.close()
+        cls.sql_queued = len(CAP_DOMAINS) + 4 + 3 + 1
+        cls.sql_suppressed = 3 + 2
 
     @classmethod
     def post(cls, path, body, token):
@@ -242,9 +286,35 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(self.value("pgmta_injected_recipients_total", door="http"),
                          len(self.http_req1) + len(self.http_req2))
         self.assertEqual(self.value("pgmta_suppressed_recipients_total", door="http"), 2)
-        # the same suppressed recipients as mta.acct (SQL injected none)
+        # the same suppressed recipients as mta.acct, with the SQL door's
         self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct"
-                                        " WHERE bounce_cat = 'suppressed'"), 3)
+                                        " WHERE bounce_cat = 'suppressed'"),
+                         3 + self.sql_suppressed)
+
+    def test_sql_door(self):
+        """Cluster-wide counters of what the SQL door queued: exact, the SMTP
+        and HTTP doors not in them, rolled-back statements neither."""
+        types = strict_parse(self.text)[0]
+        for fam in ("pgmta_sql_injected_recipients_total",
+                    "pgmta_sql_suppressed_recipients_total"):
+            self.assertEqual(types[fam], "counter")
+        self.assertEqual(self.value("pgmta_sql_injected_recipients_total"), self.sql_queued)
+        self.assertEqual(self.value("pgmta_sql_suppressed_recipients_total"),
+                         self.sql_suppressed)
+        # what mta.acct holds of those recipients (c@ and e<N>@ are SQL's)
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'r'"
+                                        " AND rcpt ~ '^(c|e[0-9]+)@'"), self.sql_queued)
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct WHERE bounce_cat ="
+                                        " 'suppressed' AND rcpt ~ '^e[0-9]+@'"),
+                         self.sql_suppressed)
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct WHERE rcpt ~ '^rb'"), 0)
+        # the rows add up to the scraped values, and still do once folded
+        total = ("SELECT sum(recipients), sum(suppressed) FROM mta.inject_count"
+                 " WHERE door = 'sql'")
+        self.assertEqual(self.pg.query(total), [(self.sql_queued, self.sql_suppressed)])
+        self.pg.query("SELECT mta.inject_count_compact()")
+        self.assertEqual(self.pg.query(total), [(self.sql_queued, self.sql_suppressed)])
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.inject_count"), 1)
 
     # ---- histograms ----
 

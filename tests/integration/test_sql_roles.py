@@ -63,6 +63,58 @@ class RolesTest(unittest.TestCase):
         self.denied(self.inject, "INSERT INTO mta.submit (mail_from, rcpt_to, content)"
                     " VALUES ('', 'r@x.example', 'x') RETURNING id")
 
+    def test_inject_counts_only_through_the_functions(self):
+        """mta_inject adds to the SQL door's counter by enqueuing, and has no
+        right on the table itself; mta_monitor and mta_node read it."""
+        total = "SELECT coalesce(sum(recipients), 0) FROM mta.inject_count"
+        before = self.pg.scalar(total)
+        self.run_as(self.inject, "SELECT mta.enqueue('s@roles.example',"
+                    " ARRAY['c1@count-role.example', 'c2@count-role.example'], 'x')")
+        self.assertEqual(self.pg.scalar(total), before + 2)
+        self.denied(self.inject, "SELECT * FROM mta.inject_count")
+        self.denied(self.inject, "UPDATE mta.inject_count SET recipients = 0")
+        self.denied(self.inject, "INSERT INTO mta.inject_count VALUES ('sql', 1, 0)")
+        self.denied(self.inject, "SELECT mta.enqueue_counted('', ARRAY['a@x.example'], 'x',"
+                    " NULL, NULL, NULL, NULL, 0, now())")
+        for conn in (self.monitor, self.node):
+            self.assertEqual(self.run_as(conn, total)[0][0], before + 2)
+            self.denied(conn, "UPDATE mta.inject_count SET recipients = 0")
+            self.denied(conn, "DELETE FROM mta.inject_count")
+        self.denied(self.inject, "SELECT mta.inject_count_compact()")
+        self.denied(self.monitor, "SELECT mta.inject_count_compact()")
+
+    def test_inject_count_never_waits(self):
+        """Two injecting sessions with open transactions count without
+        waiting for each other (no shared row is locked), and a fold by a node
+        keeps the total, leaves an open transaction's row alone, and counts it
+        once it commits."""
+        total = "SELECT coalesce(sum(recipients), 0) FROM mta.inject_count"
+        before = self.pg.scalar(total)
+        a = self.pg.connect(self.pg.role_dsn("mta_inject"), autocommit=False)
+        b = self.pg.connect(self.pg.role_dsn("mta_inject"), autocommit=False)
+        enqueue = "SELECT mta.enqueue('s@roles.example', %s, 'x')"
+        try:
+            with a.cursor() as ca, b.cursor() as cb:
+                ca.execute(enqueue, (["w1@wait-a.example"],))
+                cb.execute("SET LOCAL lock_timeout = '2s'")
+                cb.execute(enqueue, (["w2@wait-b.example", "w3@wait-b.example"],))
+                cb.copy_expert("COPY mta.submit (mail_from, rcpt_to, content) FROM STDIN",
+                               io.StringIO("s@roles.example\tw4@wait-b.example\tx\n"))
+                ca.execute(enqueue, (["w5@wait-a.example"],))
+                b.commit()
+                self.assertEqual(self.pg.scalar(total), before + 3)
+                # a's transaction is still open: its rows are not folded
+                self.run_as(self.node, "SELECT mta.inject_count_compact()")
+                self.assertEqual(self.pg.scalar(total), before + 3)
+                a.commit()
+        finally:
+            a.close()
+            b.close()
+        self.assertEqual(self.pg.scalar(total), before + 5)
+        self.run_as(self.node, "SELECT mta.inject_count_compact()")
+        self.assertEqual(self.pg.scalar(total), before + 5)
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.inject_count"), 1)
+
     def test_monitor_reads_views_only(self):
         self.pg.query("SELECT mta.enqueue('s@roles.example', ARRAY['m@monitor.example'], 'x')")
         rows = self.run_as(self.monitor, "SELECT domain, queued FROM mta.queues"
