@@ -61,6 +61,25 @@ static const struct column columns[] = {
     {"tlsCipher", "tls_cipher"},
     /* per-recipient metadata (HTTP injection): JSON, a string in CSV */
     {"meta", "meta"},
+    /* Columns added since, after meta so that readers of the columns above
+     * by position keep working: the DSN ORCPT (migration 0011), the TLS-RPT
+     * outcome (0012), the fields of rb and f records (0010) and the
+     * message's Message-ID header (0013, PowerMTA's header_ field name). */
+    {"dsnOrcpt", "orcpt"},
+    {"tlsPolicy", "tls_policy"},
+    {"tlsFailure", "tls_failure"},
+    {"tlsPolicyDomain", "tls_policy_domain"},
+    {"reportingMta", "reporting_mta"},
+    {"feedbackType", "feedback_type"},
+    {"userAgent", "user_agent"},
+    {"arfVersion", "arf_version"},
+    {"arfOriginalMailFrom", "arf_original_mail_from"},
+    {"arfOriginalRcptTo", "arf_original_rcpt_to"},
+    {"arfArrivalDate", "arf_arrival_date"},
+    {"arfSourceIp", "arf_source_ip"},
+    {"arfReportedDomain", "arf_reported_domain"},
+    {"arfMessageId", "arf_message_id"},
+    {"header_Message-Id", "header_message_id"},
 };
 #define NCOLUMNS (sizeof columns / sizeof columns[0])
 

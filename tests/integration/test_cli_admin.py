@@ -11,7 +11,10 @@ from pgmta_test import PgServer, PGMTA, main
 
 CSV_HEADER = ("type,timeLogged,timeQueued,orig,rcpt,dsnAction,dsnStatus,dsnDiag,dsnMta,"
               "bounceCat,srcType,srcMta,dlvSourceIp,dlvDestinationIp,dlvSize,vmta,jobId,"
-              "envId,queue,pipe,node,messageId,attempt,tlsProtocol,tlsCipher,meta")
+              "envId,queue,pipe,node,messageId,attempt,tlsProtocol,tlsCipher,meta,dsnOrcpt,"
+              "tlsPolicy,tlsFailure,tlsPolicyDomain,reportingMta,feedbackType,userAgent,"
+              "arfVersion,arfOriginalMailFrom,arfOriginalRcptTo,arfArrivalDate,arfSourceIp,"
+              "arfReportedDomain,arfMessageId,header_Message-Id")
 
 CONTENT = "From: s@example.org\r\nSubject: test\r\n\r\nbody\r\n"
 # a job id holds no control characters (mta.check_job_id): quotes, a comma
@@ -217,6 +220,34 @@ class AdminTest(unittest.TestCase):
         self.assertEqual([x["rcpt"] for x in json.loads(r.stdout)], ["c@beta.test"])
         r = self.export("--since", "30m", "--format", "json", "--type", "d")
         self.assertEqual(json.loads(r.stdout), [])
+
+    def test_acct_export_report_and_tls_columns(self):
+        """The columns added after meta: a feedback report's fields, a TLS-RPT
+        outcome, ORCPT and the Message-ID header, in CSV and JSON."""
+        self.pg.query("INSERT INTO mta.acct (type, time_logged, rcpt, orig, queue, pipe,"
+                      " feedback_type, user_agent, arf_source_ip, reporting_mta)"
+                      " VALUES ('f', now(), 'fb@fbl.test', 's@example.org', 'fbl.test', 'bulk',"
+                      " 'abuse', 'FBL/1.0', '192.0.2.7', 'fbl.example')")
+        self.pg.query("INSERT INTO mta.acct (type, time_logged, rcpt, orig, queue, pipe,"
+                      " tls_policy, tls_failure, tls_policy_domain, orcpt, header_message_id)"
+                      " VALUES ('t', now(), 'tls@sts.test', 's@example.org', 'sts.test', 'bulk',"
+                      " 'sts', 'certificate-expired', 'sts.test', 'rfc822;o@sts.test',"
+                      " '<m1@example.org>')")
+        rows = {x["rcpt"]: x for x in csv.DictReader(io.StringIO(
+            self.export("--since", "1h", "--type", "f,t").stdout))}
+        self.assertEqual(set(rows), {"fb@fbl.test", "tls@sts.test"})
+        f = rows["fb@fbl.test"]
+        self.assertEqual((f["type"], f["feedbackType"], f["userAgent"], f["arfSourceIp"],
+                          f["reportingMta"], f["tlsPolicy"]),
+                         ("f", "abuse", "FBL/1.0", "192.0.2.7", "fbl.example", ""))
+        t = rows["tls@sts.test"]
+        self.assertEqual((t["tlsPolicy"], t["tlsFailure"], t["tlsPolicyDomain"], t["dsnOrcpt"],
+                          t["header_Message-Id"]),
+                         ("sts", "certificate-expired", "sts.test", "rfc822;o@sts.test",
+                          "<m1@example.org>"))
+        j = json.loads(self.export("--since", "1h", "--type", "t", "--format", "json").stdout)
+        self.assertEqual([(x["tlsFailure"], x["feedbackType"]) for x in j],
+                         [("certificate-expired", None)])
 
     def test_acct_export_time_window(self):
         self.pg.query("INSERT INTO mta.acct (type, time_logged, rcpt, orig, queue, pipe) "
