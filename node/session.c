@@ -242,7 +242,8 @@ session_fail_all(struct session *s, bool permanent, int code, const char *status
 
 /* Makes the pattern effects of a batch known: backoff in the database (all
  * nodes see it, and it ends by itself backoff-to-normal-after after the last
- * matching reply), defer-queue as a hold of this queue on this process. */
+ * matching reply), defer-queue in the database too (no node claims from the
+ * queue for retry-after, the first entry of a list) and as a hold here. */
 static void
 session_after_patterns(struct session *s)
 {
@@ -260,6 +261,10 @@ session_after_patterns(struct session *s)
     }
     if (s->pattern_effects & POLICY_EFFECT_DEFER_QUEUE) {
         session_postpone(s, (long long)s->dom->retry_after_ms);
+        struct db *db = session_env_db(s->e);
+        if (db)
+            queue_defer(db, s->q->domain, s->q->vmta, (long long)s->dom->retry_after_ms,
+                        s->pattern_reply);
         s->no_reuse = true;
         log_info("session=%llu queue=%s event=defer-queue for_s=%llu", (unsigned long long)s->id,
                  s->q->name, (unsigned long long)(s->dom->retry_after_ms / 1000));
