@@ -49,17 +49,17 @@ class Retry(unittest.TestCase):
                          ("s@example.com", "rcpt-1@rl.test", "Subject: 2\r\n\r\nx\r\n", None)])
         node = Pgmtad(pg, self.dns, name="node-rl", extra="smtp-port = %d;" % port,
                       env={"PGMTA_LOG_LEVEL": "warn"}, domains=[
-                          '{ name = "rl.test"; retry-after = "1s, 3s, 6s"; '
+                          '{ name = "rl.test"; retry-after = "1s, 2s, 5s"; '
                           'retry-recipients-after = "2s, 1s"; max-retry-after = "1s"; }'])
         try:
-            # data-1: 1, 3, 6, 6 (the last repeats; max-retry-after does not cap a list)
+            # data-1: 1, 2, 5, 5 (the last repeats; max-retry-after does not cap a list)
             wait_for(lambda: len(attempt_times(pg, "data-1@rl.test")) >= 5, timeout=30,
                      what="five attempts")
             rcpt = attempt_times(pg, "rcpt-1@rl.test")
         finally:
             node.stop()
             sink.stop()
-        self.check_gaps(attempt_times(pg, "data-1@rl.test")[:5], [1, 3, 6, 6])
+        self.check_gaps(attempt_times(pg, "data-1@rl.test")[:5], [1, 2, 5, 5])
         # rcpt-1, refused at RCPT: its own list 2, 1, 1, ...
         self.assertGreaterEqual(len(rcpt), 6, rcpt)
         self.check_gaps(rcpt[:6], [2, 1, 1, 1, 1])
@@ -68,8 +68,8 @@ class Retry(unittest.TestCase):
                         "FROM mta.acct WHERE rcpt = 'data-1@rl.test'))::float8 "
                         "FROM mta.recipients WHERE rcpt = 'data-1@rl.test'")
         if nxt is not None and nxt > 0:
-            self.assertGreaterEqual(nxt, 6 * (1 - JITTER) - 0.1)
-            self.assertLessEqual(nxt, 6 * (1 + JITTER) + 0.1)
+            self.assertGreaterEqual(nxt, 5 * (1 - JITTER) - 0.1)
+            self.assertLessEqual(nxt, 5 * (1 + JITTER) + 0.1)
         pg.query("DELETE FROM mta.recipients WHERE domain = 'rl.test'")
 
     def test_defer_queue_stops_every_node_within_a_second(self):
@@ -89,12 +89,15 @@ class Retry(unittest.TestCase):
                     return "451 4.7.0 too much mail, try again tomorrow"
             return "250 ok"
 
-        sink = mx_sink(self.dns, ["dq.test", "dq-other.test"], "127.0.0.62", port,
+        sink = mx_sink(self.dns, "dq.test", "127.0.0.62", port,
                        behaviour=behaviour)
         copy_submit(pg, [("s@example.com", "u%d@%s" % (n, d), "Subject: %d\r\n\r\nx\r\n" % n,
-                          None) for n in range(400) for d in ("dq.test",)])
+                          None) for n in range(250) for d in ("dq.test",)])
+        # A rate limit makes every connection claim small batches again and
+        # again: the connections of B and C stay open across the defer, so
+        # only the claim's check can stop them.
         domains = ['{ name = "dq.test"; retry-after = "3s"; max-smtp-out = 6; '
-                   'max-msg-per-connection = 10; '
+                   'max-msg-per-connection = 1000; max-msg-rate = "60/s"; '
                    'smtp-pattern-list = ( { pattern = "try again tomorrow"; '
                    'action = "defer-queue"; } ); }']
         nodes = [Pgmtad(pg, self.dns, name="node-dq-%s" % n, extra="smtp-port = %d;" % port,
@@ -129,9 +132,9 @@ class Retry(unittest.TestCase):
             for n in nodes:
                 n.stop()
             sink.stop()
-        # every node had delivered before: the stop was cluster-wide, not one node's
-        self.assertEqual(pg.scalar("SELECT count(DISTINCT node) FROM mta.acct "
-                                   "WHERE type = 'd' AND rcpt LIKE '%%@dq.test'"), 3)
+        # more than one node was sending: the stop was cluster-wide, not one node's
+        self.assertGreaterEqual(pg.scalar("SELECT count(DISTINCT node) FROM mta.acct "
+                                          "WHERE type = 'd' AND rcpt LIKE '%%@dq.test'"), 2)
 
     def test_config_errors(self):
         d = tmpdir("pgmta-retry-conf-")
