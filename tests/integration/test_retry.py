@@ -1,8 +1,9 @@
 """Retry schedules and the cluster-wide actions of smtp-pattern-list, on one
 PostgreSQL: retry-after as a list (entry n after attempt n, the last
 repeating), retry-recipients-after for a 4xx at RCPT, defer-queue from one
-node stopping the queue on all three nodes within a second, and the
-configuration errors of a bad list."""
+node stopping the queue on all three nodes within a second,
+disable-source-ip moving a pool's traffic to its other member until
+reenable-after, and the configuration errors of a bad list."""
 import os
 import subprocess
 import threading
@@ -10,6 +11,7 @@ import time
 import unittest
 
 from dnsserver import DnsServer
+from sink import Delay
 from pgmta_test import PGMTAD, PgServer, Pgmtad, copy_submit, free_port, main, mx_sink, tmpdir, \
     wait_for, wait_queue_empty
 
@@ -135,6 +137,59 @@ class Retry(unittest.TestCase):
         # more than one node was sending: the stop was cluster-wide, not one node's
         self.assertGreaterEqual(pg.scalar("SELECT count(DISTINCT node) FROM mta.acct "
                                           "WHERE type = 'd' AND rcpt LIKE '%%@dq.test'"), 2)
+
+    def test_disable_source_ip_moves_the_pool_to_its_other_member(self):
+        pg = self.pg
+        port = free_port("127.0.0.63")
+        lock = threading.Lock()
+        state = {"blocked": None}
+
+        def behaviour(sess, event, subject):
+            # the receiver refuses one source address only
+            if event == "dot" and sess.peer[0] == "127.0.0.2":
+                with lock:
+                    if state["blocked"] is None:
+                        state["blocked"] = time.time()
+                return "451 4.7.1 blocked ip 127.0.0.2, try another"
+            return None
+
+        sink = mx_sink(self.dns, "dis.test", "127.0.0.63", port, behaviour=behaviour,
+                       rules={"dot:*": Delay(0.05, "250 ok")})
+        copy_submit(pg, [("s@example.com", "p%d@dis.test" % n, "Subject: %d\r\n\r\nx\r\n" % n,
+                          "pool-dis") for n in range(150)],
+                    columns=("mail_from", "rcpt_to", "content", "vmta"))
+        extra = ('smtp-port = %d; virtual-mtas = ( { name = "dis2"; smtp-source-host = "127.0.0.2"; }, '
+                 '{ name = "dis3"; smtp-source-host = "127.0.0.3"; } ); '
+                 'virtual-mta-pools = ( { name = "pool-dis"; virtual-mtas = [ "dis2", "dis3" ]; } );'
+                 % port)
+        domains = ['{ name = "dis.test"; max-smtp-out = 2; max-msg-per-connection = 2; '
+                   'reenable-after = "4s"; smtp-pattern-list = ( { pattern = "blocked ip"; '
+                   'action = "disable-source-ip"; } ); }']
+        nodes = [Pgmtad(pg, self.dns, name="node-dis-%s" % n, extra=extra, domains=domains,
+                        env={"PGMTA_LOG_LEVEL": "warn"}) for n in "ab"]
+        try:
+            wait_for(lambda: state["blocked"], timeout=20, what="the blocked reply")
+            t = state["blocked"]
+            row = wait_for(lambda: pg.query(
+                "SELECT extract(epoch FROM until)::float8, reason FROM mta.source_ip_disabled "
+                "WHERE domain = 'dis.test' AND source_ip = '127.0.0.2' AND until > now()"),
+                timeout=2, what="the disabled source IP in SQL")
+            self.assertGreater(row[0][0], t + 3.0)
+            self.assertLess(row[0][0], t + 5.0)
+            self.assertIn("blocked ip", row[0][1])
+            time.sleep(max(0.0, t + 3.8 - time.time()))
+            during = [s.peer[0] for s in sink.sessions() if t + 1.0 < s.connect_time < t + 3.8]
+            self.assertGreater(len(during), 0, "no traffic while the address was disabled")
+            self.assertEqual(set(during), {"127.0.0.3"}, during)
+            # reenabled after reenable-after: 127.0.0.2 is used again
+            wait_for(lambda: [s for s in sink.sessions()
+                              if s.peer[0] == "127.0.0.2" and s.connect_time > t + 4.0],
+                     timeout=10, what="127.0.0.2 used again after reenable-after")
+        finally:
+            for n in nodes:
+                n.stop()
+            sink.stop()
+        pg.query("DELETE FROM mta.recipients WHERE domain = 'dis.test'")
 
     def test_config_errors(self):
         d = tmpdir("pgmta-retry-conf-")
