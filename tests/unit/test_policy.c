@@ -157,6 +157,12 @@ test_pattern_actions(void **state)
     assert_int_equal(policy_apply_patterns(d, SMTP_TRANSIENT, "421 4.7.0 Try again tomorrow", &fx),
                      SMTP_TRANSIENT);
     assert_int_equal(fx, POLICY_EFFECT_BACKOFF | POLICY_EFFECT_DEFER_QUEUE);
+    /* disable-source-ip: transient, the session's source IP is disabled */
+    fx = 0;
+    assert_int_equal(
+        policy_apply_patterns(d, SMTP_PERMANENT, "554 5.7.1 Blocked IP 192.0.2.1", &fx),
+        SMTP_TRANSIENT);
+    assert_int_equal(fx, POLICY_EFFECT_DISABLE_SOURCE_IP);
     /* no match, no reply, or delivered: unchanged, no effect */
     fx = 0;
     assert_int_equal(policy_apply_patterns(d, SMTP_PERMANENT, "550 5.1.1 user unknown", &fx),
