@@ -253,6 +253,33 @@ get_duration(struct loader *ld, const config_setting_t *s, const struct field *f
     return 0;
 }
 
+/* A retry schedule: one duration (a number of seconds or a string) or a
+ * string list of them. */
+static int
+get_delays(struct loader *ld, const config_setting_t *s, const struct field *f, const char *name,
+           struct conf_delays *out)
+{
+    if (config_setting_type(s) != CONFIG_TYPE_STRING ||
+        !strchr(config_setting_get_string(s), ',')) {
+        struct conf_delays one = {.n = 1};
+        if (get_duration(ld, s, f, name, &one.ms[0]) != 0)
+            return -1;
+        *out = one;
+        return 0;
+    }
+    const char *str = config_setting_get_string(s);
+    struct conf_delays d;
+    char why[96];
+    if (conf_parse_delays(str, &d, why, sizeof why) != 0)
+        return fail_at(ld, s, "%s: %s (expected durations such as \"5m, 10m, 1h\", at most %d)",
+                       name, why, CONF_MAX_DELAYS);
+    for (uint32_t i = 0; i < d.n; i++)
+        if (d.ms[i] == 0 && (f->flags & FL_NONZERO))
+            return fail_at(ld, s, "%s: entry %u must be longer than 0", name, i + 1);
+    *out = d;
+    return 0;
+}
+
 static int
 get_rate(struct loader *ld, const config_setting_t *s, const char *name, struct conf_rate *out)
 {
@@ -381,6 +408,8 @@ apply_field(struct loader *ld, const config_setting_t *s, const struct field *f,
         return get_uint(ld, s, f, name, p);
     case F_DURATION:
         return get_duration(ld, s, f, name, p);
+    case F_DELAYS:
+        return get_delays(ld, s, f, name, p);
     case F_RATE:
         return get_rate(ld, s, name, p);
     case F_BOOL:
@@ -677,6 +706,7 @@ domain_defaults(struct conf_domain *d)
     d->backoff_max_msg_rate = (struct conf_rate){60, 3600000};
     d->backoff_retry_after_ms = 20 * 60000;
     d->backoff_to_normal_after_ms = 3600000;
+    d->reenable_after_ms = 3600000;
     d->patterns = xcalloc(1, sizeof *d->patterns);
 }
 

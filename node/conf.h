@@ -26,12 +26,23 @@ struct conf_rate {
 enum conf_pattern_action {
     CONF_PATTERN_BACKOFF,
     CONF_PATTERN_BOUNCE_RCPT,
-    CONF_PATTERN_DEFER_QUEUE
+    CONF_PATTERN_DEFER_QUEUE,
+    CONF_PATTERN_DISABLE_SOURCE_IP
 };
 struct conf_pattern {
     char *regex; /* POSIX extended, case-insensitive, matched on the reply text */
     enum conf_pattern_action action;
     regex_t re; /* regex compiled with REG_EXTENDED | REG_ICASE | REG_NOSUB */
+};
+
+/* A retry schedule: retry-after = "5m, 10m, 1h" (PowerMTA allows 30
+ * entries). ms[0] is the first (or only) delay; n is the number of entries
+ * given, 0 when the directive was never set (defaults and unset
+ * retry-recipients-after). */
+#define CONF_MAX_DELAYS 30
+struct conf_delays {
+    uint64_t ms[CONF_MAX_DELAYS];
+    uint32_t n;
 };
 
 /* Settings of one domain entry, already merged with "*" (every field set). */
@@ -43,7 +54,10 @@ struct conf_domain {
     struct conf_rate max_connect_rate;
     uint32_t max_msg_per_connection;
     uint32_t max_rcpt_per_message;
-    uint64_t retry_after_ms;     /* first retry delay; doubles per attempt */
+    union {
+        uint64_t retry_after_ms; /* first retry delay (= retry_after.ms[0]) */
+        struct conf_delays retry_after;
+    };
     uint64_t max_retry_after_ms; /* cap of the backoff */
     uint64_t bounce_after_ms;
     uint64_t notify_of_delay_every_ms; /* NOTIFY=DELAY: a delay DSN this often */
@@ -55,12 +69,18 @@ struct conf_domain {
     uint64_t command_timeout_ms; /* greeting, EHLO, MAIL, RCPT, RSET, QUIT */
     uint64_t data_timeout_ms;    /* final "." reply */
     struct conf_rate backoff_max_msg_rate;
-    uint64_t backoff_retry_after_ms;
+    union {
+        uint64_t backoff_retry_after_ms; /* = backoff_retry_after.ms[0] */
+        struct conf_delays backoff_retry_after;
+    };
     uint64_t backoff_to_normal_after_ms;
     struct conf_pattern *patterns;
     size_t npatterns;
     char *mx_rollup; /* rollup name or NULL */
-    int line;        /* where the entry was defined, 0 for built-in defaults */
+    /* retry schedules (see README, Scheduling) */
+    struct conf_delays retry_recipients_after; /* 4xx at RCPT; n = 0: retry-after */
+    uint64_t reenable_after_ms;                /* disable-source-ip lasts this long */
+    int line; /* where the entry was defined, 0 for built-in defaults */
     char *file;
 };
 
@@ -257,5 +277,10 @@ int conf_parse_rate(const char *s, struct conf_rate *out);
 /* Formats back into the shortest canonical form ("4d12h", "600/h"). */
 void conf_format_duration(uint64_t ms, char *out, size_t outlen);
 void conf_format_rate(const struct conf_rate *r, char *out, size_t outlen);
+/* Retry schedules: "5m, 10m, 30m" (1 to CONF_MAX_DELAYS durations separated
+ * by commas). On error *WHY says which entry. Formatting writes the list
+ * back ("5m, 10m, 30m"); an unset schedule (n = 0) prints ms[0]. */
+int conf_parse_delays(const char *s, struct conf_delays *out, char *why, size_t whylen);
+void conf_format_delays(const struct conf_delays *d, char *out, size_t outlen);
 
 #endif

@@ -143,7 +143,7 @@ static void
 dump_field(FILE *out, const struct field *f, const void *base, int depth)
 {
     const void *p = CONF_FIELD_PTR((void *)(uintptr_t)base, f->off);
-    char buf[64];
+    char buf[CONF_MAX_DELAYS * 16];
     switch (f->type) {
     case F_STRING:
     case F_LOG_LEVEL:
@@ -154,6 +154,10 @@ dump_field(FILE *out, const struct field *f, const void *base, int depth)
     case F_DOMAIN:
         if (!*(char *const *)p)
             return;
+        break;
+    case F_DELAYS:
+        if (((const struct conf_delays *)p)->ms[0] == 0)
+            return; /* retry-recipients-after unset: retry-after applies */
         break;
     default:
         break;
@@ -172,6 +176,10 @@ dump_field(FILE *out, const struct field *f, const void *base, int depth)
         break;
     case F_DURATION:
         conf_format_duration(*(const uint64_t *)p, buf, sizeof buf);
+        put_string(out, buf);
+        break;
+    case F_DELAYS:
+        conf_format_delays(p, buf, sizeof buf);
         put_string(out, buf);
         break;
     case F_RATE:

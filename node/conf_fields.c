@@ -53,7 +53,7 @@ const struct field conf_domain_fields[] = {
      .off = D_OFF(max_rcpt_per_message),
      .min = 1,
      .max = 100000},
-    {.name = "retry-after", .type = F_DURATION, .off = D_OFF(retry_after_ms), .flags = FL_NONZERO},
+    {.name = "retry-after", .type = F_DELAYS, .off = D_OFF(retry_after), .flags = FL_NONZERO},
     {.name = "max-retry-after",
      .type = F_DURATION,
      .off = D_OFF(max_retry_after_ms),
@@ -81,8 +81,8 @@ const struct field conf_domain_fields[] = {
      .flags = FL_NONZERO},
     {.name = "backoff-max-msg-rate", .type = F_RATE, .off = D_OFF(backoff_max_msg_rate)},
     {.name = "backoff-retry-after",
-     .type = F_DURATION,
-     .off = D_OFF(backoff_retry_after_ms),
+     .type = F_DELAYS,
+     .off = D_OFF(backoff_retry_after),
      .flags = FL_NONZERO},
     {.name = "backoff-to-normal-after",
      .type = F_DURATION,
@@ -92,6 +92,15 @@ const struct field conf_domain_fields[] = {
      .type = F_PATTERNS,
      .off = D_OFF(patterns),
      .count_off = D_OFF(npatterns)},
+    /* retry schedules */
+    {.name = "retry-recipients-after",
+     .type = F_DELAYS,
+     .off = D_OFF(retry_recipients_after),
+     .flags = FL_NONZERO},
+    {.name = "reenable-after",
+     .type = F_DURATION,
+     .off = D_OFF(reenable_after_ms),
+     .flags = FL_NONZERO},
     {0},
 };
 
@@ -470,6 +479,7 @@ const char *const conf_pattern_actions[] = {
     [CONF_PATTERN_BACKOFF] = "backoff",
     [CONF_PATTERN_BOUNCE_RCPT] = "bounce-rcpt",
     [CONF_PATTERN_DEFER_QUEUE] = "defer-queue",
+    [CONF_PATTERN_DISABLE_SOURCE_IP] = "disable-source-ip",
 };
 
 void
@@ -579,6 +589,9 @@ conf_field_copy(const struct field *f, void *dst, const void *src)
         break;
     case F_DURATION:
         *(uint64_t *)d = *(const uint64_t *)s;
+        break;
+    case F_DELAYS:
+        *(struct conf_delays *)d = *(const struct conf_delays *)s;
         break;
     case F_RATE:
         *(struct conf_rate *)d = *(const struct conf_rate *)s;

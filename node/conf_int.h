@@ -15,6 +15,7 @@ enum ftype {
     F_UINT,           /* uint32_t, int or digit string, min..max */
     F_UINT_UNLIMITED, /* uint32_t, also "unlimited" = CONF_UNLIMITED */
     F_DURATION,       /* uint64_t milliseconds */
+    F_DELAYS,         /* struct conf_delays: one duration or a list "5m, 10m" */
     F_RATE,           /* struct conf_rate */
     F_BOOL,           /* bool */
     F_STRING,         /* char *, non-empty */
@@ -81,7 +82,7 @@ struct list_kind {
 extern const struct field conf_top_fields[];
 extern const struct field conf_domain_fields[];
 extern const struct field conf_pool_fields[];
-extern const char *const conf_pattern_actions[3];
+extern const char *const conf_pattern_actions[4];
 
 /* Index of NAME in TABLE or -1. */
 int conf_field_index(const struct field *table, const char *name);

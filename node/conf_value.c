@@ -168,3 +168,59 @@ conf_format_rate(const struct conf_rate *r, char *out, size_t outlen)
         conf_format_duration(r->period_ms, period, sizeof period);
     snprintf(out, outlen, "%u/%s", r->count, period);
 }
+
+int
+conf_parse_delays(const char *s, struct conf_delays *out, char *why, size_t whylen)
+{
+    struct conf_delays d = {.n = 0};
+    char entry[32];
+    const char *p = s;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (d.n == CONF_MAX_DELAYS) {
+            snprintf(why, whylen, "more than %d entries", CONF_MAX_DELAYS);
+            return -1;
+        }
+        if (len == 0 || len >= sizeof entry) {
+            snprintf(why, whylen, "bad entry %u \"%.*s\"", d.n + 1, (int)(len < 40 ? len : 40), p);
+            return -1;
+        }
+        memcpy(entry, p, len);
+        entry[len] = '\0';
+        if (conf_parse_duration(entry, &d.ms[d.n]) != 0) {
+            snprintf(why, whylen, "bad entry %u \"%s\"", d.n + 1, entry);
+            return -1;
+        }
+        d.n++;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    *out = d;
+    return 0;
+}
+
+void
+conf_format_delays(const struct conf_delays *d, char *out, size_t outlen)
+{
+    if (outlen == 0)
+        return;
+    out[0] = '\0';
+    size_t used = 0;
+    uint32_t n = d->n ? d->n : 1;
+    for (uint32_t i = 0; i < n && i < CONF_MAX_DELAYS; i++) {
+        char one[32];
+        conf_format_duration(d->ms[i], one, sizeof one);
+        int w = snprintf(out + used, outlen - used, "%s%s", i ? ", " : "", one);
+        if (w < 0 || (size_t)w >= outlen - used)
+            return;
+        used += (size_t)w;
+    }
+}

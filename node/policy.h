@@ -1,7 +1,7 @@
 /* policy: what happens to a recipient after a delivery attempt, as pure
  * functions of the domain's settings, the attempt and the clock values the
  * caller passes in (no I/O, no global state, no clock reads): the retry
- * schedule (exponential backoff with a cap and jitter), expiry after
+ * schedule (a list, or exponential backoff with a cap, and jitter), expiry after
  * bounce-after, and the actions of smtp-pattern-list. */
 #ifndef PGMTA_POLICY_H
 #define PGMTA_POLICY_H
@@ -16,10 +16,17 @@
  * [1 - POLICY_JITTER, 1 + POLICY_JITTER]. */
 #define POLICY_JITTER 0.2
 
-/* The delay before retry number ATTEMPT (1 = after the first attempt):
- * retry-after (backoff-retry-after in backoff mode) doubled per attempt, at
- * most max-retry-after; a base delay already above the cap stays as it is
- * (never doubled). No jitter. */
+/* The delay after attempt ATTEMPT (1 = the first attempt) on schedule SCH,
+ * no jitter. A list of two or more entries: entry ATTEMPT, the last one
+ * repeating, as written. A single value: that value doubled per attempt,
+ * at most MAX_MS (max-retry-after); a value already above MAX_MS stays as it
+ * is (never doubled). ATTEMPT below 1 counts as 1. */
+uint64_t policy_schedule_delay_ms(const struct conf_delays *sch, uint64_t max_ms, int attempt);
+/* The schedule that applies: backoff-retry-after in backoff mode, else
+ * retry-recipients-after for a 4xx at RCPT when set, else retry-after. */
+const struct conf_delays *policy_schedule(const struct conf_domain *d, bool backoff, bool at_rcpt);
+/* The delay before retry number ATTEMPT on retry-after (backoff-retry-after
+ * in backoff mode). */
 uint64_t policy_retry_delay_ms(const struct conf_domain *d, int attempt, bool backoff);
 
 /* Whether a recipient queued at QUEUED_AT_US (wall clock, microseconds) has
@@ -31,11 +38,15 @@ bool policy_expired(const struct conf_domain *d, long long queued_at_us, long lo
  * but never after the expiry time (queued_at + bounce-after). */
 long long policy_retry_at_us(const struct conf_domain *d, int attempt, bool backoff,
                              long long queued_at_us, long long now_us, double u);
+/* The same for a recipient refused at RCPT when AT_RCPT (see policy_schedule). */
+long long policy_retry_at_rcpt_us(const struct conf_domain *d, int attempt, bool backoff,
+                                  bool at_rcpt, long long queued_at_us, long long now_us, double u);
 
 /* Effects of smtp-pattern-list on the queue (bit mask). */
 enum {
-    POLICY_EFFECT_BACKOFF = 1u << 0,     /* switch the queue into backoff mode */
-    POLICY_EFFECT_DEFER_QUEUE = 1u << 1, /* stop sending to the queue for retry-after */
+    POLICY_EFFECT_BACKOFF = 1u << 0,           /* switch the queue into backoff mode */
+    POLICY_EFFECT_DEFER_QUEUE = 1u << 1,       /* stop sending to the queue for retry-after */
+    POLICY_EFFECT_DISABLE_SOURCE_IP = 1u << 2, /* this source IP, this domain: reenable-after */
 };
 
 /* The outcome for a recipient whose reply was REPLY with OUTCOME, after the

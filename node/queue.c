@@ -50,6 +50,7 @@ queue_prepare(struct db *db)
     db_prepare(db, "postpone", "SELECT mta.queue_postpone($1, $2, $3, $4::int)", 4);
     db_prepare(db, "enter_backoff", "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)",
                4);
+    db_prepare(db, "queue_defer", "SELECT mta.queue_defer($1, $2, $3::int, $4)", 4);
 }
 
 static void
@@ -136,6 +137,15 @@ queue_enter_backoff(struct db *db, const char *domain, const char *vmta, long lo
     const char *values[4] = {domain, vmta, until.data, reply};
     db_exec(db, "enter_backoff", 4, values, NULL, NULL, 0, ignore_result, NULL);
     buf_free(&until);
+}
+
+void
+queue_defer(struct db *db, const char *domain, const char *vmta, long long ms, const char *reason)
+{
+    char v[32];
+    snprintf(v, sizeof v, "%lld", ms > 86400000 ? 86400000LL : ms < 1 ? 1LL : ms);
+    const char *values[4] = {domain, vmta, v, reason};
+    db_exec(db, "queue_defer", 4, values, NULL, NULL, 0, ignore_result, NULL);
 }
 
 void

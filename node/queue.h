@@ -35,6 +35,11 @@ void queue_set_aside(struct db *db, long long id, long long token, const char *r
 void queue_enter_backoff(struct db *db, const char *domain, const char *vmta, long long until_us,
                          const char *reply);
 
+/* mta.queue_defer: no node claims from (domain, vmta) for MS milliseconds
+ * (defer-queue); fire and forget. */
+void queue_defer(struct db *db, const char *domain, const char *vmta, long long ms,
+                 const char *reason);
+
 /* mta.queue_postpone: no node is offered (domain, vmta) of PIPE for MS
  * milliseconds; fire and forget. */
 void queue_postpone(struct db *db, const char *pipe, const char *domain, const char *vmta,

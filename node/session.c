@@ -28,6 +28,7 @@
 #include "queue.h"
 #include "sched.h"
 #include "smtp_client.h"
+#include "srcip.h"
 #include "util.h"
 
 static const char *const state_names[] = {"slot",           "slot+claim",   "slot+tokens+claim",
@@ -224,6 +225,14 @@ session_postpone(struct session *s, long long ms)
         queue_postpone(db, s->e->pipe, s->q->domain, s->q->vmta, ms);
 }
 
+/* The source IP of virtual MTA NAME, or NULL. */
+static const char *
+vmta_source_ip(const struct conf *c, const char *name)
+{
+    const struct conf_vmta *v = name && name[0] ? conf_vmta_lookup(c, name) : NULL;
+    return v ? v->smtp_source_host : NULL;
+}
+
 /* ---- outcomes ---- */
 
 static double
@@ -242,7 +251,8 @@ session_fail_all(struct session *s, bool permanent, int code, const char *status
 
 /* Makes the pattern effects of a batch known: backoff in the database (all
  * nodes see it, and it ends by itself backoff-to-normal-after after the last
- * matching reply), defer-queue as a hold of this queue on this process. */
+ * matching reply), defer-queue in the database too (no node claims from the
+ * queue for retry-after, the first entry of a list) and as a hold here. */
 static void
 session_after_patterns(struct session *s)
 {
@@ -260,9 +270,25 @@ session_after_patterns(struct session *s)
     }
     if (s->pattern_effects & POLICY_EFFECT_DEFER_QUEUE) {
         session_postpone(s, (long long)s->dom->retry_after_ms);
+        struct db *db = session_env_db(s->e);
+        if (db)
+            queue_defer(db, s->q->domain, s->q->vmta, (long long)s->dom->retry_after_ms,
+                        s->pattern_reply);
         s->no_reuse = true;
         log_info("session=%llu queue=%s event=defer-queue for_s=%llu", (unsigned long long)s->id,
                  s->q->name, (unsigned long long)(s->dom->retry_after_ms / 1000));
+    }
+    if (s->pattern_effects & POLICY_EFFECT_DISABLE_SOURCE_IP) {
+        const char *ip = vmta_source_ip(s->e->conf, s->source_vmta);
+        if (ip && s->e->srcip) {
+            long long ms = (long long)s->dom->reenable_after_ms;
+            srcip_disable(s->e->srcip, session_env_db(s->e), s->q->domain, ip,
+                          wall_us() + ms * 1000LL, ms, s->pattern_reply);
+            s->no_reuse = true;
+        }
+        log_info("session=%llu queue=%s event=disable-source-ip source_ip=%s for_s=%llu",
+                 (unsigned long long)s->id, s->q->name, ip ? ip : "(none)",
+                 (unsigned long long)(s->dom->reenable_after_ms / 1000));
     }
     s->pattern_effects = 0;
     free(s->pattern_reply);
@@ -769,6 +795,24 @@ session_react(struct session *s, const struct session_event *ev)
 
 /* ---- the env's sessions ---- */
 
+/* The next member of POOL in turn whose source IP disable-source-ip has not
+ * taken out of use for the queue's domain; when every member is disabled,
+ * the next one in turn (the queue keeps moving; see README). */
+static const char *
+session_pool_member(struct session_env *e, struct admission_queue *q,
+                    const struct conf_vmta_pool *pool)
+{
+    long long now = wall_us();
+    for (size_t k = 0; k < pool->nmembers; k++) {
+        const char *m = pool->members[(q->pool_next + k) % pool->nmembers];
+        if (!srcip_disabled(e->srcip, q->domain, vmta_source_ip(e->conf, m), now)) {
+            q->pool_next += (unsigned)k + 1;
+            return m;
+        }
+    }
+    return pool->members[q->pool_next++ % pool->nmembers];
+}
+
 void
 session_start(struct session_env *e, struct admission_queue *q, const struct conf_domain *dom)
 {
@@ -783,8 +827,7 @@ session_start(struct session_env *e, struct admission_queue *q, const struct con
     /* A queue whose virtual MTA is a pool sends through its members in turn;
      * limits then apply per member (per source address). */
     const struct conf_vmta_pool *pool = q->vmta[0] ? conf_vmta_pool_lookup(e->conf, q->vmta) : NULL;
-    s->source_vmta =
-        pool && pool->nmembers ? pool->members[q->pool_next++ % pool->nmembers] : q->vmta;
+    s->source_vmta = pool && pool->nmembers ? session_pool_member(e, q, pool) : q->vmta;
     s->next = e->sessions;
     e->sessions = s;
     e->nsessions++;

@@ -76,6 +76,7 @@ struct session_env {
     size_t rr;
     struct session_finish *finish; /* finishes shared by sessions (session_finish.h) */
     struct session_claims *claims; /* claims shared by sessions (session_claims.h) */
+    struct srcip *srcip;           /* source IPs disabled per domain (srcip.h) */
     const char *pipe;
     const char *node_label;
     long long node_id;

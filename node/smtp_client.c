@@ -82,6 +82,7 @@ static const char *const event_names[] = {
 struct rcpt_state {
     bool done;
     bool accepted;
+    bool at_rcpt; /* refused by its RCPT reply */
     enum smtp_outcome outcome;
     int code;
     char status[16];
@@ -651,6 +652,7 @@ batch_complete(struct smtp_client *c, bool usable)
             pub[i][j].code = r->code;
             pub[i][j].status = r->status;
             pub[i][j].reply = r->reply ? r->reply : "";
+            pub[i][j].at_rcpt = r->at_rcpt;
             if (r->outcome == SMTP_DELIVERED)
                 delivered++;
             else if (r->outcome == SMTP_TRANSIENT)
@@ -1309,6 +1311,7 @@ react_txn_reply(struct smtp_client *c)
                 r->accepted = true;
                 c->accepted++;
             } else {
+                r->at_rcpt = !r->done;
                 rcpt_resolve_reply(c, r);
             }
         }

@@ -76,6 +76,7 @@ struct smtp_rcpt_result {
     int code;           /* SMTP reply code, 0 when none (e.g. connect failure) */
     const char *status; /* enhanced status "4.2.0" from the reply or derived */
     const char *reply;  /* full reply text (lines joined by "\n"), or our error text */
+    bool at_rcpt;       /* the outcome is the RCPT reply (not connection, MAIL or DATA) */
 };
 
 /* Facts about the connection, for accounting. */

@@ -31,6 +31,7 @@
 #include "registry.h"
 #include "sched.h"
 #include "session.h"
+#include "srcip.h"
 #include "session_claims.h"
 #include "session_finish.h"
 #include "smtp_client.h"
@@ -414,6 +415,7 @@ worker_prepare(struct db *db)
     registry_prepare(db);
     queue_prepare(db);
     mta_sts_prepare(db);
+    srcip_prepare(db);
     db_prepare(db, "ready_queues",
                "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
     db_prepare(db, "purge_messages", "SELECT mta.purge_messages(10000)", 0);
@@ -477,6 +479,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     e->base = w->base;
     e->finish = session_finish_new(w->base, WORKER_FINISH_DELAY_MS, worker_pick_db, w);
     e->claims = session_claims_new(w->base, worker_pick_db, w);
+    e->srcip = srcip_new(w->base, 1000, worker_pick_db, w);
     e->conf = conf;
     e->pipe = w->pipe;
     e->node_label = w->node_label;
@@ -562,6 +565,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     for (size_t i = 0; i < w->ndbs; i++)
         db_free(w->dbs[i]);
     free(w->dbs);
+    srcip_free(e->srcip);
     mta_sts_free(e->sts);
     e->sts = NULL;
     dns_free(e->dns);

@@ -430,7 +430,7 @@ $$;
 -- destinations holding one or two messages each, that cost is most of a
 -- claim. Rows come ordered by queue (column q = i), then message, so that
 -- the node can send several recipients of one message in one SMTP
--- transaction. A paused queue returns nothing. p_max_msgs[i] bounds the
+-- transaction. A paused or deferred (mta.queue_defer) queue returns nothing. p_max_msgs[i] bounds the
 -- messages of queue i as well (NULL, or p_max_msgs NULL: no bound): a claim
 -- for k rate tokens (mta.claim_many_rated) takes at most k messages, whole,
 -- and leaves the others ready.
@@ -495,7 +495,7 @@ BEGIN
                 FROM mta.recipients r
                WHERE r.pipe = p_pipe AND r.domain = w.d AND r.vmta = w.v
                  AND r.next_attempt <= now()
-                 AND NOT coalesce((SELECT mq.paused FROM mta.queue mq
+                 AND NOT coalesce((SELECT mq.paused OR mq.deferred_until > now() FROM mta.queue mq
                                     WHERE mq.pipe = p_pipe AND mq.domain = w.d
                                       AND mq.vmta = w.v), false)
                  AND NOT EXISTS (SELECT 1 FROM mta.job j WHERE j.job_id = r.job_id AND j.paused)

@@ -43,7 +43,8 @@ SELECT q.domain,
        q.paused,
        coalesce(q.backoff_until > now(), false) AS backoff,
        coalesce(c.connections, 0) AS connections,
-       q.last_error
+       q.last_error,
+       CASE WHEN q.deferred_until > now() THEN q.deferred_until END AS deferred_until
   FROM mta.queue q
   LEFT JOIN LATERAL (
        SELECT count(*) AS queued,

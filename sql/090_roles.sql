@@ -99,6 +99,13 @@ GRANT EXECUTE ON FUNCTION mta.enqueue_batch(text[], int[], text[], bytea[], text
                                             text[], text[], text[], smallint[], text[])
     TO mta_node;
 GRANT UPDATE (backoff, backoff_until, last_error, last_error_at) ON mta.queue TO mta_node;
+-- cluster-wide pattern actions: defer-queue, disable-source-ip (055_retry.sql)
+GRANT EXECUTE ON FUNCTION mta.queue_defer(text, text, int, text),
+                          mta.source_ip_disable(text, text, int, text),
+                          mta.source_ips_disabled(),
+                          mta.source_ip_expire()
+    TO mta_node;
+GRANT SELECT ON mta.source_ip_disabled TO mta_node, mta_monitor;
 -- one-click and mailto: unsubscribes (016_unsubscribe.sql)
 GRANT EXECUTE ON FUNCTION mta.unsubscribe(text, text, text, text) TO mta_node;
 -- the node's HTTP API (status, dashboard, metrics) reads the accounting

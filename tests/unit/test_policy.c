@@ -1,6 +1,7 @@
 /* Unit tests of the outcome policy (node/policy.c): the retry schedule with
  * its cap and jitter bounds, the backoff cap, expiry after bounce-after, and
- * smtp-pattern-list actions. Domain settings come from a real configuration
+ * smtp-pattern-list actions, retry lists (retry-after, retry-recipients-after,
+ * backoff-retry-after) and their parser. Domain settings come from a real configuration
  * file loaded with conf_load. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -40,7 +41,11 @@ setup(void **state)
           "  { name = \"pat.test\"; smtp-pattern-list = (\n"
           "      { pattern = \"mailbox (is )?disabled\"; action = \"bounce-rcpt\"; },\n"
           "      { pattern = \"too many (connections|messages)\"; action = \"backoff\"; },\n"
-          "      { pattern = \"try again tomorrow\"; action = \"defer-queue\"; } ); }\n"
+          "      { pattern = \"try again tomorrow\"; action = \"defer-queue\"; },\n"
+          "      { pattern = \"blocked ip\"; action = \"disable-source-ip\"; } ); },\n"
+          "  { name = \"list.test\"; retry-after = \"5m, 10m,30m ,1h\";\n"
+          "    retry-recipients-after = \"1m, 2m\"; backoff-retry-after = \"2h, 6h\"; },\n"
+          "  { name = \"one.test\"; retry-recipients-after = 90; }\n"
           ");\n",
           f);
     fclose(f);
@@ -152,6 +157,12 @@ test_pattern_actions(void **state)
     assert_int_equal(policy_apply_patterns(d, SMTP_TRANSIENT, "421 4.7.0 Try again tomorrow", &fx),
                      SMTP_TRANSIENT);
     assert_int_equal(fx, POLICY_EFFECT_BACKOFF | POLICY_EFFECT_DEFER_QUEUE);
+    /* disable-source-ip: transient, the session's source IP is disabled */
+    fx = 0;
+    assert_int_equal(
+        policy_apply_patterns(d, SMTP_PERMANENT, "554 5.7.1 Blocked IP 192.0.2.1", &fx),
+        SMTP_TRANSIENT);
+    assert_int_equal(fx, POLICY_EFFECT_DISABLE_SOURCE_IP);
     /* no match, no reply, or delivered: unchanged, no effect */
     fx = 0;
     assert_int_equal(policy_apply_patterns(d, SMTP_PERMANENT, "550 5.1.1 user unknown", &fx),
@@ -167,6 +178,81 @@ test_pattern_actions(void **state)
     assert_int_equal(fx, 0);
 }
 
+static void
+test_retry_list(void **state)
+{
+    (void)state;
+    const struct conf_domain *d = conf_domain_lookup(conf, "list.test");
+    assert_int_equal(d->retry_after.n, 4);
+    /* entry n after attempt n, the last repeating, max-retry-after (2h)
+     * not applied to list entries */
+    const uint64_t want[] = {300, 300, 600, 1800, 3600, 3600, 3600};
+    for (int a = 0; a < 7; a++)
+        assert_int_equal(policy_retry_delay_ms(d, a, false), want[a] * S);
+    assert_int_equal(policy_retry_delay_ms(d, 1000000, false), 3600 * S);
+    /* backoff's own list, beyond max-retry-after */
+    assert_int_equal(policy_retry_delay_ms(d, 1, true), 7200 * S);
+    assert_int_equal(policy_retry_delay_ms(d, 2, true), 6 * 3600 * S);
+    assert_int_equal(policy_retry_delay_ms(d, 9, true), 6 * 3600 * S);
+    /* the schedule for a 4xx at RCPT, with jitter +-20% */
+    assert_true(policy_schedule(d, false, true) == &d->retry_recipients_after);
+    assert_true(policy_schedule(d, true, true) == &d->backoff_retry_after);
+    assert_true(policy_retry_at_rcpt_us(d, 1, false, true, T0, T0, 0.5) == T0 + 60 * US);
+    assert_true(policy_retry_at_rcpt_us(d, 5, false, true, T0, T0, 0.0) == T0 + 96 * US);
+    assert_true(policy_retry_at_rcpt_us(d, 5, false, true, T0, T0, 1.0) == T0 + 144 * US);
+    assert_true(policy_retry_at_rcpt_us(d, 3, false, false, T0, T0, 0.5) == T0 + 1800 * US);
+    /* a single value keeps doubling to max-retry-after, also at RCPT */
+    const struct conf_domain *one = conf_domain_lookup(conf, "one.test");
+    assert_int_equal(one->retry_recipients_after.n, 1);
+    assert_true(policy_retry_at_rcpt_us(one, 1, false, true, T0, T0, 0.5) == T0 + 90 * US);
+    assert_true(policy_retry_at_rcpt_us(one, 3, false, true, T0, T0, 0.5) == T0 + 360 * US);
+    assert_true(policy_retry_at_rcpt_us(one, 30, false, true, T0, T0, 0.5) == T0 + 7200 * US);
+    /* retry-recipients-after unset: retry-after applies at RCPT too */
+    const struct conf_domain *plain = conf_domain_lookup(conf, "any.test");
+    assert_true(policy_schedule(plain, false, true) == &plain->retry_after);
+    assert_int_equal(plain->retry_recipients_after.ms[0], 0);
+}
+
+static void
+test_delays_parser(void **state)
+{
+    (void)state;
+    struct conf_delays d;
+    char why[96], out[CONF_MAX_DELAYS * 16];
+    assert_int_equal(conf_parse_delays("5m, 10m, 30m, 1h, 2h, 4h", &d, why, sizeof why), 0);
+    assert_int_equal(d.n, 6);
+    assert_int_equal(d.ms[0], 300 * S);
+    assert_int_equal(d.ms[5], 4 * 3600 * S);
+    conf_format_delays(&d, out, sizeof out);
+    assert_string_equal(out, "5m, 10m, 30m, 1h, 2h, 4h");
+    assert_int_equal(conf_parse_delays(" 90 ,\t1h30m", &d, why, sizeof why), 0);
+    assert_int_equal(d.n, 2);
+    assert_int_equal(d.ms[0], 90 * S);
+    assert_int_equal(d.ms[1], 5400 * S);
+    conf_format_delays(&d, out, sizeof out);
+    assert_string_equal(out, "1m30s, 1h30m");
+    /* 30 entries are allowed, 31 are not */
+    char list[400] = "";
+    for (int i = 0; i < 30; i++)
+        strcat(list, i ? ",1s" : "1s");
+    assert_int_equal(conf_parse_delays(list, &d, why, sizeof why), 0);
+    assert_int_equal(d.n, 30);
+    conf_format_delays(&d, out, sizeof out);
+    assert_int_equal(strlen(out), 30 * 2 + 29 * 2);
+    strcat(list, ",1s");
+    assert_int_equal(conf_parse_delays(list, &d, why, sizeof why), -1);
+    assert_string_equal(why, "more than 30 entries");
+    assert_int_equal(d.n, 30); /* unchanged on error */
+    assert_int_equal(conf_parse_delays("1m, x", &d, why, sizeof why), -1);
+    assert_string_equal(why, "bad entry 2 \"x\"");
+    assert_int_equal(conf_parse_delays("1m,", &d, why, sizeof why), -1);
+    assert_int_equal(conf_parse_delays("", &d, why, sizeof why), -1);
+    assert_int_equal(conf_parse_delays("1m, 99999999999999999999d", &d, why, sizeof why), -1);
+    assert_int_equal(
+        conf_parse_delays("1m, 1234567890123456789012345678901234567890s", &d, why, sizeof why),
+        -1);
+}
+
 int
 main(void)
 {
@@ -176,6 +262,8 @@ main(void)
         cmocka_unit_test(test_jitter_bounds),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_pattern_actions),
+        cmocka_unit_test(test_retry_list),
+        cmocka_unit_test(test_delays_parser),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
