@@ -39,7 +39,7 @@ struct meta {
     unsigned gen; /* index of the file that last defined the entry */
     int gen_line; /* where that file defined it */
     struct loc loc;
-    uint32_t set;
+    uint64_t set; /* bit i: field i was set (CONF_MAX_FIELDS bits) */
     struct loc flocs[CONF_MAX_FIELDS];
 };
 
@@ -483,7 +483,7 @@ apply_table(struct loader *ld, const config_setting_t *g, const struct field *ta
         const struct field *f = &table[idx];
         char name[128];
         snprintf(name, sizeof name, "%s%s", prefix, f->name);
-        m->set |= 1u << idx;
+        m->set |= UINT64_C(1) << idx;
         m->flocs[idx] = setting_loc(ld, s);
         if (f->flags & FL_KEY)
             continue;
@@ -715,7 +715,7 @@ static void
 overlay_domain(struct conf_domain *dst, const struct conf_domain *src, const struct meta *m)
 {
     for (int i = 0; conf_domain_fields[i].name; i++)
-        if (!(conf_domain_fields[i].flags & FL_KEY) && (m->set & (1u << i)))
+        if (!(conf_domain_fields[i].flags & FL_KEY) && (m->set & (UINT64_C(1) << i)))
             conf_field_copy(&conf_domain_fields[i], dst, src);
 }
 
@@ -732,9 +732,9 @@ check_domain(struct loader *ld, const struct conf_domain *d, const struct meta *
         int req = conf_field_index(conf_domain_fields, "require-starttls");
         int use = conf_field_index(conf_domain_fields, "use-starttls");
         struct loc l = m->loc;
-        if (m->set & (1u << req))
+        if (m->set & (UINT64_C(1) << req))
             l = m->flocs[req];
-        else if (m->set & (1u << use))
+        else if (m->set & (UINT64_C(1) << use))
             l = m->flocs[use];
         return fail(ld, l, "require-starttls = true needs use-starttls = true");
     }
@@ -827,7 +827,7 @@ validate_smtp_listener(struct loader *ld)
     const struct field *sub = conf_top_fields[gi].sub;
     const struct meta *gm = &ld->groups[gi];
     struct loc gl = {ld->files[0], 0};
-    if (ld->top.set & (1u << gi))
+    if (ld->top.set & (UINT64_C(1) << gi))
         gl = ld->top.flocs[gi];
     for (size_t i = 0; i < c->nsmtp_listener_allow; i++) {
         if (!is_cidr(c->smtp_listener_allow[i]))
@@ -859,7 +859,7 @@ webhook_loc(struct loader *ld, size_t i, const char *field)
         conf_top_fields[conf_field_index(conf_top_fields, "webhooks")].kind->fields;
     const struct meta *m = &ld->metas[K_WEBHOOK][i];
     int j = conf_field_index(wf, field);
-    return j >= 0 && (m->set & (1u << j)) ? m->flocs[j] : m->loc;
+    return j >= 0 && (m->set & (UINT64_C(1) << j)) ? m->flocs[j] : m->loc;
 }
 
 static int
@@ -899,7 +899,7 @@ top_loc(struct loader *ld, const char *name)
 {
     int idx = conf_field_index(conf_top_fields, name);
     struct loc l = {ld->files[0], 0};
-    if (ld->top.set & (1u << idx))
+    if (ld->top.set & (UINT64_C(1) << idx))
         l = ld->top.flocs[idx];
     return l;
 }
@@ -918,7 +918,7 @@ validate_unsubscribe(struct loader *ld)
         const struct conf_list_unsubscribe *e = &c->list_unsubscribe[i];
         const struct meta *m = &ld->metas[K_LIST_UNSUB][i];
         int j = conf_field_index(uf, "url");
-        struct loc l = m->set & (1u << j) ? m->flocs[j] : m->loc;
+        struct loc l = m->set & (UINT64_C(1) << j) ? m->flocs[j] : m->loc;
         if (unsub_url_check(e->url, err, sizeof err) != 0)
             return fail(ld, l, "list-unsubscribe \"%s\": %s", e->name, err);
         if (e->mailto && (!addr_validate_str(e->mailto, NULL, NULL) ||
@@ -991,7 +991,8 @@ validate(struct loader *ld)
         size_t n = *(size_t *)CONF_FIELD_PTR(c, f->count_off);
         for (size_t i = 0; i < n; i++) {
             for (int j = 0; k->fields[j].name; j++) {
-                if ((k->fields[j].flags & FL_REQUIRED) && !(ld->metas[k->id][i].set & (1u << j)))
+                if ((k->fields[j].flags & FL_REQUIRED) &&
+                    !(ld->metas[k->id][i].set & (UINT64_C(1) << j)))
                     return fail(ld, ld->metas[k->id][i].loc, "%s: entry without %s", f->name,
                                 k->fields[j].name);
             }

@@ -8,7 +8,7 @@
 
 #include <stddef.h>
 
-#define CONF_MAX_FIELDS 32
+#define CONF_MAX_FIELDS 64
 #define CONF_REGEX_FLAGS (REG_EXTENDED | REG_ICASE | REG_NOSUB)
 
 enum ftype {
