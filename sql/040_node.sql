@@ -484,32 +484,64 @@ BEGIN
         SELECT w.i::int AS i, w.d, coalesce(w.v, '') AS v, w.l, w.b, p_max_msgs[w.i] AS m
           FROM unnest(p_domains, p_vmtas, p_limits, p_max_bytes) WITH ORDINALITY AS w(d, v, l, b, i)
          WHERE (w.l IS NULL OR w.l > 0) AND (p_max_msgs[w.i] IS NULL OR p_max_msgs[w.i] > 0)
-    ), c AS (
-        -- message_id after next_attempt: the recipients of one message stay
-        -- together in one claim (an incremental sort over the claim index).
-        -- The paused test depends on the queue only: checked once per queue
-        -- (one index probe), not per row.
-        SELECT w.i, w.b, w.m, x.id, x.message_id, x.next_attempt
+    ), g AS (
+        -- The claim bands of each queue (mta.claim_band: priority, then
+        -- job), highest priority first: one index probe per band, at most
+        -- 32 bands. The paused test depends on the queue only: checked once
+        -- per queue (one index probe), not per row.
+        SELECT w.i, w.d, w.v, w.l, w.b, w.m, gb.band
           FROM w CROSS JOIN LATERAL (
+              WITH RECURSIVE gb(band, n) AS (
+                  SELECT (SELECT min(mta.claim_band(r.priority, r.job_id))
+                            FROM mta.recipients r
+                           WHERE r.pipe = p_pipe AND r.domain = w.d AND r.vmta = w.v), 1
+                  UNION ALL
+                  SELECT (SELECT min(mta.claim_band(r.priority, r.job_id))
+                            FROM mta.recipients r
+                           WHERE r.pipe = p_pipe AND r.domain = w.d AND r.vmta = w.v
+                             AND mta.claim_band(r.priority, r.job_id) > gb.band), gb.n + 1
+                    FROM gb WHERE gb.band IS NOT NULL AND gb.n < 32
+              )
+              SELECT gb.band FROM gb WHERE gb.band IS NOT NULL) gb
+         WHERE NOT coalesce((SELECT mq.paused FROM mta.queue mq
+                              WHERE mq.pipe = p_pipe AND mq.domain = w.d AND mq.vmta = w.v),
+                            false)
+    ), c0 AS (
+        -- Up to l ready rows of each band, oldest first (message_id after
+        -- next_attempt: the recipients of one message stay together); rk
+        -- numbers the band's messages.
+        SELECT g.i, g.b, g.m, g.l, left(g.band, 3) AS prio, x.id, x.message_id,
+               x.next_attempt,
+               dense_rank() OVER (PARTITION BY g.i, g.band
+                                  ORDER BY x.next_attempt, x.message_id) AS rk
+          FROM g CROSS JOIN LATERAL (
               SELECT r.id, r.message_id, r.next_attempt
                 FROM mta.recipients r
-               WHERE r.pipe = p_pipe AND r.domain = w.d AND r.vmta = w.v
+               WHERE r.pipe = p_pipe AND r.domain = g.d AND r.vmta = g.v
+                 AND mta.claim_band(r.priority, r.job_id) = g.band
                  AND r.next_attempt <= now()
-                 AND NOT coalesce((SELECT mq.paused FROM mta.queue mq
-                                    WHERE mq.pipe = p_pipe AND mq.domain = w.d
-                                      AND mq.vmta = w.v), false)
                  AND NOT EXISTS (SELECT 1 FROM mta.job j WHERE j.job_id = r.job_id AND j.paused)
                ORDER BY r.next_attempt, r.message_id
-               LIMIT w.l
+               LIMIT g.l
                  FOR UPDATE OF r SKIP LOCKED) x
+    ), c1 AS (
+        -- Priority first; within a priority the jobs take turns, message by
+        -- message (round robin by job: a small job is not starved behind a
+        -- large one in the same queue).
+        SELECT c0.*, row_number() OVER (PARTITION BY c0.i
+                                        ORDER BY c0.prio, c0.rk, c0.next_attempt,
+                                                 c0.message_id, c0.id) AS pos
+          FROM c0
+    ), c AS (
+        SELECT c1.i, c1.b, c1.m, c1.id, c1.message_id, c1.pos
+          FROM c1 WHERE c1.l IS NULL OR c1.pos <= c1.l
     ), s0 AS (
         -- The content stays out of the window passes below (each pass
         -- copies its rows): it is joined once, at the end, for the rows
         -- that carry it.
         SELECT c.i, c.b, c.m, c.id, c.message_id, m.id IS NULL AS missing, m.mail_from, m.envid,
                m.dsn_ret, coalesce(m.size, 0) AS size,
-               row_number() OVER (PARTITION BY c.i
-                                  ORDER BY c.next_attempt, c.message_id, c.id) AS ord
+               c.pos AS ord
           FROM c LEFT JOIN mta.messages m ON m.id = c.message_id
     ), s1 AS (
         -- first: the row that carries the content (the message's lowest
