@@ -60,14 +60,19 @@ struct conf_domain {
     struct conf_pattern *patterns;
     size_t npatterns;
     char *mx_rollup; /* rollup name or NULL */
-    int line;        /* where the entry was defined, 0 for built-in defaults */
+    /* priorities (README, Priorities) */
+    uint32_t queue_priority;          /* 0-100, default 0 */
+    bool allow_priority_interruption; /* a higher queue waiting for the key ends
+                                       * this queue's connections */
+    int line;                         /* where the entry was defined, 0 for built-in defaults */
     char *file;
 };
 
 struct conf_vmta {
     char *name;
-    char *smtp_source_host; /* IP address to bind, or NULL */
-    char *helo;             /* HELO/EHLO name, or NULL for node-name/host name */
+    char *smtp_source_host;  /* IP address to bind, or NULL */
+    char *helo;              /* HELO/EHLO name, or NULL for node-name/host name */
+    uint32_t queue_priority; /* 0-100: the queues of this vmta are at least this */
 };
 
 struct conf_vmta_pool {

@@ -428,9 +428,10 @@ $$;
 -- (NULL: no bound; the first message always comes). One call for many
 -- queues pays the statement's fixed cost once: with a long tail of
 -- destinations holding one or two messages each, that cost is most of a
--- claim. Rows come ordered by queue (column q = i), then message, so that
--- the node can send several recipients of one message in one SMTP
--- transaction. A paused queue returns nothing. p_max_msgs[i] bounds the
+-- claim. Rows come ordered by queue (column q = i), then message in claim
+-- order (README, Priorities: priority, then the jobs in turn, then oldest
+-- first), the rows of a message together so that the node can send several
+-- recipients of one message in one SMTP transaction. A paused queue returns nothing. p_max_msgs[i] bounds the
 -- messages of queue i as well (NULL, or p_max_msgs NULL: no bound): a claim
 -- for k rate tokens (mta.claim_many_rated) takes at most k messages, whole,
 -- and leaves the others ready.
@@ -571,7 +572,8 @@ BEGIN
                      AS taken
           FROM s2
     ), k AS (
-        SELECT k0.*, bool_or(NOT k0.taken) OVER (PARTITION BY k0.i) AS capped
+        SELECT k0.*, bool_or(NOT k0.taken) OVER (PARTITION BY k0.i) AS capped,
+               min(k0.ord) OVER (PARTITION BY k0.i, k0.message_id) AS msg_pos
           FROM k0
     ), u AS (
         -- RETURNING carries what the answer needs of k: no join of u and k
@@ -584,7 +586,7 @@ BEGIN
          WHERE r.id = k.id AND k.taken
         RETURNING k.i, r.id, r.lease_token, r.message_id, k.mail_from, r.rcpt, r.attempts,
                   k.envid, r.job_id, r.queued_at, k.first, k.missing, k.capped, r.dsn_notify,
-                  r.dsn_orcpt, k.dsn_ret
+                  r.dsn_orcpt, k.dsn_ret, k.msg_pos
     )
     SELECT u.i, u.id, u.lease_token, u.message_id, u.mail_from, u.rcpt, mc.content, u.attempts,
            u.envid, u.job_id, u.queued_at, u.first, u.missing, v_until,
@@ -594,7 +596,7 @@ BEGIN
       -- back with message_missing, and the node sets it aside instead of
       -- leasing it for ever.
       FROM u LEFT JOIN mta.messages mc ON u.first AND mc.id = u.message_id
-     ORDER BY u.i, u.message_id, u.id;
+     ORDER BY u.i, u.msg_pos, u.message_id, u.id;
 END
 $$;
 
