@@ -46,11 +46,6 @@ const struct field conf_domain_fields[] = {
     {.name = "name", .type = F_DOMAIN, .off = D_OFF(name), .flags = FL_KEY | FL_WILDCARD},
     {.name = "route", .type = F_ROUTE, .off = D_OFF(route)},
     {.name = "mx-rollup", .type = F_STRING, .off = D_OFF(mx_rollup)},
-    /* priorities (README, Priorities) */
-    {.name = "queue-priority", .type = F_UINT, .off = D_OFF(queue_priority), .max = 100},
-    {.name = "allow-priority-interruption",
-     .type = F_BOOL,
-     .off = D_OFF(allow_priority_interruption)},
     {.name = "max-smtp-out", .type = F_UINT_UNLIMITED, .off = D_OFF(max_smtp_out), .min = 1},
     {.name = "max-msg-rate", .type = F_RATE, .off = D_OFF(max_msg_rate)},
     {.name = "max-connect-rate", .type = F_RATE, .off = D_OFF(max_connect_rate)},
@@ -102,6 +97,11 @@ const struct field conf_domain_fields[] = {
      .type = F_PATTERNS,
      .off = D_OFF(patterns),
      .count_off = D_OFF(npatterns)},
+    /* priorities (README, Priorities) */
+    {.name = "queue-priority", .type = F_UINT, .off = D_OFF(queue_priority), .max = 100},
+    {.name = "allow-priority-interruption",
+     .type = F_BOOL,
+     .off = D_OFF(allow_priority_interruption)},
     {0},
 };
 
