@@ -50,7 +50,11 @@ BEGIN
         RETURN;
     END IF;
     -- A session lock may have been taken above: never fail the call here.
+    -- Expired waiters of the key go with this write (a queue that stopped
+    -- waiting leaves no row for ever).
     BEGIN
+        DELETE FROM mta.slot_waiter w
+         WHERE w.key_domain = p_key_domain AND w.key_vmta = v_kvmta AND w.until <= now();
         INSERT INTO mta.slot_waiter AS w (key_domain, key_vmta, domain, vmta, priority, node,
                                           until)
         VALUES (p_key_domain, v_kvmta, v_domain, v_vmta, v_prio, p_node,
