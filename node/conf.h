@@ -80,14 +80,19 @@ struct conf_domain {
     /* retry schedules (see README, Scheduling) */
     struct conf_delays retry_recipients_after; /* 4xx at RCPT; n = 0: retry-after */
     uint64_t reenable_after_ms;                /* disable-source-ip lasts this long */
-    int line; /* where the entry was defined, 0 for built-in defaults */
+    /* priorities (README, Priorities) */
+    uint32_t queue_priority;          /* 0-100, default 0 */
+    bool allow_priority_interruption; /* a higher queue waiting for the key ends
+                                       * this queue's connections */
+    int line;                         /* where the entry was defined, 0 for built-in defaults */
     char *file;
 };
 
 struct conf_vmta {
     char *name;
-    char *smtp_source_host; /* IP address to bind, or NULL */
-    char *helo;             /* HELO/EHLO name, or NULL for node-name/host name */
+    char *smtp_source_host;  /* IP address to bind, or NULL */
+    char *helo;              /* HELO/EHLO name, or NULL for node-name/host name */
+    uint32_t queue_priority; /* 0-100: the queues of this vmta are at least this */
 };
 
 struct conf_vmta_pool {

@@ -24,6 +24,11 @@ static const struct field vmta_fields[] = {
     {.name = "name", .type = F_NAME, .off = offsetof(struct conf_vmta, name), .flags = FL_KEY},
     {.name = "smtp-source-host", .type = F_IP, .off = offsetof(struct conf_vmta, smtp_source_host)},
     {.name = "helo", .type = F_STRING, .off = offsetof(struct conf_vmta, helo)},
+    /* priorities (README, Priorities) */
+    {.name = "queue-priority",
+     .type = F_UINT,
+     .off = offsetof(struct conf_vmta, queue_priority),
+     .max = 100},
     {0},
 };
 
@@ -101,6 +106,11 @@ const struct field conf_domain_fields[] = {
      .type = F_DURATION,
      .off = D_OFF(reenable_after_ms),
      .flags = FL_NONZERO},
+    /* priorities (README, Priorities) */
+    {.name = "queue-priority", .type = F_UINT, .off = D_OFF(queue_priority), .max = 100},
+    {.name = "allow-priority-interruption",
+     .type = F_BOOL,
+     .off = D_OFF(allow_priority_interruption)},
     {0},
 };
 

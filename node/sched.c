@@ -37,6 +37,7 @@
 #include "conf.h"
 #include "db.h"
 #include "log.h"
+#include "priority.h"
 #include "util.h"
 
 _Static_assert(SCHED_LOCK_CLASS == 1347223552, "lock class is spelled out in the SQL below");
@@ -59,8 +60,10 @@ struct sched_req {
     } cb;
     void *arg;
     uint32_t n; /* slots: max-smtp-out; tokens: want */
-    /* Slots: the queue the slot serves (recorded by mta.take_slot). */
+    /* Slots: the queue the slot serves (recorded by mta.take_slot) and its
+     * priority (mta.take_slot_prio). */
     char *qdomain, *qvmta;
+    unsigned prio;
     /* On the answer FIFO: the answer to deliver. */
     bool is_slot;
     int slot;
@@ -417,9 +420,9 @@ sched_new(struct event_base *base, const char *db_url, const char *node_label)
      * key serves the queue ($5, $6), for mta.connections and
      * mta.queues.connections (see README, Scheduling). */
     db_prepare(s->db, "sched_take_slot",
-               "SELECT slot FROM mta.take_slot($1::text, $2::text, $3::int, $4::int[],"
-               " $5::text, $6::text)",
-               6);
+               "SELECT slot FROM mta.take_slot_prio($1::text, $2::text, $3::int, $4::int[],"
+               " $5::text, $6::text, $7::int, $8::bigint, $9::int)",
+               9);
     db_prepare(s->db, "sched_release_slot",
                "SELECT pg_advisory_unlock(1347223552 + $3::int,"
                " hashtext($1::text || '/' || $2::text))",
@@ -560,13 +563,18 @@ sched_slot_next(struct sched *s, struct sched_queue *q)
             for (unsigned i = 0; i < q->nheld; i++)
                 buf_printf(&held, "%s%u", i ? "," : "", q->held[i]);
             buf_puts(&held, "}");
-            char max[16];
+            char max[16], prio[16], node[24], wait[16];
             snprintf(max, sizeof max, "%u", r->n);
-            const char *values[] = {q->domain, q->vmta, max, held.data, r->qdomain, r->qvmta};
+            snprintf(prio, sizeof prio, "%u", r->prio);
+            snprintf(node, sizeof node, "%lld", s->node_id);
+            snprintf(wait, sizeof wait, "%d", PRIORITY_WAIT_MS);
+            const char *values[] = {q->domain,  q->vmta,  max,  held.data,
+                                    r->qdomain, r->qvmta, prio, s->node_id > 0 ? node : NULL,
+                                    wait};
             struct sched_call *c = call_new(s, q, SCHED_MSG, -1);
             q->taking = true;
             q->taking_req = r;
-            int rc = db_exec(s->db, "sched_take_slot", 6, values, NULL, NULL, 0, on_slot, c);
+            int rc = db_exec(s->db, "sched_take_slot", 9, values, NULL, NULL, 0, on_slot, c);
             buf_free(&held);
             if (rc == 0)
                 return;
@@ -579,12 +587,13 @@ sched_slot_next(struct sched *s, struct sched_queue *q)
 }
 
 void
-sched_take_slot_for(struct sched *s, const char *key_domain, const char *key_vmta,
-                    const char *domain, const char *vmta, uint32_t max_smtp_out, sched_slot_cb cb,
-                    void *arg)
+sched_take_slot_prio(struct sched *s, const char *key_domain, const char *key_vmta,
+                     const char *domain, const char *vmta, uint32_t max_smtp_out, unsigned prio,
+                     sched_slot_cb cb, void *arg)
 {
     struct sched_req *r = req_new(max_smtp_out, arg);
     r->cb.slot = cb;
+    r->prio = prio;
     if (max_smtp_out == CONF_UNLIMITED || max_smtp_out == 0) {
         answer_slot(s, r, max_smtp_out ? 0 : -1);
         return;
@@ -596,6 +605,14 @@ sched_take_slot_for(struct sched *s, const char *key_domain, const char *key_vmt
     struct sched_queue *q = queue_find(s, key_domain, key_vmta, true);
     fifo_push(&q->slot_waiters, r);
     sched_slot_next(s, q);
+}
+
+void
+sched_take_slot_for(struct sched *s, const char *key_domain, const char *key_vmta,
+                    const char *domain, const char *vmta, uint32_t max_smtp_out, sched_slot_cb cb,
+                    void *arg)
+{
+    sched_take_slot_prio(s, key_domain, key_vmta, domain, vmta, max_smtp_out, 0, cb, arg);
 }
 
 void

@@ -74,6 +74,12 @@ int sched_ready(const struct sched *s);
 void sched_take_slot_for(struct sched *s, const char *key_domain, const char *key_vmta,
                          const char *domain, const char *vmta, uint32_t max_smtp_out,
                          sched_slot_cb cb, void *arg);
+/* sched_take_slot_for for a queue of priority PRIO (0-100, see priority.h):
+ * no slot while a queue of higher priority waits for the key; refused, the
+ * queue waits for the key itself. sched_take_slot_for is priority 0. */
+void sched_take_slot_prio(struct sched *s, const char *key_domain, const char *key_vmta,
+                          const char *domain, const char *vmta, uint32_t max_smtp_out,
+                          unsigned prio, sched_slot_cb cb, void *arg);
 /* sched_take_slot_for with the key as the queue: right for a plain queue;
  * a rollup's or a pool's connections then count for no queue. */
 void sched_take_slot(struct sched *s, const char *domain, const char *vmta, uint32_t max_smtp_out,

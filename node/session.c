@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "mta_sts.h"
 #include "policy.h"
+#include "priority.h"
 #include "queue.h"
 #include "sched.h"
 #include "smtp_client.h"
@@ -451,8 +452,10 @@ session_enter(struct session *s, enum session_state st)
         break;
     case SESSION_SLOT:
         s->pending++;
-        sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
-                            s->dom->max_smtp_out, session_on_slot, s);
+        sched_take_slot_prio(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
+                             s->dom->max_smtp_out,
+                             priority_of_queue(e->conf, s->dom, s->source_vmta), session_on_slot,
+                             s);
         break;
     case SESSION_CONNECT_TOKEN:
         s->pending++;

@@ -10,6 +10,7 @@
 #include "db.h"
 #include "log.h"
 #include "metrics.h"
+#include "priority.h"
 #include "queue.h"
 #include "sched.h"
 #include "session_claims.h"
@@ -200,18 +201,61 @@ claim_reservation(const struct session_env *e, const struct admission_queue *q, 
     return want < SESSION_CLAIM_MIN_BYTES ? SESSION_CLAIM_MIN_BYTES : want;
 }
 
-/* The messages a claim of this connection asks for. */
+/* The messages a claim of this connection asks for: one at a time for a
+ * connection that a queue of higher priority may interrupt (it asks between
+ * messages). */
 static unsigned
 claim_want(const struct session *s)
 {
+    if (s->dom->allow_priority_interruption)
+        return 1;
     unsigned want = s->dom->max_msg_per_connection - s->sent;
     return want > SESSION_BATCH_MAX ? SESSION_BATCH_MAX : want;
 }
 
 static void send_claim(struct session *s);
 
+static void session_tokens_go(struct session *s);
+
+static unsigned
+session_priority(const struct session *s)
+{
+    return priority_of_queue(s->e->conf, s->dom, s->source_vmta);
+}
+
+/* The answer of priority_check: a queue above ours waits for the key, so
+ * this connection quits (its slot goes to that queue), else goes on. */
+static void
+session_on_priority(bool waiting, void *arg)
+{
+    struct session *s = arg;
+    if (!session_returned(s))
+        return;
+    if (waiting) {
+        log_info("session=%llu queue=%s event=priority-interruption sent=%u",
+                 (unsigned long long)s->id, s->q->name, s->sent);
+        session_end(s);
+        return;
+    }
+    session_tokens_go(s);
+}
+
 void
 session_enter_tokens(struct session *s)
+{
+    /* Between the messages of an interruptible connection: does a queue of
+     * higher priority wait for our key? */
+    if (s->smtp && s->sent > 0 && s->slot >= 0 && s->dom->allow_priority_interruption &&
+        priority_check(session_env_db(s->e), s->limit_domain, s->source_vmta, session_priority(s),
+                       session_on_priority, s) == 0) {
+        s->pending++;
+        return;
+    }
+    session_tokens_go(s);
+}
+
+static void
+session_tokens_go(struct session *s)
 {
     struct session_env *e = s->e;
     unsigned want = claim_want(s);
@@ -303,8 +347,8 @@ session_enter_slot_claim(struct session *s)
     s->tokens = claim_want(s);
     send_claim_of(s, rated, rated);
     s->pending++;
-    sched_take_slot_for(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
-                        s->dom->max_smtp_out, session_on_slot, s);
+    sched_take_slot_prio(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
+                         s->dom->max_smtp_out, session_priority(s), session_on_slot, s);
 }
 
 /* Both answers of SESSION_SLOT_CLAIM or SESSION_SLOT_TOKENS_CLAIM are in:

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "mta_sts.h"
 #include "queue.h"
+#include "priority.h"
 #include "registry.h"
 #include "sched.h"
 #include "session.h"
@@ -416,6 +417,7 @@ worker_prepare(struct db *db)
     queue_prepare(db);
     mta_sts_prepare(db);
     srcip_prepare(db);
+    priority_prepare(db);
     db_prepare(db, "ready_queues",
                "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
     db_prepare(db, "purge_messages", "SELECT mta.purge_messages(10000)", 0);

@@ -101,9 +101,8 @@ BEGIN
     END IF;
     v_pipe := mta.resolve_pipe(p_pipe);
     PERFORM mta.check_job_id(p_job_id), mta.check_envid(p_envid);
-    IF p_priority IS NULL THEN
-        p_priority := 0;
-    END IF;
+    -- 0 (the default) to 100, higher first (README, Priorities).
+    p_priority := greatest(0, least(100, coalesce(p_priority, 0)));
     v_acct := mta.acct_received();
 
     IF p_job_id IS NOT NULL THEN
@@ -157,8 +156,8 @@ BEGIN
         RETURNING id INTO v_id;
     IF v_n = 1 THEN
         INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id, next_attempt,
-                                    queued_at)
-            VALUES (v_id, v_rcpt, v_domain, v_vmta, v_pipe, p_job_id, v_at, now())
+                                    queued_at, priority)
+            VALUES (v_id, v_rcpt, v_domain, v_vmta, v_pipe, p_job_id, v_at, now(), p_priority)
             RETURNING id INTO v_rid;
         IF v_acct THEN
             INSERT INTO mta.acct (type, time_logged, time_queued, orig, rcpt, vmta, job_id, envid,
@@ -169,8 +168,8 @@ BEGIN
     ELSIF v_acct THEN
         WITH r AS (
             INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id,
-                                        next_attempt, queued_at)
-                SELECT v_id, u.r, u.d, v_vmta, v_pipe, p_job_id, v_at, now()
+                                        next_attempt, queued_at, priority)
+                SELECT v_id, u.r, u.d, v_vmta, v_pipe, p_job_id, v_at, now(), p_priority
                   FROM unnest(p_rcpt_to, v_domains) WITH ORDINALITY AS u(r, d, i)
                  ORDER BY u.i
             RETURNING id, rcpt, domain
@@ -182,8 +181,8 @@ BEGIN
               FROM r;
     ELSE
         INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id, next_attempt,
-                                    queued_at)
-            SELECT v_id, u.r, u.d, v_vmta, v_pipe, p_job_id, v_at, now()
+                                    queued_at, priority)
+            SELECT v_id, u.r, u.d, v_vmta, v_pipe, p_job_id, v_at, now(), p_priority
               FROM unnest(p_rcpt_to, v_domains) WITH ORDINALITY AS u(r, d, i)
              ORDER BY u.i;
     END IF;

@@ -138,9 +138,9 @@ BEGIN
                    LATERAL (SELECT convert_to(n.content, 'UTF8') AS content) b
     ), rc AS (
         INSERT INTO mta.recipients (message_id, rcpt, domain, vmta, pipe, job_id, next_attempt,
-                                    queued_at)
+                                    queued_at, priority)
             SELECT g.message_id, k.rcpt_to, k.domain, k.vmta, k.pipe, k.job_id, k.not_before,
-                   now()
+                   now(), greatest(0, least(100, k.priority))
               FROM keyed k JOIN grp g ON g.id = k.first_id
              ORDER BY k.id
         RETURNING id, message_id, rcpt, domain, vmta, pipe, job_id

@@ -428,9 +428,10 @@ $$;
 -- (NULL: no bound; the first message always comes). One call for many
 -- queues pays the statement's fixed cost once: with a long tail of
 -- destinations holding one or two messages each, that cost is most of a
--- claim. Rows come ordered by queue (column q = i), then message, so that
--- the node can send several recipients of one message in one SMTP
--- transaction. A paused or deferred (mta.queue_defer) queue returns nothing. p_max_msgs[i] bounds the
+-- claim. Rows come ordered by queue (column q = i), then message in claim
+-- order (README, Priorities: priority, then the jobs in turn, then oldest
+-- first), the rows of a message together so that the node can send several
+-- recipients of one message in one SMTP transaction. A paused or deferred (mta.queue_defer) queue returns nothing. p_max_msgs[i] bounds the
 -- messages of queue i as well (NULL, or p_max_msgs NULL: no bound): a claim
 -- for k rate tokens (mta.claim_many_rated) takes at most k messages, whole,
 -- and leaves the others ready.
@@ -461,9 +462,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- than to run (0.9 ms against 0.2 ms for one queue). A generic plan knows
 -- neither the arrays' length nor, on a young queue, the tables' sizes, and
 -- may then hash or scan whole tables: every join here goes through an
--- index, a few rows per queue.
+-- index, a few rows per queue. No JIT: the generic plan's estimates (a
+-- row limit it cannot see, per claim band) pass the JIT threshold, and
+-- compiling cost 200 ms against 1 ms of work (README, Priorities).
 SET plan_cache_mode = force_generic_plan SET enable_hashjoin = off SET enable_mergejoin = off
-AS $$
+SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     n int := coalesce(cardinality(p_domains), 0);
@@ -484,32 +487,68 @@ BEGIN
         SELECT w.i::int AS i, w.d, coalesce(w.v, '') AS v, w.l, w.b, p_max_msgs[w.i] AS m
           FROM unnest(p_domains, p_vmtas, p_limits, p_max_bytes) WITH ORDINALITY AS w(d, v, l, b, i)
          WHERE (w.l IS NULL OR w.l > 0) AND (p_max_msgs[w.i] IS NULL OR p_max_msgs[w.i] > 0)
-    ), c AS (
-        -- message_id after next_attempt: the recipients of one message stay
-        -- together in one claim (an incremental sort over the claim index).
-        -- The paused test depends on the queue only: checked once per queue
-        -- (one index probe), not per row.
-        SELECT w.i, w.b, w.m, x.id, x.message_id, x.next_attempt
+    ), g AS (
+        -- The claim bands of each queue (mta.claim_band: priority, then
+        -- job), highest priority first: one index probe per band, at most
+        -- 32 bands. The paused and deferred test depends on the queue only: checked once
+        -- per queue (one index probe), not per row.
+        SELECT w.i, w.d, w.v, w.l, w.b, w.m, gb.band,
+               count(*) OVER (PARTITION BY w.i, left(gb.band, 3)) AS njobs
           FROM w CROSS JOIN LATERAL (
+              WITH RECURSIVE gb(band, n) AS (
+                  SELECT (SELECT min(mta.claim_band(r.priority, r.job_id))
+                            FROM mta.recipients r
+                           WHERE r.pipe = p_pipe AND r.domain = w.d AND r.vmta = w.v), 1
+                  UNION ALL
+                  SELECT (SELECT min(mta.claim_band(r.priority, r.job_id))
+                            FROM mta.recipients r
+                           WHERE r.pipe = p_pipe AND r.domain = w.d AND r.vmta = w.v
+                             AND mta.claim_band(r.priority, r.job_id) > gb.band), gb.n + 1
+                    FROM gb WHERE gb.band IS NOT NULL AND gb.n < 32
+              )
+              SELECT gb.band FROM gb WHERE gb.band IS NOT NULL) gb
+         WHERE NOT coalesce((SELECT mq.paused OR mq.deferred_until > now() FROM mta.queue mq
+                              WHERE mq.pipe = p_pipe AND mq.domain = w.d AND mq.vmta = w.v),
+                            false)
+    ), c0 AS (
+        -- Ready rows of each band, oldest first (message_id after
+        -- next_attempt: the recipients of one message stay together); rk
+        -- numbers the band's messages. Of the n jobs of a priority, each
+        -- band reads twice its share of l (all l when alone): every row
+        -- read is locked, and 32 bands of l rows cost five times the claim.
+        SELECT g.i, g.b, g.m, g.l, left(g.band, 3) AS prio, x.id, x.message_id,
+               x.next_attempt,
+               dense_rank() OVER (PARTITION BY g.i, g.band
+                                  ORDER BY x.next_attempt, x.message_id) AS rk
+          FROM g CROSS JOIN LATERAL (
               SELECT r.id, r.message_id, r.next_attempt
                 FROM mta.recipients r
-               WHERE r.pipe = p_pipe AND r.domain = w.d AND r.vmta = w.v
+               WHERE r.pipe = p_pipe AND r.domain = g.d AND r.vmta = g.v
+                 AND mta.claim_band(r.priority, r.job_id) = g.band
                  AND r.next_attempt <= now()
-                 AND NOT coalesce((SELECT mq.paused OR mq.deferred_until > now() FROM mta.queue mq
-                                    WHERE mq.pipe = p_pipe AND mq.domain = w.d
-                                      AND mq.vmta = w.v), false)
                  AND NOT EXISTS (SELECT 1 FROM mta.job j WHERE j.job_id = r.job_id AND j.paused)
                ORDER BY r.next_attempt, r.message_id
-               LIMIT w.l
+               LIMIT CASE WHEN g.njobs = 1 THEN g.l
+                          ELSE least(g.l, 2 * ((g.l + g.njobs - 1) / g.njobs)) END
                  FOR UPDATE OF r SKIP LOCKED) x
+    ), c1 AS (
+        -- Priority first; within a priority the jobs take turns, message by
+        -- message (round robin by job: a small job is not starved behind a
+        -- large one in the same queue).
+        SELECT c0.*, row_number() OVER (PARTITION BY c0.i
+                                        ORDER BY c0.prio, c0.rk, c0.next_attempt,
+                                                 c0.message_id, c0.id) AS pos
+          FROM c0
+    ), c AS (
+        SELECT c1.i, c1.b, c1.m, c1.id, c1.message_id, c1.pos
+          FROM c1 WHERE c1.l IS NULL OR c1.pos <= c1.l
     ), s0 AS (
         -- The content stays out of the window passes below (each pass
         -- copies its rows): it is joined once, at the end, for the rows
         -- that carry it.
         SELECT c.i, c.b, c.m, c.id, c.message_id, m.id IS NULL AS missing, m.mail_from, m.envid,
                m.dsn_ret, coalesce(m.size, 0) AS size,
-               row_number() OVER (PARTITION BY c.i
-                                  ORDER BY c.next_attempt, c.message_id, c.id) AS ord
+               c.pos AS ord
           FROM c LEFT JOIN mta.messages m ON m.id = c.message_id
     ), s1 AS (
         -- first: the row that carries the content (the message's lowest
@@ -539,7 +578,8 @@ BEGIN
                      AS taken
           FROM s2
     ), k AS (
-        SELECT k0.*, bool_or(NOT k0.taken) OVER (PARTITION BY k0.i) AS capped
+        SELECT k0.*, bool_or(NOT k0.taken) OVER (PARTITION BY k0.i) AS capped,
+               min(k0.ord) OVER (PARTITION BY k0.i, k0.message_id) AS msg_pos
           FROM k0
     ), u AS (
         -- RETURNING carries what the answer needs of k: no join of u and k
@@ -552,7 +592,7 @@ BEGIN
          WHERE r.id = k.id AND k.taken
         RETURNING k.i, r.id, r.lease_token, r.message_id, k.mail_from, r.rcpt, r.attempts,
                   k.envid, r.job_id, r.queued_at, k.first, k.missing, k.capped, r.dsn_notify,
-                  r.dsn_orcpt, k.dsn_ret
+                  r.dsn_orcpt, k.dsn_ret, k.msg_pos
     )
     SELECT u.i, u.id, u.lease_token, u.message_id, u.mail_from, u.rcpt, mc.content, u.attempts,
            u.envid, u.job_id, u.queued_at, u.first, u.missing, v_until,
@@ -562,7 +602,7 @@ BEGIN
       -- back with message_missing, and the node sets it aside instead of
       -- leasing it for ever.
       FROM u LEFT JOIN mta.messages mc ON u.first AND mc.id = u.message_id
-     ORDER BY u.i, u.message_id, u.id;
+     ORDER BY u.i, u.msg_pos, u.message_id, u.id;
 END
 $$;
 

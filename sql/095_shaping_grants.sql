@@ -32,5 +32,7 @@ GRANT SELECT ON mta.slot_locks TO mta_node, mta_monitor;
 -- Scheduling (sql/040_node.sql) and connection slots with their key
 -- (080_shaping_views.sql).
 GRANT EXECUTE ON FUNCTION mta.queue_postpone(text, text, text, int),
-                          mta.take_slot(text, text, int, int[], text, text)
+                          mta.take_slot(text, text, int, int[], text, text),
+                          mta.take_slot_prio(text, text, int, int[], text, text, int, bigint, int),
+                          mta.slot_waiting(text[], text[], int[])
     TO mta_node;
