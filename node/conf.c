@@ -973,6 +973,10 @@ validate(struct loader *ld)
         return -1;
     if (validate_unsubscribe(ld) != 0)
         return -1;
+    /* TLS-RPT reports by mail need a sender; from without the rest is a typo */
+    if ((c->tls_report_org != NULL) != (c->tls_report_from != NULL))
+        return fail(ld, top_loc(ld, "tls-report"),
+                    "tls-report: organization-name and from go together");
     /* A VERP tag nobody can check, or a listener that cannot check one,
      * would let forged bounces suppress addresses. */
     if ((c->nverp > 0 || c->nlisten_inbound > 0) &&
