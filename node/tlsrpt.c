@@ -31,6 +31,8 @@
 #define TLSRPT_CLAIM_LIMIT "20"
 #define TLSRPT_HTTP_TIMEOUT_S 30
 #define TLSRPT_ERR_LEN 256
+/* How long after midnight (UTC) the previous day is reported. */
+#define TLSRPT_DAY_SETTLE_S 900
 
 struct report;
 
@@ -64,8 +66,10 @@ struct tlsrpt {
     char *node;
     struct event *timer;
     char day[16];
-    bool busy;    /* a round is in flight */
-    bool closing; /* tlsrpt_stop: no new request */
+    char built_day[16]; /* the day this node's claim has built */
+    bool building;      /* the claim in flight builds day */
+    bool busy;          /* a round is in flight */
+    bool closing;       /* tlsrpt_stop: no new request */
     struct report *reports;
 };
 
@@ -506,8 +510,8 @@ tlsrpt_prepare(struct db *db)
 {
     db_prepare(db, "tlsrpt_claim",
                "SELECT policy_domain, report_id, report, done_rua "
-               "FROM mta.tlsrpt_claim($1, $2::date, $3, $4, $5::int)",
-               5);
+               "FROM mta.tlsrpt_claim($1, $2::date, $3, $4, $5::bool, $6::int)",
+               6);
     db_prepare(db, "tlsrpt_done",
                "SELECT mta.tlsrpt_done($1, $2::date, $3, $4::text[], $5, $6::int)", 6);
     db_prepare(db, "tlsrpt_enqueue", "SELECT mta.enqueue($1, $2::text[], $3::text)", 3);
@@ -523,6 +527,8 @@ on_claim(const PGresult *res, void *arg)
         tlsrpt_round_end(t);
         return;
     }
+    if (t->building)
+        memcpy(t->built_day, t->day, sizeof t->day);
     int n = t->closing ? 0 : PQntuples(res);
     for (int i = 0; i < n; i++) {
         struct report *r = xcalloc(1, sizeof *r);
@@ -571,17 +577,23 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     struct tlsrpt *t = arg;
     if (t->busy)
         return;
-    /* always the previous UTC day: the database refuses a day not over */
-    time_t y = time(NULL) - 86400;
+    /* always the previous UTC day (the database refuses a day not over),
+     * once it has been over for a while: attempts that were under way at
+     * midnight have been recorded by then */
+    time_t y = time(NULL) - 86400 - TLSRPT_DAY_SETTLE_S;
     struct tm tm;
     gmtime_r(&y, &tm);
     strftime(t->day, sizeof t->day, "%Y-%m-%d", &tm);
     const struct conf *c = t->conf;
-    const char *vals[5] = {t->node, t->day, c->tls_report_org,
+    t->building = strcmp(t->built_day, t->day) != 0;
+    const char *vals[6] = {t->node,
+                           t->day,
+                           c->tls_report_org,
                            c->tls_report_contact ? c->tls_report_contact : c->tls_report_org,
+                           t->building ? "true" : "false",
                            TLSRPT_CLAIM_LIMIT};
     struct db *db = t->pick_db(t->arg);
-    if (!db || db_exec(db, "tlsrpt_claim", 5, vals, NULL, NULL, 0, on_claim, t) != 0) {
+    if (!db || db_exec(db, "tlsrpt_claim", 6, vals, NULL, NULL, 0, on_claim, t) != 0) {
         tlsrpt_schedule(t);
         return;
     }

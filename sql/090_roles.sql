@@ -119,9 +119,12 @@ GRANT SELECT ON mta.acct TO mta_monitor;
 -- the shared MTA-STS policy cache (sql/018_mta_sts.sql)
 GRANT SELECT ON mta.mta_sts TO mta_monitor;
 -- TLS-RPT reports (sql/019_tlsrpt.sql)
-GRANT EXECUTE ON FUNCTION mta.tlsrpt_claim(text, date, text, text, int),
+GRANT EXECUTE ON FUNCTION mta.tlsrpt_claim(text, date, text, text, bool, int),
                           mta.tlsrpt_done(text, date, text, text[], text, int),
-                          mta.tlsrpt_report(text, date, text, text)
+                          mta.tlsrpt_report(text, date, text, text),
+                          mta.tlsrpt_reports(date, text, text, text)
     TO mta_node;
-GRANT EXECUTE ON FUNCTION mta.tlsrpt_report(text, date, text, text) TO mta_monitor;
+GRANT EXECUTE ON FUNCTION mta.tlsrpt_report(text, date, text, text),
+                          mta.tlsrpt_reports(date, text, text, text)
+    TO mta_monitor;
 GRANT SELECT ON mta.tlsrpt_sent TO mta_monitor;

@@ -225,7 +225,7 @@ class TlsRpt(unittest.TestCase):
     def test_day_not_over_refused(self):
         with self.assertRaises(Exception) as cm:
             self.pg.query("SELECT * FROM mta.tlsrpt_claim('n', (now() AT TIME ZONE 'UTC')::date, "
-                          "'o', 'c')")
+                          "'o', 'c', true)")
         self.assertIn("not over", str(cm.exception))
 
 
