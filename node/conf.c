@@ -1057,6 +1057,7 @@ conf_load(const char *path, char *err, size_t errlen)
     c->generate_bounces = true;
     c->lease_ms = 5 * 60000;
     c->poll_interval_ms = 1000;
+    c->tls_report_interval_ms = 5 * 60000; /* TLSRPT_DEFAULT_INTERVAL_MS */
     c->shutdown_timeout_ms = 30000;
     c->smtp_listener_allow = xcalloc(3, sizeof *c->smtp_listener_allow);
     c->smtp_listener_allow[0] = xstrdup("127.0.0.0/8");
