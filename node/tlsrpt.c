@@ -169,6 +169,12 @@ tlsrpt_parse_record(const char *txt, char **out, size_t max)
 static void tlsrpt_round_end(struct tlsrpt *t);
 
 static void
+conn_free_cb(void *p)
+{
+    evhttp_connection_free(p);
+}
+
+static void
 report_free(struct report *r)
 {
     for (struct report **pp = &r->t->reports; *pp; pp = &(*pp)->next) {
@@ -180,8 +186,9 @@ report_free(struct report *r)
     while (r->posts) {
         struct post *p = r->posts;
         r->posts = p->next;
+        /* from the loop: report_free may run inside the POST's callback */
         if (p->conn)
-            evhttp_connection_free(p->conn);
+            util_defer_free(r->t->base, conn_free_cb, p->conn);
         free(p->rua);
         free(p);
     }
@@ -642,6 +649,7 @@ tlsrpt_free(struct tlsrpt *t)
     while (t->reports)
         report_free(t->reports);
     event_free(t->timer);
+    util_defer_run(t->base); /* the https connections, before their resolver */
     evdns_base_free(t->evdns, 0);
     free(t->node);
     free(t);
