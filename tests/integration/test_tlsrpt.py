@@ -144,6 +144,11 @@ class TlsRpt(unittest.TestCase):
         self.assertEqual(len(self.mails("tlsrpt@rpt.test")), 1)
         self.assertEqual(len(self.mails("b-reports@rpt.test")), 1)
         self.assertEqual(len(self.sink.messages()), 2)
+        # both nodes ran the job
+        for n in self.nodes:
+            self.assertIn("tlsrpt event=started", n.log())
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.tlsrpt_sent WHERE claimed_by "
+                                        "IS NOT NULL AND sent_at IS NOT NULL"), 0)
 
     def test_report_fields_and_counts(self):
         r = json.loads(self.stored("a.test"))
