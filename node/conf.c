@@ -1004,6 +1004,10 @@ validate(struct loader *ld)
         return -1;
     if (validate_unsubscribe(ld) != 0)
         return -1;
+    /* TLS-RPT reports by mail need a sender; from without the rest is a typo */
+    if ((c->tls_report_org != NULL) != (c->tls_report_from != NULL))
+        return fail(ld, top_loc(ld, "tls-report"),
+                    "tls-report: organization-name and from go together");
     /* A VERP tag nobody can check, or a listener that cannot check one,
      * would let forged bounces suppress addresses. */
     if ((c->nverp > 0 || c->nlisten_inbound > 0) &&
@@ -1084,6 +1088,7 @@ conf_load(const char *path, char *err, size_t errlen)
     c->generate_bounces = true;
     c->lease_ms = 5 * 60000;
     c->poll_interval_ms = 1000;
+    c->tls_report_interval_ms = 5 * 60000; /* TLSRPT_DEFAULT_INTERVAL_MS */
     c->shutdown_timeout_ms = 30000;
     c->smtp_listener_allow = xcalloc(3, sizeof *c->smtp_listener_allow);
     c->smtp_listener_allow[0] = xstrdup("127.0.0.0/8");

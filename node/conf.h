@@ -220,6 +220,13 @@ struct conf {
     uint64_t inbound_idle_timeout_ms;
     uint64_t inbound_data_timeout_ms;
     uint64_t inbound_max_data_time_ms;
+    /* tls-report { ... }: daily TLS-RPT reports (see README, TLS-RPT); off
+     * while organization-name is NULL */
+    char *tls_report_org;
+    char *tls_report_contact;        /* NULL: the organization name */
+    char *tls_report_submitter;      /* TLS-Report-Submitter; NULL: node-name */
+    char *tls_report_from;           /* sender of mailto: reports; required when on */
+    uint64_t tls_report_interval_ms; /* how often a node looks for reports due */
     bool generate_bounces;
     uint64_t lease_ms;         /* how long a claim is valid */
     uint64_t poll_interval_ms; /* upper bound of the idle poll backoff */

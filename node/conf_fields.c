@@ -409,6 +409,19 @@ static const struct field inbound_fields[] = {
     {0},
 };
 
+/* tls-report { ... } (see README, TLS-RPT) */
+static const struct field tls_report_fields[] = {
+    {.name = "organization-name", .type = F_STRING, .off = C_OFF(tls_report_org)},
+    {.name = "contact-info", .type = F_STRING, .off = C_OFF(tls_report_contact)},
+    {.name = "submitter", .type = F_STRING, .off = C_OFF(tls_report_submitter)},
+    {.name = "from", .type = F_STRING, .off = C_OFF(tls_report_from)},
+    {.name = "interval",
+     .type = F_DURATION,
+     .off = C_OFF(tls_report_interval_ms),
+     .flags = FL_NONZERO},
+    {0},
+};
+
 const struct field conf_top_fields[] = {
     {.name = "node-name", .type = F_STRING, .off = C_OFF(node_name)},
     {.name = "log-level", .type = F_LOG_LEVEL, .off = C_OFF(log_level)},
@@ -482,6 +495,7 @@ const struct field conf_top_fields[] = {
      .kind = &verp_kind},
     {.name = "verp-secret", .type = F_STRING, .off = C_OFF(verp_secret), .flags = FL_SECRET},
     {.name = "inbound", .type = F_GROUP, .sub = inbound_fields},
+    {.name = "tls-report", .type = F_GROUP, .sub = tls_report_fields},
     {0},
 };
 

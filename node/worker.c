@@ -36,6 +36,7 @@
 #include "session_claims.h"
 #include "session_finish.h"
 #include "smtp_client.h"
+#include "tlsrpt.h"
 #include "unsub.h"
 #include "util.h"
 
@@ -70,7 +71,8 @@ struct worker {
     struct registry *registry;
     struct session_env env;
     struct admission *queues;
-    long long last_prune; /* monotonic ms */
+    struct tlsrpt *tlsrpt; /* the housekeeping process only */
+    long long last_prune;  /* monotonic ms */
     struct event *ev_tick;
     struct event *ev_housekeeping;
     struct event *ev_deadline;
@@ -418,6 +420,7 @@ worker_prepare(struct db *db)
     mta_sts_prepare(db);
     srcip_prepare(db);
     priority_prepare(db);
+    tlsrpt_prepare(db);
     db_prepare(db, "ready_queues",
                "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
     db_prepare(db, "purge_messages", "SELECT mta.purge_messages(10000)", 0);
@@ -536,6 +539,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
             ms = WORKER_HOUSEKEEPING_MS;
         struct timeval hk = {ms / 1000, (ms % 1000) * 1000};
         evtimer_add(w->ev_housekeeping, &hk);
+        w->tlsrpt = tlsrpt_new(w->base, e->dns, worker_pick_db, w, conf, w->node_label);
     }
     int sigs[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
@@ -560,6 +564,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     e->claims = NULL;
     util_defer_run(w->base);
     registry_free(w->registry);
+    tlsrpt_stop(w->tlsrpt);
     sched_free(e->sched);
     dkim_free(e->dkim);
     unsub_free(e->unsub);
@@ -570,6 +575,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
     srcip_free(e->srcip);
     mta_sts_free(e->sts);
     e->sts = NULL;
+    tlsrpt_free(w->tlsrpt);
     dns_free(e->dns);
     for (int i = 0; i < 3; i++)
         event_free(w->ev_signals[i]);

@@ -131,3 +131,13 @@ GRANT SELECT ON mta.acct TO mta_monitor;
 GRANT SELECT ON mta.mta_sts TO mta_monitor;
 -- the SQL door's counter (migrations/0014_inject_count.sql)
 GRANT SELECT ON mta.inject_count TO mta_monitor;
+-- TLS-RPT reports (sql/019_tlsrpt.sql)
+GRANT EXECUTE ON FUNCTION mta.tlsrpt_claim(text, date, text, text, bool, int),
+                          mta.tlsrpt_done(text, date, text, text[], text, int),
+                          mta.tlsrpt_report(text, date, text, text),
+                          mta.tlsrpt_reports(date, text, text, text)
+    TO mta_node;
+GRANT EXECUTE ON FUNCTION mta.tlsrpt_report(text, date, text, text),
+                          mta.tlsrpt_reports(date, text, text, text)
+    TO mta_monitor;
+GRANT SELECT ON mta.tlsrpt_sent TO mta_monitor;

@@ -25,6 +25,7 @@ from sink import Sink
 
 BODY = "Subject: mta-sts test\r\n\r\nhello\r\n"
 GOOD_MX_IP, SELF_MX_IP, OTHER_MX_IP = "127.0.0.40", "127.0.0.41", "127.0.0.42"
+EXPIRED_MX_IP = "127.0.0.43"
 
 
 def policy(mode, *mx, max_age=86400):
@@ -39,6 +40,7 @@ POLICIES = {
     "selfsigned.test": (200, policy("enforce", "mx.selfsigned.test")),
     "testing.test": (200, policy("testing", "mx.testing.test")),
     "wrongname.test": (200, policy("testing", "mx.wrongname.test")),
+    "expired.test": (200, policy("testing", "mx.expired.test")),
     "invalid.test": (200, "version: STSv1\r\nmode: enforce\r\nmx: mx.invalid.test\r\n"),
     "cached.test": (404, "gone\n"),
     "shared.test": (200, policy("enforce", "mx.shared.test")),
@@ -55,15 +57,16 @@ def openssl(*args):
     subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
 
 
-def make_ca_cert(d, ca, ca_key, name, sans):
-    """A certificate for SANS signed by the test CA: (cert, key)."""
+def make_ca_cert(d, ca, ca_key, name, sans, days=2):
+    """A certificate for SANS signed by the test CA: (cert, key); days < 0:
+    one that expired (notAfter before notBefore, now)."""
     key, csr, cert, ext = (os.path.join(d, name + s) for s in (".key", ".csr", ".pem", ".ext"))
     with open(ext, "w") as f:
         f.write("subjectAltName=%s\n" % ",".join("DNS:" + s for s in sans))
     openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-subj", "/CN=" + sans[0], "-keyout", key, "-out", csr)
     openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-            "-days", "2", "-out", cert, "-extfile", ext)
+            "-days", str(days), "-out", cert, "-extfile", ext)
     return cert, key
 
 
@@ -121,6 +124,8 @@ class MtaSts(unittest.TestCase):
                                        ["mx1.good.test", "mx.shared.test", "mx.cached.test",
                                         "mx.invalid.test", "mx.off.test", "mx.other.test",
                                         "mx2.slow.test"])
+        expired_cert, expired_key = make_ca_cert(d, ca, ca_key, "expired", ["mx.expired.test"],
+                                                 days=-1)
         self_cert, self_key = os.path.join(d, "self.pem"), os.path.join(d, "self.key")
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                 "-nodes", "-subj", "/CN=mx.selfsigned.test", "-days", "2",
@@ -139,6 +144,8 @@ class MtaSts(unittest.TestCase):
         cls.good = Sink(host=GOOD_MX_IP, port=port, tls_cert=mx_cert, tls_key=mx_key)
         cls.selfsigned = Sink(host=SELF_MX_IP, port=port, tls_cert=self_cert, tls_key=self_key)
         cls.other = Sink(host=OTHER_MX_IP, port=port, tls_cert=mx_cert, tls_key=mx_key)
+        cls.expired = Sink(host=EXPIRED_MX_IP, port=port, tls_cert=expired_cert,
+                           tls_key=expired_key)
         dns = cls.dns
         PolicyHandler.dns = dns
         for dom in POLICIES:
@@ -152,6 +159,7 @@ class MtaSts(unittest.TestCase):
                             ("selfsigned.test", "mx.selfsigned.test", SELF_MX_IP),
                             ("testing.test", "mx.testing.test", SELF_MX_IP),
                             ("wrongname.test", "mx.wrongname.test", GOOD_MX_IP),
+                            ("expired.test", "mx.expired.test", EXPIRED_MX_IP),
                             ("invalid.test", "mx.invalid.test", GOOD_MX_IP),
                             ("cached.test", "mx.cached.test", GOOD_MX_IP),
                             ("shared.test", "mx.shared.test", GOOD_MX_IP),
@@ -210,7 +218,7 @@ class MtaSts(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         RELEASE_HANG.set()
-        for s in (cls.good, cls.selfsigned, cls.other):
+        for s in (cls.good, cls.selfsigned, cls.other, cls.expired):
             s.stop()
         cls.web.shutdown()
         cls.web.server_close()
@@ -266,6 +274,13 @@ class MtaSts(unittest.TestCase):
         row = self.first("a@wrongname.test")
         self.assertEqual(row[0], "d", row)
         self.assertEqual(row[3:5], ("sts", "certificate-host-mismatch"))
+
+    def test_testing_mode_records_expired_certificate(self):
+        # X509_V_ERR_CERT_HAS_EXPIRED from a certificate of the trusted CA
+        row = self.first("a@expired.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertEqual(row[3:6], ("sts", "certificate-expired", "expired.test"))
+        self.assertTrue(self.sent_mail(self.expired, "a@expired.test"))
 
     def test_invalid_policy_is_an_error(self):
         row = self.first("a@invalid.test")
