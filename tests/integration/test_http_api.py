@@ -211,8 +211,9 @@ class HttpApiTest(unittest.TestCase):
         q = q[0]
         self.assertEqual(set(q), {"domain", "vmta", "pipe", "queued", "ready", "deferred",
                                   "in_flight", "oldest", "next_attempt", "paused", "backoff",
-                                  "connections", "last_error"})
+                                  "connections", "last_error", "deferred_until"})
         self.assertEqual(q["queued"], 3)
+        self.assertIsNone(q["deferred_until"])
         self.assertIsNone(q["vmta"])
         self.assertIsInstance(q["paused"], bool)
 
