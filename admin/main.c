@@ -27,6 +27,7 @@ static const char usage_text[] =
     "  passwd [--sha512]                read a password on stdin, print its crypt(3)\n"
     "                                   hash for smtp-listener users\n"
     "  suppress add|remove|list|import  manage the suppression list\n"
+    "  warmup show|set|hold|resume      IP warm-up plans\n"
     "\n"
     "options:\n"
     "  --db URL     PostgreSQL connection URL (default: $PGMTA_DATABASE_URL)\n"
@@ -50,7 +51,7 @@ struct command {
 static const struct command commands[] = {
     {"migrate", admin_cmd_migrate}, {"show", admin_cmd_show},         {"pause", admin_cmd_pause},
     {"resume", admin_cmd_resume},   {"delete", admin_cmd_delete},     {"acct", admin_cmd_acct},
-    {"passwd", admin_cmd_passwd},   {"suppress", admin_cmd_suppress},
+    {"passwd", admin_cmd_passwd},   {"suppress", admin_cmd_suppress}, {"warmup", admin_cmd_warmup},
 };
 
 void

@@ -118,3 +118,8 @@ GRANT EXECUTE ON FUNCTION mta.suppressed(text, text) TO mta_monitor;
 GRANT SELECT ON mta.acct TO mta_monitor;
 -- the shared MTA-STS policy cache (sql/018_mta_sts.sql)
 GRANT SELECT ON mta.mta_sts TO mta_monitor;
+-- IP warm-up (sql/056_warmup.sql): the node reserves, refunds and decides;
+-- the status view is for everyone who watches
+GRANT EXECUTE ON FUNCTION mta.warmup_take(text, text, int), mta.warmup_refund(text, text, int),
+    mta.warmup_advance(date) TO mta_node;
+GRANT SELECT ON mta.warmup_status TO mta_node, mta_monitor;
