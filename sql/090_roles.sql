@@ -123,3 +123,5 @@ GRANT SELECT ON mta.mta_sts TO mta_monitor;
 GRANT EXECUTE ON FUNCTION mta.warmup_take(text, text, int), mta.warmup_refund(text, text, int),
     mta.warmup_advance(date) TO mta_node;
 GRANT SELECT ON mta.warmup_status TO mta_node, mta_monitor;
+GRANT EXECUTE ON FUNCTION mta.warmup_sent(text, text, timestamptz),
+    mta.warmup_counter(text, text) TO mta_node, mta_monitor;

@@ -2,12 +2,13 @@
 mta.warmup_advance with accounting rows written for those days (advance
 under the thresholds, hold over them, step back over the second ones), the
 batch reservations of mta.warmup_take hold the day's hourly allowance, and
-mta.warmup_status and `pgmta warmup show` report the state."""
+mta.warmup_status, `pgmta warmup show` and GET /api/warmup report the state."""
 import datetime
-import os
+import http.client
+import json
 import subprocess
 
-from pgmta_test import PGMTA, DbTestCase, main
+from pgmta_test import PGMTA, DbTestCase, Pgmtad, free_port, main, wait_for
 
 IP = "127.0.0.2"
 
@@ -126,6 +127,34 @@ class WarmupTest(DbTestCase):
         subprocess.run([cli, "warmup", "resume", IP, key, "--db", self.pg.dsn], check=True,
                        capture_output=True, timeout=30)
         self.assertEqual(self.status(key)[3], "advancing")
+
+    def test_http_api(self):
+        key = "api.test"
+        self.plan(key)
+        port = free_port()
+        node = Pgmtad(self.pg, pipes='( { name = "bulk"; processes = 1; } )',
+                      extra='listen = { http = "127.0.0.1:%d"; };\nhttp = { token = "tk"; };\n'
+                      % port)
+
+        def get():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                c.request("GET", "/api/warmup", headers={"Authorization": "Bearer tk"})
+                r = c.getresponse()
+                return r.status, r.read()
+            except OSError:
+                return None, b""
+            finally:
+                c.close()
+        try:
+            wait_for(lambda: get()[0] == 200, timeout=20, what="GET /api/warmup")
+            st, body = get()
+            rows = [r for r in json.loads(body) if r["key"] == key]
+            self.assertEqual(len(rows), 1, body)
+            self.assertEqual((rows[0]["ip"], rows[0]["day"], rows[0]["hourly_limit"],
+                              rows[0]["state"]), (IP, 1, 20, "advancing"))
+        finally:
+            self.assertEqual(node.stop(), 0, node.log()[-3000:])
 
 
 if __name__ == "__main__":
