@@ -24,6 +24,11 @@ static const struct field vmta_fields[] = {
     {.name = "name", .type = F_NAME, .off = offsetof(struct conf_vmta, name), .flags = FL_KEY},
     {.name = "smtp-source-host", .type = F_IP, .off = offsetof(struct conf_vmta, smtp_source_host)},
     {.name = "helo", .type = F_STRING, .off = offsetof(struct conf_vmta, helo)},
+    /* IP warm-up (warmup.h) */
+    {.name = "warmup", .type = F_BOOL, .off = offsetof(struct conf_vmta, warmup)},
+    {.name = "warmup-overflow-pool",
+     .type = F_STRING,
+     .off = offsetof(struct conf_vmta, warmup_overflow_pool)},
     {0},
 };
 

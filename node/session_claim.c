@@ -165,6 +165,8 @@ session_take_claim(struct session *s, const PGresult *res)
     struct batch *b = &s->batch;
     batch_learn(b, held, &e->avg_row_bytes);
     session_trim(s, s->tokens);
+    if (s->warmup_ip)
+        s->warmup_left -= b->nmsgs < s->warmup_left ? (unsigned)b->nmsgs : s->warmup_left;
     log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
               (unsigned long long)s->id, s->q->name, b->nrcpts, b->nmsgs);
     return b->nrcpts > 0;
@@ -205,6 +207,8 @@ static unsigned
 claim_want(const struct session *s)
 {
     unsigned want = s->dom->max_msg_per_connection - s->sent;
+    if (s->warmup_ip && want > s->warmup_left)
+        want = s->warmup_left; /* a warming IP's reservation (warmup.h) */
     return want > SESSION_BATCH_MAX ? SESSION_BATCH_MAX : want;
 }
 

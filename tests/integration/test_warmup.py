@@ -156,6 +156,42 @@ class WarmupTest(DbTestCase):
         finally:
             self.assertEqual(node.stop(), 0, node.log()[-3000:])
 
+    def test_enforcement_and_overflow(self):
+        """Hourly limit 20 on 127.0.0.2 for the provider, warm pool on
+        127.0.0.3: of 50 messages the sink sees at most 20 from 127.0.0.2 and
+        the rest from 127.0.0.3, none deferred."""
+        from sink import Sink
+        key = "enforce.test"
+        self.plan(key, days=((1000, 20), (2000, 40)))
+        sink = Sink(host="127.0.0.1")
+        vmtas = ('virtual-mtas = ( { name = "cold"; smtp-source-host = "127.0.0.2"; '
+                 'warmup-overflow-pool = "warm"; },\n'
+                 '  { name = "hot"; smtp-source-host = "127.0.0.3"; } );\n'
+                 'virtual-mta-pools = ( { name = "warm"; virtual-mtas = [ "hot" ]; } );\n')
+        node = Pgmtad(self.pg, pipes='( { name = "bulk"; processes = 1; } )', extra=vmtas,
+                      domains=['{ name = "%s"; route = "127.0.0.1:%d"; max-smtp-out = 4; '
+                               'max-msg-per-connection = 10; }' % (key, sink.port)])
+        try:
+            for n in range(50):
+                self.q("SELECT mta.enqueue('s@sender.test', %s, %s, vmta => 'cold')",
+                       (["r%d@%s" % (n, key)], "Subject: %d\r\n\r\nx\r\n" % n))
+            wait_for(lambda: len(sink.messages()) >= 50, timeout=20,
+                     what="50 messages at the sink")
+            by_ip = {}
+            for sess in sink.sessions():
+                by_ip[sess.peer[0]] = by_ip.get(sess.peer[0], 0) + len(sess.messages)
+            self.assertLessEqual(by_ip.get("127.0.0.2", 0), 20, by_ip)
+            self.assertGreater(by_ip.get("127.0.0.2", 0), 0, by_ip)
+            self.assertEqual(by_ip.get("127.0.0.2", 0) + by_ip.get("127.0.0.3", 0), 50, by_ip)
+            self.assertEqual(self.q1("SELECT count(*) FROM mta.acct WHERE type = 't' "
+                                     "AND rcpt LIKE %s", ("%@" + key,)), 0)
+            self.assertEqual(self.q1("SELECT sent_this_hour FROM mta.warmup_status "
+                                     "WHERE key = %s", (key,)), by_ip["127.0.0.2"])
+        finally:
+            rc = node.stop()
+            sink.stop()
+            self.assertEqual(rc, 0, node.log()[-3000:])
+
 
 if __name__ == "__main__":
     main()
