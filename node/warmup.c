@@ -16,6 +16,8 @@ warmup_prepare(struct db *db)
     db_prepare(db, "warmup_take", "SELECT granted, warming FROM mta.warmup_take($1, $2, $3::int)",
                3);
     db_prepare(db, "warmup_refund", "SELECT mta.warmup_refund($1, $2, $3::int)", 3);
+    /* housekeeping: today's decision, once per day whoever calls it */
+    db_prepare(db, "warmup_advance", "SELECT mta.warmup_advance(current_date)", 0);
 }
 
 const char *

@@ -168,7 +168,9 @@ class WarmupTest(DbTestCase):
                  'warmup-overflow-pool = "warm"; },\n'
                  '  { name = "hot"; smtp-source-host = "127.0.0.3"; } );\n'
                  'virtual-mta-pools = ( { name = "warm"; virtual-mtas = [ "hot" ]; } );\n')
+        self.plan("job.test")
         node = Pgmtad(self.pg, pipes='( { name = "bulk"; processes = 1; } )', extra=vmtas,
+                      env={"PGMTA_HOUSEKEEPING_MS": "300"},
                       domains=['{ name = "%s"; route = "127.0.0.1:%d"; max-smtp-out = 4; '
                                'max-msg-per-connection = 10; }' % (key, sink.port)])
         try:
@@ -187,6 +189,11 @@ class WarmupTest(DbTestCase):
                                      "AND rcpt LIKE %s", ("%@" + key,)), 0)
             self.assertEqual(self.q1("SELECT sent_this_hour FROM mta.warmup_status "
                                      "WHERE key = %s", (key,)), by_ip["127.0.0.2"])
+            # the node's housekeeping makes today's decision (no traffic yesterday)
+            wait_for(lambda: self.q1("SELECT decided_for = current_date FROM mta.warmup_status"
+                                     " WHERE key = 'job.test'"), timeout=10,
+                     what="the daily decision by the node")
+            self.assertEqual(self.status("job.test")[3], "held")
         finally:
             rc = node.stop()
             sink.stop()
