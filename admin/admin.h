@@ -33,6 +33,7 @@ int admin_cmd_acct(int argc, char **argv);
 int admin_cmd_passwd(int argc, char **argv);
 int admin_cmd_suppress(int argc, char **argv);
 int admin_cmd_tlsrpt(int argc, char **argv);
+int admin_cmd_warmup(int argc, char **argv);
 
 /* Prints "pgmta: " + message to stderr. */
 void admin_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -28,6 +28,7 @@ static const char usage_text[] =
     "                                   hash for smtp-listener users\n"
     "  suppress add|remove|list|import  manage the suppression list\n"
     "  tlsrpt show                      print a TLS-RPT report (RFC 8460)\n"
+    "  warmup show|set|hold|resume      IP warm-up plans\n"
     "\n"
     "options:\n"
     "  --db URL     PostgreSQL connection URL (default: $PGMTA_DATABASE_URL)\n"
@@ -52,6 +53,7 @@ static const struct command commands[] = {
     {"migrate", admin_cmd_migrate}, {"show", admin_cmd_show},         {"pause", admin_cmd_pause},
     {"resume", admin_cmd_resume},   {"delete", admin_cmd_delete},     {"acct", admin_cmd_acct},
     {"passwd", admin_cmd_passwd},   {"suppress", admin_cmd_suppress}, {"tlsrpt", admin_cmd_tlsrpt},
+    {"warmup", admin_cmd_warmup},
 };
 
 void

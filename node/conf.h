@@ -93,6 +93,11 @@ struct conf_vmta {
     char *smtp_source_host;  /* IP address to bind, or NULL */
     char *helo;              /* HELO/EHLO name, or NULL for node-name/host name */
     uint32_t queue_priority; /* 0-100: the queues of this vmta are at least this */
+    /* IP warm-up (warmup.h): sessions from this vmta follow its source
+     * IP's plans; over the allowance they go out from a member of
+     * warmup_overflow_pool (when set) instead of waiting */
+    bool warmup;
+    char *warmup_overflow_pool;
 };
 
 struct conf_vmta_pool {

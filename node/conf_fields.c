@@ -29,6 +29,11 @@ static const struct field vmta_fields[] = {
      .type = F_UINT,
      .off = offsetof(struct conf_vmta, queue_priority),
      .max = 100},
+    /* IP warm-up (warmup.h) */
+    {.name = "warmup", .type = F_BOOL, .off = offsetof(struct conf_vmta, warmup)},
+    {.name = "warmup-overflow-pool",
+     .type = F_STRING,
+     .off = offsetof(struct conf_vmta, warmup_overflow_pool)},
     {0},
 };
 

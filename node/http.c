@@ -63,6 +63,7 @@ static const struct route {
     {"/api/queues", M_GET, "GET, HEAD", http_api_queues},
     {"/api/nodes", M_GET, "GET, HEAD", http_api_nodes},
     {"/api/jobs", M_GET, "GET, HEAD", http_api_jobs},
+    {"/api/warmup", M_GET, "GET, HEAD", http_api_warmup},
     {"/api/stats", M_GET, "GET, HEAD", http_api_stats},
     {"/api/dashboard", M_GET, "GET, HEAD", http_api_dashboard},
     {"/api/pause", M_POST, "POST", http_api_pause},

@@ -79,6 +79,7 @@ static const struct {
     {"http_queues", "SELECT * FROM mta.queues ORDER BY domain, vmta, pipe", 0},
     {"http_nodes", "SELECT * FROM mta.nodes ORDER BY 1", 0},
     {"http_jobs", "SELECT * FROM mta.jobs ORDER BY job_id", 0},
+    {"http_warmup", "SELECT * FROM mta.warmup_status ORDER BY ip, key", 0},
     {"http_job", "SELECT * FROM mta.jobs WHERE job_id = $1", 1},
     {"http_pause_queue", "SELECT mta.pause_queue($1, $2)", 2},
     {"http_resume_queue", "SELECT mta.resume_queue($1, $2)", 2},
@@ -415,6 +416,13 @@ void
 http_api_queues(struct http_api *a, struct evhttp_request *req)
 {
     call_start(a, call_new(req, CALL_ROWS), "http_queues", 0, NULL);
+}
+
+/* GET /api/warmup: the IP warm-up plans (mta.warmup_status). */
+void
+http_api_warmup(struct http_api *a, struct evhttp_request *req)
+{
+    call_start(a, call_new(req, CALL_ROWS), "http_warmup", 0, NULL);
 }
 
 void

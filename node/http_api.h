@@ -29,6 +29,7 @@ void http_api_free(struct http_api *a);
 typedef void (*http_api_fn)(struct http_api *a, struct evhttp_request *req);
 void http_api_status(struct http_api *a, struct evhttp_request *req);
 void http_api_queues(struct http_api *a, struct evhttp_request *req);
+void http_api_warmup(struct http_api *a, struct evhttp_request *req);
 void http_api_nodes(struct http_api *a, struct evhttp_request *req);
 void http_api_jobs(struct http_api *a, struct evhttp_request *req);
 /* GET /api/stats?hours=H: accounting events per minute (mta.acct_minutes) */

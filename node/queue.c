@@ -9,6 +9,7 @@
 #include "batch.h"
 #include "log.h"
 #include "util.h"
+#include "warmup.h"
 
 struct db *
 queue_pick_db(struct db *const *dbs, size_t n, size_t *rr)
@@ -26,6 +27,7 @@ queue_pick_db(struct db *const *dbs, size_t n, size_t *rr)
 void
 queue_prepare(struct db *db)
 {
+    warmup_prepare(db);
     db_prepare(db, "claim_many",
                "SELECT * FROM mta.claim_many($1::bigint, $2, $3::text[], $4::text[], $5::int[], "
                "$6::int, $7::bigint[])",

@@ -31,15 +31,16 @@
 #include "smtp_client.h"
 #include "srcip.h"
 #include "util.h"
+#include "warmup.h"
 
-static const char *const state_names[] = {"slot",           "slot+claim",   "slot+tokens+claim",
-                                          "connect-token",  "tokens",       "tokens+claim",
-                                          "wait",           "claim-queued", "claim",
-                                          "policy+resolve", "resolve",      "send",
-                                          "finish",         "finish-wait",  "done"};
-static const char *const event_names[] = {"slot",           "tokens", "claim-turn", "claimed",
-                                          "tokens-claimed", "policy", "resolved",   "batch-done",
-                                          "finished",       "timer"};
+static const char *const state_names[] = {
+    "warmup",        "slot",   "slot+claim",     "slot+tokens+claim",
+    "connect-token", "tokens", "tokens+claim",   "wait",
+    "claim-queued",  "claim",  "policy+resolve", "resolve",
+    "send",          "finish", "finish-wait",    "done"};
+static const char *const event_names[] = {"warmup",     "slot",           "tokens", "claim-turn",
+                                          "claimed",    "tokens-claimed", "policy", "resolved",
+                                          "batch-done", "finished",       "timer"};
 
 /* The wall clock, for what is stored (retry times, expiry against
  * queued_at, backoff end); deadlines use admission_now_ms. */
@@ -167,6 +168,9 @@ session_end(struct session *s)
         evtimer_del(s->ev_timer);
     if (was == SESSION_CLAIM_QUEUED)
         admission_claim_leave(s->q, &s->claim_turn);
+    if (s->warmup_ip && s->warmup_left)
+        warmup_refund(session_env_db(e), s->warmup_ip, s->limit_domain, s->warmup_left);
+    s->warmup_left = 0;
     if (s->slot >= 0) {
         sched_release_slot(e->sched, s->limit_domain, s->source_vmta, s->slot);
         s->slot = -1;
@@ -361,6 +365,74 @@ session_on_finished(const PGresult *res, void *arg)
 
 /* ---- entering a state ---- */
 
+/* A new connection's first state: its slot, with its first claim when that
+ * may go in parallel. */
+static void
+enter_first(struct session *s)
+{
+    session_enter(s, session_may_slot_tokens_claim(s) ? SESSION_SLOT_TOKENS_CLAIM
+                     : session_may_slot_claim(s)      ? SESSION_SLOT_CLAIM
+                                                      : SESSION_SLOT);
+}
+
+static void
+session_on_warmup(const PGresult *res, void *arg)
+{
+    struct session *s = arg;
+    if (session_returned(s))
+        session_react(s, &(struct session_event){.type = EV_WARMUP, .res = res});
+}
+
+/* The session's source vmta is warming: reserve as many messages as the
+ * connection may send. */
+static void
+enter_warmup(struct session *s)
+{
+    const struct conf_vmta *vm = conf_vmta_lookup(s->e->conf, s->source_vmta);
+    struct db *db = session_env_db(s->e);
+    unsigned want = s->dom->max_msg_per_connection ? s->dom->max_msg_per_connection : 1;
+    s->pending++;
+    if (!db ||
+        warmup_take(db, warmup_source_ip(vm), s->limit_domain, want, session_on_warmup, s) < 0) {
+        s->pending--;
+        session_postpone(s, SESSION_SLOT_RETRY_MS);
+        session_end(s);
+    }
+}
+
+/* The reservation came back: within the plan, over it (to the overflow
+ * pool, or wait for the next hour's allowance), or no plan applies. */
+static void
+react_warmup(struct session *s, const PGresult *res)
+{
+    unsigned granted = 0;
+    bool warming = false;
+    const struct conf_vmta *vm = conf_vmta_lookup(s->e->conf, s->source_vmta);
+    if (!warmup_parse(res, &granted, &warming)) {
+        log_warn("session=%llu queue=%s event=warmup-failed error=\"%s\"",
+                 (unsigned long long)s->id, s->q->name,
+                 res ? PQresultErrorMessage(res) : "no database connection");
+        session_postpone(s, SESSION_SLOT_RETRY_MS);
+        session_end(s);
+        return;
+    }
+    if (warming && granted > 0) {
+        s->warmup_ip = warmup_source_ip(vm);
+        s->warmup_left = granted;
+    } else if (warming) {
+        const char *m = warmup_overflow_member(s->e->conf, vm, &s->q->pool_next);
+        log_info("session=%llu queue=%s event=warmup-overflow from=%s to=%s",
+                 (unsigned long long)s->id, s->q->name, s->source_vmta, m ? m : "-");
+        if (!m) {
+            session_postpone(s, 60000);
+            session_end(s);
+            return;
+        }
+        s->source_vmta = m;
+    }
+    enter_first(s);
+}
+
 static void
 start_resolve(struct session *s)
 {
@@ -443,6 +515,9 @@ session_enter(struct session *s, enum session_state st)
     s->state = st;
     struct session_env *e = s->e;
     switch (st) {
+    case SESSION_WARMUP:
+        enter_warmup(s);
+        break;
     case SESSION_SLOT_CLAIM:
     case SESSION_SLOT_TOKENS_CLAIM:
         session_enter_slot_claim(s);
@@ -638,7 +713,8 @@ react_finished(struct session *s, const PGresult *res)
              (unsigned long long)s->id, s->q->name, s->batch.nrcpts, counts[0], counts[1],
              counts[2], finished);
     session_clear_batch(s);
-    if (s->smtp && s->usable && !s->no_reuse && !s->drained && !e->stopping &&
+    bool warmup_used = s->warmup_ip && s->warmup_left == 0;
+    if (s->smtp && s->usable && !s->no_reuse && !s->drained && !e->stopping && !warmup_used &&
         s->sent < s->dom->max_msg_per_connection) {
         session_enter(s, SESSION_TOKENS);
         return;
@@ -687,6 +763,11 @@ session_react(struct session *s, const struct session_event *ev)
     log_trace("session=%llu queue=%s event=%s state=%s", (unsigned long long)s->id, s->q->name,
               event_names[ev->type], state_names[s->state]);
     switch (s->state) {
+    case SESSION_WARMUP:
+        if (ev->type != EV_WARMUP)
+            break;
+        react_warmup(s, ev->res);
+        return;
     case SESSION_SLOT:
         if (ev->type != EV_SLOT)
             break;
@@ -838,9 +919,14 @@ session_start(struct session_env *e, struct admission_queue *q, const struct con
     q->last_active = admission_now_ms();
     log_debug("session=%llu queue=%s event=start active=%u source=%s", (unsigned long long)s->id,
               q->name, q->active, s->source_vmta);
-    session_enter(s, session_may_slot_tokens_claim(s) ? SESSION_SLOT_TOKENS_CLAIM
-                     : session_may_slot_claim(s)      ? SESSION_SLOT_CLAIM
-                                                      : SESSION_SLOT);
+    const struct conf_vmta *vm =
+        s->source_vmta[0] ? conf_vmta_lookup(e->conf, s->source_vmta) : NULL;
+    if (warmup_source_ip(vm)) {
+        s->state = SESSION_WARMUP;
+        session_enter(s, SESSION_WARMUP);
+    } else {
+        enter_first(s);
+    }
 }
 
 void

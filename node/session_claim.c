@@ -166,6 +166,8 @@ session_take_claim(struct session *s, const PGresult *res)
     struct batch *b = &s->batch;
     batch_learn(b, held, &e->avg_row_bytes);
     session_trim(s, s->tokens);
+    if (s->warmup_ip)
+        s->warmup_left -= b->nmsgs < s->warmup_left ? (unsigned)b->nmsgs : s->warmup_left;
     log_debug("session=%llu queue=%s event=claimed rcpts=%zu messages=%zu",
               (unsigned long long)s->id, s->q->name, b->nrcpts, b->nmsgs);
     return b->nrcpts > 0;
@@ -210,6 +212,8 @@ claim_want(const struct session *s)
     if (s->dom->allow_priority_interruption)
         return 1;
     unsigned want = s->dom->max_msg_per_connection - s->sent;
+    if (s->warmup_ip && want > s->warmup_left)
+        want = s->warmup_left; /* a warming IP's reservation (warmup.h) */
     return want > SESSION_BATCH_MAX ? SESSION_BATCH_MAX : want;
 }
 

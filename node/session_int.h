@@ -14,6 +14,7 @@
 #include "smtp_client.h"
 
 enum session_state {
+    SESSION_WARMUP, /* a warming source IP reserves its messages (warmup.h) */
     SESSION_SLOT,
     SESSION_SLOT_CLAIM, /* a new connection's slot and first claim, in parallel */
     /* a rate-limited queue's new connection: the slot, and in parallel one
@@ -35,6 +36,7 @@ enum session_state {
 };
 
 enum session_event_type {
+    EV_WARMUP,
     EV_SLOT,
     EV_TOKENS,
     EV_CLAIM_TURN,
@@ -89,6 +91,8 @@ struct session {
     char *limit_domain;
     const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
     int slot;                /* connection slot held, -1 none */
+    const char *warmup_ip;   /* a warming source IP's plan limits this session, or NULL */
+    unsigned warmup_left;    /* messages of its reservation not yet claimed */
     unsigned tokens;         /* message tokens granted for the next claim */
     unsigned claim_limit;    /* rows asked for by the claim in flight */
     bool drained;            /* the last claim came back short: no reuse */

@@ -293,9 +293,9 @@ worker_on_housekeeping(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct worker *w = arg;
-    static const char *const stmts[] = {"purge_messages",  "purge_queues",
-                                        "acct_partitions", "purge_rate_buckets",
-                                        "backoff_expire",  "inject_count_compact"};
+    static const char *const stmts[] = {
+        "purge_messages", "purge_queues",         "acct_partitions", "purge_rate_buckets",
+        "backoff_expire", "inject_count_compact", "warmup_advance"};
     struct db *db = session_env_db(&w->env);
     if (!db || w->env.node_id == 0)
         return;

@@ -141,3 +141,10 @@ GRANT EXECUTE ON FUNCTION mta.tlsrpt_report(text, date, text, text),
                           mta.tlsrpt_reports(date, text, text, text)
     TO mta_monitor;
 GRANT SELECT ON mta.tlsrpt_sent TO mta_monitor;
+-- IP warm-up (sql/056_warmup.sql): the node reserves, refunds and decides;
+-- the status view is for everyone who watches
+GRANT EXECUTE ON FUNCTION mta.warmup_take(text, text, int), mta.warmup_refund(text, text, int),
+    mta.warmup_advance(date) TO mta_node;
+GRANT SELECT ON mta.warmup_status TO mta_node, mta_monitor;
+GRANT EXECUTE ON FUNCTION mta.warmup_sent(text, text, timestamptz),
+    mta.warmup_counter(text, text) TO mta_node, mta_monitor;
