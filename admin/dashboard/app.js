@@ -266,13 +266,26 @@ function renderDashboard(d) {
   fillTable("suppression", d.suppression, (s) => [el("td", s.source), el("td", s.entries, "n")]);
 }
 
+// The IP warm-up plans (/api/warmup, mta.warmup_status): shown only when
+// there is one. "sent / limit" for today and this hour.
+function renderWarmup(rows) {
+  $("warmup-part").hidden = !rows.length;
+  const used = (sent, limit) => (limit === null ? String(sent) : sent + " / " + limit);
+  fillTable("warmup", rows, (w) => [el("td", w.ip), el("td", w.key), el("td", w.day, "n"),
+    el("td", w.state, w.state === "advancing" || w.state === "done" ? "" : "warn"),
+    el("td", used(w.sent_today, w.daily_limit), "n"),
+    el("td", used(w.sent_this_hour, w.hourly_limit), "n"), el("td", w.reason || "")]);
+}
+
 async function refreshCharts() {
   try {
-    const [stats, dash] = await Promise.all([
+    const [stats, dash, warmup] = await Promise.all([
       api("/api/stats?hours=" + encodeURIComponent($("hours").value)), api("/api/dashboard"),
+      api("/api/warmup"),
     ]);
     renderStats(stats);
     renderDashboard(dash);
+    renderWarmup(warmup);
   } catch (e) {
     if (e instanceof AuthError) {
       showLogin("The token was refused.");

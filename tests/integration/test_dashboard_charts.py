@@ -58,6 +58,11 @@ class DashboardChartsTest(unittest.TestCase):
         enqueue(cls.pg, ["u%d@big.test" % i for i in range(7)])
         enqueue(cls.pg, ["u%d@small.test" % i for i in range(2)])
         cls.pg.query("SELECT mta.pause_queue('big.test', NULL)")
+        # two IP warm-up plans, one of them held by the admin
+        cls.pg.query("SELECT mta.warmup_set('192.0.2.1', 'warm.test', ARRAY[500, 1000],"
+                     " ARRAY[50, 100])")
+        cls.pg.query("SELECT mta.warmup_set('192.0.2.2', 'rollup:big', ARRAY[20], ARRAY[5])")
+        cls.pg.query("SELECT mta.warmup_pause('192.0.2.2', 'rollup:big', true)")
         # every 451 recipient deferred at least twice, then accepted
         wait_for(lambda: cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 't' "
                                        "AND attempt >= 2") >= LATER,
@@ -143,6 +148,14 @@ class DashboardChartsTest(unittest.TestCase):
                                        "%.1f%%" % (100.0 * t1 / (d1 + b1 + t1))])
         rows = self.table("node-throughput")
         self.assertEqual(rows[0][:4], ["node-a", str(c["d"]), str(c["b"]), str(c["t"])])
+
+        # the warm-up plans as mta.warmup_status has them
+        plans = self.pg.query("SELECT ip, key, day::text, state, sent_today || ' / ' ||"
+                              " daily_limit, sent_this_hour || ' / ' || hourly_limit,"
+                              " coalesce(reason, '') FROM mta.warmup_status ORDER BY ip, key")
+        self.assertEqual(len(plans), 2)
+        self.assertEqual(plans[1][3], "paused")
+        self.assertEqual([tuple(r) for r in self.table("warmup")], plans)
 
         # the chart over the last hour (the window chosen in the page): three
         # series, the delivered one filled below, all as long as the chart
