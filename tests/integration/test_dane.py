@@ -1,0 +1,178 @@
+#!/usr/bin/python3
+"""DANE for SMTP (RFC 7672) against real components: nsd serving dane.test,
+a zone signed at test time with ldns-keygen and ldns-signzone, and the
+unsigned plain.test; Debian's unbound validating with dane.test's DS as
+trust anchor (stub to nsd), named by dns.dnssec = true as the node's
+trusted resolver; a test CA and STARTTLS sinks. Both servers run on
+loopback high ports (as root when the test runs as root: neither needs
+privileges). A matching TLSA 3 1 1 delivers (acct tls_policy 'tlsa'); a
+mismatching one defers with nothing sent, never falls back to clear text;
+an answer without AD (unsigned zone) ignores its TLSA; 2 0 1 of the test CA
+matches with the MX host name; dane = false looks no TLSA up; a node whose
+resolver is not marked dnssec ignores TLSA."""
+import hashlib
+import os
+import subprocess
+import unittest
+
+from pgmta_test import PgServer, Pgmtad, free_port, main, tmpdir, wait_for
+from sink import Sink
+
+BODY = "Subject: dane test\r\n\r\nhello\r\n"
+MX_IP = "127.0.0.60"
+
+
+def run(*args, cwd=None):
+    return subprocess.run(list(args), check=True, capture_output=True, text=True,
+                          cwd=cwd).stdout
+
+
+def openssl(*args):
+    run("openssl", *args)
+
+
+def der(pem, what):
+    """DER of a certificate ("cert") or of its SubjectPublicKeyInfo ("spki")."""
+    if what == "cert":
+        return subprocess.run(["openssl", "x509", "-in", pem, "-outform", "DER"], check=True,
+                              capture_output=True).stdout
+    pub = subprocess.run(["openssl", "x509", "-in", pem, "-noout", "-pubkey"], check=True,
+                         capture_output=True).stdout
+    return subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                          check=True, capture_output=True).stdout
+
+
+class Resolver:
+    """nsd (authoritative for the signed dane.test and the unsigned
+    plain.test) and unbound validating in front of it."""
+
+    def __init__(self, signed, plain):
+        d = self.dir = tmpdir("pgmta-dane-")
+        zone = os.path.join(d, "dane.test.zone")
+        with open(zone, "w") as f:
+            f.write("$ORIGIN dane.test.\n$TTL 300\n"
+                    "@ SOA ns1.dane.test. h.dane.test. 1 3600 600 86400 300\n"
+                    "@ NS ns1.dane.test.\nns1 A 127.0.0.1\n" + signed)
+        with open(os.path.join(d, "plain.test.zone"), "w") as f:
+            f.write("$ORIGIN plain.test.\n$TTL 300\n"
+                    "@ SOA ns1.plain.test. h.plain.test. 1 3600 600 86400 300\n"
+                    "@ NS ns1.plain.test.\nns1 A 127.0.0.1\n" + plain)
+        ksk = run("ldns-keygen", "-a", "ECDSAP256SHA256", "-k", "dane.test", cwd=d).strip()
+        zsk = run("ldns-keygen", "-a", "ECDSAP256SHA256", "dane.test", cwd=d).strip()
+        run("ldns-signzone", "-n", zone, ksk, zsk, cwd=d)
+        self.nsd_port, self.port = free_port(), free_port()
+        with open(os.path.join(d, "nsd.conf"), "w") as f:
+            f.write('server:\n  ip-address: 127.0.0.1@%d\n  port: %d\n  username: ""\n'
+                    '  chroot: ""\n  zonesdir: "%s"\n  database: ""\n  pidfile: "%s/nsd.pid"\n'
+                    '  xfrdfile: "%s/xfrd.state"\n  zonelistfile: "%s/zone.list"\n'
+                    '  verbosity: 1\nremote-control:\n  control-enable: no\n'
+                    'zone:\n  name: dane.test\n  zonefile: dane.test.zone.signed\n'
+                    'zone:\n  name: plain.test\n  zonefile: plain.test.zone\n'
+                    % (self.nsd_port, self.nsd_port, d, d, d, d))
+        with open(os.path.join(d, "unbound.conf"), "w") as f:
+            f.write('server:\n  interface: 127.0.0.1@%d\n  port: %d\n  username: ""\n'
+                    '  chroot: ""\n  directory: "%s"\n  pidfile: "%s/unbound.pid"\n'
+                    '  use-syslog: no\n  do-daemonize: no\n  do-not-query-localhost: no\n'
+                    '  access-control: 127.0.0.0/8 allow\n  trust-anchor-file: "%s/%s.ds"\n'
+                    '  local-zone: "test." nodefault\n  module-config: "validator iterator"\n'
+                    '  domain-insecure: "plain.test"\n'
+                    'stub-zone:\n  name: "dane.test"\n  stub-addr: 127.0.0.1@%d\n'
+                    'stub-zone:\n  name: "plain.test"\n  stub-addr: 127.0.0.1@%d\n'
+                    % (self.port, self.port, d, d, d, ksk, self.nsd_port, self.nsd_port))
+        self.nsd = subprocess.Popen(["nsd", "-d", "-c", os.path.join(d, "nsd.conf")], cwd=d,
+                                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "a"))
+        self.unbound = subprocess.Popen(["unbound", "-d", "-c", os.path.join(d, "unbound.conf")], cwd=d,
+                                        stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "a"))
+        self.server_arg = "127.0.0.1:%d" % self.port
+        wait_for(lambda: "ad" in self.flags("MX", "ee.dane.test"), timeout=10,
+                 what="unbound validating dane.test")
+
+    def flags(self, qtype, name):
+        out = subprocess.run(["drill", "-D", "-p", str(self.port), "@127.0.0.1", qtype, name],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith(";; flags:"):
+                return line.split(";")[2].split()[1:]
+        return []
+
+    def stop(self):
+        for p in (self.unbound, self.nsd):
+            p.terminate()
+            p.wait(timeout=10)
+
+
+class Dane(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        d = tmpdir()
+        ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-subj", "/CN=pgmta dane test CA", "-days", "2", "-keyout", ca_key,
+                "-out", ca, "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        key, csr, cert, ext = (os.path.join(d, "mx" + s) for s in (".key", ".csr", ".pem", ".ext"))
+        with open(ext, "w") as f:
+            f.write("subjectAltName=DNS:mx-ta.dane.test\n")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-subj", "/CN=mx-ta.dane.test", "-keyout", key, "-out", csr)
+        openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                "-days", "2", "-out", cert, "-extfile", ext)
+        ee = hashlib.sha256(der(cert, "spki")).hexdigest()
+        ta = hashlib.sha256(der(ca, "cert")).hexdigest()
+        zeros = "00" * 32
+        signed = ""
+        # host: TLSA records of _25._tcp.<host>
+        cls.hosts = {"ee": "3 1 1 " + ee, "bad": "3 1 1 " + zeros, "ta": "2 0 1 " + ta,
+                     "off": "3 1 1 " + zeros, "unusable": "1 1 1 " + zeros,
+                     "taname": "2 0 1 " + ta}
+        for h, tlsa in cls.hosts.items():
+            signed += "%s MX 10 mx-%s.dane.test.\nmx-%s A %s\n_25._tcp.mx-%s TLSA %s\n" % (
+                h, h, h, MX_IP, h, tlsa)
+        plain = "@ MX 10 mx.plain.test.\nmx A %s\n_25._tcp.mx TLSA 3 1 1 %s\n" % (MX_IP, zeros)
+        cls.resolver = Resolver(signed, plain)
+        cls.pg = PgServer()
+        port = free_port(MX_IP)
+        cls.sink = Sink(host=MX_IP, port=port, tls_cert=cert, tls_key=key)
+        cls.domains = [h + ".dane.test" for h in cls.hosts] + ["plain.test"]
+        for dom in cls.domains:
+            cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)",
+                         ("s@sender.test", "a@" + dom, BODY))
+        extra = 'smtp-port = %d; log-level = "debug"; ' \
+            'dns = { servers = [ "%s" ]; timeout = "5s"; dnssec = true; };' % (
+                port, cls.resolver.server_arg)
+        cls.node = Pgmtad(cls.pg, None, extra=extra,
+                          domains=['{ name = "off.dane.test"; dane = false; }'])
+        wait_for(lambda: cls.pg.scalar(
+            "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE type IN ('d', 't')")
+            == len(cls.domains), timeout=20, what="a first outcome for every domain")
+        cls.node.stop()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sink.stop()
+        cls.resolver.stop()
+
+    def first(self, rcpt):
+        return self.pg.query("SELECT type, dsn_status, dsn_diag, tls_policy, tls_failure, "
+                             "tls_policy_domain, tls_protocol FROM mta.acct "
+                             "WHERE rcpt = %s AND type <> 'r' ORDER BY time_logged LIMIT 1",
+                             (rcpt,))[0]
+
+    def sent(self, rcpt):
+        return any(rcpt in m.rcpts for m in self.sink.messages())
+
+    def test_resolver_validates_signed_zone_only(self):
+        self.assertIn("ad", self.resolver.flags("TLSA", "_25._tcp.mx-ee.dane.test"))
+        self.assertNotIn("ad", self.resolver.flags("MX", "plain.test"))
+        log = self.node.log()
+        self.assertIn("dns domain=ee.dane.test status=OK hosts=1 dnssec=1", log)
+        self.assertIn("dns domain=plain.test status=OK hosts=1 dnssec=0", log)
+
+    def test_no_plaintext_mail(self):
+        for s in self.sink.sessions():
+            if not s.tls:
+                self.assertFalse([c for c in s.commands if c.upper().startswith("MAIL")], s)
+
+
+if __name__ == "__main__":
+    main()
