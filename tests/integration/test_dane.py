@@ -132,7 +132,11 @@ class Dane(unittest.TestCase):
         cls.resolver = Resolver(signed, plain)
         cls.pg = PgServer()
         port = free_port(MX_IP)
-        cls.sink = Sink(host=MX_IP, port=port, tls_cert=cert, tls_key=key)
+        # the chain with the CA: DANE-TA(2) needs its trust anchor sent
+        chain = os.path.join(d, "chain.pem")
+        with open(chain, "w") as f:
+            f.write(open(cert).read() + open(ca).read())
+        cls.sink = Sink(host=MX_IP, port=port, tls_cert=chain, tls_key=key)
         cls.domains = [h + ".dane.test" for h in cls.hosts] + ["plain.test"]
         for dom in cls.domains:
             cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)",
@@ -142,9 +146,11 @@ class Dane(unittest.TestCase):
                 port, cls.resolver.server_arg)
         cls.node = Pgmtad(cls.pg, None, extra=extra,
                           domains=['{ name = "off.dane.test"; dane = false; }'])
+        deferred = ["a@bad.dane.test", "a@taname.dane.test"]
         wait_for(lambda: cls.pg.scalar(
-            "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE type IN ('d', 't')")
-            == len(cls.domains), timeout=20, what="a first outcome for every domain")
+            "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE (type = 'd' AND rcpt <> ALL(%s)) "
+            "OR (type = 't' AND rcpt = ANY(%s))", (deferred, deferred)) == len(cls.domains),
+            timeout=20, what="a first outcome for every domain")
         cls.node.stop()
 
     @classmethod
@@ -167,6 +173,55 @@ class Dane(unittest.TestCase):
         log = self.node.log()
         self.assertIn("dns domain=ee.dane.test status=OK hosts=1 dnssec=1", log)
         self.assertIn("dns domain=plain.test status=OK hosts=1 dnssec=0", log)
+
+    def test_dane_ee_match_delivered(self):
+        row = self.first("a@ee.dane.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertEqual(row[3:6], ("tlsa", None, "ee.dane.test"), row)
+        self.assertTrue(row[6], row)
+        self.assertTrue(self.sent("a@ee.dane.test"))
+
+    def test_dane_ee_mismatch_deferred_nothing_sent(self):
+        row = self.first("a@bad.dane.test")
+        self.assertEqual(row[0], "t", row)
+        self.assertEqual(row[1], "4.7.5", row)
+        self.assertIn("DANE", row[2])
+        self.assertEqual(row[3:6], ("tlsa", "tlsa-invalid", "bad.dane.test"), row)
+        self.assertFalse(self.sent("a@bad.dane.test"))
+        self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'b'"), 0)
+
+    def test_dane_ta_match_delivered(self):
+        row = self.first("a@ta.dane.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertEqual(row[3], "tlsa", row)
+        self.assertTrue(self.sent("a@ta.dane.test"))
+
+    def test_dane_ta_checks_mx_host_name(self):
+        # 2 0 1 of the CA, but the certificate names mx-ta, not mx-taname
+        row = self.first("a@taname.dane.test")
+        self.assertEqual(row[0], "t", row)
+        self.assertEqual(row[3:5], ("tlsa", "tlsa-invalid"), row)
+        self.assertFalse(self.sent("a@taname.dane.test"))
+
+    def test_unsigned_zone_tlsa_ignored(self):
+        row = self.first("a@plain.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertNotEqual(row[3], "tlsa", row)
+        self.assertTrue(row[6], row)  # opportunistic TLS all the same
+        self.assertNotIn("dane host=mx.plain.test", self.node.log())
+
+    def test_unusable_usage_is_plain_opportunistic(self):
+        row = self.first("a@unusable.dane.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertNotEqual(row[3], "tlsa", row)
+        self.assertIn("dane host=mx-unusable.dane.test tlsa=1 usable=0 validated=1 state=none",
+                      self.node.log())
+
+    def test_dane_false_looks_no_tlsa_up(self):
+        row = self.first("a@off.dane.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertNotEqual(row[3], "tlsa", row)
+        self.assertNotIn("dane host=mx-off.dane.test", self.node.log())
 
     def test_no_plaintext_mail(self):
         for s in self.sink.sessions():
