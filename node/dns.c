@@ -541,6 +541,8 @@ dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
             each(0, NULL, &rr->a[i], arg);
         else if (qtype == DNS_T_TXT)
             each(0, rr->txt[i], NULL, arg);
+        else if (qtype == DNS_T_TLSA)
+            each(0, NULL, &rr->tlsa[i], arg);
         else
             each(0, NULL, &rr->aaaa[i], arg);
     }

@@ -126,13 +126,14 @@ struct dns_txt_request *dns_resolve_tlsa(struct dns *d, const char *name, dns_tl
 void dns_set_dnssec(struct dns *d, bool on);
 
 /* The resolver's reply parser, pure (for tests and fuzzing): parses BUF, a
- * reply to a query of QTYPE (1 A, 15 MX, 16 TXT, 28 AAAA), as an answer is parsed
+ * reply to a query of QTYPE (1 A, 15 MX, 16 TXT, 28 AAAA, 52 TLSA), as an answer is parsed
  * before it is cached. Returns 0 records found, 1 NXDOMAIN, 2 no data,
  * 3 temporary failure (SERVFAIL, truncated, malformed: *error says which,
  * malloc'ed, NULL otherwise). *n records kept (MX sorted by preference, at
  * most 64, ties shuffled with SEED), *ttl the answer's or negative TTL. EACH,
  * when given, sees every record kept: MX as (pref, name, NULL), A and AAAA as
- * (0, NULL, struct in_addr * or struct in6_addr *), TXT as (0, text, NULL). */
+ * (0, NULL, struct in_addr * or struct in6_addr *), TXT as (0, text, NULL),
+ * TLSA as (0, NULL, struct dns_tlsa *). */
 int dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
                     void (*each)(uint16_t pref, const char *name, const void *addr, void *arg),
                     void *arg, size_t *n, uint32_t *ttl, char **error);
