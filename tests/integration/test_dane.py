@@ -8,8 +8,10 @@ loopback high ports (as root when the test runs as root: neither needs
 privileges). A matching TLSA 3 1 1 delivers (acct tls_policy 'tlsa'); a
 mismatching one defers with nothing sent, never falls back to clear text;
 an answer without AD (unsigned zone) ignores its TLSA; 2 0 1 of the test CA
-matches with the MX host name; dane = false looks no TLSA up; a node whose
-resolver is not marked dnssec ignores TLSA."""
+matches with the MX host name, and fails for another name; a TLSA record
+whose signature fails (bogus, SERVFAIL) defers (dnssec-invalid); records
+with unusable usages are plain opportunistic TLS; dane = false looks no
+TLSA up; a node whose resolver is not marked dnssec ignores TLSA."""
 import hashlib
 import os
 import subprocess
@@ -60,6 +62,11 @@ class Resolver:
         ksk = run("ldns-keygen", "-a", "ECDSAP256SHA256", "-k", "dane.test", cwd=d).strip()
         zsk = run("ldns-keygen", "-a", "ECDSAP256SHA256", "dane.test", cwd=d).strip()
         run("ldns-signzone", "-n", zone, ksk, zsk, cwd=d)
+        # a record changed after signing: its RRSIG fails, unbound SERVFAILs
+        with open(zone + ".signed") as f:
+            text = f.read()
+        with open(zone + ".signed", "w") as f:
+            f.write(text.replace("11" * 32, "22" * 32))
         self.nsd_port, self.port = free_port(), free_port()
         with open(os.path.join(d, "nsd.conf"), "w") as f:
             f.write('server:\n  ip-address: 127.0.0.1@%d\n  port: %d\n  username: ""\n'
@@ -124,7 +131,7 @@ class Dane(unittest.TestCase):
         # host: TLSA records of _25._tcp.<host>
         cls.hosts = {"ee": "3 1 1 " + ee, "bad": "3 1 1 " + zeros, "ta": "2 0 1 " + ta,
                      "off": "3 1 1 " + zeros, "unusable": "1 1 1 " + zeros,
-                     "taname": "2 0 1 " + ta}
+                     "taname": "2 0 1 " + ta, "bogus": "3 1 1 " + "11" * 32}
         for h, tlsa in cls.hosts.items():
             signed += "%s MX 10 mx-%s.dane.test.\nmx-%s A %s\n_25._tcp.mx-%s TLSA %s\n" % (
                 h, h, h, MX_IP, h, tlsa)
@@ -146,12 +153,21 @@ class Dane(unittest.TestCase):
                 port, cls.resolver.server_arg)
         cls.node = Pgmtad(cls.pg, None, extra=extra,
                           domains=['{ name = "off.dane.test"; dane = false; }'])
-        deferred = ["a@bad.dane.test", "a@taname.dane.test"]
+        deferred = ["a@bad.dane.test", "a@taname.dane.test", "a@bogus.dane.test"]
         wait_for(lambda: cls.pg.scalar(
             "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE (type = 'd' AND rcpt <> ALL(%s)) "
             "OR (type = 't' AND rcpt = ANY(%s))", (deferred, deferred)) == len(cls.domains),
             timeout=20, what="a first outcome for every domain")
         cls.node.stop()
+        cls.sent_by_a = {r for m in cls.sink.messages() for r in m.rcpts}
+        # node B's resolver is not marked dnssec: the AD bit is not asked
+        # for, TLSA records are not looked up, the deferred ones go
+        cls.node_b = Pgmtad(cls.pg, None, name="node-b", extra=extra.replace(
+            " dnssec = true;", ""))
+        wait_for(lambda: {"a@bad.dane.test", "a@bogus.dane.test"} <=
+                 {r for m in cls.sink.messages() for r in m.rcpts}, timeout=20,
+                 what="node-b's deliveries")
+        cls.node_b.stop()
 
     @classmethod
     def tearDownClass(cls):
@@ -165,7 +181,16 @@ class Dane(unittest.TestCase):
                              (rcpt,))[0]
 
     def sent(self, rcpt):
-        return any(rcpt in m.rcpts for m in self.sink.messages())
+        return rcpt in self.sent_by_a
+
+    def test_resolver_not_marked_dnssec_ignores_tlsa(self):
+        log = self.node_b.log()
+        self.assertIn("dns domain=bad.dane.test status=OK hosts=1 dnssec=0", log)
+        self.assertNotIn("dane host=", log)
+        row = self.pg.query("SELECT tls_policy, tls_protocol FROM mta.acct WHERE type = 'd' "
+                            "AND rcpt = 'a@bad.dane.test'")[0]
+        self.assertNotEqual(row[0], "tlsa")
+        self.assertTrue(row[1])
 
     def test_resolver_validates_signed_zone_only(self):
         self.assertIn("ad", self.resolver.flags("TLSA", "_25._tcp.mx-ee.dane.test"))
@@ -202,6 +227,16 @@ class Dane(unittest.TestCase):
         self.assertEqual(row[0], "t", row)
         self.assertEqual(row[3:5], ("tlsa", "tlsa-invalid"), row)
         self.assertFalse(self.sent("a@taname.dane.test"))
+
+    def test_bogus_tlsa_deferred(self):
+        self.assertIn("SERVFAIL", subprocess.run(
+            ["drill", "-p", str(self.resolver.port), "@127.0.0.1", "TLSA",
+             "_25._tcp.mx-bogus.dane.test"], capture_output=True, text=True).stdout)
+        row = self.first("a@bogus.dane.test")
+        self.assertEqual(row[0], "t", row)
+        self.assertEqual(row[1], "4.7.5", row)
+        self.assertEqual(row[3:5], ("tlsa", "dnssec-invalid"), row)
+        self.assertFalse(self.sent("a@bogus.dane.test"))
 
     def test_unsigned_zone_tlsa_ignored(self):
         row = self.first("a@plain.test")
