@@ -187,12 +187,15 @@ struct dns {
     size_t nready, capready;
     bool freeing; /* dns_free called while busy */
     bool destroying;
-    bool dnssec;                  /* queries ask for the AD bit */
+    bool dnssec;                   /* queries ask for the AD bit */
+    struct tlsa_entry *tlsa_cache; /* newest first, at most TLSA_CACHE_MAX */
+    size_t ntlsa_cache;
     struct dns_txt_request *txts; /* TXT lookups in flight or answered */
 };
 
 static void lookup(struct dns *d, int qtype, const char *name, uint64_t req_id, int slot);
 static void request_release(struct dns_request *r);
+static void tlsa_cache_clear(struct dns *d);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -1339,6 +1342,7 @@ dns_cache_clear(struct dns *d)
             record_free(d, rec);
         rec = next;
     }
+    tlsa_cache_clear(d);
 }
 
 /* ---- TXT lookups ---------------------------------------------------------
@@ -1360,6 +1364,92 @@ struct dns_txt_request {
     struct rrset *rr; /* the answer, once it came */
     struct dns_txt_request *next;
 };
+
+/* TLSA answers (not temporary failures), kept for their TTL as the record
+ * layer keeps MX and address answers. */
+#define TLSA_CACHE_MAX 1024
+struct tlsa_entry {
+    char *name;
+    struct rrset *rr;
+    uint64_t expires_ms;
+    struct tlsa_entry *next;
+};
+
+static struct rrset *
+tlsa_rrset_dup(const struct rrset *from)
+{
+    struct rrset *rr = xcalloc(1, sizeof *rr);
+    *rr = *from;
+    rr->error = from->error ? xstrdup(from->error) : NULL;
+    rr->tlsa = from->n ? xcalloc(from->n, sizeof *rr->tlsa) : NULL;
+    for (size_t i = 0; i < from->n; i++) {
+        rr->tlsa[i] = from->tlsa[i];
+        rr->tlsa[i].data = xmalloc(from->tlsa[i].len ? from->tlsa[i].len : 1);
+        memcpy(rr->tlsa[i].data, from->tlsa[i].data, from->tlsa[i].len);
+    }
+    return rr;
+}
+
+static void
+tlsa_entry_free(struct tlsa_entry *e)
+{
+    rrset_free(e->rr);
+    free(e->name);
+    free(e);
+}
+
+static void
+tlsa_cache_clear(struct dns *d)
+{
+    while (d->tlsa_cache) {
+        struct tlsa_entry *e = d->tlsa_cache;
+        d->tlsa_cache = e->next;
+        tlsa_entry_free(e);
+    }
+    d->ntlsa_cache = 0;
+}
+
+/* The fresh cached answer for NAME (a copy), or NULL; drops stale ones. */
+static struct rrset *
+tlsa_cache_get(struct dns *d, const char *name)
+{
+    uint64_t now = util_now_ms();
+    for (struct tlsa_entry **p = &d->tlsa_cache; *p;) {
+        struct tlsa_entry *e = *p;
+        if (e->expires_ms <= now) {
+            *p = e->next;
+            tlsa_entry_free(e);
+            d->ntlsa_cache--;
+            continue;
+        }
+        if (!strcmp(e->name, name))
+            return tlsa_rrset_dup(e->rr);
+        p = &e->next;
+    }
+    return NULL;
+}
+
+static void
+tlsa_cache_put(struct dns *d, const char *name, const struct rrset *rr)
+{
+    if (rr->status == RR_TEMPFAIL)
+        return;
+    uint32_t ttl = rr->ttl < TTL_MIN_S ? TTL_MIN_S : rr->ttl > TTL_MAX_S ? TTL_MAX_S : rr->ttl;
+    struct tlsa_entry *e = xcalloc(1, sizeof *e);
+    e->name = xstrdup(name);
+    e->rr = tlsa_rrset_dup(rr);
+    e->expires_ms = util_now_ms() + (uint64_t)ttl * 1000;
+    e->next = d->tlsa_cache;
+    d->tlsa_cache = e;
+    if (++d->ntlsa_cache > TLSA_CACHE_MAX) {
+        struct tlsa_entry **p = &d->tlsa_cache;
+        while ((*p)->next)
+            p = &(*p)->next;
+        tlsa_entry_free(*p);
+        *p = NULL;
+        d->ntlsa_cache--;
+    }
+}
 
 struct txt_ticket {
     struct dns *d;
@@ -1444,6 +1534,8 @@ on_txt_reply(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
     if (!r)
         return; /* cancelled */
     r->rr = parse_reply(t.d, r->qtype, status, abuf, alen);
+    if (r->qtype == DNS_T_TLSA)
+        tlsa_cache_put(t.d, r->name, r->rr);
     event_active(r->ev, 0, 0);
 }
 
@@ -1468,6 +1560,11 @@ resolve_single(struct dns *d, int qtype, const char *name, dns_txt_cb cb, dns_tl
         r->name = xstrndup(name, strnlen(name, 255));
         r->rr = xcalloc(1, sizeof *r->rr);
         r->rr->status = RR_NXDOMAIN;
+        event_active(r->ev, 0, 0);
+        return r;
+    }
+    if (qtype == DNS_T_TLSA && (r->rr = tlsa_cache_get(d, r->name)) != NULL) {
+        log_debug("dns query=%s type=TLSA cached=1", r->name);
         event_active(r->ev, 0, 0);
         return r;
     }
@@ -1595,6 +1692,7 @@ dns_destroy(struct dns *d)
         ares_destroy(d->channel);
     while (d->oldest)
         record_free(d, d->oldest);
+    tlsa_cache_clear(d);
     while (d->watchers) {
         struct watcher *w = d->watchers;
         d->watchers = w->next;

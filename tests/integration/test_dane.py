@@ -135,6 +135,7 @@ class Dane(unittest.TestCase):
         for h, tlsa in cls.hosts.items():
             signed += "%s MX 10 mx-%s.dane.test.\nmx-%s A %s\n_25._tcp.mx-%s TLSA %s\n" % (
                 h, h, h, MX_IP, h, tlsa)
+        signed += "ee2 MX 10 mx-ee.dane.test.\n"  # another domain, the same MX host
         plain = "@ MX 10 mx.plain.test.\nmx A %s\n_25._tcp.mx TLSA 3 1 1 %s\n" % (MX_IP, zeros)
         cls.resolver = Resolver(signed, plain)
         cls.pg = PgServer()
@@ -158,6 +159,12 @@ class Dane(unittest.TestCase):
             "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE (type = 'd' AND rcpt <> ALL(%s)) "
             "OR (type = 't' AND rcpt = ANY(%s))", (deferred, deferred)) == len(cls.domains),
             timeout=20, what="a first outcome for every domain")
+        # a new session to mx-ee.dane.test: its TLSA answer is cached
+        cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)", ("s@sender.test", "a@ee2.dane.test",
+                                                              BODY))
+        wait_for(lambda: cls.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd' AND "
+                                       "rcpt = 'a@ee2.dane.test'") == 1,
+                 timeout=20, what="a@ee2.dane.test delivered")
         cls.node.stop()
         cls.sent_by_a = {r for m in cls.sink.messages() for r in m.rcpts}
         # node B's resolver is not marked dnssec: the AD bit is not asked
@@ -205,6 +212,10 @@ class Dane(unittest.TestCase):
         self.assertEqual(row[3:6], ("tlsa", None, "ee.dane.test"), row)
         self.assertTrue(row[6], row)
         self.assertTrue(self.sent("a@ee.dane.test"))
+
+    def test_tlsa_answer_cached(self):
+        self.assertEqual(self.first("a@ee2.dane.test")[3], "tlsa")
+        self.assertIn("dns query=_25._tcp.mx-ee.dane.test type=TLSA cached=1", self.node.log())
 
     def test_dane_ee_mismatch_deferred_nothing_sent(self):
         row = self.first("a@bad.dane.test")
