@@ -21,7 +21,7 @@ from pgmta_test import PgServer, Pgmtad, free_port, main, tmpdir, wait_for
 from sink import Sink
 
 BODY = "Subject: dane test\r\n\r\nhello\r\n"
-MX_IP = "127.0.0.60"
+MX_IP, NOTLS_IP = "127.0.0.60", "127.0.0.61"
 
 
 def run(*args, cwd=None):
@@ -136,6 +136,9 @@ class Dane(unittest.TestCase):
             signed += "%s MX 10 mx-%s.dane.test.\nmx-%s A %s\n_25._tcp.mx-%s TLSA %s\n" % (
                 h, h, h, MX_IP, h, tlsa)
         signed += "ee2 MX 10 mx-ee.dane.test.\n"  # another domain, the same MX host
+        # a matching record, but the host offers no STARTTLS
+        signed += "notls MX 10 mx-notls.dane.test.\nmx-notls A %s\n" \
+            "_25._tcp.mx-notls TLSA 3 1 1 %s\n" % (NOTLS_IP, ee)
         plain = "@ MX 10 mx.plain.test.\nmx A %s\n_25._tcp.mx TLSA 3 1 1 %s\n" % (MX_IP, zeros)
         cls.resolver = Resolver(signed, plain)
         cls.pg = PgServer()
@@ -145,7 +148,8 @@ class Dane(unittest.TestCase):
         with open(chain, "w") as f:
             f.write(open(cert).read() + open(ca).read())
         cls.sink = Sink(host=MX_IP, port=port, tls_cert=chain, tls_key=key)
-        cls.domains = [h + ".dane.test" for h in cls.hosts] + ["plain.test"]
+        cls.notls = Sink(host=NOTLS_IP, port=port)
+        cls.domains = [h + ".dane.test" for h in cls.hosts] + ["plain.test", "notls.dane.test"]
         for dom in cls.domains:
             cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)",
                          ("s@sender.test", "a@" + dom, BODY))
@@ -154,7 +158,8 @@ class Dane(unittest.TestCase):
                 port, cls.resolver.server_arg)
         cls.node = Pgmtad(cls.pg, None, extra=extra,
                           domains=['{ name = "off.dane.test"; dane = false; }'])
-        deferred = ["a@bad.dane.test", "a@taname.dane.test", "a@bogus.dane.test"]
+        deferred = ["a@bad.dane.test", "a@taname.dane.test", "a@bogus.dane.test",
+                    "a@notls.dane.test"]
         wait_for(lambda: cls.pg.scalar(
             "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE (type = 'd' AND rcpt <> ALL(%s)) "
             "OR (type = 't' AND rcpt = ANY(%s))", (deferred, deferred)) == len(cls.domains),
@@ -166,7 +171,8 @@ class Dane(unittest.TestCase):
                                        "rcpt = 'a@ee2.dane.test'") == 1,
                  timeout=20, what="a@ee2.dane.test delivered")
         cls.node.stop()
-        cls.sent_by_a = {r for m in cls.sink.messages() for r in m.rcpts}
+        cls.sent_by_a = {r for m in cls.sink.messages() + cls.notls.messages() for r in m.rcpts}
+        cls.notls_sessions = cls.notls.sessions()
         # node B's resolver is not marked dnssec: the AD bit is not asked
         # for, TLSA records are not looked up, the deferred ones go
         cls.node_b = Pgmtad(cls.pg, None, name="node-b", extra=extra.replace(
@@ -179,6 +185,7 @@ class Dane(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.sink.stop()
+        cls.notls.stop()
         cls.resolver.stop()
 
     def first(self, rcpt):
@@ -268,6 +275,16 @@ class Dane(unittest.TestCase):
         self.assertEqual(row[0], "d", row)
         self.assertNotEqual(row[3], "tlsa", row)
         self.assertNotIn("dane host=mx-off.dane.test", self.node.log())
+
+    def test_no_starttls_deferred_nothing_in_clear(self):
+        row = self.first("a@notls.dane.test")
+        self.assertEqual(row[0], "t", row)
+        self.assertEqual(row[1], "4.7.5", row)
+        self.assertEqual(row[3:5], ("tlsa", "starttls-not-supported"), row)
+        self.assertFalse(self.sent("a@notls.dane.test"))
+        self.assertTrue(self.notls_sessions)
+        for s in self.notls_sessions:
+            self.assertFalse([c for c in s.commands if c.upper().startswith("MAIL")], s)
 
     def test_no_plaintext_mail(self):
         for s in self.sink.sessions():
