@@ -91,8 +91,12 @@ class Resolver:
         self.unbound = subprocess.Popen(["unbound", "-d", "-c", os.path.join(d, "unbound.conf")], cwd=d,
                                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "a"))
         self.server_arg = "127.0.0.1:%d" % self.port
-        wait_for(lambda: "ad" in self.flags("MX", "ee.dane.test"), timeout=10,
-                 what="unbound validating dane.test")
+        try:
+            wait_for(lambda: "ad" in self.flags("MX", "ee.dane.test"), timeout=10,
+                     what="unbound validating dane.test")
+        except AssertionError:
+            self.stop()
+            raise
 
     def flags(self, qtype, name):
         out = subprocess.run(["drill", "-D", "-p", str(self.port), "@127.0.0.1", qtype, name],
@@ -141,6 +145,7 @@ class Dane(unittest.TestCase):
             "_25._tcp.mx-notls TLSA 3 1 1 %s\n" % (NOTLS_IP, ee)
         plain = "@ MX 10 mx.plain.test.\nmx A %s\n_25._tcp.mx TLSA 3 1 1 %s\n" % (MX_IP, zeros)
         cls.resolver = Resolver(signed, plain)
+        cls.addClassCleanup(cls.resolver.stop)  # also when setUpClass fails
         cls.pg = PgServer()
         port = free_port(MX_IP)
         # the chain with the CA: DANE-TA(2) needs its trust anchor sent
@@ -148,7 +153,9 @@ class Dane(unittest.TestCase):
         with open(chain, "w") as f:
             f.write(open(cert).read() + open(ca).read())
         cls.sink = Sink(host=MX_IP, port=port, tls_cert=chain, tls_key=key)
+        cls.addClassCleanup(cls.sink.stop)
         cls.notls = Sink(host=NOTLS_IP, port=port)
+        cls.addClassCleanup(cls.notls.stop)
         cls.domains = [h + ".dane.test" for h in cls.hosts] + ["plain.test", "notls.dane.test"]
         for dom in cls.domains:
             cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)",
@@ -181,12 +188,6 @@ class Dane(unittest.TestCase):
                  {r for m in cls.sink.messages() for r in m.rcpts}, timeout=20,
                  what="node-b's deliveries")
         cls.node_b.stop()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.sink.stop()
-        cls.notls.stop()
-        cls.resolver.stop()
 
     def first(self, rcpt):
         return self.pg.query("SELECT type, dsn_status, dsn_diag, tls_policy, tls_failure, "
