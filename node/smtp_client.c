@@ -1506,7 +1506,7 @@ smtp_react(struct smtp_client *c, enum smtp_event ev)
             c->tls_active = true;
             tls_client_info(c->bev, c->info_tls_protocol, sizeof c->info_tls_protocol,
                             c->info_tls_cipher, sizeof c->info_tls_cipher);
-            if (c->tls_check && !c->tls_verify)
+            if (c->tls_check && !c->tls_verify && !cur_dane(c)) /* DANE verified it */
                 c->info_tls_failure = tls_client_failure_type(c->bev);
             log_debug("%s session=%lu tls host=%s protocol=%s cipher=%s verified=%d", cid(c),
                       c->sid, c->info_host, c->info_tls_protocol, c->info_tls_cipher,
