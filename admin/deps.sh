@@ -4,7 +4,8 @@
 # ChromeDriver for the dashboard tests, libfaketime for the clock-step test,
 # systemd-analyze for the unit file test, file for cpack's dpkg-shlibdeps in
 # the package test, pg_auto_failover and PgBouncer for the failover test,
-# Prometheus's text parser for the metrics test), which admin/quickstart does
+# Prometheus's text parser for the metrics test, unbound, nsd and ldnsutils
+# for the DANE test), which admin/quickstart does
 # not install.
 pgmta_install_deps() {
     local packages=(build-essential cmake pkg-config libevent-dev libc-ares-dev libconfig-dev
@@ -13,7 +14,7 @@ pgmta_install_deps() {
                     iproute2 util-linux clang-format python3-dkim libcrypt-dev)
     [ "${1:-}" = --tests ] && packages+=(chromium chromium-driver faketime systemd file
                                           postgresql-15-auto-failover pgbouncer
-                                          python3-prometheus-client)
+                                          python3-prometheus-client unbound nsd ldnsutils)
     local missing=() p
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -698,6 +698,7 @@ domain_defaults(struct conf_domain *d)
     d->require_starttls = false;
     d->tls_verify = false;
     d->mta_sts = true;
+    d->dane = true;
     d->connect_timeout_ms = 30000;
     d->command_timeout_ms = 2 * 60000;
     d->data_timeout_ms = 10 * 60000;

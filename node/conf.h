@@ -65,6 +65,7 @@ struct conf_domain {
     bool require_starttls;
     bool tls_verify;
     bool mta_sts; /* look up and apply the domain's MTA-STS policy (default on) */
+    bool dane;    /* TLSA records of DNSSEC-validated MX hosts apply (default on) */
     uint64_t connect_timeout_ms;
     uint64_t command_timeout_ms; /* greeting, EHLO, MAIL, RCPT, RSET, QUIT */
     uint64_t data_timeout_ms;    /* final "." reply */
@@ -172,6 +173,7 @@ struct conf {
     char **dns_servers; /* "ip" or "ip:port"; empty: /etc/resolv.conf */
     size_t ndns_servers;
     uint64_t dns_timeout_ms;
+    bool dns_dnssec; /* the resolver validates: its AD bit enables DANE */
     char **listen_smtp;
     size_t nlisten_smtp;
     char *listen_http; /* NULL: no HTTP API */

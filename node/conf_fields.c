@@ -77,6 +77,8 @@ const struct field conf_domain_fields[] = {
     {.name = "require-starttls", .type = F_BOOL, .off = D_OFF(require_starttls)},
     {.name = "tls-verify", .type = F_BOOL, .off = D_OFF(tls_verify)},
     {.name = "mta-sts", .type = F_BOOL, .off = D_OFF(mta_sts)},
+    /* DANE */
+    {.name = "dane", .type = F_BOOL, .off = D_OFF(dane)},
     {.name = "connect-timeout",
      .type = F_DURATION,
      .off = D_OFF(connect_timeout_ms),
@@ -237,6 +239,8 @@ static const struct field dns_fields[] = {
      .off = C_OFF(dns_servers),
      .count_off = C_OFF(ndns_servers)},
     {.name = "timeout", .type = F_DURATION, .off = C_OFF(dns_timeout_ms), .flags = FL_NONZERO},
+    /* DANE: the resolver validates and is trusted (its AD bit counts) */
+    {.name = "dnssec", .type = F_BOOL, .off = C_OFF(dns_dnssec)},
     {0},
 };
 

@@ -55,6 +55,7 @@
 #define DNS_T_SOA 6
 #define DNS_T_MX 15
 #define DNS_T_TXT 16
+#define DNS_T_TLSA 52
 #define DNS_T_AAAA 28
 #define DNS_C_IN 1
 
@@ -87,6 +88,8 @@ struct rrset {
     struct in_addr *a;     /* DNS_T_A */
     struct in6_addr *aaaa; /* DNS_T_AAAA */
     char **txt;            /* DNS_T_TXT: each record's strings joined */
+    struct dns_tlsa *tlsa; /* DNS_T_TLSA */
+    bool ad;               /* the validating resolver's AD bit (RFC 4035 3.2.3) */
 };
 
 struct waiter {
@@ -122,6 +125,7 @@ struct req_host {
     char *name;
     uint16_t pref;
     bool done[2]; /* A, AAAA answered */
+    bool ad[2];   /* ... with the AD bit */
     enum rr_status st[2];
     char *error;
     struct in_addr a[DNS_MAX_ADDRS];
@@ -151,6 +155,7 @@ struct dns_request {
     char *mx_error;
     bool null_mx;
     bool implicit_mx;
+    bool mx_ad;
     struct req_host *hosts;
     size_t nhosts;
     uint64_t started_ms;
@@ -182,11 +187,15 @@ struct dns {
     size_t nready, capready;
     bool freeing; /* dns_free called while busy */
     bool destroying;
+    bool dnssec;                   /* queries ask for the AD bit */
+    struct tlsa_entry *tlsa_cache; /* newest first, at most TLSA_CACHE_MAX */
+    size_t ntlsa_cache;
     struct dns_txt_request *txts; /* TXT lookups in flight or answered */
 };
 
 static void lookup(struct dns *d, int qtype, const char *name, uint64_t req_id, int slot);
 static void request_release(struct dns_request *r);
+static void tlsa_cache_clear(struct dns *d);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -266,6 +275,9 @@ rrset_free(struct rrset *rr)
     for (size_t i = 0; rr->txt && i < rr->n; i++)
         free(rr->txt[i]);
     free(rr->txt);
+    for (size_t i = 0; rr->tlsa && i < rr->n; i++)
+        free(rr->tlsa[i].data);
+    free(rr->tlsa);
     free(rr->error);
     free(rr);
 }
@@ -346,6 +358,7 @@ parse_reply(struct dns *d, int qtype, int ares_status, const unsigned char *buf,
         return rr;
     }
     int rcode = buf[3] & 0x0f;
+    rr->ad = (buf[3] & 0x20) != 0;
     uint16_t qd = 0, an = 0, ns = 0;
     rd16(buf, len, 4, &qd);
     rd16(buf, len, 6, &an);
@@ -395,6 +408,8 @@ parse_reply(struct dns *d, int qtype, int ares_status, const unsigned char *buf,
                     rr->mx = xrealloc(rr->mx, cap * sizeof *rr->mx);
                 else if (qtype == DNS_T_TXT)
                     rr->txt = xrealloc(rr->txt, cap * sizeof *rr->txt);
+                else if (qtype == DNS_T_TLSA)
+                    rr->tlsa = xrealloc(rr->tlsa, cap * sizeof *rr->tlsa);
                 else if (qtype == DNS_T_A)
                     rr->a = xrealloc(rr->a, cap * sizeof *rr->a);
                 else
@@ -426,6 +441,16 @@ parse_reply(struct dns *d, int qtype, int ares_status, const unsigned char *buf,
                     p += 1 + sl;
                 }
                 rr->txt[rr->n++] = t.data ? t.data : xstrdup("");
+            } else if (qtype == DNS_T_TLSA) {
+                if (rr->n >= DNS_MAX_TLSA || rdlen < 3)
+                    goto next;
+                struct dns_tlsa *t = &rr->tlsa[rr->n++];
+                t->usage = buf[off];
+                t->selector = buf[off + 1];
+                t->mtype = buf[off + 2];
+                t->len = (size_t)rdlen - 3;
+                t->data = xmalloc(t->len ? t->len : 1);
+                memcpy(t->data, buf + off + 3, t->len);
             } else if (qtype == DNS_T_A && rdlen == 4) {
                 memcpy(&rr->a[rr->n++], buf + off, 4);
             } else if (qtype == DNS_T_AAAA && rdlen == 16) {
@@ -519,6 +544,8 @@ dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
             each(0, NULL, &rr->a[i], arg);
         else if (qtype == DNS_T_TXT)
             each(0, rr->txt[i], NULL, arg);
+        else if (qtype == DNS_T_TLSA)
+            each(0, NULL, &rr->tlsa[i], arg);
         else
             each(0, NULL, &rr->aaaa[i], arg);
     }
@@ -849,6 +876,10 @@ request_build_result(struct dns_request *r, struct dns_result *res)
         if (n > DNS_MAX_ADDRS)
             n = DNS_MAX_ADDRS;
         struct dns_host *out = &res->hosts[res->nhosts++];
+        out->dnssec = r->d->dnssec && r->kind == REQ_MX && r->mx_ad;
+        for (int f = 0; f < 2; f++)
+            if (!h->ad[f] || (h->st[f] != RR_OK && h->st[f] != RR_NODATA))
+                out->dnssec = false;
         out->name = xstrdup(h->name);
         out->preference = h->pref;
         out->addrs = xcalloc(n, sizeof *out->addrs);
@@ -906,8 +937,9 @@ request_finish(struct dns_request *r)
     struct dns_result res;
     request_build_result(r, &res);
     request_unlink(r);
-    log_debug("dns domain=%s status=%s hosts=%zu ttl=%u ms=%llu%s%s", r->name,
-              dns_status_names[res.status], res.nhosts, r->ttl == UINT32_MAX ? 0 : r->ttl,
+    log_debug("dns domain=%s status=%s hosts=%zu dnssec=%d ttl=%u ms=%llu%s%s", r->name,
+              dns_status_names[res.status], res.nhosts, res.nhosts && res.hosts[0].dnssec,
+              r->ttl == UINT32_MAX ? 0 : r->ttl,
               (unsigned long long)(util_now_ms() - r->started_ms), res.error ? " error=" : "",
               res.error ? res.error : "");
     r->cb(&res, r->arg);
@@ -943,6 +975,7 @@ static void
 request_on_mx(struct dns_request *r, const struct rrset *rr)
 {
     r->mx_status = rr->status;
+    r->mx_ad = rr->ad;
     if (rr->status == RR_TEMPFAIL) {
         r->mx_error = xstrdup(rr->error ? rr->error : "temporary failure");
         return;
@@ -1008,6 +1041,7 @@ request_on_addr(struct dns_request *r, int slot, int qtype, const struct rrset *
     PGMTA_ASSERT(!h->done[f]);
     h->done[f] = true;
     h->st[f] = rr->status;
+    h->ad[f] = rr->ad;
     if (rr->status == RR_TEMPFAIL && !h->error)
         h->error = xstrdup(rr->error ? rr->error : "temporary failure");
     if (rr->status != RR_OK)
@@ -1090,6 +1124,29 @@ on_ares_reply(void *arg, int status, int timeouts, unsigned char *abuf, int alen
         cache_evict(d);
 }
 
+/* Sends the query; with dns.dnssec it carries the AD bit, which asks a
+ * validating resolver to report what it validated (RFC 6840 5.7). */
+static void
+send_query(struct dns *d, const char *name, int qtype, ares_callback cb, void *arg)
+{
+    unsigned char *q;
+    int qlen;
+    if (!d->dnssec ||
+        ares_create_query(name, DNS_C_IN, qtype, 0, 1, &q, &qlen, 0) != ARES_SUCCESS) {
+        ares_query(d->channel, name, DNS_C_IN, qtype, cb, arg);
+        return;
+    }
+    q[3] |= 0x20;
+    ares_send(d->channel, q, qlen, cb, arg); /* copies the query, sets its id */
+    ares_free_string(q);
+}
+
+void
+dns_set_dnssec(struct dns *d, bool on)
+{
+    d->dnssec = on;
+}
+
 /* Asks for (qtype, name) on behalf of request req_id; the answer comes to
  * deliver(), at once on a cache hit. The request's pending count was already
  * raised by the caller. */
@@ -1111,7 +1168,7 @@ lookup(struct dns *d, int qtype, const char *name, uint64_t req_id, int slot)
     if (!rec->inflight) {
         rec->inflight = true;
         /* may call on_ares_reply before returning (e.g. no servers) */
-        ares_query(d->channel, name, DNS_C_IN, qtype, on_ares_reply, rec);
+        send_query(d, name, qtype, on_ares_reply, rec);
     }
 }
 
@@ -1285,6 +1342,7 @@ dns_cache_clear(struct dns *d)
             record_free(d, rec);
         rec = next;
     }
+    tlsa_cache_clear(d);
 }
 
 /* ---- TXT lookups ---------------------------------------------------------
@@ -1298,12 +1356,100 @@ struct dns_txt_request {
     struct dns *d;
     uint64_t id;
     char *name;
+    int qtype;
     dns_txt_cb cb;
+    dns_tlsa_cb tlsa_cb;
     void *arg;
     struct event *ev;
     struct rrset *rr; /* the answer, once it came */
     struct dns_txt_request *next;
 };
+
+/* TLSA answers (not temporary failures), kept for their TTL as the record
+ * layer keeps MX and address answers. */
+#define TLSA_CACHE_MAX 1024
+struct tlsa_entry {
+    char *name;
+    struct rrset *rr;
+    uint64_t expires_ms;
+    struct tlsa_entry *next;
+};
+
+static struct rrset *
+tlsa_rrset_dup(const struct rrset *from)
+{
+    struct rrset *rr = xcalloc(1, sizeof *rr);
+    *rr = *from;
+    rr->error = from->error ? xstrdup(from->error) : NULL;
+    rr->tlsa = from->n ? xcalloc(from->n, sizeof *rr->tlsa) : NULL;
+    for (size_t i = 0; i < from->n; i++) {
+        rr->tlsa[i] = from->tlsa[i];
+        rr->tlsa[i].data = xmalloc(from->tlsa[i].len ? from->tlsa[i].len : 1);
+        memcpy(rr->tlsa[i].data, from->tlsa[i].data, from->tlsa[i].len);
+    }
+    return rr;
+}
+
+static void
+tlsa_entry_free(struct tlsa_entry *e)
+{
+    rrset_free(e->rr);
+    free(e->name);
+    free(e);
+}
+
+static void
+tlsa_cache_clear(struct dns *d)
+{
+    while (d->tlsa_cache) {
+        struct tlsa_entry *e = d->tlsa_cache;
+        d->tlsa_cache = e->next;
+        tlsa_entry_free(e);
+    }
+    d->ntlsa_cache = 0;
+}
+
+/* The fresh cached answer for NAME (a copy), or NULL; drops stale ones. */
+static struct rrset *
+tlsa_cache_get(struct dns *d, const char *name)
+{
+    uint64_t now = util_now_ms();
+    for (struct tlsa_entry **p = &d->tlsa_cache; *p;) {
+        struct tlsa_entry *e = *p;
+        if (e->expires_ms <= now) {
+            *p = e->next;
+            tlsa_entry_free(e);
+            d->ntlsa_cache--;
+            continue;
+        }
+        if (!strcmp(e->name, name))
+            return tlsa_rrset_dup(e->rr);
+        p = &e->next;
+    }
+    return NULL;
+}
+
+static void
+tlsa_cache_put(struct dns *d, const char *name, const struct rrset *rr)
+{
+    if (rr->status == RR_TEMPFAIL)
+        return;
+    uint32_t ttl = rr->ttl < TTL_MIN_S ? TTL_MIN_S : rr->ttl > TTL_MAX_S ? TTL_MAX_S : rr->ttl;
+    struct tlsa_entry *e = xcalloc(1, sizeof *e);
+    e->name = xstrdup(name);
+    e->rr = tlsa_rrset_dup(rr);
+    e->expires_ms = util_now_ms() + (uint64_t)ttl * 1000;
+    e->next = d->tlsa_cache;
+    d->tlsa_cache = e;
+    if (++d->ntlsa_cache > TLSA_CACHE_MAX) {
+        struct tlsa_entry **p = &d->tlsa_cache;
+        while ((*p)->next)
+            p = &(*p)->next;
+        tlsa_entry_free(*p);
+        *p = NULL;
+        d->ntlsa_cache--;
+    }
+}
 
 struct txt_ticket {
     struct dns *d;
@@ -1334,6 +1480,27 @@ on_txt_event(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct dns_txt_request *r = arg;
     struct rrset *rr = r->rr;
+    if (r->qtype == DNS_T_TLSA) {
+        struct dns_tlsa_result tr = {
+            .status = rr->status == RR_OK         ? DNS_OK
+                      : rr->status == RR_TEMPFAIL ? DNS_TEMPFAIL
+                                                  : DNS_NXDOMAIN,
+            .error = rr->error,
+            .tlsa = rr->tlsa,
+            .ntlsa = rr->status == RR_OK ? rr->n : 0,
+            .validated = rr->ad,
+            .ttl = rr->ttl,
+        };
+        log_trace("dns query=%s type=TLSA status=%s n=%zu ad=%d", r->name,
+                  rr_status_names[rr->status], tr.ntlsa, rr->ad);
+        dns_tlsa_cb cb = r->tlsa_cb;
+        void *cbarg = r->arg;
+        r->rr = NULL;
+        dns_txt_cancel(r);
+        cb(&tr, cbarg);
+        rrset_free(rr);
+        return;
+    }
     struct dns_txt_result res = {
         .status = rr->status == RR_OK         ? DNS_OK
                   : rr->status == RR_TEMPFAIL ? DNS_TEMPFAIL
@@ -1366,18 +1533,23 @@ on_txt_reply(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
         r = r->next;
     if (!r)
         return; /* cancelled */
-    r->rr = parse_reply(t.d, DNS_T_TXT, status, abuf, alen);
+    r->rr = parse_reply(t.d, r->qtype, status, abuf, alen);
+    if (r->qtype == DNS_T_TLSA)
+        tlsa_cache_put(t.d, r->name, r->rr);
     event_active(r->ev, 0, 0);
 }
 
-struct dns_txt_request *
-dns_resolve_txt(struct dns *d, const char *name, dns_txt_cb cb, void *arg)
+static struct dns_txt_request *
+resolve_single(struct dns *d, int qtype, const char *name, dns_txt_cb cb, dns_tlsa_cb tlsa_cb,
+               void *arg)
 {
-    PGMTA_ASSERT(d && !d->freeing && name && cb);
+    PGMTA_ASSERT(d && !d->freeing && name && (cb || tlsa_cb));
     struct dns_txt_request *r = xcalloc(1, sizeof *r);
     r->d = d;
     r->id = ++d->next_id;
+    r->qtype = qtype;
     r->cb = cb;
+    r->tlsa_cb = tlsa_cb;
     r->arg = arg;
     r->ev = event_new(d->base, -1, 0, on_txt_event, r);
     PGMTA_ASSERT(r->ev != NULL);
@@ -1391,15 +1563,32 @@ dns_resolve_txt(struct dns *d, const char *name, dns_txt_cb cb, void *arg)
         event_active(r->ev, 0, 0);
         return r;
     }
+    if (qtype == DNS_T_TLSA && (r->rr = tlsa_cache_get(d, r->name)) != NULL) {
+        log_debug("dns query=%s type=TLSA cached=1", r->name);
+        event_active(r->ev, 0, 0);
+        return r;
+    }
     struct txt_ticket *t = xcalloc(1, sizeof *t);
     t->d = d;
     t->id = r->id;
     enter(d);
     /* may call on_txt_reply before returning (e.g. no servers) */
-    ares_query(d->channel, r->name, DNS_C_IN, DNS_T_TXT, on_txt_reply, t);
+    send_query(d, r->name, r->qtype, on_txt_reply, t);
     bool alive = leave(d);
     PGMTA_ASSERT(alive);
     return r;
+}
+
+struct dns_txt_request *
+dns_resolve_txt(struct dns *d, const char *name, dns_txt_cb cb, void *arg)
+{
+    return resolve_single(d, DNS_T_TXT, name, cb, NULL, arg);
+}
+
+struct dns_txt_request *
+dns_resolve_tlsa(struct dns *d, const char *name, dns_tlsa_cb cb, void *arg)
+{
+    return resolve_single(d, DNS_T_TLSA, name, NULL, cb, arg);
 }
 
 /* Turns the server list into c-ares' "ip:port,[v6]:port" form. */
@@ -1503,6 +1692,7 @@ dns_destroy(struct dns *d)
         ares_destroy(d->channel);
     while (d->oldest)
         record_free(d, d->oldest);
+    tlsa_cache_clear(d);
     while (d->watchers) {
         struct watcher *w = d->watchers;
         d->watchers = w->next;

@@ -6,6 +6,7 @@
 
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -26,6 +27,9 @@ struct dns_addr {
 struct dns_host {
     char *name; /* MX exchange (or the domain itself for A/AAAA fallback, or route host) */
     uint16_t preference;
+    /* dns.dnssec: the MX answer and this host's address answers all had the
+     * validating resolver's AD bit (RFC 7672 2.2.2: TLSA may be looked up) */
+    bool dnssec;
     struct dns_addr *addrs;
     size_t naddrs;
 };
@@ -94,14 +98,42 @@ typedef void (*dns_txt_cb)(const struct dns_txt_result *result, void *arg);
 struct dns_txt_request *dns_resolve_txt(struct dns *d, const char *name, dns_txt_cb cb, void *arg);
 void dns_txt_cancel(struct dns_txt_request *r);
 
+/* TLSA records (RFC 6698) of one name, as TXT lookups: uncached here.
+ * status DNS_OK with ntlsa records, DNS_NXDOMAIN (no such name or no
+ * record), DNS_TEMPFAIL (SERVFAIL: with a validating resolver, bogus).
+ * validated: the answer had the AD bit. */
+#define DNS_MAX_TLSA 16
+struct dns_tlsa {
+    uint8_t usage, selector, mtype;
+    unsigned char *data;
+    size_t len;
+};
+struct dns_tlsa_result {
+    enum dns_status status;
+    const char *error;
+    const struct dns_tlsa *tlsa;
+    size_t ntlsa;
+    bool validated;
+    uint32_t ttl;
+};
+typedef void (*dns_tlsa_cb)(const struct dns_tlsa_result *result, void *arg);
+/* Same callback rule as dns_resolve_mx; cancel with dns_txt_cancel. */
+struct dns_txt_request *dns_resolve_tlsa(struct dns *d, const char *name, dns_tlsa_cb cb,
+                                         void *arg);
+
+/* Queries set the AD bit (RFC 6840 5.7) and answers record it: the
+ * configured resolver is trusted to validate (dns.dnssec). */
+void dns_set_dnssec(struct dns *d, bool on);
+
 /* The resolver's reply parser, pure (for tests and fuzzing): parses BUF, a
- * reply to a query of QTYPE (1 A, 15 MX, 16 TXT, 28 AAAA), as an answer is parsed
+ * reply to a query of QTYPE (1 A, 15 MX, 16 TXT, 28 AAAA, 52 TLSA), as an answer is parsed
  * before it is cached. Returns 0 records found, 1 NXDOMAIN, 2 no data,
  * 3 temporary failure (SERVFAIL, truncated, malformed: *error says which,
  * malloc'ed, NULL otherwise). *n records kept (MX sorted by preference, at
  * most 64, ties shuffled with SEED), *ttl the answer's or negative TTL. EACH,
  * when given, sees every record kept: MX as (pref, name, NULL), A and AAAA as
- * (0, NULL, struct in_addr * or struct in6_addr *), TXT as (0, text, NULL). */
+ * (0, NULL, struct in_addr * or struct in6_addr *), TXT as (0, text, NULL),
+ * TLSA as (0, NULL, struct dns_tlsa *). */
 int dns_parse_reply(int qtype, const unsigned char *buf, int len, uint64_t seed,
                     void (*each)(uint16_t pref, const char *name, const void *addr, void *arg),
                     void *arg, size_t *n, uint32_t *ttl, char **error);

@@ -120,6 +120,8 @@ session_destroy(struct session *s)
     free(s->pattern_reply);
     mta_sts_policy_clear(&s->sts);
     dns_result_free(s->resolved);
+    dns_result_free(s->dane_resolved);
+    dane_set_clear(&s->dane);
     if (s->ev_timer)
         event_free(s->ev_timer);
     free(s);
@@ -163,6 +165,8 @@ session_end(struct session *s)
     mta_sts_cancel(s->stsreq);
     s->stsreq = NULL;
     s->sts_pending = false;
+    dane_cancel(s->danereq);
+    s->danereq = NULL;
     s->resolving = false;
     if (s->ev_timer)
         evtimer_del(s->ev_timer);
@@ -576,6 +580,11 @@ static struct smtp_conn_info
 session_tls_info(const struct session *s, const struct smtp_conn_info *info)
 {
     struct smtp_conn_info out = info ? *info : (struct smtp_conn_info){0};
+    if (out.tls_policy) {
+        /* DANE applied (RFC 8461 2: it wins over MTA-STS) */
+        out.tls_policy_domain = s->q->domain;
+        return out;
+    }
     if (!s->sts_looked_up)
         return out;
     out.tls_policy_domain = s->q->domain;
@@ -604,11 +613,41 @@ react_policy(struct session *s, const struct mta_sts_result *r)
               s->q->name, mta_sts_mode_name(s->sts.mode), r->failure ? r->failure : "-");
 }
 
+static void react_resolved(struct session *s, const struct dns_result *res);
+
+static void
+session_on_dane(void *arg)
+{
+    struct session *s = arg;
+    s->danereq = NULL;
+    struct dns_result *res = s->dane_resolved;
+    react_resolved(s, res);
+    s->dane_resolved = NULL;
+    dns_result_free(res);
+}
+
+/* RFC 7672 2.2: the TLSA records of the validated MX hosts, before the
+ * connection; true when they are being looked up (RES is kept). */
+static bool
+dane_start(struct session *s, const struct dns_result *res)
+{
+    if (s->dane_resolved == res)
+        return false; /* they are there */
+    dane_set_clear(&s->dane);
+    if (!s->dom->dane || s->dom->route || !dane_wanted(res))
+        return false;
+    s->dane_resolved = dns_result_dup(res);
+    s->danereq = dane_lookup(s->e->dns, res, &s->dane, session_on_dane, s);
+    return true;
+}
+
 static void
 react_resolved(struct session *s, const struct dns_result *res)
 {
     struct session_env *e = s->e;
     struct destination_failure f;
+    if (dane_start(s, res))
+        return;
     s->smtp_started_us = metrics_now_us(); /* the connect counts for its first batch */
     s->smtp = destination_connect(e->base, e->conf, s->dom, s->source_vmta, s->q->domain,
                                   s->q->name, res, s->sts_looked_up ? &s->sts : NULL, &f);
@@ -622,6 +661,7 @@ react_resolved(struct session *s, const struct dns_result *res)
         session_enter(s, SESSION_FINISH);
         return;
     }
+    smtp_client_set_dane(s->smtp, &s->dane);
     metrics_smtp_connections(1);
     s->usable = true;
     s->connect_reported = false;

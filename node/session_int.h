@@ -8,6 +8,7 @@
 #include <stdbool.h>
 
 #include "batch.h"
+#include "dane.h"
 #include "dns.h"
 #include "mta_sts.h"
 #include "session.h"
@@ -79,6 +80,10 @@ struct session {
     bool sts_looked_up;        /* false: mta-sts off or a route */
     struct mta_sts_policy sts; /* mode NONE: none applies */
     const char *sts_failure;   /* why none could be had, for TLS-RPT */
+    /* DANE: the TLSA records of the validated MX hosts of this connection */
+    struct dane_request *danereq;
+    struct dns_result *dane_resolved; /* the MX answer waiting for them */
+    struct dane_set dane;
     struct event *ev_timer;
     unsigned timer_ms; /* for SESSION_WAIT */
     struct batch batch;

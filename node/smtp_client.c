@@ -30,6 +30,7 @@
 
 #include "addr.h"
 #include "log.h"
+#include "dane.h"
 #include "tls.h"
 #include "util.h"
 
@@ -101,6 +102,7 @@ struct smtp_client {
     struct sockaddr_storage source;
     socklen_t source_len;
     bool use_starttls, require_starttls, tls_verify, tls_check;
+    struct dane_set dane; /* a copy of the session's */
     uint64_t connect_timeout_ms, command_timeout_ms, data_timeout_ms;
 
     struct dns_host *hosts; /* owned deep copy */
@@ -146,6 +148,7 @@ struct smtp_client {
     char info_tls_protocol[32];
     char info_tls_cipher[128];
     const char *info_tls_failure; /* static RFC 8460 result type, or NULL */
+    const char *info_tls_policy;  /* "tlsa" when DANE applied to the connection */
 
     /* current batch */
     bool have_batch;
@@ -299,6 +302,22 @@ static const struct dns_host *
 cur_host(const struct smtp_client *c)
 {
     return c->host_i < c->nhosts ? &c->hosts[c->host_i] : NULL;
+}
+
+/* The current host's DANE requirement (RFC 7672), NULL when none. */
+static const struct dane_host *
+cur_dane(const struct smtp_client *c)
+{
+    const struct dns_host *h = cur_host(c);
+    const struct dane_host *d = h ? dane_find(&c->dane, h->name) : NULL;
+    return d && d->state != DANE_NONE ? d : NULL;
+}
+
+void
+smtp_client_set_dane(struct smtp_client *c, const struct dane_set *dane)
+{
+    dane_set_clear(&c->dane);
+    dane_set_copy(&c->dane, dane);
 }
 
 static const struct dns_addr *
@@ -491,6 +510,7 @@ start_connect(struct smtp_client *c)
     c->info_tls_protocol[0] = c->info_tls_cipher[0] = '\0';
     if (!c->plain_retry)
         c->info_tls_failure = NULL; /* kept for the clear-text retry it caused */
+    c->info_tls_policy = NULL;
     const void *addr = sa->sa_family == AF_INET6
                            ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
                            : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
@@ -671,6 +691,7 @@ batch_complete(struct smtp_client *c, bool usable)
         .tls_protocol = c->info_tls_protocol[0] ? c->info_tls_protocol : NULL,
         .tls_cipher = c->info_tls_cipher[0] ? c->info_tls_cipher : NULL,
         .tls_failure = c->info_tls_failure,
+        .tls_policy = c->info_tls_policy,
         .dsn = c->cap_dsn,
     };
     if (cb && !c->freeing)
@@ -890,14 +911,17 @@ static bool
 tls_start(struct smtp_client *c)
 {
     char err[200];
+    const struct dane_host *dh = cur_dane(c);
     /* No host name (a route to an address): the certificate is checked
      * against the address connected to, never against nothing. */
     struct bufferevent *f =
-        tls_client_start(c->base, c->bev, c->info_host[0] ? c->info_host : c->info_ip,
-                         c->tls_verify  ? TLS_VERIFY_REQUIRE
-                         : c->tls_check ? TLS_VERIFY_CHECK
-                                        : TLS_VERIFY_NONE,
-                         c->tls_ca_file, err, sizeof err);
+        dh ? tls_client_start_dane(c->base, c->bev, c->info_host, dh->tlsa, dh->ntlsa, err,
+                                   sizeof err)
+           : tls_client_start(c->base, c->bev, c->info_host[0] ? c->info_host : c->info_ip,
+                              c->tls_verify  ? TLS_VERIFY_REQUIRE
+                              : c->tls_check ? TLS_VERIFY_CHECK
+                                             : TLS_VERIFY_NONE,
+                              c->tls_ca_file, err, sizeof err);
     if (!f) {
         snprintf(c->io_error, sizeof c->io_error, "%s", err);
         return false;
@@ -1072,6 +1096,7 @@ session_destroy(struct smtp_client *c)
     free(c->helo_name);
     free(c->tls_ca_file);
     free(c->tls_policy_name);
+    dane_set_clear(&c->dane);
     free(c);
 }
 
@@ -1223,14 +1248,14 @@ react_setup_failure(struct smtp_client *c, enum smtp_event ev)
 static const char *
 tls_status(const struct smtp_client *c)
 {
-    return c->tls_policy_name ? "4.7.5" : "4.7.10";
+    return c->tls_policy_name || cur_dane(c) ? "4.7.5" : "4.7.10";
 }
 
 static const char *
 tls_prefix(const struct smtp_client *c, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s%s", c->tls_policy_name ? c->tls_policy_name : "",
-             c->tls_policy_name ? ": " : "");
+    const char *name = cur_dane(c) ? "DANE" : c->tls_policy_name;
+    snprintf(buf, len, "%s%s", name ? name : "", name ? ": " : "");
     return buf;
 }
 
@@ -1240,7 +1265,9 @@ tls_failed(struct smtp_client *c)
     char pfx[40];
     set_error(c, SMTP_TRANSIENT, 0, tls_status(c), "%s%s", tls_prefix(c, pfx, sizeof pfx),
               c->io_error);
-    c->plain_retry = !(c->require_starttls || c->tls_verify);
+    c->plain_retry = !(c->require_starttls || c->tls_verify || cur_dane(c));
+    if (cur_dane(c))
+        c->info_tls_failure = "tlsa-invalid";
     host_failed(c);
 }
 
@@ -1248,14 +1275,26 @@ tls_failed(struct smtp_client *c)
 static void
 after_hello(struct smtp_client *c)
 {
-    bool want_tls = c->use_starttls || c->require_starttls || c->tls_verify || c->tls_check;
-    if (!c->tls_active && c->cap_starttls && want_tls && !c->plain_retry) {
+    const struct dane_host *dh = cur_dane(c);
+    if (dh)
+        c->info_tls_policy = "tlsa";
+    if (dh && dh->state == DANE_BOGUS) {
+        /* a validated MX host whose TLSA lookup failed: maybe a downgrade */
+        c->info_tls_failure = "dnssec-invalid";
+        set_error(c, SMTP_TRANSIENT, 0, "4.7.5",
+                  "DANE: TLSA lookup for host %s failed (DNSSEC), not used", c->info_host);
+        c->plain_retry = false;
+        host_failed(c);
+        return;
+    }
+    bool want_tls = c->use_starttls || c->require_starttls || c->tls_verify || c->tls_check || dh;
+    if (!c->tls_active && c->cap_starttls && want_tls && (!c->plain_retry || dh)) {
         smtp_enter(c, SMTP_ST_STARTTLS);
         return;
     }
-    if (!c->tls_active && !c->cap_starttls && (c->tls_verify || c->tls_check))
+    if (!c->tls_active && !c->cap_starttls && (c->tls_verify || c->tls_check || dh))
         c->info_tls_failure = "starttls-not-supported";
-    if (!c->tls_active && (c->require_starttls || c->tls_verify)) {
+    if (!c->tls_active && (c->require_starttls || c->tls_verify || dh)) {
         char pfx[40];
         set_error(c, SMTP_TRANSIENT, 0, tls_status(c),
                   "%sTLS required but not offered by host %s[%s]", tls_prefix(c, pfx, sizeof pfx),
@@ -1448,9 +1487,9 @@ smtp_react(struct smtp_client *c, enum smtp_event ev)
             smtp_enter(c, SMTP_ST_TLS_HANDSHAKE);
             return;
         }
-        if (c->tls_verify || c->tls_check)
+        if (c->tls_verify || c->tls_check || cur_dane(c))
             c->info_tls_failure = "starttls-not-supported";
-        if (c->reply_code == 421 || c->require_starttls || c->tls_verify) {
+        if (c->reply_code == 421 || c->require_starttls || c->tls_verify || cur_dane(c)) {
             set_error_reply(c);
             char pfx[40];
             if (c->reply_code != 421)
@@ -1467,7 +1506,7 @@ smtp_react(struct smtp_client *c, enum smtp_event ev)
             c->tls_active = true;
             tls_client_info(c->bev, c->info_tls_protocol, sizeof c->info_tls_protocol,
                             c->info_tls_cipher, sizeof c->info_tls_cipher);
-            if (c->tls_check && !c->tls_verify)
+            if (c->tls_check && !c->tls_verify && !cur_dane(c)) /* DANE verified it */
                 c->info_tls_failure = tls_client_failure_type(c->bev);
             log_debug("%s session=%lu tls host=%s protocol=%s cipher=%s verified=%d", cid(c),
                       c->sid, c->info_host, c->info_tls_protocol, c->info_tls_cipher,

@@ -107,6 +107,10 @@ typedef void (*smtp_batch_cb)(struct smtp_client *c, const struct smtp_rcpt_resu
 /* Creates a session and starts connecting. hosts are copied. */
 struct smtp_client *smtp_client_new(struct event_base *base, const struct smtp_client_config *cfg,
                                     const struct dns_host *hosts, size_t nhosts);
+/* DANE requirements of the hosts (RFC 7672), copied, applied from the next
+ * TLS decision on. */
+struct dane_set;
+void smtp_client_set_dane(struct smtp_client *c, const struct dane_set *dane);
 /* Hands a batch to the session: it is sent as soon as the session is ready
  * (connected, greeted, EHLO/TLS done). Only one batch at a time. If every
  * host fails, every recipient gets SMTP_TRANSIENT (or SMTP_PERMANENT if a

@@ -23,6 +23,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "dns.h"
 #include "util.h"
 
 struct tls_ctx_entry {
@@ -141,6 +142,9 @@ tls_client_ssl(const char *host, enum tls_verify verify, const char *ca_file, ch
     return ssl;
 }
 
+static struct bufferevent *tls_filter_new(struct event_base *base, struct bufferevent *bev,
+                                          SSL *ssl, char *err, size_t errlen);
+
 struct bufferevent *
 tls_client_start(struct event_base *base, struct bufferevent *bev, const char *host,
                  enum tls_verify verify, const char *ca_file, char *err, size_t errlen)
@@ -148,6 +152,13 @@ tls_client_start(struct event_base *base, struct bufferevent *bev, const char *h
     SSL *ssl = tls_client_ssl(host, verify, ca_file, err, errlen);
     if (!ssl)
         return NULL;
+    return tls_filter_new(base, bev, ssl, err, errlen);
+}
+
+/* The STARTTLS filter over BEV, owning SSL (freed on failure). */
+static struct bufferevent *
+tls_filter_new(struct event_base *base, struct bufferevent *bev, SSL *ssl, char *err, size_t errlen)
+{
     struct bufferevent *f = bufferevent_openssl_filter_new(
         base, bev, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
     if (!f) {
@@ -158,6 +169,49 @@ tls_client_start(struct event_base *base, struct bufferevent *bev, const char *h
     /* A peer closing without close_notify is an EOF, not an error. */
     bufferevent_openssl_set_allow_dirty_shutdown(f, 1);
     return f;
+}
+
+struct bufferevent *
+tls_client_start_dane(struct event_base *base, struct bufferevent *bev, const char *host,
+                      const struct dns_tlsa *tlsa, size_t ntlsa, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = tls_ctx_get(NULL, err, errlen);
+    if (!ctx)
+        return NULL;
+    if (SSL_CTX_dane_enable(ctx) <= 0) {
+        snprintf(err, errlen, "cannot enable DANE");
+        ERR_clear_error();
+        return NULL;
+    }
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl) {
+        snprintf(err, errlen, "SSL_new failed");
+        return NULL;
+    }
+    /* the MX host name: SNI and, for DANE-TA(2), the name checked (RFC
+     * 7672 3.2.2); DANE-EE(3) matches the key alone (3.2.1) */
+    SSL_set_tlsext_host_name(ssl, host);
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (SSL_dane_enable(ssl, host) <= 0) {
+        SSL_free(ssl);
+        snprintf(err, errlen, "cannot enable DANE for %s", host);
+        ERR_clear_error();
+        return NULL;
+    }
+    SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+    int added = 0;
+    for (size_t i = 0; i < ntlsa; i++)
+        if (SSL_dane_tlsa_add(ssl, tlsa[i].usage, tlsa[i].selector, tlsa[i].mtype, tlsa[i].data,
+                              tlsa[i].len) > 0)
+            added++;
+    ERR_clear_error();
+    if (added == 0) {
+        SSL_free(ssl);
+        snprintf(err, errlen, "no usable TLSA record for %s", host);
+        return NULL;
+    }
+    SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+    return tls_filter_new(base, bev, ssl, err, errlen);
 }
 
 struct bufferevent *

@@ -27,6 +27,13 @@ enum tls_verify { TLS_VERIFY_NONE = 0, TLS_VERIFY_CHECK, TLS_VERIFY_REQUIRE };
 struct bufferevent *tls_client_start(struct event_base *base, struct bufferevent *bev,
                                      const char *host, enum tls_verify verify, const char *ca_file,
                                      char *err, size_t errlen);
+/* As tls_client_start, authenticated by DANE (RFC 7672 3): the peer must
+ * match one of the TLSA records (usable ones, see dane.h); DANE-TA also
+ * checks HOST, the MX host name. */
+struct dns_tlsa;
+struct bufferevent *tls_client_start_dane(struct event_base *base, struct bufferevent *bev,
+                                          const char *host, const struct dns_tlsa *tlsa,
+                                          size_t ntlsa, char *err, size_t errlen);
 /* A socket bufferevent (no socket yet: evhttp connects it) that starts a
  * verified client handshake once connected: SNI, the chain to ca_file (or the
  * system's default CA paths when NULL), the host name or IP SAN. It owns the

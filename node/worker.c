@@ -508,6 +508,7 @@ worker_run(struct conf *conf, const char *pipe_name, unsigned index)
         log_error("pipe=%s event=dns-init-failed error=\"%s\"", pipe_name, err);
         return 1;
     }
+    dns_set_dnssec(e->dns, conf->dns_dnssec);
     e->sts = mta_sts_new(w->base, e->dns, worker_pick_db, w, w->node_label,
                          conf->tls_ca_file ? conf->tls_ca_file : getenv("PGMTA_TLS_CA_FILE"));
     e->sched = sched_new(w->base, conf->database_url, w->node_label);
