@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dane.h"
 #include "hostport.h"
 #include "util.h"
 
@@ -196,14 +197,14 @@ destination_client_config(const struct conf *c, const struct conf_domain *d,
     };
 }
 
-/* Keeps the hosts whose name the policy allows, in order, at the front;
- * frees the others. Returns how many are kept. */
-static size_t
-destination_sts_filter(struct dns_host *hosts, size_t n, const struct mta_sts_policy *sts)
+size_t
+destination_sts_filter(struct dns_host *hosts, size_t n, const struct mta_sts_policy *sts,
+                       const struct dane_set *dane)
 {
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
-        if (mta_sts_policy_allows(sts, hosts[i].name)) {
+        const struct dane_host *dh = dane ? dane_find(dane, hosts[i].name) : NULL;
+        if ((dh && dh->state == DANE_REQUIRED) || mta_sts_policy_allows(sts, hosts[i].name)) {
             struct dns_host t = hosts[kept];
             hosts[kept++] = hosts[i];
             hosts[i] = t;
@@ -216,7 +217,7 @@ struct smtp_client *
 destination_connect(struct event_base *base, const struct conf *c, const struct conf_domain *d,
                     const char *source_vmta, const char *domain, const char *id,
                     const struct dns_result *res, const struct mta_sts_policy *sts,
-                    struct destination_failure *f)
+                    const struct dane_set *dane, struct destination_failure *f)
 {
     if (destination_dns_failure(res, f))
         return NULL;
@@ -225,7 +226,7 @@ destination_connect(struct event_base *base, const struct conf *c, const struct 
     size_t total = nhosts;
     bool enforce = sts && sts->mode == MTA_STS_ENFORCE;
     if (enforce && nhosts > 0) {
-        size_t kept = destination_sts_filter(hosts, nhosts, sts);
+        size_t kept = destination_sts_filter(hosts, nhosts, sts, dane);
         if (kept == 0) {
             destination_hosts_free(hosts, nhosts);
             *f = (struct destination_failure){false, 451, "4.7.5", NULL, "validation-failure"};

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "conf.h"
+#include "dane.h"
 #include "dns.h"
 #include "mta_sts_policy.h"
 #include "smtp_client.h"
@@ -50,13 +51,21 @@ void destination_client_config(const struct conf *c, const struct conf_domain *d
  * policy STS (NULL or mode none: nothing to apply): enforce connects only
  * to the MX hosts it names, with TLS and a verified certificate required
  * (else 4.7.5, "MTA-STS: ..."); testing checks the certificate and reports
- * (smtp_conn_info.tls_failure) without failing. */
+ * (smtp_conn_info.tls_failure) without failing. DANE wins over MTA-STS
+ * (RFC 8461 2): a host with usable TLSA records in DANE is kept whatever
+ * the policy's mx patterns, and the client authenticates it by DANE. */
 struct smtp_client *destination_connect(struct event_base *base, const struct conf *c,
                                         const struct conf_domain *d, const char *source_vmta,
                                         const char *domain, const char *id,
                                         const struct dns_result *res,
                                         const struct mta_sts_policy *sts,
-                                        struct destination_failure *f);
+                                        const struct dane_set *dane, struct destination_failure *f);
+
+/* Keeps at the front, in order, the hosts STS allows or DANE requires
+ * (DANE_REQUIRED in DANE, which may be NULL); returns how many. The others
+ * are moved behind them, not freed. */
+size_t destination_sts_filter(struct dns_host *hosts, size_t n, const struct mta_sts_policy *sts,
+                              const struct dane_set *dane);
 
 /* Whether NAME looks like a fully qualified domain name (two labels or
  * more, letters, digits and hyphens, no address literal): strict receivers

@@ -650,7 +650,7 @@ react_resolved(struct session *s, const struct dns_result *res)
         return;
     s->smtp_started_us = metrics_now_us(); /* the connect counts for its first batch */
     s->smtp = destination_connect(e->base, e->conf, s->dom, s->source_vmta, s->q->domain,
-                                  s->q->name, res, s->sts_looked_up ? &s->sts : NULL, &f);
+                                  s->q->name, res, s->sts_looked_up ? &s->sts : NULL, &s->dane, &f);
     if (!s->smtp) {
         struct smtp_conn_info info = session_tls_info(s, NULL);
         if (f.tls_failure)

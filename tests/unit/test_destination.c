@@ -61,6 +61,39 @@ test_claim_rows(void **state)
     assert_int_equal(batch_claim_rows(0, 0, 100), 1);
 }
 
+/* MTA-STS enforce keeps the MX hosts its patterns allow, and DANE wins:
+ * a host with usable TLSA records stays whatever the patterns say; a host
+ * whose TLSA answer was bogus, or that has none, does not. */
+static void
+test_sts_filter_dane_wins(void **state)
+{
+    (void)state;
+    static const char policy[] = "version: STSv1\nmode: enforce\nmx: *.allowed.test\n"
+                                 "max_age: 86400\n";
+    struct mta_sts_policy sts = {0};
+    char why[128];
+    assert_int_equal(mta_sts_policy_parse(policy, sizeof policy - 1, &sts, why, sizeof why), 0);
+    struct dns_host hosts[4] = {{.name = "mx1.other.test"},
+                                {.name = "mx2.allowed.test"},
+                                {.name = "mx3.dane.test"},
+                                {.name = "mx4.bogus.test"}};
+    struct dane_host dh[2] = {{.name = "mx3.dane.test", .state = DANE_REQUIRED},
+                              {.name = "mx4.bogus.test", .state = DANE_BOGUS}};
+    struct dane_set dane = {dh, 2};
+    /* without DANE: the allowed host only */
+    assert_int_equal(destination_sts_filter(hosts, 4, &sts, NULL), 1);
+    assert_string_equal(hosts[0].name, "mx2.allowed.test");
+    /* with DANE: the allowed one and the DANE one, in their order */
+    struct dns_host again[4] = {{.name = "mx1.other.test"},
+                                {.name = "mx2.allowed.test"},
+                                {.name = "mx3.dane.test"},
+                                {.name = "mx4.bogus.test"}};
+    assert_int_equal(destination_sts_filter(again, 4, &sts, &dane), 2);
+    assert_string_equal(again[0].name, "mx2.allowed.test");
+    assert_string_equal(again[1].name, "mx3.dane.test");
+    mta_sts_policy_clear(&sts);
+}
+
 int
 main(void)
 {
@@ -68,6 +101,7 @@ main(void)
         cmocka_unit_test(test_routes),
         cmocka_unit_test(test_helo_fqdn),
         cmocka_unit_test(test_claim_rows),
+        cmocka_unit_test(test_sts_filter_dane_wins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
