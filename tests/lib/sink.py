@@ -225,8 +225,12 @@ class Sink:
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
+                # a receiver's accept queue, not asyncio's default of 100:
+                # a burst of hundreds of connections (the long tail) must
+                # wait in it, not have its SYNs dropped and retried for
+                # longer than the client's connect timeout
                 asyncio.start_server(self._handle, self.host, self._want_port,
-                                     limit=8 * 1024 * 1024))
+                                     limit=8 * 1024 * 1024, backlog=1024))
             self._port = self._server.sockets[0].getsockname()[1]
         except Exception as e:
             self._error = e
