@@ -98,6 +98,9 @@ struct conf_vmta {
      * warmup_overflow_pool (when set) instead of waiting */
     bool warmup;
     char *warmup_overflow_pool;
+    /* limits of the source IP across every destination, cluster-wide
+     * (README, "Per-source-IP limits"); 0 = not set = unlimited */
+    uint32_t source_ip_max_smtp_out;
 };
 
 struct conf_vmta_pool {

@@ -14,7 +14,8 @@
 #include "smtp_client.h"
 
 enum session_state {
-    SESSION_WARMUP, /* a warming source IP reserves its messages (warmup.h) */
+    SESSION_WARMUP,  /* a warming source IP reserves its messages (warmup.h) */
+    SESSION_IP_SLOT, /* the source IP's own slot (source-ip-max-smtp-out) */
     SESSION_SLOT,
     SESSION_SLOT_CLAIM, /* a new connection's slot and first claim, in parallel */
     /* a rate-limited queue's new connection: the slot, and in parallel one
@@ -91,11 +92,15 @@ struct session {
     char *limit_domain;
     const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
     int slot;                /* connection slot held, -1 none */
-    const char *warmup_ip;   /* a warming source IP's plan limits this session, or NULL */
-    unsigned warmup_left;    /* messages of its reservation not yet claimed */
-    unsigned tokens;         /* message tokens granted for the next claim */
-    unsigned claim_limit;    /* rows asked for by the claim in flight */
-    bool drained;            /* the last claim came back short: no reuse */
+    /* the source IP's slot under "ip:ADDR" (rollup.h), or -1; ip_key NULL
+     * when the source IP has no slot limit */
+    int ip_slot;
+    char *ip_key;
+    const char *warmup_ip; /* a warming source IP's plan limits this session, or NULL */
+    unsigned warmup_left;  /* messages of its reservation not yet claimed */
+    unsigned tokens;       /* message tokens granted for the next claim */
+    unsigned claim_limit;  /* rows asked for by the claim in flight */
+    bool drained;          /* the last claim came back short: no reuse */
     unsigned token_waited_ms;
     bool no_reuse;            /* quit after the current batch */
     unsigned pattern_effects; /* POLICY_EFFECT_* of this batch's replies */
