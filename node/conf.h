@@ -101,6 +101,7 @@ struct conf_vmta {
     /* limits of the source IP across every destination, cluster-wide
      * (README, "Per-source-IP limits"); 0 = not set = unlimited */
     uint32_t source_ip_max_smtp_out;
+    struct conf_rate source_ip_max_connect_rate; /* count 0 = not set */
 };
 
 struct conf_vmta_pool {

@@ -39,6 +39,9 @@ static const struct field vmta_fields[] = {
      .type = F_UINT_UNLIMITED,
      .off = offsetof(struct conf_vmta, source_ip_max_smtp_out),
      .min = 1},
+    {.name = "source-ip-max-connect-rate",
+     .type = F_RATE,
+     .off = offsetof(struct conf_vmta, source_ip_max_connect_rate)},
     {0},
 };
 

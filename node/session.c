@@ -34,23 +34,12 @@
 #include "util.h"
 #include "warmup.h"
 
-static const char *const state_names[] = {"warmup",
-                                          "ip-slot",
-                                          "slot",
-                                          "slot+claim",
-                                          "slot+tokens+claim",
-                                          "connect-token",
-                                          "tokens",
-                                          "tokens+claim",
-                                          "wait",
-                                          "claim-queued",
-                                          "claim",
-                                          "policy+resolve",
-                                          "resolve",
-                                          "send",
-                                          "finish",
-                                          "finish-wait",
-                                          "done"};
+static const char *const state_names[] = {"warmup",         "ip-slot",      "ip-connect-token",
+                                          "slot",           "slot+claim",   "slot+tokens+claim",
+                                          "connect-token",  "tokens",       "tokens+claim",
+                                          "wait",           "claim-queued", "claim",
+                                          "policy+resolve", "resolve",      "send",
+                                          "finish",         "finish-wait",  "done"};
 static const char *const event_names[] = {"warmup",     "slot",           "tokens", "claim-turn",
                                           "claimed",    "tokens-claimed", "policy", "resolved",
                                           "batch-done", "finished",       "timer"};
@@ -568,6 +557,12 @@ session_enter(struct session *s, enum session_state st)
                         rollup_ip_max_smtp_out(conf_vmta_lookup(e->conf, s->source_vmta)),
                         session_on_ip_slot, s);
         break;
+    case SESSION_IP_CONNECT_TOKEN:
+        s->pending++;
+        sched_take_tokens(e->sched, s->ip_key, NULL, SCHED_CONNECT,
+                          rollup_ip_connect_rate(conf_vmta_lookup(e->conf, s->source_vmta)), 1,
+                          session_on_tokens, s);
+        break;
     case SESSION_SLOT_CLAIM:
     case SESSION_SLOT_TOKENS_CLAIM:
         session_enter_slot_claim(s);
@@ -828,6 +823,19 @@ session_react(struct session *s, const struct session_event *ev)
             return;
         }
         s->ip_slot = ev->slot;
+        if (rollup_ip_connect_rate(conf_vmta_lookup(s->e->conf, s->source_vmta)))
+            session_enter(s, SESSION_IP_CONNECT_TOKEN);
+        else
+            session_enter_queue_slot(s);
+        return;
+    case SESSION_IP_CONNECT_TOKEN:
+        if (ev->type != EV_TOKENS)
+            break;
+        if (ev->granted == 0) {
+            session_postpone(s, ev->wait_ms ? ev->wait_ms : 100);
+            session_end(s);
+            return;
+        }
         session_enter_queue_slot(s);
         return;
     case SESSION_SLOT:

@@ -14,8 +14,9 @@
 #include "smtp_client.h"
 
 enum session_state {
-    SESSION_WARMUP,  /* a warming source IP reserves its messages (warmup.h) */
-    SESSION_IP_SLOT, /* the source IP's own slot (source-ip-max-smtp-out) */
+    SESSION_WARMUP,           /* a warming source IP reserves its messages (warmup.h) */
+    SESSION_IP_SLOT,          /* the source IP's own slot (source-ip-max-smtp-out) */
+    SESSION_IP_CONNECT_TOKEN, /* its connect token (source-ip-max-connect-rate) */
     SESSION_SLOT,
     SESSION_SLOT_CLAIM, /* a new connection's slot and first claim, in parallel */
     /* a rate-limited queue's new connection: the slot, and in parallel one

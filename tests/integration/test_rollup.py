@@ -1,7 +1,8 @@
 """Limits shared across queues, cluster-wide, with three pgmtad nodes on one
 PostgreSQL: source-ip-max-smtp-out on a virtual MTA holds for its source IP
 across every destination (the sink sees the peer address), while another
-virtual MTA's source IP is not limited by it."""
+virtual MTA's source IP is not limited by it; source-ip-max-connect-rate
+likewise for new connections."""
 import unittest
 
 from dnsserver import DnsServer
@@ -53,6 +54,32 @@ class SourceIpLimits(unittest.TestCase):
         self.assertGreater(most.get("127.0.0.3", 0), 2, most)
         self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd' "
                                    "AND dlv_source_ip = '127.0.0.2'"), 120)
+
+    def test_source_ip_max_connect_rate_across_destinations(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.61")
+        domains = ["r%d.test" % n for n in range(4)]
+        sink = mx_sink(dns, domains, "127.0.0.61", port)
+        copy_submit(pg, [("s@example.com", "u%d@%s" % (n, domains[n % 4]),
+                          "Subject: %d\r\n\r\nx\r\n" % n, "ip2") for n in range(40)],
+                    columns=("mail_from", "rcpt_to", "content", "vmta"))
+        extra = ('smtp-port = %d; virtual-mtas = ( { name = "ip2"; smtp-source-host = '
+                 '"127.0.0.2"; source-ip-max-connect-rate = "5/s"; } );' % port)
+        doms = ['{ name = "%s"; max-msg-per-connection = 1; }' % d for d in domains]
+        nodes = [Pgmtad(pg, dns, name="node-%s" % n, extra=extra, domains=doms,
+                        env={"PGMTA_LOG_LEVEL": "warn"}) for n in "ab"]
+        try:
+            wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.recipients") == 0,
+                     timeout=60, what="40 messages delivered")
+        finally:
+            for n in nodes:
+                n.stop()
+        connects = sorted(t for t, what, _, peer in sink.connections_log()
+                          if what == "connect" and peer[0] == "127.0.0.2")
+        self.assertGreaterEqual(len(connects), 40)
+        # 40 connections at 5/s across 4 destinations and 2 nodes: at
+        # least ~7 s (a first burst of one bucket's worth allowed)
+        self.assertGreater(connects[-1] - connects[0], 5.0, connects)
 
 
 if __name__ == "__main__":
