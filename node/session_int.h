@@ -93,15 +93,13 @@ struct session {
     char *limit_domain;
     const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
     int slot;                /* connection slot held, -1 none */
-    /* the source IP's slot under "ip:ADDR" (rollup.h), or -1; ip_key NULL
-     * when the source IP has no slot limit */
-    int ip_slot;
-    char *ip_key;
-    const char *warmup_ip; /* a warming source IP's plan limits this session, or NULL */
-    unsigned warmup_left;  /* messages of its reservation not yet claimed */
-    unsigned tokens;       /* message tokens granted for the next claim */
-    unsigned claim_limit;  /* rows asked for by the claim in flight */
-    bool drained;          /* the last claim came back short: no reuse */
+    int ip_slot;             /* source IP's slot ("ip:ADDR", rollup.h), -1 none */
+    char *ip_key;            /* that key, or NULL when the IP has no limit */
+    const char *warmup_ip;   /* a warming source IP's plan limits this session, or NULL */
+    unsigned warmup_left;    /* messages of its reservation not yet claimed */
+    unsigned tokens;         /* message tokens granted for the next claim */
+    unsigned claim_limit;    /* rows asked for by the claim in flight */
+    bool drained;            /* the last claim came back short: no reuse */
     unsigned token_waited_ms;
     bool no_reuse;            /* quit after the current batch */
     unsigned pattern_effects; /* POLICY_EFFECT_* of this batch's replies */
