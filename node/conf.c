@@ -584,6 +584,11 @@ apply_list(struct loader *ld, const config_setting_t *s, const struct field *f, 
             metas[idx].loc = setting_loc(ld, e);
             if (k->id == K_PIPE)
                 ((struct conf_pipe *)(void *)(*arrp + idx * k->elem_size))->processes = 1;
+            if (k->id == K_VMTA) {
+                struct conf_vmta *vm = (void *)(*arrp + idx * k->elem_size);
+                vm->source_ip_max_smtp_out = CONF_UNLIMITED;
+                vm->source_ip_max_connect_rate = (struct conf_rate){CONF_UNLIMITED, 0};
+            }
             (*np)++;
         } else {
             conf_fields_free(k->fields, scratch);

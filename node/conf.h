@@ -99,6 +99,10 @@ struct conf_vmta {
      * warmup_overflow_pool (when set) instead of waiting */
     bool warmup;
     char *warmup_overflow_pool;
+    /* limits of the source IP across every destination, cluster-wide
+     * (README, "Per-source-IP limits"); CONF_UNLIMITED by default */
+    uint32_t source_ip_max_smtp_out;
+    struct conf_rate source_ip_max_connect_rate;
 };
 
 struct conf_vmta_pool {

@@ -34,6 +34,14 @@ static const struct field vmta_fields[] = {
     {.name = "warmup-overflow-pool",
      .type = F_STRING,
      .off = offsetof(struct conf_vmta, warmup_overflow_pool)},
+    /* per-source-IP limits (README, "Per-source-IP limits") */
+    {.name = "source-ip-max-smtp-out",
+     .type = F_UINT_UNLIMITED,
+     .off = offsetof(struct conf_vmta, source_ip_max_smtp_out),
+     .min = 1},
+    {.name = "source-ip-max-connect-rate",
+     .type = F_RATE,
+     .off = offsetof(struct conf_vmta, source_ip_max_connect_rate)},
     {0},
 };
 

@@ -27,17 +27,19 @@
 #include "policy.h"
 #include "priority.h"
 #include "queue.h"
+#include "rollup.h"
 #include "sched.h"
 #include "smtp_client.h"
 #include "srcip.h"
 #include "util.h"
 #include "warmup.h"
 
-static const char *const state_names[] = {
-    "warmup",        "slot",   "slot+claim",     "slot+tokens+claim",
-    "connect-token", "tokens", "tokens+claim",   "wait",
-    "claim-queued",  "claim",  "policy+resolve", "resolve",
-    "send",          "finish", "finish-wait",    "done"};
+static const char *const state_names[] = {"warmup",         "ip-slot",      "ip-connect-token",
+                                          "slot",           "slot+claim",   "slot+tokens+claim",
+                                          "connect-token",  "tokens",       "tokens+claim",
+                                          "wait",           "claim-queued", "claim",
+                                          "policy+resolve", "resolve",      "send",
+                                          "finish",         "finish-wait",  "done"};
 static const char *const event_names[] = {"warmup",     "slot",           "tokens", "claim-turn",
                                           "claimed",    "tokens-claimed", "policy", "resolved",
                                           "batch-done", "finished",       "timer"};
@@ -117,6 +119,7 @@ session_destroy(struct session *s)
     session_unreserve(s);
     session_clear_batch(s);
     free(s->limit_domain);
+    free(s->ip_key);
     free(s->pattern_reply);
     mta_sts_policy_clear(&s->sts);
     dns_result_free(s->resolved);
@@ -178,6 +181,10 @@ session_end(struct session *s)
     if (s->slot >= 0) {
         sched_release_slot(e->sched, s->limit_domain, s->source_vmta, s->slot);
         s->slot = -1;
+    }
+    if (s->ip_slot >= 0) {
+        sched_release_slot(e->sched, s->ip_key, NULL, s->ip_slot);
+        s->ip_slot = -1;
     }
     if (s->smtp) {
         if (s->usable)
@@ -317,6 +324,17 @@ session_on_slot(int slot, void *arg)
         session_react(s, &(struct session_event){.type = EV_SLOT, .slot = slot});
 }
 
+/* The source IP's slot (rollup.h). */
+static void
+session_on_ip_slot(int slot, void *arg)
+{
+    struct session *s = arg;
+    if (s->state == SESSION_DONE && slot >= 0)
+        sched_release_slot(s->e->sched, s->ip_key, NULL, slot);
+    if (session_returned(s))
+        session_react(s, &(struct session_event){.type = EV_SLOT, .slot = slot});
+}
+
 void
 session_on_tokens(unsigned granted, unsigned wait_ms, void *arg)
 {
@@ -369,10 +387,25 @@ session_on_finished(const PGresult *res, void *arg)
 
 /* ---- entering a state ---- */
 
-/* A new connection's first state: its slot, with its first claim when that
- * may go in parallel. */
+static void session_enter_queue_slot(struct session *s);
+
+/* A new connection's first state: its source IP's slot when limited, then
+ * the queue's. */
 static void
 enter_first(struct session *s)
+{
+    free(s->ip_key);
+    s->ip_key = rollup_ip_key(conf_vmta_lookup(s->e->conf, s->source_vmta));
+    if (s->ip_key) {
+        session_enter(s, SESSION_IP_SLOT);
+        return;
+    }
+    session_enter_queue_slot(s);
+}
+
+/* The queue's slot, with its first claim when that may go in parallel. */
+static void
+session_enter_queue_slot(struct session *s)
 {
     session_enter(s, session_may_slot_tokens_claim(s) ? SESSION_SLOT_TOKENS_CLAIM
                      : session_may_slot_claim(s)      ? SESSION_SLOT_CLAIM
@@ -521,6 +554,18 @@ session_enter(struct session *s, enum session_state st)
     switch (st) {
     case SESSION_WARMUP:
         enter_warmup(s);
+        break;
+    case SESSION_IP_SLOT:
+        s->pending++;
+        sched_take_slot(e->sched, s->ip_key, NULL,
+                        rollup_ip_max_smtp_out(conf_vmta_lookup(e->conf, s->source_vmta)),
+                        session_on_ip_slot, s);
+        break;
+    case SESSION_IP_CONNECT_TOKEN:
+        s->pending++;
+        sched_take_tokens(e->sched, s->ip_key, NULL, SCHED_CONNECT,
+                          rollup_ip_connect_rate(conf_vmta_lookup(e->conf, s->source_vmta)), 1,
+                          session_on_tokens, s);
         break;
     case SESSION_SLOT_CLAIM:
     case SESSION_SLOT_TOKENS_CLAIM:
@@ -808,6 +853,31 @@ session_react(struct session *s, const struct session_event *ev)
             break;
         react_warmup(s, ev->res);
         return;
+    case SESSION_IP_SLOT:
+        if (ev->type != EV_SLOT)
+            break;
+        if (ev->slot < 0) {
+            /* Every slot of the source IP is taken in the cluster. */
+            session_postpone(s, SESSION_SLOT_RETRY_MS);
+            session_end(s);
+            return;
+        }
+        s->ip_slot = ev->slot;
+        if (rollup_ip_connect_rate(conf_vmta_lookup(s->e->conf, s->source_vmta)))
+            session_enter(s, SESSION_IP_CONNECT_TOKEN);
+        else
+            session_enter_queue_slot(s);
+        return;
+    case SESSION_IP_CONNECT_TOKEN:
+        if (ev->type != EV_TOKENS)
+            break;
+        if (ev->granted == 0) {
+            session_postpone(s, ev->wait_ms ? ev->wait_ms : 100);
+            session_end(s);
+            return;
+        }
+        session_enter_queue_slot(s);
+        return;
     case SESSION_SLOT:
         if (ev->type != EV_SLOT)
             break;
@@ -947,6 +1017,7 @@ session_start(struct session_env *e, struct admission_queue *q, const struct con
     s->dom = dom;
     s->state = SESSION_SLOT;
     s->slot = -1;
+    s->ip_slot = -1;
     s->limit_domain = dom->mx_rollup ? xasprintf("rollup:%s", dom->mx_rollup) : xstrdup(q->domain);
     /* A queue whose virtual MTA is a pool sends through its members in turn;
      * limits then apply per member (per source address). */
@@ -981,6 +1052,7 @@ session_slots_lost(struct session_env *e)
 {
     for (struct session *s = e->sessions; s; s = s->next) {
         s->slot = -1;
+        s->ip_slot = -1;
         s->no_reuse = true;
     }
 }

@@ -15,7 +15,9 @@
 #include "smtp_client.h"
 
 enum session_state {
-    SESSION_WARMUP, /* a warming source IP reserves its messages (warmup.h) */
+    SESSION_WARMUP,           /* a warming source IP reserves its messages (warmup.h) */
+    SESSION_IP_SLOT,          /* the source IP's own slot (source-ip-max-smtp-out) */
+    SESSION_IP_CONNECT_TOKEN, /* its connect token (source-ip-max-connect-rate) */
     SESSION_SLOT,
     SESSION_SLOT_CLAIM, /* a new connection's slot and first claim, in parallel */
     /* a rate-limited queue's new connection: the slot, and in parallel one
@@ -96,6 +98,8 @@ struct session {
     char *limit_domain;
     const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
     int slot;                /* connection slot held, -1 none */
+    int ip_slot;             /* source IP's slot ("ip:ADDR", rollup.h), -1 none */
+    char *ip_key;            /* that key, or NULL when the IP has no limit */
     const char *warmup_ip;   /* a warming source IP's plan limits this session, or NULL */
     unsigned warmup_left;    /* messages of its reservation not yet claimed */
     unsigned tokens;         /* message tokens granted for the next claim */
