@@ -233,6 +233,9 @@ class Dane(unittest.TestCase):
         self.assertEqual(row[3:6], ("tlsa", "tlsa-invalid", "bad.dane.test"), row)
         self.assertFalse(self.sent("a@bad.dane.test"))
         self.assertEqual(self.pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'b'"), 0)
+        # the queue says why it is deferred (mta.queues, the dashboard)
+        err = self.pg.scalar("SELECT last_error FROM mta.queues WHERE domain = 'bad.dane.test'")
+        self.assertIn("DANE", err or "")
 
     def test_dane_ta_match_delivered(self):
         row = self.first("a@ta.dane.test")
