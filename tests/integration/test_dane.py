@@ -19,6 +19,7 @@ import unittest
 
 from pgmta_test import PgServer, Pgmtad, free_port, main, tmpdir, wait_for
 from sink import Sink
+from test_mta_sts import make_ca
 
 BODY = "Subject: dane test\r\n\r\nhello\r\n"
 MX_IP, NOTLS_IP = "127.0.0.60", "127.0.0.61"
@@ -116,11 +117,7 @@ class Dane(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         d = tmpdir()
-        ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-subj", "/CN=pgmta dane test CA", "-days", "2", "-keyout", ca_key,
-                "-out", ca, "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        ca, ca_key = make_ca(d, "pgmta dane test CA")
         key, csr, cert, ext = (os.path.join(d, "mx" + s) for s in (".key", ".csr", ".pem", ".ext"))
         with open(ext, "w") as f:
             f.write("subjectAltName=DNS:mx-ta.dane.test\n")

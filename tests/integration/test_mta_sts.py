@@ -57,6 +57,16 @@ def openssl(*args):
     subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
 
 
+def make_ca(d, cn="pgmta test CA"):
+    """A test CA in D, valid for two days: (cert, key)."""
+    ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-subj", "/CN=" + cn, "-days", "2", "-keyout", ca_key,
+            "-out", ca, "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return ca, ca_key
+
+
 def make_ca_cert(d, ca, ca_key, name, sans, days=2):
     """A certificate for SANS signed by the test CA: (cert, key); days < 0:
     one that expired (notAfter before notBefore, now)."""
@@ -113,11 +123,7 @@ class MtaSts(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         d = tmpdir()
-        ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-subj", "/CN=pgmta test CA", "-days", "2", "-keyout", ca_key,
-                "-out", ca, "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        ca, ca_key = make_ca(d)
         web_cert, web_key = make_ca_cert(d, ca, ca_key, "web",
                                          ["mta-sts." + dom for dom in POLICIES])
         mx_cert, mx_key = make_ca_cert(d, ca, ca_key, "mx",

@@ -22,7 +22,7 @@ import unittest
 from dnsserver import DnsServer
 from pgmta_test import PGMTA, PgServer, Pgmtad, free_port, main, tmpdir, wait_for
 from sink import Sink
-from test_mta_sts import make_ca_cert, openssl
+from test_mta_sts import make_ca, make_ca_cert
 
 ORG, CONTACT = "Example Sender Inc.", "mailto:tls-admin@sender.test"
 
@@ -64,11 +64,7 @@ class TlsRpt(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         d = tmpdir()
-        ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-subj", "/CN=pgmta test CA", "-days", "2", "-keyout", ca_key,
-                "-out", ca, "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        ca, ca_key = make_ca(d)
         cert, key = make_ca_cert(d, ca, ca_key, "web", ["reports.rpt.test"])
         cls.web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ReportHandler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
