@@ -17,6 +17,7 @@ import os
 import ssl
 import subprocess
 import threading
+import time
 import unittest
 
 from dnsserver import DnsServer
@@ -86,7 +87,15 @@ class TlsRpt(unittest.TestCase):
         cls.pg.query("INSERT INTO mta.mta_sts (domain, txt_id, mode, mx, max_age, fetched_at, "
                      "expires_at) VALUES ('a.test', 'x', 'enforce', "
                      "ARRAY['mx1.a.test', '*.a.test'], 86400, now(), now() + interval '1 day')")
-        cls.day = cls.pg.scalar("SELECT ((now() AT TIME ZONE 'UTC')::date - 1)::text")
+        # The node reports the UTC day before (now - 15 min) (TLSRPT_DAY_SETTLE_S):
+        # from 00:00 to 00:15 UTC that is two days back. Near 00:15 the day
+        # could change during the test: wait until it has.
+        settle = 900
+        since_midnight = int(time.time()) % 86400
+        if settle - 60 <= since_midnight <= settle + 5:
+            time.sleep(settle + 6 - since_midnight)
+        cls.day = cls.pg.scalar("SELECT (((now() - interval '%d seconds') AT TIME ZONE 'UTC')"
+                                "::date - 1)::text" % settle)
         for dom, pol, fail, mid, att, mx, ip in ROWS:
             cls.pg.query(
                 "INSERT INTO mta.acct (type, time_logged, rcpt, queue, message_id, attempt, "
