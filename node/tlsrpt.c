@@ -19,6 +19,7 @@
 #include <event2/dns.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <zlib.h>
 
 #include "db.h"
 #include "dns.h"
@@ -73,59 +74,41 @@ struct tlsrpt {
     struct report *reports;
 };
 
-/* ---- gzip with stored blocks ---- */
+/* ---- gzip ---- */
 
-uint32_t
-tlsrpt_crc32(const void *data, size_t n)
-{
-    static uint32_t table[256];
-    static bool ready;
-    if (!ready) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
-        ready = true;
-    }
-    const unsigned char *p = data;
-    uint32_t c = 0xffffffffu;
-    for (size_t i = 0; i < n; i++)
-        c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
-    return c ^ 0xffffffffu;
-}
-
-static void
-put_le32(struct buf *out, uint32_t v)
-{
-    unsigned char b[4] = {v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >> 24) & 0xff};
-    buf_append(out, b, 4);
-}
-
-void
+int
 tlsrpt_gzip(struct buf *out, const void *data, size_t n, time_t mtime)
 {
-    /* ID1 ID2, CM 8 (deflate), FLG 0, MTIME, XFL 0, OS 255 (unknown) */
-    unsigned char hdr[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255};
-    uint32_t mt = mtime > 0 ? (uint32_t)mtime : 0;
-    for (int i = 0; i < 4; i++)
-        hdr[4 + i] = (mt >> (8 * i)) & 0xff;
-    buf_append(out, hdr, sizeof hdr);
-    const unsigned char *p = data;
-    size_t left = n;
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    /* 16 + MAX_WBITS: the gzip wrapper (RFC 1952) with its CRC-32 */
+    if (deflateInit2(&z, Z_BEST_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) !=
+        Z_OK)
+        return -1;
+    gz_header h;
+    memset(&h, 0, sizeof h);
+    h.time = mtime > 0 ? (uLong)mtime : 0;
+    h.os = 255; /* unknown */
+    if (deflateSetHeader(&z, &h) != Z_OK) {
+        deflateEnd(&z);
+        return -1;
+    }
+    z.next_in = (Bytef *)(uintptr_t)data;
+    z.avail_in = (uInt)n;
+    unsigned char chunk[16384];
+    int rc;
     do {
-        size_t len = left > 65535 ? 65535 : left;
-        /* BFINAL on the last block, BTYPE 00; LEN and its complement */
-        unsigned char b[5] = {left == len ? 1 : 0, len & 0xff, (len >> 8) & 0xff, ~len & 0xff,
-                              (~len >> 8) & 0xff};
-        buf_append(out, b, 5);
-        buf_append(out, p, len);
-        p += len;
-        left -= len;
-    } while (left > 0);
-    put_le32(out, tlsrpt_crc32(data, n));
-    put_le32(out, (uint32_t)n);
+        z.next_out = chunk;
+        z.avail_out = sizeof chunk;
+        rc = deflate(&z, Z_FINISH);
+        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
+            deflateEnd(&z);
+            return -1;
+        }
+        buf_append(out, chunk, sizeof chunk - z.avail_out);
+    } while (rc != Z_STREAM_END);
+    deflateEnd(&z);
+    return 0;
 }
 
 /* ---- the record ---- */
@@ -492,10 +475,15 @@ on_txt(const struct dns_txt_result *res, void *arg)
         report_fail(r, "_smtp._tls TXT: %s", res->error ? res->error : "temporary failure");
     else if (n <= 0)
         report_fail(r, "%s", "no _smtp._tls TXT record with v=TLSRPTv1 and a rua");
+    struct buf gz;
+    buf_init(&gz);
+    if (n > 0 && tlsrpt_gzip(&gz, r->json, strlen(r->json), time(NULL)) != 0) {
+        report_fail(r, "%s", "the report could not be compressed");
+        for (int i = 0; i < n; i++)
+            free(rua[i]);
+        n = 0;
+    }
     if (n > 0) {
-        struct buf gz;
-        buf_init(&gz);
-        tlsrpt_gzip(&gz, r->json, strlen(r->json), time(NULL));
         for (int i = 0; i < n; i++) {
             if (report_done_before(r, rua[i]))
                 report_ok(r, rua[i]);
@@ -505,8 +493,8 @@ on_txt(const struct dns_txt_result *res, void *arg)
                 send_https(r, rua[i], &gz);
             free(rua[i]);
         }
-        buf_free(&gz);
     }
+    buf_free(&gz);
     report_settle(r);
 }
 

@@ -41,10 +41,10 @@ void tlsrpt_free(struct tlsrpt *t);
 /* The statements the job uses, on DB (at every connection). */
 void tlsrpt_prepare(struct db *db);
 
-/* A gzip stream (RFC 1952) of DATA with stored deflate blocks (RFC 1951,
- * type 0) and its CRC-32, appended to out: no compression library needed. */
-void tlsrpt_gzip(struct buf *out, const void *data, size_t n, time_t mtime);
-uint32_t tlsrpt_crc32(const void *data, size_t n);
+/* A gzip stream (RFC 1952, zlib's deflate at its best compression) of DATA
+ * with MTIME in its header, appended to out. 0, or -1 when zlib failed
+ * (out may then hold part of a stream). */
+int tlsrpt_gzip(struct buf *out, const void *data, size_t n, time_t mtime);
 
 /* The rua URIs of a _smtp._tls TXT record ("v=TLSRPTv1; rua=U1,U2"): up to
  * TLSRPT_MAX_RUA, malloc'ed into out. Returns how many, or -1 when TXT is
