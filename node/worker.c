@@ -162,6 +162,7 @@ worker_on_ready_queues(const PGresult *res, void *arg)
     }
     int n = PQntuples(res);
     long long now = admission_now_ms();
+    unsigned started0 = w->env.nsessions;
     for (int i = 0; i < n; i++) {
         const char *domain = PQgetvalue(res, i, 0);
         const char *vmta = PQgetvalue(res, i, 1);
@@ -177,6 +178,9 @@ worker_on_ready_queues(const PGresult *res, void *arg)
             log_debug("pipe=%s event=queues-pruned removed=%zu left=%zu", w->pipe, gone,
                       admission_count(w->queues));
     }
+    log_debug("pipe=%s event=poll offered=%d sessions=%u->%u content=%zu next_ms=%u", w->pipe, n,
+              started0, w->env.nsessions, w->env.content_bytes,
+              (unsigned)(n > 0 ? SESSION_FAST_POLL_MS : w->poll_ms * 2));
     if (n > 0) {
         w->poll_ms = SESSION_FAST_POLL_MS;
     } else {

@@ -265,6 +265,8 @@ DECLARE
     v_pos_domain text;
     v_pos_vmta text;
     v_round_end timestamptz;
+    v_page int;
+    v_offered bigint;
 BEGIN
     IF p_pipe IS NULL OR v_limit IS NULL OR v_limit < 1 THEN
         RETURN;
@@ -282,6 +284,21 @@ BEGIN
         PERFORM mta.ready_apply_wakes(p_pipe);
     END IF;
 
+    -- A page of candidates may hold no queue to offer: markers of queues
+    -- served since they were set (a queue offered keeps its marker until a
+    -- later page finds it without work, so mail enqueued in several
+    -- transactions leaves such markers behind the first). Such a page only
+    -- cools its markers; while the round has not ended, the next page is
+    -- read in the same call, up to 32 pages, rather than after the
+    -- caller's idle backoff (seconds of stalled delivery behind a thousand
+    -- stale markers).
+    FOR v_page IN 1..32 LOOP
+    IF v_page > 1 THEN
+        SELECT rc.pos_at, rc.pos_domain, rc.pos_vmta, rc.round_end
+          INTO v_pos_at, v_pos_domain, v_pos_vmta, v_round_end
+          FROM mta.ready_cursor rc WHERE rc.pipe = p_pipe;
+        EXIT WHEN v_pos_at = 'infinity';
+    END IF;
     RETURN QUERY
     WITH cand AS MATERIALIZED (
         SELECT u.*, row_number() OVER (ORDER BY u.part, u.next_at, u.domain, u.vmta) AS ord
@@ -390,6 +407,9 @@ BEGIN
          WHERE rc.pipe = p_pipe
     )
     SELECT v.domain, v.vmta, v.in_backoff FROM v WHERE v.verdict = 'offer' ORDER BY v.ord;
+    GET DIAGNOSTICS v_offered = ROW_COUNT;
+    EXIT WHEN v_offered > 0;
+    END LOOP;
 END
 $$;
 

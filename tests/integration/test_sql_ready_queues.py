@@ -102,6 +102,26 @@ class ReadyQueuesTest(DbTestCase):
         self.assertEqual(set(counts), set(blocked) | set(fresh))
         self.assertLessEqual(max(counts.values()), 2)
 
+    def test_one_poll_reads_past_markers_of_queues_served_since(self):
+        # A queue offered keeps its marker until a later poll finds it
+        # without work: 600 queues served since their markers were set lie
+        # ahead of a queue with work in the rotation. One poll of 100 must
+        # still offer that queue (it used to answer nothing, six polls in a
+        # row, while the node backed off between polls), and cools the 600.
+        served = ["srv%04d.example" % i for i in range(600)]
+        self.bulk(served)
+        self.assertEqual(len(self.poll(limit=1000)), 600)
+        for d in served:
+            self.finish(self.claim(d), "d")
+        fresh = self.domain("fresh")
+        self.enqueue(["u@" + fresh])
+        self.assertEqual([d for d, _, _ in self.poll(limit=100)], [fresh])
+        self.assertEqual(self.q1("SELECT count(*) FROM mta.queue_ready WHERE pipe = %s "
+                                 "AND stage > 0", (self.pipe,)), 600)
+        # Served too, nothing is due: an empty answer.
+        self.finish(self.claim(fresh), "d")
+        self.assertEqual(self.poll(limit=100), [])
+
     def test_postponed_queues_leave_the_rotation(self):
         blocked = ["hold%04d.example" % i for i in range(1100)]
         self.bulk(blocked, per_domain=2)
