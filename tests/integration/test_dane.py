@@ -11,18 +11,51 @@ an answer without AD (unsigned zone) ignores its TLSA; 2 0 1 of the test CA
 matches with the MX host name, and fails for another name; a TLSA record
 whose signature fails (bogus, SERVFAIL) defers (dnssec-invalid); records
 with unusable usages are plain opportunistic TLS; dane = false looks no
-TLSA up; a node whose resolver is not marked dnssec ignores TLSA."""
+TLSA up; a node whose resolver is not marked dnssec ignores TLSA. Domains
+with both DANE and an MTA-STS enforce policy (served over HTTPS by a policy
+server on 127.0.0.62:443): an MX host with usable TLSA records is used and
+authenticated by DANE though the policy does not list it, and one without
+TLSA records is still held to the policy (deferred, nothing sent)."""
 import hashlib
+import http.server
 import os
+import ssl
 import subprocess
+import threading
 import unittest
 
 from pgmta_test import PgServer, Pgmtad, free_port, main, tmpdir, wait_for
 from sink import Sink
-from test_mta_sts import make_ca
+from test_mta_sts import make_ca, make_ca_cert, policy
 
 BODY = "Subject: dane test\r\n\r\nhello\r\n"
-MX_IP, NOTLS_IP = "127.0.0.60", "127.0.0.61"
+MX_IP, NOTLS_IP, POLICY_IP = "127.0.0.60", "127.0.0.61", "127.0.0.62"
+# MTA-STS policies of the signed zone's domains, neither listing its MX host
+STS_POLICIES = {"sts.dane.test": policy("enforce", "mx.elsewhere.test"),
+                "stsnotlsa.dane.test": policy("enforce", "mx.elsewhere.test")}
+
+
+class StsHandler(http.server.BaseHTTPRequestHandler):
+    fetched = set()
+
+    def do_GET(self):
+        host = (self.headers.get("Host") or "").split(":")[0].lower()
+        body = STS_POLICIES.get(host[len("mta-sts."):]) if host.startswith("mta-sts.") else None
+        if body is None or self.path != "/.well-known/mta-sts.txt":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        StsHandler.fetched.add(host)
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
 
 
 def run(*args, cwd=None):
@@ -140,7 +173,24 @@ class Dane(unittest.TestCase):
         # a matching record, but the host offers no STARTTLS
         signed += "notls MX 10 mx-notls.dane.test.\nmx-notls A %s\n" \
             "_25._tcp.mx-notls TLSA 3 1 1 %s\n" % (NOTLS_IP, ee)
+        # DANE and MTA-STS: sts's MX host has the matching TLSA record of
+        # mx-ee, stsnotlsa's has none; both policies list other hosts
+        signed += "sts MX 10 mx-ee.dane.test.\nstsnotlsa MX 10 mx-none.dane.test.\n" \
+            "mx-none A %s\n" % MX_IP
+        for dom in STS_POLICIES:
+            name = dom[:-len(".dane.test")]
+            signed += '_mta-sts.%s TXT "v=STSv1; id=1"\nmta-sts.%s A %s\n' % (
+                name, name, POLICY_IP)
         plain = "@ MX 10 mx.plain.test.\nmx A %s\n_25._tcp.mx TLSA 3 1 1 %s\n" % (MX_IP, zeros)
+        web_cert, web_key = make_ca_cert(d, ca, ca_key, "policy",
+                                         ["mta-sts." + dom for dom in STS_POLICIES])
+        cls.web = http.server.ThreadingHTTPServer((POLICY_IP, 443), StsHandler)
+        cls.addClassCleanup(cls.web.server_close)
+        cls.addClassCleanup(cls.web.shutdown)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(web_cert, web_key)
+        cls.web.socket = ctx.wrap_socket(cls.web.socket, server_side=True)
+        threading.Thread(target=cls.web.serve_forever, daemon=True).start()
         cls.resolver = Resolver(signed, plain)
         cls.addClassCleanup(cls.resolver.stop)  # also when setUpClass fails
         cls.pg = PgServer()
@@ -153,17 +203,18 @@ class Dane(unittest.TestCase):
         cls.addClassCleanup(cls.sink.stop)
         cls.notls = Sink(host=NOTLS_IP, port=port)
         cls.addClassCleanup(cls.notls.stop)
-        cls.domains = [h + ".dane.test" for h in cls.hosts] + ["plain.test", "notls.dane.test"]
+        cls.domains = [h + ".dane.test" for h in cls.hosts] + ["plain.test", "notls.dane.test"] \
+            + list(STS_POLICIES)
         for dom in cls.domains:
             cls.pg.query("SELECT mta.enqueue(%s, ARRAY[%s], %s)",
                          ("s@sender.test", "a@" + dom, BODY))
-        extra = 'smtp-port = %d; log-level = "debug"; ' \
+        extra = 'smtp-port = %d; log-level = "debug"; tls-ca-file = "%s"; ' \
             'dns = { servers = [ "%s" ]; timeout = "5s"; dnssec = true; };' % (
-                port, cls.resolver.server_arg)
+                port, ca, cls.resolver.server_arg)
         cls.node = Pgmtad(cls.pg, None, extra=extra,
                           domains=['{ name = "off.dane.test"; dane = false; }'])
         deferred = ["a@bad.dane.test", "a@taname.dane.test", "a@bogus.dane.test",
-                    "a@notls.dane.test"]
+                    "a@notls.dane.test", "a@stsnotlsa.dane.test"]
         wait_for(lambda: cls.pg.scalar(
             "SELECT count(DISTINCT rcpt) FROM mta.acct WHERE (type = 'd' AND rcpt <> ALL(%s)) "
             "OR (type = 't' AND rcpt = ANY(%s))", (deferred, deferred)) == len(cls.domains),
@@ -233,6 +284,27 @@ class Dane(unittest.TestCase):
         # the queue says why it is deferred (mta.queues, the dashboard)
         err = self.pg.scalar("SELECT last_error FROM mta.queues WHERE domain = 'bad.dane.test'")
         self.assertIn("DANE", err or "")
+
+    def test_dane_wins_over_mta_sts(self):
+        # the enforce policy was fetched and is in force for the domain ...
+        self.assertIn("mta-sts.sts.dane.test", StsHandler.fetched)
+        self.assertEqual(self.pg.scalar("SELECT mode FROM mta.mta_sts WHERE domain = "
+                                        "'sts.dane.test'"), "enforce")
+        # ... but its MX host has usable TLSA records: used, though the
+        # policy does not list it, and authenticated by DANE
+        row = self.first("a@sts.dane.test")
+        self.assertEqual(row[0], "d", row)
+        self.assertEqual(row[3:6], ("tlsa", None, "sts.dane.test"), row)
+        self.assertTrue(self.sent("a@sts.dane.test"))
+
+    def test_mta_sts_holds_without_tlsa(self):
+        # the same policy, an MX host without TLSA records: MTA-STS applies
+        self.assertIn("mta-sts.stsnotlsa.dane.test", StsHandler.fetched)
+        row = self.first("a@stsnotlsa.dane.test")
+        self.assertEqual(row[0], "t", row)
+        self.assertEqual(row[1], "4.7.5", row)
+        self.assertIn("MTA-STS", row[2])
+        self.assertFalse(self.sent("a@stsnotlsa.dane.test"))
 
     def test_dane_ta_match_delivered(self):
         row = self.first("a@ta.dane.test")
