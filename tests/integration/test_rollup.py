@@ -12,6 +12,8 @@ mta.connections and mta.queues; 20 domains on two shared MX hosts share
 the "*" entry's max-smtp-out = 2 under an "mx:" key without any provider;
 mx-rollup = false keeps each domain's own limit (more connections than
 one domain's limit at once); a configured mx-rollup = "NAME" still holds."""
+import http.client
+import re
 import threading
 import time
 import unittest
@@ -98,13 +100,29 @@ def submit_to(pg, domains, per_domain):
                      for n in range(per_domain) for d in domains])
 
 
+TOKEN = "rollup-test-token"
+
+
+def metrics_rollup_keys(port):
+    """The rollup_key labels of pgmta_queue_connections on /metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/metrics", headers={"Authorization": "Bearer " + TOKEN})
+        body = c.getresponse().read().decode()
+    finally:
+        c.close()
+    return set(re.findall(r'^pgmta_queue_connections\{[^}]*rollup_key="([^"]*)"', body, re.M))
+
+
 class Watcher:
     """Reads mta.connections and mta.queues every 0.1 s while the nodes
     deliver: the keys connections were listed under, the most listed at
-    once, and the queues seen with connections > 0."""
+    once, and the queues seen with connections > 0; with http_port, the
+    rollup_key labels /metrics gives the queues' connections."""
 
-    def __init__(self, pg):
+    def __init__(self, pg, http_port=None):
         self.pg, self.keys, self.most, self.queues = pg, set(), 0, set()
+        self.http_port, self.metric_keys = http_port, set()
         self.stop_ev = threading.Event()
         self.conn = pg.connect()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -121,6 +139,11 @@ class Watcher:
             self.most = max(self.most, len(rows))
             cur.execute("SELECT domain, rollup_key FROM mta.queues WHERE connections > 0")
             self.queues.update(cur.fetchall())
+            if self.http_port:
+                try:
+                    self.metric_keys.update(metrics_rollup_keys(self.http_port))
+                except OSError:
+                    pass
             time.sleep(0.1)
 
     def stop(self):
@@ -129,8 +152,8 @@ class Watcher:
         self.conn.close()
 
 
-def deliver(pg, nodes, total, timeout=120):
-    watch = Watcher(pg)
+def deliver(pg, nodes, total, timeout=120, http_port=None):
+    watch = Watcher(pg, http_port)
     try:
         wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.recipients") == 0,
                  timeout=timeout, what="%d messages delivered" % total)
@@ -153,9 +176,12 @@ class MxRollup(unittest.TestCase):
         submit_to(pg, domains, 4)
         extra = ('smtp-port = %d; providers = ( { name = "provider"; '
                  'mx-suffix = [ ".Provider.test." ]; max-smtp-out = 3; } );' % port)
-        nodes = [Pgmtad(pg, dns, name="node-%s" % n, extra=extra, defaults="mx-rollup = true",
-                        env={"PGMTA_LOG_LEVEL": "warn"}) for n in "abc"]
-        watch = deliver(pg, nodes, 200)
+        http_port = free_port()
+        api = 'listen = { http = "127.0.0.1:%d"; }; http = { token = "%s"; };' % (http_port, TOKEN)
+        nodes = [Pgmtad(pg, dns, name="node-%s" % n, extra=extra + (api if n == "a" else ""),
+                        defaults="mx-rollup = true", env={"PGMTA_LOG_LEVEL": "warn"})
+                 for n in "abc"]
+        watch = deliver(pg, nodes, 200, http_port=http_port)
         self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'"), 200)
         # without the rollup each domain would have its own 20 slots
         self.assertLessEqual(sink.concurrent_max(), 3)
@@ -167,6 +193,8 @@ class MxRollup(unittest.TestCase):
         self.assertTrue(watch.queues, "no queue showed a connection")
         self.assertEqual({k for _, k in watch.queues}, {"provider:provider"})
         self.assertGreater(len({d for d, _ in watch.queues}), 1, watch.queues)
+        # /metrics labels the queues' connections with the key
+        self.assertIn("provider:provider", watch.metric_keys)
 
     def test_automatic_key_from_shared_mx_hosts(self):
         pg, dns = PgServer(), DnsServer()
