@@ -417,6 +417,22 @@ apply_field(struct loader *ld, const config_setting_t *s, const struct field *f,
             return fail_at(ld, s, "%s: expected true or false", name);
         *(bool *)p = config_setting_get_bool(s) != 0;
         return 0;
+    case F_ROLLUP:
+        /* a name, or true (automatic) / false (off) */
+        free(*(char **)p);
+        *(char **)p = NULL;
+        if (config_setting_type(s) == CONFIG_TYPE_BOOL) {
+            *(bool *)CONF_FIELD_PTR(base, f->count_off) = config_setting_get_bool(s) == 0;
+            return 0;
+        }
+        if (config_setting_type(s) != CONFIG_TYPE_STRING || !is_name(config_setting_get_string(s)))
+            return fail_at(ld, s,
+                           "%s: expected a rollup name (letters, digits, \".\", \"_\", \"-\"), "
+                           "true or false",
+                           name);
+        *(char **)p = xstrdup(config_setting_get_string(s));
+        *(bool *)CONF_FIELD_PTR(base, f->count_off) = false;
+        return 0;
     case F_STRING:
     case F_LOG_LEVEL:
     case F_ROUTE:
@@ -792,6 +808,43 @@ resolve_domains(struct loader *ld)
     return rc;
 }
 
+/* providers: the limits an entry leaves unset are the "*" domain's; every
+ * mx-suffix must name something once its dots are trimmed. */
+static int
+resolve_providers(struct loader *ld)
+{
+    struct conf *c = ld->c;
+    const struct conf_domain *def = &c->domains[0];
+    int isuf = conf_field_index(conf_provider_fields, "mx-suffix");
+    for (size_t i = 0; i < c->nproviders; i++) {
+        struct conf_provider *p = &c->providers[i];
+        const struct meta *m = &ld->metas[K_PROVIDER][i];
+#define PROVIDER_SET(n) (m->set & (UINT64_C(1) << conf_field_index(conf_provider_fields, n)))
+        if (!PROVIDER_SET("max-smtp-out"))
+            p->max_smtp_out = def->max_smtp_out;
+        if (!PROVIDER_SET("max-msg-rate"))
+            p->max_msg_rate = def->max_msg_rate;
+        if (!PROVIDER_SET("max-connect-rate"))
+            p->max_connect_rate = def->max_connect_rate;
+        if (!PROVIDER_SET("max-msg-per-connection"))
+            p->max_msg_per_connection = def->max_msg_per_connection;
+#undef PROVIDER_SET
+        if (p->nmx_suffix == 0)
+            return fail(ld, m->flocs[isuf], "mx-suffix: a provider needs at least one suffix");
+        for (size_t j = 0; j < p->nmx_suffix; j++) {
+            const char *sfx = p->mx_suffix[j];
+            while (*sfx == '.')
+                sfx++;
+            size_t len = strlen(sfx);
+            while (len > 0 && sfx[len - 1] == '.')
+                len--;
+            if (len == 0 || !hostport_is_hostname(sfx, len))
+                return fail(ld, m->flocs[isuf], "mx-suffix: bad suffix \"%s\"", p->mx_suffix[j]);
+        }
+    }
+    return 0;
+}
+
 /* "ip" or "ip/prefix" (smtp-listener.allow). */
 static bool
 is_cidr(const char *s)
@@ -1051,7 +1104,9 @@ validate(struct loader *ld)
             return fail(ld, m->loc, "virtual MTA pool \"%s\" has the name of a virtual MTA",
                         p->name);
     }
-    return resolve_domains(ld);
+    if (resolve_domains(ld) != 0)
+        return -1;
+    return resolve_providers(ld);
 }
 
 /* ---- public ------------------------------------------------------------------ */

@@ -77,7 +77,12 @@ struct conf_domain {
     uint64_t backoff_to_normal_after_ms;
     struct conf_pattern *patterns;
     size_t npatterns;
-    char *mx_rollup; /* rollup name or NULL */
+    /* mx-rollup (README, "Traffic shaping, cluster-wide"): a name (the
+     * configured rollup "rollup:NAME"), false (mx_rollup_off: the domain is
+     * its own limit key) or true / unset (automatic: the key is derived from
+     * the MX set, rollup.h) */
+    char *mx_rollup;    /* rollup name or NULL */
+    bool mx_rollup_off; /* mx-rollup = false */
     /* retry schedules (see README, Scheduling) */
     struct conf_delays retry_recipients_after; /* 4xx at RCPT; n = 0: retry-after */
     uint64_t reenable_after_ms;                /* disable-source-ip lasts this long */
@@ -109,6 +114,19 @@ struct conf_vmta_pool {
     char *name;
     char **members; /* vmta names */
     size_t nmembers;
+};
+
+/* providers entry: domains whose lowest-preference MX hosts all end in one
+ * of mx_suffix share the limit key "provider:NAME" and these limits (unset
+ * ones are the "*" domain's). See rollup.h. */
+struct conf_provider {
+    char *name;
+    char **mx_suffix; /* as configured; matched case-insensitively, dots trimmed */
+    size_t nmx_suffix;
+    uint32_t max_smtp_out;
+    struct conf_rate max_msg_rate;
+    struct conf_rate max_connect_rate;
+    uint32_t max_msg_per_connection;
 };
 
 struct conf_pipe {
@@ -202,6 +220,8 @@ struct conf {
     size_t nvmta_pools;
     struct conf_domain *domains; /* domains[0] is always "*" */
     size_t ndomains;
+    struct conf_provider *providers; /* in configuration order: the first match wins */
+    size_t nproviders;
     struct conf_dkim *dkim;
     size_t ndkim;
     struct conf_bimi *bimi;

@@ -159,6 +159,11 @@ dump_field(FILE *out, const struct field *f, const void *base, int depth)
         if (((const struct conf_delays *)p)->ms[0] == 0)
             return; /* retry-recipients-after unset: retry-after applies */
         break;
+    case F_ROLLUP:
+        if (!*(char *const *)p &&
+            !*(const bool *)CONF_FIELD_PTR((void *)(uintptr_t)base, f->count_off))
+            return; /* automatic, the default */
+        break;
     default:
         break;
     }
@@ -188,6 +193,12 @@ dump_field(FILE *out, const struct field *f, const void *base, int depth)
         break;
     case F_BOOL:
         fputs(*(const bool *)p ? "true" : "false", out);
+        break;
+    case F_ROLLUP:
+        if (*(char *const *)p)
+            put_string(out, *(char *const *)p);
+        else
+            fputs("false", out);
         break;
     case F_STRING:
     case F_LOG_LEVEL:

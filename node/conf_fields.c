@@ -58,7 +58,10 @@ const struct field conf_pool_fields[] = {
 const struct field conf_domain_fields[] = {
     {.name = "name", .type = F_DOMAIN, .off = D_OFF(name), .flags = FL_KEY | FL_WILDCARD},
     {.name = "route", .type = F_ROUTE, .off = D_OFF(route)},
-    {.name = "mx-rollup", .type = F_STRING, .off = D_OFF(mx_rollup)},
+    {.name = "mx-rollup",
+     .type = F_ROLLUP,
+     .off = D_OFF(mx_rollup),
+     .count_off = D_OFF(mx_rollup_off)},
     {.name = "max-smtp-out", .type = F_UINT_UNLIMITED, .off = D_OFF(max_smtp_out), .min = 1},
     {.name = "max-msg-rate", .type = F_RATE, .off = D_OFF(max_msg_rate)},
     {.name = "max-connect-rate", .type = F_RATE, .off = D_OFF(max_connect_rate)},
@@ -126,6 +129,24 @@ const struct field conf_domain_fields[] = {
     {.name = "allow-priority-interruption",
      .type = F_BOOL,
      .off = D_OFF(allow_priority_interruption)},
+    {0},
+};
+
+#define P_OFF(m) offsetof(struct conf_provider, m)
+const struct field conf_provider_fields[] = {
+    {.name = "name", .type = F_NAME, .off = P_OFF(name), .flags = FL_KEY},
+    {.name = "mx-suffix",
+     .type = F_STRING_LIST,
+     .off = P_OFF(mx_suffix),
+     .count_off = P_OFF(nmx_suffix),
+     .flags = FL_REQUIRED},
+    {.name = "max-smtp-out", .type = F_UINT_UNLIMITED, .off = P_OFF(max_smtp_out), .min = 1},
+    {.name = "max-msg-rate", .type = F_RATE, .off = P_OFF(max_msg_rate)},
+    {.name = "max-connect-rate", .type = F_RATE, .off = P_OFF(max_connect_rate)},
+    {.name = "max-msg-per-connection",
+     .type = F_UINT_UNLIMITED,
+     .off = P_OFF(max_msg_per_connection),
+     .min = 1},
     {0},
 };
 
@@ -226,6 +247,8 @@ static const struct list_kind pool_kind = {K_POOL, "virtual MTA pool",
                                            sizeof(struct conf_vmta_pool), conf_pool_fields};
 static const struct list_kind domain_kind = {K_DOMAIN, "domain", sizeof(struct conf_domain),
                                              conf_domain_fields};
+static const struct list_kind provider_kind = {K_PROVIDER, "provider", sizeof(struct conf_provider),
+                                               conf_provider_fields};
 static const struct list_kind dkim_kind = {K_DKIM, "DKIM key", sizeof(struct conf_dkim),
                                            dkim_fields};
 static const struct list_kind bimi_kind = {K_BIMI, "BIMI entry", sizeof(struct conf_bimi),
@@ -483,6 +506,11 @@ const struct field conf_top_fields[] = {
      .off = C_OFF(domains),
      .count_off = C_OFF(ndomains),
      .kind = &domain_kind},
+    {.name = "providers",
+     .type = F_LIST,
+     .off = C_OFF(providers),
+     .count_off = C_OFF(nproviders),
+     .kind = &provider_kind},
     {.name = "dkim",
      .type = F_LIST,
      .off = C_OFF(dkim),
@@ -565,6 +593,7 @@ conf_fields_free(const struct field *table, void *base)
         case F_IP:
         case F_NAME:
         case F_DOMAIN:
+        case F_ROLLUP:
             free(*(char **)p);
             *(char **)p = NULL;
             break;
@@ -645,6 +674,12 @@ conf_field_copy(const struct field *f, void *dst, const void *src)
     case F_DOMAIN:
         free(*(char **)d);
         *(char **)d = *(char *const *)s ? xstrdup(*(char *const *)s) : NULL;
+        break;
+    case F_ROLLUP:
+        free(*(char **)d);
+        *(char **)d = *(char *const *)s ? xstrdup(*(char *const *)s) : NULL;
+        *(bool *)CONF_FIELD_PTR(dst, f->count_off) =
+            *(const bool *)CONF_FIELD_PTR((void *)(uintptr_t)src, f->count_off);
         break;
     case F_PATTERNS: {
         size_t *dn = CONF_FIELD_PTR(dst, f->count_off);

@@ -29,6 +29,7 @@ enum ftype {
     F_LISTEN_LIST,    /* char **, each "ip:port" */
     F_DNS_LIST,       /* char **, each "ip" or "ip:port" */
     F_PATTERNS,       /* struct conf_pattern *, count at count_off */
+    F_ROLLUP,         /* mx-rollup: char * name, or true/false into the bool at count_off */
     F_GROUP,          /* a group whose fields (sub) are offsets into the same base */
     F_LIST,           /* a list of groups described by kind */
 };
@@ -66,6 +67,7 @@ enum kind_id {
     K_WEBHOOK,
     K_LIST_UNSUB,
     K_VERP,
+    K_PROVIDER,
     NKINDS
 };
 
@@ -82,6 +84,7 @@ struct list_kind {
 extern const struct field conf_top_fields[];
 extern const struct field conf_domain_fields[];
 extern const struct field conf_pool_fields[];
+extern const struct field conf_provider_fields[];
 extern const char *const conf_pattern_actions[4];
 
 /* Index of NAME in TABLE or -1. */

@@ -27,24 +27,25 @@
  * (pgmta_acct_events_last_hour), not a counter. */
 const char http_metrics_sql[] =
     "SELECT 'q' AS k, q.domain, coalesce(q.vmta, '') AS vmta, q.pipe, "
-    "       q.ready, q.deferred, q.in_flight, q.paused::int::bigint, q.connections::bigint "
+    "       q.ready, q.deferred, q.in_flight, q.paused::int::bigint, q.connections::bigint, "
+    "       coalesce(q.rollup_key, q.domain) AS rollup_key "
     "  FROM mta.queues q "
     "UNION ALL "
-    "SELECT 'n', NULL, NULL, NULL, count(*) FILTER (WHERE n.alive), count(*), 0, 0, 0 "
+    "SELECT 'n', NULL, NULL, NULL, count(*) FILTER (WHERE n.alive), count(*), 0, 0, 0, NULL "
     "  FROM mta.nodes n "
     "UNION ALL "
-    "SELECT 'a', t.type, NULL, NULL, coalesce(a.n, 0), 0, 0, 0, 0 "
+    "SELECT 'a', t.type, NULL, NULL, coalesce(a.n, 0), 0, 0, 0, 0, NULL "
     "  FROM (VALUES ('r'), ('d'), ('b'), ('t')) t(type) "
     "  LEFT JOIN (SELECT type::text AS type, count(*) AS n FROM mta.acct "
     "              WHERE time_logged > now() - interval '1 hour' GROUP BY 1) a "
     "  USING (type) "
     "UNION ALL "
     "SELECT * FROM (SELECT 'w', w.consumer, NULL, NULL, w.events_behind, "
-    "       w.seconds_behind::bigint, w.failures::bigint, 0, 0 "
+    "       w.seconds_behind::bigint, w.failures::bigint, 0, 0, NULL "
     "  FROM mta.webhook_lag w ORDER BY w.consumer LIMIT 50) w "
     "UNION ALL "
     "SELECT 'i', NULL, NULL, NULL, coalesce(sum(c.recipients), 0)::bigint, "
-    "       coalesce(sum(c.suppressed), 0)::bigint, 0, 0, 0 "
+    "       coalesce(sum(c.suppressed), 0)::bigint, 0, 0, 0, NULL "
     "  FROM mta.inject_count c WHERE c.door = 'sql'";
 
 static void
@@ -304,12 +305,14 @@ http_metrics_render(struct buf *b, const PGresult *res, const char *node_name)
         buf_printf(b, "} %s\n", cell(res, r, 7));
     }
     prom_family(b, "pgmta_queue_connections",
-                "SMTP connection slots held cluster-wide for the queue (mta.queues).");
+                "SMTP connection slots held cluster-wide for the queue (mta.queues), with the "
+                "limit key they are held under (rollup_key: the MX rollup, else the domain).");
     for (int r = 0; r < n; r++) {
         if (strcmp(cell(res, r, 0), "q") != 0)
             continue;
         buf_puts(b, "pgmta_queue_connections{");
         queue_labels(b, res, r);
+        prom_label(b, "rollup_key", cell(res, r, 9), false);
         buf_printf(b, "} %s\n", cell(res, r, 8));
     }
     for (int r = 0; r < n; r++) {

@@ -65,12 +65,12 @@ int sched_ready(const struct sched *s);
 /* Takes a free slot of the key (key_domain, key_vmta; vmta NULL or "" =
  * none) with at most max_smtp_out slots cluster-wide, for the queue (domain,
  * vmta). The key is what the limit applies to: the queue's own (domain,
- * vmta), "rollup:NAME" for a domain with an mx-rollup, the member's name as
- * vmta for a pool's session. The database records that the key serves the
- * queue (mta.take_slot), so that mta.connections shows the connection under
- * its key and mta.queues.connections counts it for the queue. domain NULL:
- * the queue is the key itself. CONF_UNLIMITED: no lock, cb(0) from the next
- * loop turn; 0: cb(-1) likewise. Slots are released and counted by key. */
+ * vmta), the domain's MX rollup key ("rollup:NAME", "provider:NAME",
+ * "mx:HOSTS", rollup.h), the member's name as vmta for a pool's session. The database records that
+ * the key serves the queue (mta.take_slot), so that mta.connections shows the connection under its
+ * key and mta.queues.connections counts it for the queue. domain NULL: the queue is the key itself.
+ * CONF_UNLIMITED: no lock, cb(0) from the next loop turn; 0: cb(-1) likewise. Slots are released
+ * and counted by key. */
 void sched_take_slot_for(struct sched *s, const char *key_domain, const char *key_vmta,
                          const char *domain, const char *vmta, uint32_t max_smtp_out,
                          sched_slot_cb cb, void *arg);

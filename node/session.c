@@ -34,12 +34,25 @@
 #include "util.h"
 #include "warmup.h"
 
-static const char *const state_names[] = {"warmup",         "ip-slot",      "ip-connect-token",
-                                          "slot",           "slot+claim",   "slot+tokens+claim",
-                                          "connect-token",  "tokens",       "tokens+claim",
-                                          "wait",           "claim-queued", "claim",
-                                          "policy+resolve", "resolve",      "send",
-                                          "finish",         "finish-wait",  "done"};
+static const char *const state_names[] = {"rollup",
+                                          "warmup",
+                                          "ip-slot",
+                                          "ip-connect-token",
+                                          "slot",
+                                          "slot+claim",
+                                          "slot+tokens+claim",
+                                          "connect-token",
+                                          "tokens",
+                                          "tokens+claim",
+                                          "wait",
+                                          "claim-queued",
+                                          "claim",
+                                          "policy+resolve",
+                                          "resolve",
+                                          "send",
+                                          "finish",
+                                          "finish-wait",
+                                          "done"};
 static const char *const event_names[] = {"warmup",     "slot",           "tokens", "claim-turn",
                                           "claimed",    "tokens-claimed", "policy", "resolved",
                                           "batch-done", "finished",       "timer"};
@@ -403,6 +416,53 @@ enter_first(struct session *s)
     session_enter_queue_slot(s);
 }
 
+/* With the limit key known: the warm-up reservation of a warming source
+ * IP, else the first slot. */
+static void
+session_begin(struct session *s)
+{
+    const struct conf_vmta *vm =
+        s->source_vmta[0] ? conf_vmta_lookup(s->e->conf, s->source_vmta) : NULL;
+    if (warmup_source_ip(vm))
+        session_enter(s, SESSION_WARMUP);
+    else
+        enter_first(s);
+}
+
+/* The domain's MX set, for its automatic rollup key: through the DNS
+ * cache, which the connection's own lookup then hits. */
+static void
+enter_rollup(struct session *s)
+{
+    s->resolving = true;
+    struct dns_request *req =
+        dns_resolve_mx(s->e->dns, s->q->domain, (uint16_t)s->e->conf->smtp_port, session_on_dns, s);
+    if (s->resolving)
+        s->dnsreq = req;
+}
+
+/* The key from the MX answer; any failure leaves the domain's own key (the
+ * connection's lookup reports it). */
+static void
+react_rollup(struct session *s, const struct dns_result *res)
+{
+    const struct conf_provider *p = NULL;
+    char *key = res && res->status == DNS_OK
+                    ? rollup_mx_key(s->e->conf, s->q->domain, res->hosts, res->nhosts, &p)
+                    : NULL;
+    if (key) {
+        free(s->limit_domain);
+        s->limit_domain = key;
+    }
+    if (p) {
+        rollup_apply_provider(&s->provider_dom, s->dom, p);
+        s->dom = &s->provider_dom;
+    }
+    log_debug("session=%llu queue=%s event=rollup key=%s provider=%s", (unsigned long long)s->id,
+              s->q->name, s->limit_domain, p ? p->name : "-");
+    session_begin(s);
+}
+
 /* The queue's slot, with its first claim when that may go in parallel. */
 static void
 session_enter_queue_slot(struct session *s)
@@ -552,6 +612,9 @@ session_enter(struct session *s, enum session_state st)
     s->state = st;
     struct session_env *e = s->e;
     switch (st) {
+    case SESSION_ROLLUP:
+        enter_rollup(s);
+        break;
     case SESSION_WARMUP:
         enter_warmup(s);
         break;
@@ -848,6 +911,11 @@ session_react(struct session *s, const struct session_event *ev)
     log_trace("session=%llu queue=%s event=%s state=%s", (unsigned long long)s->id, s->q->name,
               event_names[ev->type], state_names[s->state]);
     switch (s->state) {
+    case SESSION_ROLLUP:
+        if (ev->type != EV_RESOLVED)
+            break;
+        react_rollup(s, ev->dns);
+        return;
     case SESSION_WARMUP:
         if (ev->type != EV_WARMUP)
             break;
@@ -1018,7 +1086,7 @@ session_start(struct session_env *e, struct admission_queue *q, const struct con
     s->state = SESSION_SLOT;
     s->slot = -1;
     s->ip_slot = -1;
-    s->limit_domain = dom->mx_rollup ? xasprintf("rollup:%s", dom->mx_rollup) : xstrdup(q->domain);
+    s->limit_domain = rollup_static_key(dom, q->domain);
     /* A queue whose virtual MTA is a pool sends through its members in turn;
      * limits then apply per member (per source address). */
     const struct conf_vmta_pool *pool = q->vmta[0] ? conf_vmta_pool_lookup(e->conf, q->vmta) : NULL;
@@ -1030,13 +1098,11 @@ session_start(struct session_env *e, struct admission_queue *q, const struct con
     q->last_active = admission_now_ms();
     log_debug("session=%llu queue=%s event=start active=%u source=%s", (unsigned long long)s->id,
               q->name, q->active, s->source_vmta);
-    const struct conf_vmta *vm =
-        s->source_vmta[0] ? conf_vmta_lookup(e->conf, s->source_vmta) : NULL;
-    if (warmup_source_ip(vm)) {
-        s->state = SESSION_WARMUP;
-        session_enter(s, SESSION_WARMUP);
+    if (rollup_automatic(dom) && e->dns) {
+        s->state = SESSION_ROLLUP;
+        session_enter(s, SESSION_ROLLUP);
     } else {
-        enter_first(s);
+        session_begin(s);
     }
 }
 

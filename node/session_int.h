@@ -15,6 +15,7 @@
 #include "smtp_client.h"
 
 enum session_state {
+    SESSION_ROLLUP,           /* the MX set, for the limit key (rollup.h) */
     SESSION_WARMUP,           /* a warming source IP reserves its messages (warmup.h) */
     SESSION_IP_SLOT,          /* the source IP's own slot (source-ip-max-smtp-out) */
     SESSION_IP_CONNECT_TOKEN, /* its connect token (source-ip-max-connect-rate) */
@@ -94,8 +95,11 @@ struct session {
     bool usable;
     long long lease_deadline_ms; /* monotonic, from the server's lease_until */
     /* Shaping key: limits are per (destination, source virtual MTA); the
-     * destination is the mx-rollup name when the domain has one. */
+     * destination is the domain's rollup key (rollup.h): "rollup:NAME",
+     * "provider:NAME", "mx:..." or the domain itself. */
     char *limit_domain;
+    /* A provider's limits over the domain's settings; dom points here then */
+    struct conf_domain provider_dom;
     const char *source_vmta; /* member of a pool, or the queue's vmta; "" none */
     int slot;                /* connection slot held, -1 none */
     int ip_slot;             /* source IP's slot ("ip:ADDR", rollup.h), -1 none */

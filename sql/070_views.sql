@@ -29,7 +29,11 @@ SELECT s.domain, s.vmta, count(*) AS connections
 -- which are claimable again); in_flight: leased and the lease still runs;
 -- deferred: waiting for a later attempt. next_attempt: the earliest attempt
 -- not in flight. connections: slots held cluster-wide that serve the queue
--- (mta.queue_slot_counts), from pg_locks.
+-- (mta.queue_slot_counts), from pg_locks. rollup_key: the limit key other
+-- than the queue's own that a node last took a slot under for it (an MX
+-- rollup: "rollup:NAME", "provider:NAME", "mx:HOSTS"; recorded in
+-- mta.slot_key by mta.take_slot), NULL when none (an opted-out or plain
+-- domain, or no connection yet). Added last: columns keep their places.
 CREATE OR REPLACE VIEW mta.queues AS
 SELECT q.domain,
        nullif(q.vmta, '') AS vmta,
@@ -44,7 +48,8 @@ SELECT q.domain,
        coalesce(q.backoff_until > now(), false) AS backoff,
        coalesce(c.connections, 0) AS connections,
        q.last_error,
-       CASE WHEN q.deferred_until > now() THEN q.deferred_until END AS deferred_until
+       CASE WHEN q.deferred_until > now() THEN q.deferred_until END AS deferred_until,
+       rk.key_domain AS rollup_key
   FROM mta.queue q
   LEFT JOIN LATERAL (
        SELECT count(*) AS queued,
@@ -60,7 +65,13 @@ SELECT q.domain,
                   AS next_attempt
          FROM mta.recipients r
         WHERE r.pipe = q.pipe AND r.domain = q.domain AND r.vmta = q.vmta) s ON true
-  LEFT JOIN mta.queue_slot_counts c ON c.domain = q.domain AND c.vmta = q.vmta;
+  LEFT JOIN mta.queue_slot_counts c ON c.domain = q.domain AND c.vmta = q.vmta
+  LEFT JOIN LATERAL (
+       SELECT k.key_domain
+         FROM mta.slot_key k
+        WHERE k.domain = q.domain AND k.vmta = q.vmta AND k.key_domain <> k.domain
+        ORDER BY k.seen_at DESC
+        LIMIT 1) rk ON true;
 
 -- mta.connections (live SMTP connections cluster-wide, from pg_locks) is
 -- defined in 080_shaping_views.

@@ -136,7 +136,8 @@ function renderQueues(rows) {
       el("td", q.in_flight, "n"), el("td", fmtTime(q.oldest)),
       el("td", q.paused ? "yes" : "", q.paused ? "yes" : ""),
       el("td", q.backoff ? "yes" : "", q.backoff ? "yes" : ""),
-      el("td", q.connections, "n"), el("td", queueReason(q), "err"));
+      el("td", q.connections, "n"), el("td", q.rollup_key || ""),
+      el("td", queueReason(q), "err"));
     tr.append(buttonCell(steerButton("queue", { domain: q.domain, vmta: q.vmta }, q.paused)));
     tb.append(tr);
   }

@@ -211,7 +211,8 @@ class HttpApiTest(unittest.TestCase):
         q = q[0]
         self.assertEqual(set(q), {"domain", "vmta", "pipe", "queued", "ready", "deferred",
                                   "in_flight", "oldest", "next_attempt", "paused", "backoff",
-                                  "connections", "last_error", "deferred_until"})
+                                  "connections", "last_error", "deferred_until",
+                                  "rollup_key"})
         self.assertEqual(q["queued"], 3)
         self.assertIsNone(q["deferred_until"])
         self.assertIsNone(q["vmta"])
@@ -343,8 +344,11 @@ class HttpApiTest(unittest.TestCase):
         self.assertEqual(m[("pgmta_queue_recipients",
                             lab(domain="api.test", vmta="", pipe="bulk", state="in_flight"))], 0)
         self.assertIn(("pgmta_nodes_alive", frozenset()), m)
+        # rollup_key: the key the connections are held under, the domain
+        # itself without an MX rollup
         self.assertEqual(m[("pgmta_queue_connections",
-                            lab(domain="api.test", vmta="", pipe="bulk"))], 0)
+                            lab(domain="api.test", vmta="", pipe="bulk", rollup_key="api.test"))],
+                         0)
         # the node's own families (test_metrics checks their values)
         self.assertEqual(m[("pgmta_injected_recipients_total", lab(door="smtp"))], 0)
         self.assertIn(("pgmta_smtp_transaction_seconds_count", frozenset()), m)
