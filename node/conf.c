@@ -604,6 +604,7 @@ apply_list(struct loader *ld, const config_setting_t *s, const struct field *f, 
                 struct conf_vmta *vm = (void *)(*arrp + idx * k->elem_size);
                 vm->source_ip_max_smtp_out = CONF_UNLIMITED;
                 vm->source_ip_max_connect_rate = (struct conf_rate){CONF_UNLIMITED, 0};
+                vm->source_ip_max_msg_rate = (struct conf_rate){CONF_UNLIMITED, 0};
             }
             (*np)++;
         } else {

@@ -108,6 +108,7 @@ struct conf_vmta {
      * (README, "Per-source-IP limits"); CONF_UNLIMITED by default */
     uint32_t source_ip_max_smtp_out;
     struct conf_rate source_ip_max_connect_rate;
+    struct conf_rate source_ip_max_msg_rate;
 };
 
 struct conf_vmta_pool {

@@ -42,6 +42,9 @@ static const struct field vmta_fields[] = {
     {.name = "source-ip-max-connect-rate",
      .type = F_RATE,
      .off = offsetof(struct conf_vmta, source_ip_max_connect_rate)},
+    {.name = "source-ip-max-msg-rate",
+     .type = F_RATE,
+     .off = offsetof(struct conf_vmta, source_ip_max_msg_rate)},
     {0},
 };
 

@@ -35,8 +35,8 @@ queue_prepare(struct db *db)
     db_prepare(db, "claim_many_rated",
                "SELECT * FROM mta.claim_many_rated($1::bigint, $2, $3::text[], $4::text[], "
                "$5::int[], $6::int, $7::bigint[], $8::int[], $9::text[], $10::text[], $11::int[], "
-               "$12::int[], $13::int[], $14::int[])",
-               14);
+               "$12::int[], $13::int[], $14::int[], $15::text[], $16::int[], $17::int[])",
+               17);
     db_prepare(db, "finish",
                "SELECT mta.finish($1::bigint, $2, $3::bigint[], $4::bigint[], $5::text[], "
                "$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
@@ -46,8 +46,8 @@ queue_prepare(struct db *db)
     db_prepare(db, "release", "SELECT mta.release($1::bigint, $2::bigint[], $3::bigint[])", 3);
     db_prepare(db, "release_refund",
                "SELECT mta.release_refund($1::bigint, $2::bigint[], $3::bigint[], $4, $5, $6::int, "
-               "$7::int)",
-               7);
+               "$7::int, $8)",
+               8);
     db_prepare(db, "set_aside", "SELECT mta.set_aside($1::bigint[], $2::bigint[], $3)", 3);
     db_prepare(db, "postpone", "SELECT mta.queue_postpone($1, $2, $3, $4::int)", 4);
     db_prepare(db, "enter_backoff", "SELECT mta.queue_enter_backoff($1, $2, $3::timestamptz, $4)",
@@ -108,15 +108,16 @@ queue_release(struct db *db, long long node_id, const char *ids, const char *tok
 
 void
 queue_release_refund(struct db *db, long long node_id, const char *ids, const char *tokens,
-                     const char *key_domain, const char *key_vmta, unsigned msgs, unsigned connects)
+                     const char *key_domain, const char *key_vmta, unsigned msgs, unsigned connects,
+                     const char *ip_key)
 {
     char node[32], msgs_s[16], connects_s[16];
     snprintf(node, sizeof node, "%lld", node_id);
     snprintf(msgs_s, sizeof msgs_s, "%u", msgs);
     snprintf(connects_s, sizeof connects_s, "%u", connects);
-    const char *values[7] = {node,   ids,       tokens, key_domain, key_vmta ? key_vmta : "",
-                             msgs_s, connects_s};
-    db_exec(db, "release_refund", 7, values, NULL, NULL, 0, ignore_result, NULL);
+    const char *values[8] = {node,   ids,        tokens, key_domain, key_vmta ? key_vmta : "",
+                             msgs_s, connects_s, ip_key};
+    db_exec(db, "release_refund", 8, values, NULL, NULL, 0, ignore_result, NULL);
 }
 
 void

@@ -25,10 +25,11 @@ int queue_finish(struct db *db, long long node_id, const char *node_label, const
 /* mta.release of the rows in IDS/TOKENS (array literals); fire and forget. */
 void queue_release(struct db *db, long long node_id, const char *ids, const char *tokens);
 /* queue_release that also gives MSGS message and CONNECTS connect tokens
- * back to the buckets of the limit key (mta.release_refund). */
+ * back to the buckets of the limit key, and MSGS message tokens to the
+ * source IP's bucket IP_KEY unless NULL (mta.release_refund). */
 void queue_release_refund(struct db *db, long long node_id, const char *ids, const char *tokens,
                           const char *key_domain, const char *key_vmta, unsigned msgs,
-                          unsigned connects);
+                          unsigned connects, const char *ip_key);
 /* mta.set_aside of one row with REASON; fire and forget. */
 void queue_set_aside(struct db *db, long long id, long long token, const char *reason);
 /* mta.queue_enter_backoff until UNTIL_US (wall clock); fire and forget. */

@@ -1,7 +1,8 @@
 /* rollup: the limit keys shared by several queues (see rollup.h): a
- * virtual MTA's source IP key, and the MX rollup key of a domain from its
- * configuration and its MX hosts. Pure functions of the configuration and
- * of a DNS answer the caller owns; the keys returned belong to the caller. */
+ * virtual MTA's source IP key and limits, and the MX rollup key of a domain
+ * from its configuration and its MX hosts. Pure functions of the
+ * configuration and of a DNS answer the caller owns; the keys returned
+ * belong to the caller. */
 #include "rollup.h"
 
 #include <openssl/evp.h>
@@ -12,6 +13,12 @@
 #include "conf.h"
 #include "dns.h"
 #include "util.h"
+
+static bool
+has_source(const struct conf_vmta *vm)
+{
+    return vm && vm->smtp_source_host && vm->smtp_source_host[0];
+}
 
 uint32_t
 rollup_ip_max_smtp_out(const struct conf_vmta *vm)
@@ -30,11 +37,26 @@ rollup_ip_connect_rate(const struct conf_vmta *vm)
     return &vm->source_ip_max_connect_rate;
 }
 
+const struct conf_rate *
+rollup_ip_msg_rate(const struct conf_vmta *vm)
+{
+    if (!has_source(vm) || vm->source_ip_max_msg_rate.count == 0 ||
+        vm->source_ip_max_msg_rate.count == CONF_UNLIMITED)
+        return NULL;
+    return &vm->source_ip_max_msg_rate;
+}
+
+bool
+rollup_ip_limits_connections(const struct conf_vmta *vm)
+{
+    return has_source(vm) &&
+           (rollup_ip_max_smtp_out(vm) != CONF_UNLIMITED || rollup_ip_connect_rate(vm));
+}
+
 char *
 rollup_ip_key(const struct conf_vmta *vm)
 {
-    if (!vm || !vm->smtp_source_host || !vm->smtp_source_host[0] ||
-        (rollup_ip_max_smtp_out(vm) == CONF_UNLIMITED && !rollup_ip_connect_rate(vm)))
+    if (!rollup_ip_limits_connections(vm) && !rollup_ip_msg_rate(vm))
         return NULL;
     return xasprintf("ip:%s", vm->smtp_source_host);
 }

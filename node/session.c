@@ -403,13 +403,14 @@ session_on_finished(const PGresult *res, void *arg)
 static void session_enter_queue_slot(struct session *s);
 
 /* A new connection's first state: its source IP's slot when limited, then
- * the queue's. */
+ * the queue's. The IP's key also serves its message rate (claims). */
 static void
 enter_first(struct session *s)
 {
+    const struct conf_vmta *vm = conf_vmta_lookup(s->e->conf, s->source_vmta);
     free(s->ip_key);
-    s->ip_key = rollup_ip_key(conf_vmta_lookup(s->e->conf, s->source_vmta));
-    if (s->ip_key) {
+    s->ip_key = rollup_ip_key(vm);
+    if (s->ip_key && rollup_ip_limits_connections(vm)) {
         session_enter(s, SESSION_IP_SLOT);
         return;
     }

@@ -12,6 +12,7 @@
 #include "metrics.h"
 #include "priority.h"
 #include "queue.h"
+#include "rollup.h"
 #include "sched.h"
 #include "session_claims.h"
 #include "session_int.h"
@@ -24,6 +25,14 @@ static const struct conf_rate *
 msg_rate(const struct session *s)
 {
     return s->q->backoff ? &s->dom->backoff_max_msg_rate : &s->dom->max_msg_rate;
+}
+
+/* The source IP's message rate (source-ip-max-msg-rate), or NULL: none, or
+ * no key to count it under. */
+static const struct conf_rate *
+ip_msg_rate(const struct session *s)
+{
+    return s->ip_key ? rollup_ip_msg_rate(conf_vmta_lookup(s->e->conf, s->source_vmta)) : NULL;
 }
 
 /* The queue's claim returned: the next waiting session claims. */
@@ -114,7 +123,8 @@ session_give_back(struct session *s, size_t keep, bool refund)
     struct db *db = session_env_db(s->e);
     if (db && refund)
         queue_release_refund(db, s->e->node_id, ids.data, tokens.data, s->limit_domain,
-                             s->source_vmta, s->tokens_spent, s->connect_token ? 1 : 0);
+                             s->source_vmta, s->tokens_spent, s->connect_token ? 1 : 0,
+                             s->ip_msg_tokens ? s->ip_key : NULL);
     else if (db)
         queue_release(db, s->e->node_id, ids.data, tokens.data);
     buf_free(&ids);
@@ -305,8 +315,15 @@ send_claim_of(struct session *s, bool rated, bool connect)
         return;
     }
     s->connect_token = connect && s->dom->max_connect_rate.count != CONF_UNLIMITED;
-    struct session_claims_rate rate = {s->limit_domain, s->source_vmta, s->tokens, msg_rate(s),
-                                       s->connect_token ? &s->dom->max_connect_rate : NULL};
+    const struct conf_rate *ip_rate = ip_msg_rate(s);
+    s->ip_msg_tokens = ip_rate != NULL;
+    struct session_claims_rate rate = {s->limit_domain,
+                                       s->source_vmta,
+                                       s->tokens,
+                                       msg_rate(s),
+                                       s->connect_token ? &s->dom->max_connect_rate : NULL,
+                                       ip_rate ? s->ip_key : NULL,
+                                       ip_rate};
     session_claims_add_rated(e->claims, e->node_id, e->pipe, s->q->domain, s->q->vmta, limit,
                              e->conf->lease_ms, s->reserved, &rate, session_on_tokens_claimed, s);
 }
@@ -387,13 +404,14 @@ session_may_slot_claim(const struct session *s)
     const struct conf_domain *d = s->dom;
     const struct conf_rate *rate = msg_rate(s);
     return d->max_smtp_out != CONF_UNLIMITED && d->max_connect_rate.count == CONF_UNLIMITED &&
-           rate->count == CONF_UNLIMITED && !s->q->claiming && claim_fits(e);
+           rate->count == CONF_UNLIMITED && !ip_msg_rate(s) && !s->q->claiming && claim_fits(e);
 }
 
 bool
 session_rated(const struct session *s)
 {
-    return msg_rate(s)->count != CONF_UNLIMITED || s->dom->max_connect_rate.count != CONF_UNLIMITED;
+    return msg_rate(s)->count != CONF_UNLIMITED ||
+           s->dom->max_connect_rate.count != CONF_UNLIMITED || ip_msg_rate(s) != NULL;
 }
 
 /* Whether a new session may take its slot and, in one statement, its

@@ -39,6 +39,9 @@ enum {
     COL_MSG_PERIODS,
     COL_CONN_LIMITS,
     COL_CONN_PERIODS,
+    COL_IP_KEYS,
+    COL_IP_MSG_LIMITS,
+    COL_IP_MSG_PERIODS,
     COL_N
 };
 #define COL_N_PLAIN (COL_BYTES + 1)
@@ -270,5 +273,12 @@ session_claims_add_rated(struct session_claims *c, long long node_id, const char
     db_array_append_text(&g->cols[COL_KEY_VMTAS], rate->key_vmta ? rate->key_vmta : "");
     append_rate(&g->cols[COL_MSG_LIMITS], &g->cols[COL_MSG_PERIODS], sep, rate->msg);
     append_rate(&g->cols[COL_CONN_LIMITS], &g->cols[COL_CONN_PERIODS], sep, rate->connect);
+    buf_puts(&g->cols[COL_IP_KEYS], sep);
+    if (rate->ip_key && rate->ip_msg)
+        db_array_append_text(&g->cols[COL_IP_KEYS], rate->ip_key);
+    else
+        buf_puts(&g->cols[COL_IP_KEYS], "NULL");
+    append_rate(&g->cols[COL_IP_MSG_LIMITS], &g->cols[COL_IP_MSG_PERIODS], sep,
+                rate->ip_key ? rate->ip_msg : NULL);
     group_add(g, sep, domain, vmta, limit, max_bytes, cb, cb_arg);
 }

@@ -39,12 +39,16 @@ void session_claims_add(struct session_claims *c, long long node_id, const char 
 /* The rate tokens of a claim (mta.claim_many_rated): at most WANT messages,
  * within the message tokens of MSG and, for a new connection, one connect
  * token of CONNECT (NULL or CONF_UNLIMITED: none needed), from the buckets
- * of the limit key (KEY_DOMAIN, KEY_VMTA; see sched.h). */
+ * of the limit key (KEY_DOMAIN, KEY_VMTA; see sched.h); and within the
+ * message tokens IP_MSG of the source IP's key IP_KEY ("ip:ADDR", rollup.h;
+ * both NULL: no source-ip-max-msg-rate). */
 struct conf_rate;
 struct session_claims_rate {
     const char *key_domain, *key_vmta;
     unsigned want;
     const struct conf_rate *msg, *connect;
+    const char *ip_key;
+    const struct conf_rate *ip_msg;
 };
 
 /* session_claims_add with the rate tokens taken in the same statement: the

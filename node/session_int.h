@@ -118,6 +118,7 @@ struct session {
     bool claim_answered, claim_ok;      /* SESSION_SLOT_CLAIM, SESSION_SLOT_TOKENS_CLAIM */
     unsigned claim_wait_ms;             /* SESSION_SLOT_TOKENS_CLAIM: tokens exhausted */
     bool connect_token;                 /* the rated claim in flight takes a connect token */
+    bool ip_msg_tokens;                 /* ... and message tokens of the source IP (ip_key) */
     unsigned tokens_spent;              /* message tokens the last rated claim spent */
     bool connect_reported;              /* admission_connected was told about this connection */
     uint64_t smtp_started_us;           /* metrics: the batch's (or connect's) start, 0 none */
@@ -144,8 +145,9 @@ void session_enter_slot_claim(struct session *s);
 void session_slot_claim_step(struct session *s);
 bool session_may_slot_claim(const struct session *s);
 void session_enter_tokens_claim(struct session *s);
-/* Whether the queue has a rate limit, so that its claims take their tokens
- * in the same statement (mta.claim_many_rated). */
+/* Whether the queue or its source IP (source-ip-max-msg-rate) has a rate
+ * limit, so that its claims take their tokens in the same statement
+ * (mta.claim_many_rated). */
 bool session_rated(const struct session *s);
 bool session_may_slot_tokens_claim(const struct session *s);
 /* Decodes the claimed rows; false when there is nothing to deliver. */

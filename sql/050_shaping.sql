@@ -72,6 +72,42 @@ $$;
 -- taken, so a caller that waited for the lock does not refill from a stale
 -- now().
 
+-- Lock order. A statement that takes several buckets (mta.claim_many_rated,
+-- mta.release_refund) locks them in one order, (domain, vmta, kind), before
+-- it reads or spends any: two statements that need the same buckets, e.g.
+-- the source IP's bucket "ip:ADDR" of two queues claimed by two nodes in
+-- opposite orders, then wait for each other in turn instead of deadlocking.
+
+-- Locks the bucket for the rest of the transaction, creating it full if it
+-- is missing; reads and changes nothing else (mta.bucket_refill does).
+CREATE OR REPLACE FUNCTION mta.bucket_lock(p_domain text, p_vmta text, p_kind text,
+                                           p_limit int, p_period_ms int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_vmta text := coalesce(p_vmta, '');
+BEGIN
+    IF p_domain IS NULL OR p_kind IS NULL OR p_kind NOT IN ('msg', 'connect')
+       OR p_limit IS NULL OR p_limit < 1 OR p_period_ms IS NULL OR p_period_ms < 1 THEN
+        RAISE EXCEPTION 'bucket_lock: invalid arguments (domain %, kind %, limit %, period_ms %)',
+            p_domain, p_kind, p_limit, p_period_ms
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM 1 FROM mta.rate_bucket b
+      WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind
+        FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO mta.rate_bucket AS b (domain, vmta, kind, tokens, refilled_at)
+        VALUES (p_domain, v_vmta, p_kind,
+                greatest(1.0, p_limit::float8 * least(p_period_ms, 1000) / p_period_ms),
+                clock_timestamp())
+        ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM mta.rate_bucket b
+          WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind
+            FOR UPDATE;
+    END IF;
+END
+$$;
+
 -- Locks the bucket (created full if missing), refills it up to now within
 -- its cap, stores that and returns the whole-and-fractional tokens it holds
 -- and its rate in tokens per millisecond. The caller spends with
@@ -167,24 +203,35 @@ $$;
 -- (p_keys[i], p_key_vmtas[i], 'msg') has whole tokens, when p_msg_limits[i]
 -- (per p_msg_periods[i] ms) is not NULL; when p_conn_limits[i] is not NULL
 -- it also needs one connect token (p_conn_limits[i] per p_conn_periods[i]
--- ms). The key is what the limit applies to (see sched.h: the mx-rollup or
--- the pool member); the buckets are those of mta.take_tokens, so every
--- caller of either shares the same limits. One message token is spent per
--- message claimed and one connect token when anything was claimed. A
--- queue's rows carry tokens, the messages it was granted (the claim brought
--- at most that many), and wait_ms 0. A queue that claimed nothing spends
--- nothing and comes back as one row with rcpt_id NULL: wait_ms is then when
--- its next token is due (0: no ready rows). Queues of one call with the same
--- key share its tokens: a later one sees what the earlier ones reserved
--- as taken, their unused rest returns at the end of the call.
+-- ms). When p_ip_keys[i] and p_ip_msg_limits[i] are not NULL, the messages
+-- are also within the whole tokens of the source IP's bucket (p_ip_keys[i]
+-- = 'ip:ADDR', vmta '', 'msg'; p_ip_msg_limits[i] per p_ip_msg_periods[i]
+-- ms: source-ip-max-msg-rate), shared by every queue sent from that IP: the
+-- queue takes min(its tokens, the IP's). The key is what the limit applies
+-- to (see sched.h: the mx-rollup or the pool member); the buckets are those
+-- of mta.take_tokens, so every caller of either shares the same limits. One
+-- message token (of each message bucket) is spent per message claimed and
+-- one connect token when anything was claimed. A queue's rows carry tokens,
+-- the messages it was granted (the claim brought at most that many), and
+-- wait_ms 0. A queue that claimed nothing spends nothing and comes back as
+-- one row with rcpt_id NULL: wait_ms is then when its next token is due (of
+-- the bucket that had none; 0: no ready rows). Queues of one call with the
+-- same key share its tokens: a later one sees what the earlier ones reserved
+-- as taken, their unused rest returns at the end of the call. Every bucket
+-- of the call is locked first, in the lock order (see mta.bucket_lock).
 DROP FUNCTION IF EXISTS mta.claim_many_rated(bigint, text, text[], text[], int[], int, bigint[],
                                              int[], text[], text[], int[], int[], int[], int[]);
+DROP FUNCTION IF EXISTS mta.claim_many_rated(bigint, text, text[], text[], int[], int, bigint[],
+                                             int[], text[], text[], int[], int[], int[], int[],
+                                             text[], int[], int[]);
 CREATE FUNCTION mta.claim_many_rated(p_node bigint, p_pipe text, p_domains text[],
                                      p_vmtas text[], p_limits int[], p_lease_ms int,
                                      p_max_bytes bigint[], p_want int[], p_keys text[],
                                      p_key_vmtas text[], p_msg_limits int[],
                                      p_msg_periods int[], p_conn_limits int[],
-                                     p_conn_periods int[])
+                                     p_conn_periods int[], p_ip_keys text[] DEFAULT NULL,
+                                     p_ip_msg_limits int[] DEFAULT NULL,
+                                     p_ip_msg_periods int[] DEFAULT NULL)
 RETURNS TABLE (q int, rcpt_id bigint, lease_token bigint, message_id bigint, mail_from text,
                rcpt text, content bytea, attempt int, envid text, job_id text,
                queued_at timestamptz, content_first bool, message_missing bool,
@@ -193,6 +240,7 @@ RETURNS TABLE (q int, rcpt_id bigint, lease_token bigint, message_id bigint, mai
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int := coalesce(cardinality(p_domains), 0);
+    v_ip boolean[];
     v_grant int[];
     v_wait int[];
     v_got int[];
@@ -207,10 +255,38 @@ BEGIN
        OR coalesce(cardinality(p_msg_limits), 0) <> n
        OR coalesce(cardinality(p_msg_periods), 0) <> n
        OR coalesce(cardinality(p_conn_limits), 0) <> n
-       OR coalesce(cardinality(p_conn_periods), 0) <> n THEN
+       OR coalesce(cardinality(p_conn_periods), 0) <> n
+       OR (p_ip_keys IS NOT NULL AND (cardinality(p_ip_keys) <> n
+           OR coalesce(cardinality(p_ip_msg_limits), 0) <> n
+           OR coalesce(cardinality(p_ip_msg_periods), 0) <> n)) THEN
         RAISE EXCEPTION 'claim_many_rated: the arrays differ in length'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    FOR i IN 1 .. n LOOP
+        v_ip[i] := p_ip_keys IS NOT NULL AND p_ip_keys[i] IS NOT NULL
+                   AND p_ip_msg_limits[i] IS NOT NULL;
+    END LOOP;
+    -- Every bucket this call may touch, locked in the lock order before any
+    -- is read: the IP's bucket is shared by queues of many calls.
+    FOR r IN
+        SELECT DISTINCT ON (k.d, k.v, k.kind) k.d, k.v, k.kind, k.lim, k.per
+          FROM (SELECT p_keys[i] AS d, coalesce(p_key_vmtas[i], '') AS v, 'connect' AS kind,
+                       p_conn_limits[i] AS lim, p_conn_periods[i] AS per
+                  FROM generate_series(1, n) i
+                 WHERE p_want[i] > 0 AND p_conn_limits[i] IS NOT NULL
+                UNION ALL
+                SELECT p_keys[i], coalesce(p_key_vmtas[i], ''), 'msg', p_msg_limits[i],
+                       p_msg_periods[i]
+                  FROM generate_series(1, n) i
+                 WHERE p_want[i] > 0 AND p_msg_limits[i] IS NOT NULL
+                UNION ALL
+                SELECT p_ip_keys[i], '', 'msg', p_ip_msg_limits[i], p_ip_msg_periods[i]
+                  FROM generate_series(1, n) i
+                 WHERE p_want[i] > 0 AND v_ip[i]) k
+         ORDER BY k.d, k.v, k.kind
+    LOOP
+        PERFORM mta.bucket_lock(r.d, r.v, r.kind, r.lim, r.per);
+    END LOOP;
     -- Tokens first, each bucket locked until the end of the statement: what
     -- a queue may take is reserved now and what it did not claim given back
     -- below, so two queues of one call with the same key share its tokens.
@@ -236,9 +312,21 @@ BEGIN
                 v_wait[i] := mta.bucket_wait_ms(v_tokens, v_rate, p_msg_periods[i]);
             END IF;
         END IF;
+        IF v_grant[i] > 0 AND v_ip[i] THEN
+            SELECT b.tokens, b.rate INTO v_tokens, v_rate
+              FROM mta.bucket_refill(p_ip_keys[i], '', 'msg', p_ip_msg_limits[i],
+                                     p_ip_msg_periods[i]) b;
+            v_grant[i] := least(v_grant[i]::float8, floor(v_tokens))::int;
+            IF v_grant[i] = 0 THEN
+                v_wait[i] := mta.bucket_wait_ms(v_tokens, v_rate, p_ip_msg_periods[i]);
+            END IF;
+        END IF;
         IF v_grant[i] > 0 THEN
             IF p_msg_limits[i] IS NOT NULL THEN
                 PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'msg', v_grant[i]);
+            END IF;
+            IF v_ip[i] THEN
+                PERFORM mta.bucket_spend(p_ip_keys[i], '', 'msg', v_grant[i]);
             END IF;
             IF p_conn_limits[i] IS NOT NULL THEN
                 PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'connect', 1);
@@ -273,6 +361,9 @@ BEGIN
             IF p_msg_limits[i] IS NOT NULL THEN
                 PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'msg', v_got[i] - v_grant[i]);
             END IF;
+            IF v_ip[i] THEN
+                PERFORM mta.bucket_spend(p_ip_keys[i], '', 'msg', v_got[i] - v_grant[i]);
+            END IF;
             IF v_got[i] = 0 AND p_conn_limits[i] IS NOT NULL THEN
                 PERFORM mta.bucket_spend(p_keys[i], p_key_vmtas[i], 'connect', -1);
             END IF;
@@ -291,14 +382,29 @@ $$;
 
 -- mta.release that also gives back the tokens taken for the released rows
 -- (a new connection whose slot was refused after its claim had spent them):
--- p_msgs message and p_connects connect tokens of the key's buckets.
-CREATE OR REPLACE FUNCTION mta.release_refund(p_node bigint, p_rcpt_ids bigint[],
-                                              p_tokens bigint[], p_key text, p_key_vmta text,
-                                              p_msgs int, p_connects int)
+-- p_msgs message and p_connects connect tokens of the key's buckets, and
+-- p_msgs message tokens of the source IP's bucket (p_ip_key, vmta '') when
+-- it is not NULL. The buckets are locked in the lock order.
+DROP FUNCTION IF EXISTS mta.release_refund(bigint, bigint[], bigint[], text, text, int, int);
+DROP FUNCTION IF EXISTS mta.release_refund(bigint, bigint[], bigint[], text, text, int, int, text);
+CREATE FUNCTION mta.release_refund(p_node bigint, p_rcpt_ids bigint[], p_tokens bigint[],
+                                   p_key text, p_key_vmta text, p_msgs int, p_connects int,
+                                   p_ip_key text DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
 BEGIN
-    PERFORM mta.bucket_spend(p_key, p_key_vmta, 'msg', -greatest(coalesce(p_msgs, 0), 0));
-    PERFORM mta.bucket_spend(p_key, p_key_vmta, 'connect', -greatest(coalesce(p_connects, 0), 0));
+    FOR r IN
+        SELECT k.d, k.v, k.kind, k.n
+          FROM (VALUES (p_key, coalesce(p_key_vmta, ''), 'msg', greatest(coalesce(p_msgs, 0), 0)),
+                       (p_key, coalesce(p_key_vmta, ''), 'connect',
+                        greatest(coalesce(p_connects, 0), 0)),
+                       (p_ip_key, '', 'msg', greatest(coalesce(p_msgs, 0), 0))) k (d, v, kind, n)
+         WHERE k.d IS NOT NULL AND k.n > 0
+         ORDER BY k.d, k.v, k.kind
+    LOOP
+        PERFORM mta.bucket_spend(r.d, r.v, r.kind, -r.n);
+    END LOOP;
     RETURN mta.release(p_node, p_rcpt_ids, p_tokens);
 END
 $$;

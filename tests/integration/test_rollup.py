@@ -2,7 +2,8 @@
 PostgreSQL: source-ip-max-smtp-out on a virtual MTA holds for its source IP
 across every destination (the sink sees the peer address), while another
 virtual MTA's source IP is not limited by it; source-ip-max-connect-rate
-likewise for new connections.
+likewise for new connections, and source-ip-max-msg-rate for the messages
+the sink receives from the source IP.
 
 MX rollup (README, "Traffic shaping, cluster-wide"), with the test DNS and
 recording sinks: 50 domains whose MX is mx.provider.test share the limits
@@ -93,6 +94,54 @@ class SourceIpLimits(unittest.TestCase):
         # 40 connections at 5/s across 4 destinations and 2 nodes: at
         # least ~7 s (a first burst of one bucket's worth allowed)
         self.assertGreater(connects[-1] - connects[0], 5.0, connects)
+
+    def test_source_ip_max_msg_rate_across_destinations(self):
+        pg, dns = PgServer(), DnsServer()
+        port = free_port("127.0.0.62")
+        domains = ["m%d.test" % n for n in range(6)]
+        sink = mx_sink(dns, domains, "127.0.0.62", port)
+        rows = []
+        for n in range(160):
+            vmta = "ip2" if n % 4 == 0 else "ip3"
+            rows.append(("s@example.com", "u%d@%s" % (n, domains[n % 6]),
+                         "Subject: %d\r\n\r\nx\r\n" % n, vmta))
+        copy_submit(pg, rows, columns=("mail_from", "rcpt_to", "content", "vmta"))
+        # 300/m: 5 tokens a second, a bucket of one second's worth (5)
+        extra = ('smtp-port = %d; virtual-mtas = ( '
+                 '{ name = "ip2"; smtp-source-host = "127.0.0.2"; '
+                 'source-ip-max-msg-rate = "300/m"; }, '
+                 '{ name = "ip3"; smtp-source-host = "127.0.0.3"; } );' % port)
+        doms = ['{ name = "%s"; max-msg-per-connection = 10; }' % d for d in domains]
+        nodes = [Pgmtad(pg, dns, name="node-%s" % n, extra=extra, domains=doms,
+                        env={"PGMTA_LOG_LEVEL": "warn"}) for n in "abc"]
+        try:
+            wait_for(lambda: pg.scalar("SELECT count(*) FROM mta.recipients") == 0,
+                     timeout=60, what="160 messages delivered")
+        finally:
+            for n in nodes:
+                n.stop()
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd'"), 160)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM mta.acct WHERE type = 'd' "
+                                   "AND dlv_source_ip = '127.0.0.2'"), 40)
+        peer = {s.id: s.peer[0] for s in sink.sessions()}
+        times = {}
+        for m in sink.messages():
+            times.setdefault(peer[m.session_id], []).append(m.time)
+        t2, t3 = sorted(times.get("127.0.0.2", [])), sorted(times.get("127.0.0.3", []))
+        self.assertEqual((len(t2), len(t3)), (40, 120))
+
+        def most_within(ts, window):
+            return max(sum(1 for u in ts[i:] if u - t <= window) for i, t in enumerate(ts))
+
+        # Within any 2 s: 5/s x 2 s + the bucket (5), + 3 for the spread
+        # between a claim and the messages reaching the sink.
+        self.assertLessEqual(most_within(t2, 2.0), 18, t2)
+        # 40 messages at 5/s after a first bucket of 5: at least 7 s
+        self.assertGreater(t2[-1] - t2[0], 5.0, t2)
+        # the other source IP is not held back: it goes faster than the
+        # limit, and is done long before the limited one
+        self.assertGreater(most_within(t3, 2.0), 18, t3)
+        self.assertLess(t3[-1], t2[-1] - 2.0, (t3[-1], t2[-1]))
 
 
 def submit_to(pg, domains, per_domain):

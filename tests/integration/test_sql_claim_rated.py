@@ -2,7 +2,10 @@
 statement. Tokens are spent one per message claimed, never for rows that are
 not there; a bucket with k tokens claims at most k messages; two callers at
 once never exceed the bucket; an exhausted bucket answers with its wait; a
-refused slot gives the rows and the tokens back (mta.release_refund)."""
+refused slot gives the rows and the tokens back (mta.release_refund). With a
+source IP's message bucket (source-ip-max-msg-rate) the claim takes
+min(queue tokens, IP tokens), gives what it did not use back to both, and
+two callers that take the same buckets in opposite orders never deadlock."""
 import threading
 import uuid
 
@@ -12,6 +15,12 @@ from pgmta_test import DbTestCase, main
 CLAIM = ("SELECT q, rcpt_id, message_id, tokens, wait_ms, lease_token"
          "  FROM mta.claim_many_rated(%(node)s, 'bulk', %(d)s, %(v)s, %(l)s, 60000, %(b)s,"
          "       %(want)s, %(keys)s, %(kv)s, %(ml)s, %(mp)s, %(cl)s, %(cp)s)")
+
+# The same with the source IP's message bucket (source-ip-max-msg-rate).
+CLAIM_IP = ("SELECT q, rcpt_id, message_id, tokens, wait_ms, lease_token"
+            "  FROM mta.claim_many_rated(%(node)s, 'bulk', %(d)s, %(v)s, %(l)s, 60000, %(b)s,"
+            "       %(want)s, %(keys)s, %(kv)s, %(ml)s, %(mp)s, %(cl)s, %(cp)s,"
+            "       %(ik)s, %(il)s, %(ip)s)")
 
 
 class ClaimRatedTest(DbTestCase):
@@ -183,6 +192,109 @@ class ClaimRatedTest(DbTestCase):
         self.assertAlmostEqual(self.tokens(d, "connect"), 1.0)
         rows = self.claim([d], connect=(60, 60000))
         self.assertEqual(self.messages(rows), 2, "released rows are ready again")
+
+    def claim_ip(self, domains, ip_key, ip_rate=(600, 60000), want=100, rate=(600, 60000),
+                 conn=None):
+        """A claim whose queues are all sent from the source IP of IP_KEY
+        (source-ip-max-msg-rate IP_RATE)."""
+        n = len(domains)
+        args = dict(node=self.node, d=domains, v=[""] * n, l=[100] * n, b=[None] * n,
+                    want=[want] * n, keys=domains, kv=[""] * n, ml=[rate[0]] * n,
+                    mp=[rate[1]] * n, cl=[None] * n, cp=[None] * n, ik=[ip_key] * n,
+                    il=[ip_rate[0]] * n, ip=[ip_rate[1]] * n)
+        with (conn or self.conn).cursor() as cur:
+            cur.execute(CLAIM_IP, args)
+            return cur.fetchall()
+
+    def test_source_ip_tokens_bound_the_claim(self):
+        """The claim takes min(queue tokens, IP tokens) and spends both."""
+        d, ip = self.domain(), "ip:" + self.domain()
+        self.enqueue(d, 8)
+        self.freeze(d, "msg", 10)
+        self.freeze(ip, "msg", 3)
+        rows = self.claim_ip([d], ip)
+        self.assertEqual(self.messages(rows), 3)
+        self.assertEqual({r[3] for r in rows}, {3})
+        self.assertAlmostEqual(self.tokens(d), 7.0)
+        self.assertAlmostEqual(self.tokens(ip), 0.0)
+        # the IP exhausted: nothing claimed, the queue's tokens untouched,
+        # the wait of the IP's bucket (half a token at 1/s)
+        self.freeze(ip, "msg", 0.5)
+        rows = self.claim_ip([d], ip, ip_rate=(60, 60000))
+        self.assertEqual(len(rows), 1)
+        self.assertIsNone(rows[0][1])
+        self.assertTrue(400 <= rows[0][4] <= 600, rows[0][4])
+        self.assertAlmostEqual(self.tokens(d), 7.0)
+        self.assertAlmostEqual(self.tokens(ip), 0.5)
+        # the queue without a rate of its own: the IP's alone
+        self.freeze(ip, "msg", 2)
+        rows = self.claim_ip([d], ip, rate=(None, None))
+        self.assertEqual(self.messages(rows), 2)
+        self.assertAlmostEqual(self.tokens(ip), 0.0)
+
+    def test_source_ip_unused_tokens_go_back_to_both(self):
+        d, ip = self.domain(), "ip:" + self.domain()
+        self.enqueue(d, 2)
+        self.freeze(d, "msg", 10)
+        self.freeze(ip, "msg", 5)
+        rows = self.claim_ip([d], ip)
+        self.assertEqual(self.messages(rows), 2)
+        self.assertAlmostEqual(self.tokens(d), 8.0)
+        self.assertAlmostEqual(self.tokens(ip), 3.0)
+        # a refused slot gives both back
+        n = self.q1("SELECT mta.release_refund(%s, %s, %s, %s, '', 2, 0, %s)",
+                    (self.node, [r[1] for r in rows], [r[5] for r in rows], d, ip))
+        self.assertEqual(n, 2)
+        self.assertAlmostEqual(self.tokens(d), 10.0)
+        self.assertAlmostEqual(self.tokens(ip), 5.0)
+
+    def test_source_ip_shared_by_queues_of_one_call(self):
+        a, b, ip = self.domain(), self.domain(), "ip:" + self.domain()
+        self.enqueue(a, 3)
+        self.enqueue(b, 3)
+        self.freeze(ip, "msg", 4)
+        rows = self.claim_ip([a, b], ip, rate=(None, None))
+        per_q = {i: len({r[2] for r in rows if r[0] == i and r[1] is not None})
+                 for i in (1, 2)}
+        self.assertEqual(per_q, {1: 3, 2: 0}, "the first reserved the IP's 4 tokens")
+        self.assertAlmostEqual(self.tokens(ip), 1.0, "the unused reservation is back")
+
+    def test_source_ip_bucket_across_callers_never_deadlocks(self):
+        """Two callers claim the same two queues of one source IP in opposite
+        orders, over and over: the buckets are locked in one order, so
+        neither waits for the other in a cycle (PostgreSQL would abort one
+        with a deadlock error), and together they never exceed the IP's
+        tokens."""
+        a, b, ip = self.domain(), self.domain(), "ip:" + self.domain()
+        self.enqueue(a, 150)
+        self.enqueue(b, 150)
+        self.freeze(a, "msg", 1000)
+        self.freeze(b, "msg", 1000)
+        self.freeze(ip, "msg", 120)  # caps: 2000 per queue, 200 for the IP
+        got, errors = [[], []], []
+
+        def worker(k):
+            try:
+                conn = self.pg.connect()
+                order = [a, b] if k == 0 else [b, a]
+                for _ in range(100):
+                    rows = self.claim_ip(order, ip, ip_rate=(12000, 60000), want=1,
+                                         rate=(120000, 60000), conn=conn)
+                    got[k].extend(r[1] for r in rows if r[1] is not None)
+                conn.close()
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertFalse(set(got[0]) & set(got[1]))
+        self.assertEqual(len(got[0]) + len(got[1]), 120, "exactly the IP's tokens")
+        self.assertAlmostEqual(self.tokens(ip), 0.0)
+        self.assertAlmostEqual(self.tokens(a) + self.tokens(b), 2000.0 - 120)
 
     def test_unlimited_rate_claims_like_claim_many(self):
         d = self.domain()

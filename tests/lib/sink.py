@@ -99,6 +99,7 @@ class Message:
         self.raw = raw
         self.content = unstuff(raw)
         self.reply = reply
+        self.time = time.time()   # when the final dot was read
 
     def __repr__(self):
         return "Message(from=%r, rcpts=%r, %d bytes)" % (self.mail_from, self.rcpts, len(self.raw))

@@ -62,7 +62,10 @@ setup(void **state)
           "  { name = \"rate\"; smtp-source-host = \"2001:db8::1\";\n"
           "    source-ip-max-connect-rate = \"5/s\"; },\n"
           "  { name = \"plain\"; smtp-source-host = \"192.0.2.4\"; },\n"
-          "  { name = \"nohost\"; source-ip-max-smtp-out = 2; }\n"
+          "  { name = \"msgs\"; smtp-source-host = \"192.0.2.5\";\n"
+          "    source-ip-max-msg-rate = \"60/m\"; },\n"
+          "  { name = \"nohost\"; source-ip-max-smtp-out = 2; },\n"
+          "  { name = \"nohostmsgs\"; source-ip-max-msg-rate = \"60/m\"; }\n"
           ");\n",
           f);
     fclose(f);
@@ -100,8 +103,10 @@ test_ip_key(void **state)
     assert_key("both", "ip:192.0.2.1");
     assert_key("slots", "ip:192.0.2.2");
     assert_key("rate", "ip:2001:db8::1");
-    assert_key("plain", NULL);  /* no IP limit */
-    assert_key("nohost", NULL); /* no source address to key on */
+    assert_key("plain", NULL);          /* no IP limit */
+    assert_key("msgs", "ip:192.0.2.5"); /* the message rate alone */
+    assert_key("nohost", NULL);         /* no source address to key on */
+    assert_key("nohostmsgs", NULL);
     assert_null(rollup_ip_key(NULL));
 }
 
@@ -325,14 +330,38 @@ test_conf_dump_round_trip(void **state)
     free(buf);
 }
 
+static void
+test_ip_msg_rate(void **state)
+{
+    (void)state;
+    const struct conf_rate *r = rollup_ip_msg_rate(conf_vmta_lookup(conf, "msgs"));
+    assert_non_null(r);
+    assert_int_equal(r->count, 60);
+    assert_int_equal(r->period_ms, 60000);
+    assert_null(rollup_ip_msg_rate(conf_vmta_lookup(conf, "both")));
+    assert_null(rollup_ip_msg_rate(conf_vmta_lookup(conf, "nohostmsgs")));
+    assert_null(rollup_ip_msg_rate(NULL));
+    /* a message rate alone takes no IP slot or connect token */
+    assert_false(rollup_ip_limits_connections(conf_vmta_lookup(conf, "msgs")));
+    assert_true(rollup_ip_limits_connections(conf_vmta_lookup(conf, "both")));
+    assert_true(rollup_ip_limits_connections(conf_vmta_lookup(conf, "rate")));
+    assert_false(rollup_ip_limits_connections(conf_vmta_lookup(conf, "plain")));
+    assert_false(rollup_ip_limits_connections(conf_vmta_lookup(conf, "nohost")));
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ip_key),       cmocka_unit_test(test_ip_limits),
-        cmocka_unit_test(test_rollup_modes), cmocka_unit_test(test_suffix_match),
-        cmocka_unit_test(test_mx_key),       cmocka_unit_test(test_provider_limits),
-        cmocka_unit_test(test_conf_errors),  cmocka_unit_test(test_conf_dump_round_trip),
+        cmocka_unit_test(test_ip_key),
+        cmocka_unit_test(test_ip_limits),
+        cmocka_unit_test(test_ip_msg_rate),
+        cmocka_unit_test(test_rollup_modes),
+        cmocka_unit_test(test_suffix_match),
+        cmocka_unit_test(test_mx_key),
+        cmocka_unit_test(test_provider_limits),
+        cmocka_unit_test(test_conf_errors),
+        cmocka_unit_test(test_conf_dump_round_trip),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
