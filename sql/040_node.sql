@@ -491,9 +491,12 @@ BEGIN
         -- The claim bands of each queue (mta.claim_band: priority, then
         -- job), highest priority first: one index probe per band, at most
         -- 32 bands. The paused and deferred test depends on the queue only: checked once
-        -- per queue (one index probe), not per row.
-        SELECT w.i, w.d, w.v, w.l, w.b, w.m, gb.band,
-               count(*) OVER (PARTITION BY w.i, left(gb.band, 3)) AS njobs
+        -- per queue (one index probe), not per row. wt: the band's job's
+        -- weight (mta.job.weight, one probe per band; no row or no job: 1);
+        -- wsum: the weights of the bands of its priority.
+        SELECT w.i, w.d, w.v, w.l, w.b, w.m, gb.band, gb.wt,
+               count(*) OVER (PARTITION BY w.i, left(gb.band, 3)) AS njobs,
+               sum(gb.wt) OVER (PARTITION BY w.i, left(gb.band, 3)) AS wsum
           FROM w CROSS JOIN LATERAL (
               WITH RECURSIVE gb(band, n) AS (
                   SELECT (SELECT min(mta.claim_band(r.priority, r.job_id))
@@ -506,17 +509,21 @@ BEGIN
                              AND mta.claim_band(r.priority, r.job_id) > gb.band), gb.n + 1
                     FROM gb WHERE gb.band IS NOT NULL AND gb.n < 32
               )
-              SELECT gb.band FROM gb WHERE gb.band IS NOT NULL) gb
+              SELECT gb.band,
+                     coalesce((SELECT greatest(j.weight, 1) FROM mta.job j
+                                WHERE j.job_id = substr(gb.band, 5)), 1)::int AS wt
+                FROM gb WHERE gb.band IS NOT NULL) gb
          WHERE NOT coalesce((SELECT mq.paused OR mq.deferred_until > now() FROM mta.queue mq
                               WHERE mq.pipe = p_pipe AND mq.domain = w.d AND mq.vmta = w.v),
                             false)
     ), c0 AS (
         -- Ready rows of each band, oldest first (message_id after
         -- next_attempt: the recipients of one message stay together); rk
-        -- numbers the band's messages. Of the n jobs of a priority, each
-        -- band reads twice its share of l (all l when alone): every row
-        -- read is locked, and 32 bands of l rows cost five times the claim.
-        SELECT g.i, g.b, g.m, g.l, left(g.band, 3) AS prio, x.id, x.message_id,
+        -- numbers the band's messages. Of the jobs of a priority, each
+        -- band reads twice its share of l by weight, wt / wsum (all l when
+        -- alone): every row read is locked, and 32 bands of l rows cost
+        -- five times the claim.
+        SELECT g.i, g.b, g.m, g.l, g.wt, left(g.band, 3) AS prio, x.id, x.message_id,
                x.next_attempt,
                dense_rank() OVER (PARTITION BY g.i, g.band
                                   ORDER BY x.next_attempt, x.message_id) AS rk
@@ -529,14 +536,15 @@ BEGIN
                  AND NOT EXISTS (SELECT 1 FROM mta.job j WHERE j.job_id = r.job_id AND j.paused)
                ORDER BY r.next_attempt, r.message_id
                LIMIT CASE WHEN g.njobs = 1 THEN g.l
-                          ELSE least(g.l, 2 * ((g.l + g.njobs - 1) / g.njobs)) END
+                          ELSE least(g.l, 2 * ((g.l * g.wt + g.wsum - 1) / g.wsum)) END
                  FOR UPDATE OF r SKIP LOCKED) x
     ), c1 AS (
-        -- Priority first; within a priority the jobs take turns, message by
-        -- message (round robin by job: a small job is not starved behind a
-        -- large one in the same queue).
+        -- Priority first; within a priority the jobs take turns (round
+        -- robin by job: a small job is not starved behind a large one in
+        -- the same queue), each job wt messages per turn: its messages
+        -- rk 1..wt go in the first turn, wt+1..2wt in the second.
         SELECT c0.*, row_number() OVER (PARTITION BY c0.i
-                                        ORDER BY c0.prio, c0.rk, c0.next_attempt,
+                                        ORDER BY c0.prio, (c0.rk - 1) / c0.wt, c0.next_attempt,
                                                  c0.message_id, c0.id) AS pos
           FROM c0
     ), c AS (

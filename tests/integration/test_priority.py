@@ -10,12 +10,15 @@ to recording sinks.
 - preemption: two domains share a configured mx-rollup with one slot; the
   low-priority one (allow-priority-interruption) holds it with a slow sink,
   two nodes serve the cluster; a high-priority queue of the rollup that
-  starts waiting gets the slot within about one message time."""
+  starts waiting gets the slot within about one message time;
+- job weights: jobs of weight 3 and 1 in a queue with one connection share
+  its deliveries about 3:1 (and 1:1 with equal weights)."""
 import re
+import subprocess
 import time
 import unittest
 
-from pgmta_test import PgServer, Pgmtad, copy_submit, free_port, main, wait_for
+from pgmta_test import PGMTA, PgServer, Pgmtad, copy_submit, free_port, main, wait_for
 from sink import Delay, Sink
 
 COLS = ("mail_from", "rcpt_to", "content", "job_id", "priority")
@@ -160,6 +163,46 @@ class Priority(unittest.TestCase):
             for n in nodes:
                 n.stop()
             sink.stop()
+
+    def weighted_share(self, tag, wa, wb):
+        """Jobs A (weight WA) and B (weight WB) with 600 messages each in a
+        queue with one connection: A's share of the first 400 deliveries."""
+        for job, w in (("%s-a" % tag, wa), ("%s-b" % tag, wb)):
+            r = subprocess.run([PGMTA, "job", "weight", job, str(w), "--db", self.pg.dsn],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, "job %s weight %d\n" % (job, w))
+        dom = "%s.weight.test" % tag
+        for job in ("a", "b"):
+            copy_submit(self.pg, [("s@example.com", "%s%d@%s" % (job, i, dom),
+                                   "Subject: %s-%d\r\n\r\nx\r\n" % (job.upper(), i),
+                                   "%s-%s" % (tag, job), 0) for i in range(600)], columns=COLS)
+        sink = Sink(port=free_port())
+        node = self.node(sink.port, ['{ name = "%s"; max-smtp-out = 1; }' % dom])
+        try:
+            wait_for(lambda: self.delivered("%%@%s" % dom) >= 400, timeout=60,
+                     what="400 deliveries")
+        finally:
+            node.stop()
+            sink.stop()
+        first = subjects(sink, "@" + dom)[:400]
+        self.assertEqual(len(first), 400)
+        share = sum(1 for x in first if x.startswith("A-")) / 400.0
+        print("jobs of weight %d and %d: A had %.3f of the first 400 deliveries" % (wa, wb, share))
+        return share
+
+    def test_job_weights(self):
+        self.assertTrue(0.65 <= self.weighted_share("w31", 3, 1) <= 0.85)
+        self.assertTrue(0.40 <= self.weighted_share("w11", 1, 1) <= 0.60)
+        self.assertEqual(self.pg.scalar("SELECT weight FROM mta.job WHERE job_id = 'w31-a'"), 3)
+        # out of range: refused by the command line and by the function
+        for bad in ("0", "101", "x"):
+            r = subprocess.run([PGMTA, "job", "weight", "w31-a", bad, "--db", self.pg.dsn],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 2, bad)
+        with self.assertRaises(Exception):
+            self.pg.query("SELECT mta.set_job_weight('w31-a', 101)")
+        self.assertEqual(self.pg.scalar("SELECT weight FROM mta.job WHERE job_id = 'w31-a'"), 3)
 
 
 if __name__ == "__main__":
