@@ -250,7 +250,7 @@ $$;
 -- consecutive slices of the rotation.
 DROP FUNCTION IF EXISTS mta.ready_queues(text, int);
 CREATE FUNCTION mta.ready_queues(p_pipe text, p_limit int)
-RETURNS TABLE (domain text, vmta text, backoff bool)
+RETURNS TABLE (domain text, vmta text, backoff bool, priority int)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- Planned once per session: planning the statement below costs more than
 -- running it. Index probes only, so that a plan made while the tables were
@@ -389,7 +389,51 @@ BEGIN
                           FROM cand c) n)
          WHERE rc.pipe = p_pipe
     )
-    SELECT v.domain, v.vmta, v.in_backoff FROM v WHERE v.verdict = 'offer' ORDER BY v.ord;
+    -- priority: the highest priority of the queue's ready recipients (README,
+    -- Priorities: a queue waiting for a shared slot competes with it). Its
+    -- claim bands (mta.claim_band) come highest priority first: the first
+    -- band is one probe of recipients_claim_band, and when it is priority 0
+    -- (the common case) that is the answer; else one more probe per band
+    -- for a ready row, until one has one (at most 32 bands, as the claim;
+    -- none found: 0).
+    SELECT v.domain, v.vmta, v.in_backoff, coalesce(rp.prio, 0)
+      FROM v
+      LEFT JOIN LATERAL (
+           WITH RECURSIVE gb(band, n, hit) AS (
+               SELECT b.band, 1,
+                      b.band IS NOT NULL
+                      AND (left(b.band, 3) = '100'
+                           OR (EXISTS (SELECT 1 FROM mta.recipients r
+                                        WHERE r.pipe = p_pipe AND r.domain = v.domain
+                                          AND r.vmta = v.vmta
+                                          AND mta.claim_band(r.priority, r.job_id) = b.band
+                                          AND r.next_attempt <= v_now)
+                               AND NOT EXISTS (SELECT 1 FROM mta.job j
+                                                WHERE j.job_id = substr(b.band, 5) AND j.paused)))
+                 FROM (SELECT min(mta.claim_band(r.priority, r.job_id)) AS band
+                         FROM mta.recipients r
+                        WHERE r.pipe = p_pipe AND r.domain = v.domain AND r.vmta = v.vmta) b
+               UNION ALL
+               SELECT b.band, gb.n + 1,
+                      b.band IS NOT NULL
+                      AND (left(b.band, 3) = '100'
+                           OR (EXISTS (SELECT 1 FROM mta.recipients r
+                                        WHERE r.pipe = p_pipe AND r.domain = v.domain
+                                          AND r.vmta = v.vmta
+                                          AND mta.claim_band(r.priority, r.job_id) = b.band
+                                          AND r.next_attempt <= v_now)
+                               AND NOT EXISTS (SELECT 1 FROM mta.job j
+                                                WHERE j.job_id = substr(b.band, 5) AND j.paused)))
+                 FROM gb CROSS JOIN LATERAL (
+                      SELECT min(mta.claim_band(r.priority, r.job_id)) AS band
+                        FROM mta.recipients r
+                       WHERE r.pipe = p_pipe AND r.domain = v.domain AND r.vmta = v.vmta
+                         AND mta.claim_band(r.priority, r.job_id) > gb.band) b
+                WHERE gb.band IS NOT NULL AND NOT gb.hit AND gb.n < 32
+           )
+           SELECT 100 - left(gb.band, 3)::int AS prio FROM gb WHERE gb.hit LIMIT 1) rp ON true
+     WHERE v.verdict = 'offer'
+     ORDER BY v.ord;
 END
 $$;
 

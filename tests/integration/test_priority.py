@@ -11,6 +11,11 @@ to recording sinks.
   low-priority one (allow-priority-interruption) holds it with a slow sink,
   two nodes serve the cluster; a high-priority queue of the rollup that
   starts waiting gets the slot within about one message time;
+- message priority in the slot order: two domains of one rollup with one
+  slot and the same queue-priority, a backlog on A, then priority-90 mail
+  to B: B gets the rollup's next free slot (without preemption: within A's
+  connection in progress; with it: after A's current message), and with
+  priority 0 B waits for A's backlog;
 - job weights: jobs of weight 3 and 1 in a queue with one connection share
   its deliveries about 3:1 (and 1:1 with equal weights)."""
 import re
@@ -163,6 +168,74 @@ class Priority(unittest.TestCase):
             for n in nodes:
                 n.stop()
             sink.stop()
+
+    def rollup_race(self, tag, b_prio, interruptible, backlog):
+        """Domains A and B (a.TAG.test, b.TAG.test) share an mx-rollup with
+        one slot and the same queue-priority (0); A holds it with a backlog,
+        then 40 messages of priority B_PRIO come for B. Returns (A delivered from B's enqueue to
+        B's last delivery, A delivered after B's last delivery), from the
+        accounting timestamps."""
+        sink = Sink(port=free_port())
+        a_dom, b_dom = "a.%s.test" % tag, "b.%s.test" % tag
+        a_conf = ('{ name = "%s"; mx-rollup = "r-%s"; max-smtp-out = 1;'
+                  ' max-msg-per-connection = %d;%s }'
+                  % (a_dom, tag, backlog if interruptible else 50,
+                     # one row per claim: an interruptible connection claims
+                     # one message, and a claim of one row ends it only
+                     # when A has nothing left (a short claim ends a
+                     # connection)
+                     " allow-priority-interruption = true; max-rcpt-per-message = 1;"
+                     if interruptible else ""))
+        domains = [a_conf, '{ name = "%s"; mx-rollup = "r-%s"; max-smtp-out = 1; }'
+                   % (b_dom, tag)]
+        copy_submit(self.pg, [("s@example.com", "a%d@%s" % (i, a_dom),
+                               "Subject: a-%d\r\n\r\nx\r\n" % i, "race-a", 0)
+                              for i in range(backlog)], columns=COLS)
+        node = self.node(sink.port, domains)
+        try:
+            wait_for(lambda: self.delivered("%@" + a_dom) >= 20, timeout=30,
+                     what="A's backlog under way")
+            t0 = self.pg.scalar("SELECT now()")
+            copy_submit(self.pg, [("s@example.com", "b%d@%s" % (i, b_dom),
+                                   "Subject: b-%d\r\n\r\nx\r\n" % i, "race-b", b_prio)
+                                  for i in range(40)], columns=COLS)
+            wait_for(lambda: self.delivered("%@" + b_dom) == 40, timeout=120,
+                     what="B's 40 messages")
+            wait_for(lambda: self.delivered("%@" + a_dom) == backlog, timeout=120,
+                     what="A's backlog")
+            self.assertLessEqual(sink.concurrent_max(), 1, "the rollup's one slot")
+            t_b = self.pg.scalar("SELECT max(time_logged) FROM mta.acct WHERE type = 'd'"
+                                 " AND rcpt LIKE %s AND time_logged >= %s", ("%@" + b_dom, t0))
+            a_between, a_after = self.pg.query(
+                "SELECT count(*) FILTER (WHERE time_logged > %s AND time_logged <= %s),"
+                " count(*) FILTER (WHERE time_logged > %s) FROM mta.acct"
+                " WHERE type = 'd' AND rcpt LIKE %s AND time_logged >= %s",
+                (t0, t_b, t_b, "%@" + a_dom, t0))[0]
+            print("B at priority %d%s: %d of A's backlog (%d) went out from B's enqueue to its"
+                  " last delivery, %d after" % (b_prio, " (A interruptible)" if interruptible
+                                                else "", a_between, backlog, a_after))
+            return a_between, a_after
+        finally:
+            node.stop()
+            sink.stop()
+            self.pg.query("DELETE FROM mta.slot_waiter RETURNING 1")
+
+    def test_message_priority_takes_the_rollup_slot(self):
+        # A's connections send 50 messages each; B waits at 90 (its ready
+        # mail), so A's next connection is refused and B takes the slot.
+        a_between, a_after = self.rollup_race("race1", 90, False, 1000)
+        self.assertLessEqual(a_between, 100, "B waited for more than A's connection in progress")
+        self.assertGreater(a_after, 500, "B went out before A's backlog")
+
+    def test_message_priority_interrupts_and_priority_0_waits(self):
+        # A's one connection would carry its whole backlog; it may be
+        # interrupted by a queue above it. At 90, B's waiter is above it.
+        a_between, a_after = self.rollup_race("race2", 90, True, 300)
+        self.assertLessEqual(a_between, 30, "A's connection was not interrupted for B")
+        self.assertGreater(a_after, 200, "B went out before A's backlog")
+        # At 0 (what B's queue-priority says) nothing is above A: B waits.
+        a_between, a_after = self.rollup_race("race3", 0, True, 300)
+        self.assertLessEqual(a_after, 5, "B at priority 0 waits for A's connection")
 
     def weighted_share(self, tag, wa, wb):
         """Jobs A (weight WA) and B (weight WB) with 600 messages each in a
