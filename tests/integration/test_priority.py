@@ -13,9 +13,9 @@ to recording sinks.
   starts waiting gets the slot within about one message time;
 - message priority in the slot order: two domains of one rollup with one
   slot and the same queue-priority, a backlog on A, then priority-90 mail
-  to B: B gets the rollup's next free slot (without preemption: within A's
-  connection in progress; with it: after A's current message), and with
-  priority 0 B waits for A's backlog;
+  to B: B waits at 90 in mta.slot_waiter and gets the rollup's next free
+  slot (without preemption: when A's connection in progress ends; with
+  it: after A's current message); with priority 0 B waits for A's backlog;
 - job weights: jobs of weight 3 and 1 in a queue with one connection share
   its deliveries about 3:1 (and 1:1 with equal weights)."""
 import re
@@ -169,14 +169,18 @@ class Priority(unittest.TestCase):
                 n.stop()
             sink.stop()
 
-    def rollup_race(self, tag, b_prio, interruptible, backlog):
+    def rollup_race(self, tag, b_prio, interruptible, backlog, a_delay=None):
         """Domains A and B (a.TAG.test, b.TAG.test) share an mx-rollup with
         one slot and the same queue-priority (0); A holds it with a backlog,
-        then 40 messages of priority B_PRIO come for B. Returns (A delivered from B's enqueue to
-        B's last delivery, A delivered after B's last delivery), from the
-        accounting timestamps."""
-        sink = Sink(port=free_port())
+        then 40 messages of priority B_PRIO come for B (with A_DELAY, A's
+        messages take that long at the sink, and B comes while A's second
+        connection is under way). Returns (A delivered from B's enqueue to
+        B's last delivery, A delivered after B's last delivery, from the
+        accounting timestamps; the highest priority B's waiter row in
+        mta.slot_waiter was seen with, None if it was never seen)."""
         a_dom, b_dom = "a.%s.test" % tag, "b.%s.test" % tag
+        sink = Sink(port=free_port(),
+                    rules={"dot:*@" + a_dom: Delay(a_delay, "250 2.0.0 ok")} if a_delay else None)
         a_conf = ('{ name = "%s"; mx-rollup = "r-%s"; max-smtp-out = 1;'
                   ' max-msg-per-connection = %d;%s }'
                   % (a_dom, tag, backlog if interruptible else 50,
@@ -195,12 +199,21 @@ class Priority(unittest.TestCase):
         try:
             wait_for(lambda: self.delivered("%@" + a_dom) >= 20, timeout=30,
                      what="A's backlog under way")
+            if a_delay:
+                # The first connection's batch is in the accounting at its
+                # end: A's next connection starts within about 0.2 s.
+                time.sleep(0.4)
             t0 = self.pg.scalar("SELECT now()")
             copy_submit(self.pg, [("s@example.com", "b%d@%s" % (i, b_dom),
                                    "Subject: b-%d\r\n\r\nx\r\n" % i, "race-b", b_prio)
                                   for i in range(40)], columns=COLS)
-            wait_for(lambda: self.delivered("%@" + b_dom) == 40, timeout=120,
-                     what="B's 40 messages")
+            seen = []
+
+            def b_done():
+                seen.extend(p for (p,) in self.pg.query(
+                    "SELECT priority FROM mta.slot_waiter WHERE domain = %s", (b_dom,)))
+                return self.delivered("%@" + b_dom) == 40
+            wait_for(b_done, timeout=120, interval=0.02, what="B's 40 messages")
             wait_for(lambda: self.delivered("%@" + a_dom) == backlog, timeout=120,
                      what="A's backlog")
             self.assertLessEqual(sink.concurrent_max(), 1, "the rollup's one slot")
@@ -211,30 +224,42 @@ class Priority(unittest.TestCase):
                 " count(*) FILTER (WHERE time_logged > %s) FROM mta.acct"
                 " WHERE type = 'd' AND rcpt LIKE %s AND time_logged >= %s",
                 (t0, t_b, t_b, "%@" + a_dom, t0))[0]
+            b_wait = max(seen) if seen else None
             print("B at priority %d%s: %d of A's backlog (%d) went out from B's enqueue to its"
-                  " last delivery, %d after" % (b_prio, " (A interruptible)" if interruptible
-                                                else "", a_between, backlog, a_after))
-            return a_between, a_after
+                  " last delivery, %d after; B waited at priority %s"
+                  % (b_prio, " (A interruptible)" if interruptible else "", a_between, backlog,
+                     a_after, b_wait))
+            return a_between, a_after, b_wait
         finally:
             node.stop()
             sink.stop()
             self.pg.query("DELETE FROM mta.slot_waiter RETURNING 1")
 
     def test_message_priority_takes_the_rollup_slot(self):
-        # A's connections send 50 messages each; B waits at 90 (its ready
-        # mail), so A's next connection is refused and B takes the slot.
-        a_between, a_after = self.rollup_race("race1", 90, False, 1000)
-        self.assertLessEqual(a_between, 100, "B waited for more than A's connection in progress")
-        self.assertGreater(a_after, 500, "B went out before A's backlog")
+        # A's connections send 50 messages each (1 s at the sink); B comes
+        # during one and waits at 90 (its ready mail, not its
+        # queue-priority), so A's next connection is refused and B takes
+        # the slot when A's connection in progress ends.
+        a_between, a_after, b_wait = self.rollup_race("race1", 90, False, 400, a_delay=0.02)
+        self.assertEqual(b_wait, 90, "B's waiter row carries its message priority")
+        self.assertLessEqual(a_between, 60, "B waited for more than A's connection in progress")
+        self.assertGreater(a_after, 200, "B went out before A's backlog")
+        # At 0 B ties with A: A's next connections win the slot (they ask
+        # sooner after each connection than B's 200 ms retry), and B waits.
+        a_between, a_after, b_wait = self.rollup_race("race4", 0, False, 400, a_delay=0.02)
+        self.assertEqual(b_wait, 0)
+        self.assertGreater(a_between, 60, "B at priority 0 got the slot like B at 90")
 
     def test_message_priority_interrupts_and_priority_0_waits(self):
         # A's one connection would carry its whole backlog; it may be
         # interrupted by a queue above it. At 90, B's waiter is above it.
-        a_between, a_after = self.rollup_race("race2", 90, True, 300)
+        a_between, a_after, b_wait = self.rollup_race("race2", 90, True, 300)
+        self.assertEqual(b_wait, 90)
         self.assertLessEqual(a_between, 30, "A's connection was not interrupted for B")
         self.assertGreater(a_after, 200, "B went out before A's backlog")
         # At 0 (what B's queue-priority says) nothing is above A: B waits.
-        a_between, a_after = self.rollup_race("race3", 0, True, 300)
+        a_between, a_after, b_wait = self.rollup_race("race3", 0, True, 300)
+        self.assertEqual(b_wait, 0)
         self.assertLessEqual(a_after, 5, "B at priority 0 waits for A's connection")
 
     def weighted_share(self, tag, wa, wb):
