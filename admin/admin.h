@@ -1,7 +1,8 @@
 /* admin: the pgmta command line. main.c dispatches to one function per
  * command; db.c owns the blocking libpq connection and result printing;
- * migrate.c, show.c, acct.c, passwd.c and suppress.c implement the commands. Every command returns
- * the process exit status: 0 success, 1 runtime or database error, 2 usage. */
+ * migrate.c, show.c, acct.c, passwd.c, suppress.c, job.c and the others
+ * implement the commands. Every command returns the process exit status: 0
+ * success, 1 runtime or database error, 2 usage. */
 #ifndef PGMTA_ADMIN_H
 #define PGMTA_ADMIN_H
 
@@ -34,6 +35,7 @@ int admin_cmd_passwd(int argc, char **argv);
 int admin_cmd_suppress(int argc, char **argv);
 int admin_cmd_tlsrpt(int argc, char **argv);
 int admin_cmd_warmup(int argc, char **argv);
+int admin_cmd_job(int argc, char **argv);
 
 /* Prints "pgmta: " + message to stderr. */
 void admin_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -20,6 +20,7 @@ static const char usage_text[] =
     "  pause job ID                     stop delivery of a job\n"
     "  resume queue DOMAIN[/VMTA]       resume delivery to a queue\n"
     "  resume job ID                    resume delivery of a job\n"
+    "  job weight JOB N                 a job's weight (1-100) in its queues' round robin\n"
     "  delete --queue DOMAIN[/VMTA] | --job ID\n"
     "                                   remove queued recipients, print how many\n"
     "  acct export --since T [--until T] [--format csv|json]\n"
@@ -53,7 +54,7 @@ static const struct command commands[] = {
     {"migrate", admin_cmd_migrate}, {"show", admin_cmd_show},         {"pause", admin_cmd_pause},
     {"resume", admin_cmd_resume},   {"delete", admin_cmd_delete},     {"acct", admin_cmd_acct},
     {"passwd", admin_cmd_passwd},   {"suppress", admin_cmd_suppress}, {"tlsrpt", admin_cmd_tlsrpt},
-    {"warmup", admin_cmd_warmup},
+    {"warmup", admin_cmd_warmup},   {"job", admin_cmd_job},
 };
 
 void

@@ -54,6 +54,9 @@ struct admission_queue {
     unsigned active;    /* sessions of this process */
     bool backoff;       /* in backoff mode (from the database) */
     unsigned pool_next; /* round robin over a virtual MTA pool */
+    /* The highest priority of its ready recipients (0-100) when the poll
+     * last offered it (mta.ready_queues; see README, Priorities). */
+    unsigned ready_prio;
     /* holds and throttling (monotonic ms) */
     long long hold_until;
     unsigned fail_run;       /* consecutive connection failures */

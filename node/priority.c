@@ -19,6 +19,13 @@ priority_of_queue(const struct conf *c, const struct conf_domain *d, const char 
     return p > 100 ? 100 : p;
 }
 
+unsigned
+priority_effective(unsigned queue_prio, unsigned ready_prio)
+{
+    unsigned p = ready_prio > queue_prio ? ready_prio : queue_prio;
+    return p > 100 ? 100 : p;
+}
+
 void
 priority_prepare(struct db *db)
 {

@@ -1,7 +1,8 @@
 /* priority: queue priorities and preemption (see README, Priorities).
  *
  * A queue's priority (0-100) is the larger of its domain entry's and its
- * virtual MTA's queue-priority. It orders the queues that share a limit key
+ * virtual MTA's queue-priority, raised to the highest priority of its ready
+ * messages (priority_effective). It orders the queues that share a limit key
  * (a rollup, a pool member): a queue that finds every slot of the key taken
  * waits in the database (mta.take_slot_prio, through sched), and no queue
  * below it takes a slot of the key meanwhile. With allow-priority-
@@ -23,6 +24,11 @@ struct db;
 /* The priority of the queue of domain entry D and virtual MTA VMTA (NULL or
  * "": none; a pool or an unknown name counts as none). */
 unsigned priority_of_queue(const struct conf *c, const struct conf_domain *d, const char *vmta);
+
+/* The priority a queue competes with for the slots of its key: the larger
+ * of its queue priority QUEUE_PRIO and READY_PRIO, the highest priority of
+ * its ready recipients (message priority, mta.ready_queues), at most 100. */
+unsigned priority_effective(unsigned queue_prio, unsigned ready_prio);
 
 /* Prepares priority_check's statement on DB. */
 void priority_prepare(struct db *db);

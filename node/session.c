@@ -641,9 +641,7 @@ session_enter(struct session *s, enum session_state st)
     case SESSION_SLOT:
         s->pending++;
         sched_take_slot_prio(e->sched, s->limit_domain, s->source_vmta, s->q->domain, s->q->vmta,
-                             s->dom->max_smtp_out,
-                             priority_of_queue(e->conf, s->dom, s->source_vmta), session_on_slot,
-                             s);
+                             s->dom->max_smtp_out, session_priority(s), session_on_slot, s);
         break;
     case SESSION_CONNECT_TOKEN:
         s->pending++;

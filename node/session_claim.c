@@ -231,10 +231,14 @@ static void send_claim(struct session *s);
 
 static void session_tokens_go(struct session *s);
 
-static unsigned
+/* The queue's priority in the slot order of its key (README, Priorities):
+ * its queue-priority, or the highest priority of its ready recipients at
+ * the last poll when that is higher. */
+unsigned
 session_priority(const struct session *s)
 {
-    return priority_of_queue(s->e->conf, s->dom, s->source_vmta);
+    return priority_effective(priority_of_queue(s->e->conf, s->dom, s->source_vmta),
+                              s->q->ready_prio);
 }
 
 /* The answer of priority_check: a queue above ours waits for the key, so

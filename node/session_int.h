@@ -152,5 +152,8 @@ bool session_rated(const struct session *s);
 bool session_may_slot_tokens_claim(const struct session *s);
 /* Decodes the claimed rows; false when there is nothing to deliver. */
 bool session_take_claim(struct session *s, const PGresult *res);
+/* The queue's priority for its slots: max(queue-priority, the highest
+ * priority of its ready recipients at the last poll). */
+unsigned session_priority(const struct session *s);
 
 #endif

@@ -168,6 +168,8 @@ worker_on_ready_queues(const PGresult *res, void *arg)
         const char *vmta = PQgetvalue(res, i, 1);
         struct admission_queue *q = admission_queue(w->queues, domain, vmta);
         q->backoff = PQgetvalue(res, i, 2)[0] == 't';
+        long prio = PQgetisnull(res, i, 3) ? 0 : strtol(PQgetvalue(res, i, 3), NULL, 10);
+        q->ready_prio = prio < 0 ? 0 : prio > 100 ? 100 : (unsigned)prio;
         q->last_active = now;
         worker_admit(w, q, conf_domain_lookup(w->conf, domain), now);
     }
@@ -426,7 +428,7 @@ worker_prepare(struct db *db)
     priority_prepare(db);
     tlsrpt_prepare(db);
     db_prepare(db, "ready_queues",
-               "SELECT domain, vmta, backoff FROM mta.ready_queues($1, $2::int)", 2);
+               "SELECT domain, vmta, backoff, priority FROM mta.ready_queues($1, $2::int)", 2);
     db_prepare(db, "purge_messages", "SELECT mta.purge_messages(10000)", 0);
     db_prepare(db, "purge_queues", "SELECT mta.purge_queues()", 0);
     db_prepare(db, "acct_partitions", "SELECT mta.acct_ensure_partitions(7)", 0);

@@ -250,7 +250,7 @@ $$;
 -- consecutive slices of the rotation.
 DROP FUNCTION IF EXISTS mta.ready_queues(text, int);
 CREATE FUNCTION mta.ready_queues(p_pipe text, p_limit int)
-RETURNS TABLE (domain text, vmta text, backoff bool)
+RETURNS TABLE (domain text, vmta text, backoff bool, priority int)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- Planned once per session: planning the statement below costs more than
 -- running it. Index probes only, so that a plan made while the tables were
@@ -406,7 +406,51 @@ BEGIN
                           FROM cand c) n)
          WHERE rc.pipe = p_pipe
     )
-    SELECT v.domain, v.vmta, v.in_backoff FROM v WHERE v.verdict = 'offer' ORDER BY v.ord;
+    -- priority: the highest priority of the queue's ready recipients (README,
+    -- Priorities: a queue waiting for a shared slot competes with it). Its
+    -- claim bands (mta.claim_band) come highest priority first: the first
+    -- band is one probe of recipients_claim_band, and when it is priority 0
+    -- (the common case) that is the answer; else one more probe per band
+    -- for a ready row, until one has one (at most 32 bands, as the claim;
+    -- none found: 0).
+    SELECT v.domain, v.vmta, v.in_backoff, coalesce(rp.prio, 0)
+      FROM v
+      LEFT JOIN LATERAL (
+           WITH RECURSIVE gb(band, n, hit) AS (
+               SELECT b.band, 1,
+                      b.band IS NOT NULL
+                      AND (left(b.band, 3) = '100'
+                           OR (EXISTS (SELECT 1 FROM mta.recipients r
+                                        WHERE r.pipe = p_pipe AND r.domain = v.domain
+                                          AND r.vmta = v.vmta
+                                          AND mta.claim_band(r.priority, r.job_id) = b.band
+                                          AND r.next_attempt <= v_now)
+                               AND NOT EXISTS (SELECT 1 FROM mta.job j
+                                                WHERE j.job_id = substr(b.band, 5) AND j.paused)))
+                 FROM (SELECT min(mta.claim_band(r.priority, r.job_id)) AS band
+                         FROM mta.recipients r
+                        WHERE r.pipe = p_pipe AND r.domain = v.domain AND r.vmta = v.vmta) b
+               UNION ALL
+               SELECT b.band, gb.n + 1,
+                      b.band IS NOT NULL
+                      AND (left(b.band, 3) = '100'
+                           OR (EXISTS (SELECT 1 FROM mta.recipients r
+                                        WHERE r.pipe = p_pipe AND r.domain = v.domain
+                                          AND r.vmta = v.vmta
+                                          AND mta.claim_band(r.priority, r.job_id) = b.band
+                                          AND r.next_attempt <= v_now)
+                               AND NOT EXISTS (SELECT 1 FROM mta.job j
+                                                WHERE j.job_id = substr(b.band, 5) AND j.paused)))
+                 FROM gb CROSS JOIN LATERAL (
+                      SELECT min(mta.claim_band(r.priority, r.job_id)) AS band
+                        FROM mta.recipients r
+                       WHERE r.pipe = p_pipe AND r.domain = v.domain AND r.vmta = v.vmta
+                         AND mta.claim_band(r.priority, r.job_id) > gb.band) b
+                WHERE gb.band IS NOT NULL AND NOT gb.hit AND gb.n < 32
+           )
+           SELECT 100 - left(gb.band, 3)::int AS prio FROM gb WHERE gb.hit LIMIT 1) rp ON true
+     WHERE v.verdict = 'offer'
+     ORDER BY v.ord;
     GET DIAGNOSTICS v_offered = ROW_COUNT;
     EXIT WHEN v_offered > 0;
     END LOOP;
@@ -511,9 +555,12 @@ BEGIN
         -- The claim bands of each queue (mta.claim_band: priority, then
         -- job), highest priority first: one index probe per band, at most
         -- 32 bands. The paused and deferred test depends on the queue only: checked once
-        -- per queue (one index probe), not per row.
-        SELECT w.i, w.d, w.v, w.l, w.b, w.m, gb.band,
-               count(*) OVER (PARTITION BY w.i, left(gb.band, 3)) AS njobs
+        -- per queue (one index probe), not per row. wt: the band's job's
+        -- weight (mta.job.weight, one probe per band; no row or no job: 1);
+        -- wsum: the weights of the bands of its priority.
+        SELECT w.i, w.d, w.v, w.l, w.b, w.m, gb.band, gb.wt,
+               count(*) OVER (PARTITION BY w.i, left(gb.band, 3)) AS njobs,
+               sum(gb.wt) OVER (PARTITION BY w.i, left(gb.band, 3)) AS wsum
           FROM w CROSS JOIN LATERAL (
               WITH RECURSIVE gb(band, n) AS (
                   SELECT (SELECT min(mta.claim_band(r.priority, r.job_id))
@@ -526,17 +573,21 @@ BEGIN
                              AND mta.claim_band(r.priority, r.job_id) > gb.band), gb.n + 1
                     FROM gb WHERE gb.band IS NOT NULL AND gb.n < 32
               )
-              SELECT gb.band FROM gb WHERE gb.band IS NOT NULL) gb
+              SELECT gb.band,
+                     coalesce((SELECT greatest(j.weight, 1) FROM mta.job j
+                                WHERE j.job_id = substr(gb.band, 5)), 1)::int AS wt
+                FROM gb WHERE gb.band IS NOT NULL) gb
          WHERE NOT coalesce((SELECT mq.paused OR mq.deferred_until > now() FROM mta.queue mq
                               WHERE mq.pipe = p_pipe AND mq.domain = w.d AND mq.vmta = w.v),
                             false)
     ), c0 AS (
         -- Ready rows of each band, oldest first (message_id after
         -- next_attempt: the recipients of one message stay together); rk
-        -- numbers the band's messages. Of the n jobs of a priority, each
-        -- band reads twice its share of l (all l when alone): every row
-        -- read is locked, and 32 bands of l rows cost five times the claim.
-        SELECT g.i, g.b, g.m, g.l, left(g.band, 3) AS prio, x.id, x.message_id,
+        -- numbers the band's messages. Of the jobs of a priority, each
+        -- band reads twice its share of l by weight, wt / wsum (all l when
+        -- alone): every row read is locked, and 32 bands of l rows cost
+        -- five times the claim.
+        SELECT g.i, g.b, g.m, g.l, g.wt, left(g.band, 3) AS prio, x.id, x.message_id,
                x.next_attempt,
                dense_rank() OVER (PARTITION BY g.i, g.band
                                   ORDER BY x.next_attempt, x.message_id) AS rk
@@ -549,14 +600,15 @@ BEGIN
                  AND NOT EXISTS (SELECT 1 FROM mta.job j WHERE j.job_id = r.job_id AND j.paused)
                ORDER BY r.next_attempt, r.message_id
                LIMIT CASE WHEN g.njobs = 1 THEN g.l
-                          ELSE least(g.l, 2 * ((g.l + g.njobs - 1) / g.njobs)) END
+                          ELSE least(g.l, 2 * ((g.l * g.wt + g.wsum - 1) / g.wsum)) END
                  FOR UPDATE OF r SKIP LOCKED) x
     ), c1 AS (
-        -- Priority first; within a priority the jobs take turns, message by
-        -- message (round robin by job: a small job is not starved behind a
-        -- large one in the same queue).
+        -- Priority first; within a priority the jobs take turns (round
+        -- robin by job: a small job is not starved behind a large one in
+        -- the same queue), each job wt messages per turn: its messages
+        -- rk 1..wt go in the first turn, wt+1..2wt in the second.
         SELECT c0.*, row_number() OVER (PARTITION BY c0.i
-                                        ORDER BY c0.prio, c0.rk, c0.next_attempt,
+                                        ORDER BY c0.prio, (c0.rk - 1) / c0.wt, c0.next_attempt,
                                                  c0.message_id, c0.id) AS pos
           FROM c0
     ), c AS (

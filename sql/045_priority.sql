@@ -82,3 +82,26 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
      WHERE w.priority > k.p AND w.until > now()
      GROUP BY k.d, k.v
 $$;
+
+-- Per-job weights (migration 0021, README Priorities): within one priority
+-- of a queue, mta.claim_many gives each job `weight` turns per round of
+-- its round robin. Sets the weight of job P_JOB (1-100; 1 is the default:
+-- all jobs alike), creating the job's row when it has none yet, so that a
+-- weight can be set before the job's first message. Returns the weight.
+CREATE OR REPLACE FUNCTION mta.set_job_weight(p_job text, p_weight int)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_job IS NULL THEN
+        RAISE EXCEPTION 'set_job_weight: a job id is required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM mta.check_job_id(p_job);
+    IF p_weight IS NULL OR p_weight < 1 OR p_weight > 100 THEN
+        RAISE EXCEPTION 'set_job_weight: weight % out of range (1 to 100)',
+            coalesce(p_weight::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO mta.job AS j (job_id, weight) VALUES (p_job, p_weight)
+    ON CONFLICT (job_id) DO UPDATE SET weight = excluded.weight;
+    RETURN p_weight;
+END
+$$;

@@ -10,12 +10,20 @@ to recording sinks.
 - preemption: two domains share a configured mx-rollup with one slot; the
   low-priority one (allow-priority-interruption) holds it with a slow sink,
   two nodes serve the cluster; a high-priority queue of the rollup that
-  starts waiting gets the slot within about one message time."""
+  starts waiting gets the slot within about one message time;
+- message priority in the slot order: two domains of one rollup with one
+  slot and the same queue-priority, a backlog on A, then priority-90 mail
+  to B: B waits at 90 in mta.slot_waiter and gets the rollup's next free
+  slot (without preemption: when A's connection in progress ends; with
+  it: after A's current message); with priority 0 B waits for A's backlog;
+- job weights: jobs of weight 3 and 1 in a queue with one connection share
+  its deliveries about 3:1 (and 1:1 with equal weights)."""
 import re
+import subprocess
 import time
 import unittest
 
-from pgmta_test import PgServer, Pgmtad, copy_submit, free_port, main, wait_for
+from pgmta_test import PGMTA, PgServer, Pgmtad, copy_submit, free_port, main, wait_for
 from sink import Delay, Sink
 
 COLS = ("mail_from", "rcpt_to", "content", "job_id", "priority")
@@ -160,6 +168,139 @@ class Priority(unittest.TestCase):
             for n in nodes:
                 n.stop()
             sink.stop()
+
+    def rollup_race(self, tag, b_prio, interruptible, backlog, a_delay=None):
+        """Domains A and B (a.TAG.test, b.TAG.test) share an mx-rollup with
+        one slot and the same queue-priority (0); A holds it with a backlog,
+        then 40 messages of priority B_PRIO come for B (with A_DELAY, A's
+        messages take that long at the sink, and B comes while A's second
+        connection is under way). Returns (A delivered from B's enqueue to
+        B's last delivery, A delivered after B's last delivery, from the
+        accounting timestamps; the highest priority B's waiter row in
+        mta.slot_waiter was seen with, None if it was never seen)."""
+        a_dom, b_dom = "a.%s.test" % tag, "b.%s.test" % tag
+        sink = Sink(port=free_port(),
+                    rules={"dot:*@" + a_dom: Delay(a_delay, "250 2.0.0 ok")} if a_delay else None)
+        a_conf = ('{ name = "%s"; mx-rollup = "r-%s"; max-smtp-out = 1;'
+                  ' max-msg-per-connection = %d;%s }'
+                  % (a_dom, tag, backlog if interruptible else 50,
+                     # one row per claim: an interruptible connection claims
+                     # one message, and a claim of one row ends it only
+                     # when A has nothing left (a short claim ends a
+                     # connection)
+                     " allow-priority-interruption = true; max-rcpt-per-message = 1;"
+                     if interruptible else ""))
+        domains = [a_conf, '{ name = "%s"; mx-rollup = "r-%s"; max-smtp-out = 1; }'
+                   % (b_dom, tag)]
+        copy_submit(self.pg, [("s@example.com", "a%d@%s" % (i, a_dom),
+                               "Subject: a-%d\r\n\r\nx\r\n" % i, "race-a", 0)
+                              for i in range(backlog)], columns=COLS)
+        node = self.node(sink.port, domains)
+        try:
+            wait_for(lambda: self.delivered("%@" + a_dom) >= 20, timeout=30,
+                     what="A's backlog under way")
+            if a_delay:
+                # The first connection's batch is in the accounting at its
+                # end: A's next connection starts within about 0.2 s.
+                time.sleep(0.4)
+            t0 = self.pg.scalar("SELECT now()")
+            copy_submit(self.pg, [("s@example.com", "b%d@%s" % (i, b_dom),
+                                   "Subject: b-%d\r\n\r\nx\r\n" % i, "race-b", b_prio)
+                                  for i in range(40)], columns=COLS)
+            seen = []
+
+            def b_done():
+                seen.extend(p for (p,) in self.pg.query(
+                    "SELECT priority FROM mta.slot_waiter WHERE domain = %s", (b_dom,)))
+                return self.delivered("%@" + b_dom) == 40
+            wait_for(b_done, timeout=120, interval=0.02, what="B's 40 messages")
+            wait_for(lambda: self.delivered("%@" + a_dom) == backlog, timeout=120,
+                     what="A's backlog")
+            self.assertLessEqual(sink.concurrent_max(), 1, "the rollup's one slot")
+            t_b = self.pg.scalar("SELECT max(time_logged) FROM mta.acct WHERE type = 'd'"
+                                 " AND rcpt LIKE %s AND time_logged >= %s", ("%@" + b_dom, t0))
+            a_between, a_after = self.pg.query(
+                "SELECT count(*) FILTER (WHERE time_logged > %s AND time_logged <= %s),"
+                " count(*) FILTER (WHERE time_logged > %s) FROM mta.acct"
+                " WHERE type = 'd' AND rcpt LIKE %s AND time_logged >= %s",
+                (t0, t_b, t_b, "%@" + a_dom, t0))[0]
+            b_wait = max(seen) if seen else None
+            print("B at priority %d%s: %d of A's backlog (%d) went out from B's enqueue to its"
+                  " last delivery, %d after; B waited at priority %s"
+                  % (b_prio, " (A interruptible)" if interruptible else "", a_between, backlog,
+                     a_after, b_wait))
+            return a_between, a_after, b_wait
+        finally:
+            node.stop()
+            sink.stop()
+            self.pg.query("DELETE FROM mta.slot_waiter RETURNING 1")
+
+    def test_message_priority_takes_the_rollup_slot(self):
+        # A's connections send 50 messages each (1 s at the sink); B comes
+        # during one and waits at 90 (its ready mail, not its
+        # queue-priority), so A's next connection is refused and B takes
+        # the slot when A's connection in progress ends.
+        a_between, a_after, b_wait = self.rollup_race("race1", 90, False, 400, a_delay=0.02)
+        self.assertEqual(b_wait, 90, "B's waiter row carries its message priority")
+        self.assertLessEqual(a_between, 60, "B waited for more than A's connection in progress")
+        self.assertGreater(a_after, 200, "B went out before A's backlog")
+        # At 0 B ties with A: A's next connections win the slot (they ask
+        # sooner after each connection than B's 200 ms retry), and B waits.
+        a_between, a_after, b_wait = self.rollup_race("race4", 0, False, 400, a_delay=0.02)
+        self.assertEqual(b_wait, 0)
+        self.assertGreater(a_between, 60, "B at priority 0 got the slot like B at 90")
+
+    def test_message_priority_interrupts_and_priority_0_waits(self):
+        # A's one connection would carry its whole backlog; it may be
+        # interrupted by a queue above it. At 90, B's waiter is above it.
+        a_between, a_after, b_wait = self.rollup_race("race2", 90, True, 300)
+        self.assertEqual(b_wait, 90)
+        self.assertLessEqual(a_between, 30, "A's connection was not interrupted for B")
+        self.assertGreater(a_after, 200, "B went out before A's backlog")
+        # At 0 (what B's queue-priority says) nothing is above A: B waits.
+        a_between, a_after, b_wait = self.rollup_race("race3", 0, True, 300)
+        self.assertEqual(b_wait, 0)
+        self.assertLessEqual(a_after, 5, "B at priority 0 waits for A's connection")
+
+    def weighted_share(self, tag, wa, wb):
+        """Jobs A (weight WA) and B (weight WB) with 600 messages each in a
+        queue with one connection: A's share of the first 400 deliveries."""
+        for job, w in (("%s-a" % tag, wa), ("%s-b" % tag, wb)):
+            r = subprocess.run([PGMTA, "job", "weight", job, str(w), "--db", self.pg.dsn],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, "job %s weight %d\n" % (job, w))
+        dom = "%s.weight.test" % tag
+        for job in ("a", "b"):
+            copy_submit(self.pg, [("s@example.com", "%s%d@%s" % (job, i, dom),
+                                   "Subject: %s-%d\r\n\r\nx\r\n" % (job.upper(), i),
+                                   "%s-%s" % (tag, job), 0) for i in range(600)], columns=COLS)
+        sink = Sink(port=free_port())
+        node = self.node(sink.port, ['{ name = "%s"; max-smtp-out = 1; }' % dom])
+        try:
+            wait_for(lambda: self.delivered("%%@%s" % dom) >= 400, timeout=60,
+                     what="400 deliveries")
+        finally:
+            node.stop()
+            sink.stop()
+        first = subjects(sink, "@" + dom)[:400]
+        self.assertEqual(len(first), 400)
+        share = sum(1 for x in first if x.startswith("A-")) / 400.0
+        print("jobs of weight %d and %d: A had %.3f of the first 400 deliveries" % (wa, wb, share))
+        return share
+
+    def test_job_weights(self):
+        self.assertTrue(0.65 <= self.weighted_share("w31", 3, 1) <= 0.85)
+        self.assertTrue(0.40 <= self.weighted_share("w11", 1, 1) <= 0.60)
+        self.assertEqual(self.pg.scalar("SELECT weight FROM mta.job WHERE job_id = 'w31-a'"), 3)
+        # out of range: refused by the command line and by the function
+        for bad in ("0", "101", "x"):
+            r = subprocess.run([PGMTA, "job", "weight", "w31-a", bad, "--db", self.pg.dsn],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 2, bad)
+        with self.assertRaises(Exception):
+            self.pg.query("SELECT mta.set_job_weight('w31-a', 101)")
+        self.assertEqual(self.pg.scalar("SELECT weight FROM mta.job WHERE job_id = 'w31-a'"), 3)
 
 
 if __name__ == "__main__":

@@ -470,7 +470,8 @@ class ClaimTest(DbTestCase):
                 for v in ("queues", "connections", "nodes", "jobs")}
         self.assertEqual(cols["queues"], ["domain", "vmta", "pipe", "queued", "ready", "deferred",
                                           "in_flight", "oldest", "next_attempt", "paused",
-                                          "backoff", "connections", "last_error", "deferred_until"])
+                                          "backoff", "connections", "last_error", "deferred_until",
+                                          "rollup_key"])
         self.assertEqual(cols["connections"], ["domain", "vmta", "node", "slot", "since"])
         self.assertIn("alive", cols["nodes"])
         self.assertEqual(cols["jobs"][:6], ["job_id", "paused", "queued", "delivered", "bounced",
