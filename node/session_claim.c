@@ -175,6 +175,13 @@ session_take_claim(struct session *s, const PGresult *res)
     s->lease_deadline_ms = admission_now_ms() + lease_left_ms;
     struct batch *b = &s->batch;
     batch_learn(b, held, &e->avg_row_bytes);
+    /* Fewer rows than asked for, but more messages than this connection
+     * takes now (an interruptible one takes one at a time): the rest,
+     * given back below, are there for its next claim. */
+    if (s->drained && b->nmsgs > s->tokens) {
+        s->drained = false;
+        s->q->more_work = true;
+    }
     session_trim(s, s->tokens);
     if (s->warmup_ip)
         s->warmup_left -= b->nmsgs < s->warmup_left ? (unsigned)b->nmsgs : s->warmup_left;

@@ -184,12 +184,7 @@ class Priority(unittest.TestCase):
         a_conf = ('{ name = "%s"; mx-rollup = "r-%s"; max-smtp-out = 1;'
                   ' max-msg-per-connection = %d;%s }'
                   % (a_dom, tag, backlog if interruptible else 50,
-                     # one row per claim: an interruptible connection claims
-                     # one message, and a claim of one row ends it only
-                     # when A has nothing left (a short claim ends a
-                     # connection)
-                     " allow-priority-interruption = true; max-rcpt-per-message = 1;"
-                     if interruptible else ""))
+                     " allow-priority-interruption = true;" if interruptible else ""))
         domains = [a_conf, '{ name = "%s"; mx-rollup = "r-%s"; max-smtp-out = 1; }'
                    % (b_dom, tag)]
         copy_submit(self.pg, [("s@example.com", "a%d@%s" % (i, a_dom),
@@ -225,6 +220,7 @@ class Priority(unittest.TestCase):
                 " WHERE type = 'd' AND rcpt LIKE %s AND time_logged >= %s",
                 (t0, t_b, t_b, "%@" + a_dom, t0))[0]
             b_wait = max(seen) if seen else None
+            self.connects = sum(1 for _, what, _, _ in sink.connections_log() if what == "connect")
             print("B at priority %d%s: %d of A's backlog (%d) went out from B's enqueue to its"
                   " last delivery, %d after; B waited at priority %s"
                   % (b_prio, " (A interruptible)" if interruptible else "", a_between, backlog,
@@ -261,6 +257,11 @@ class Priority(unittest.TestCase):
         a_between, a_after, b_wait = self.rollup_race("race3", 0, True, 300)
         self.assertEqual(b_wait, 0)
         self.assertLessEqual(a_after, 5, "B at priority 0 waits for A's connection")
+        # An interruptible connection claims one message at a time, and a
+        # claim that brings back fewer rows than asked for but more than
+        # that one message does not end it: A's 300 and B's 40 go out on a
+        # few connections, not one per message.
+        self.assertLessEqual(self.connects, 6, "A's connection ended after each message")
 
     def weighted_share(self, tag, wa, wb):
         """Jobs A (weight WA) and B (weight WB) with 600 messages each in a
