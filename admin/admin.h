@@ -45,6 +45,12 @@ void admin_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int admin_usage_error(const char *usage, const char *fmt, const char *arg)
     __attribute__((format(printf, 2, 0)));
 
+/* Parses --db, --json and --help (USAGE to stdout) into O, from the options
+ * given before the command name; positional arguments stay at
+ * argv[optind..]. Returns -1 when done, or an exit status to return at once
+ * (a bad option: USAGE to stderr, ADMIN_EXIT_USAGE). */
+int admin_parse_opts(int argc, char **argv, const char *usage, struct admin_opts *o);
+
 /* Connects to opts->db or PGMTA_DATABASE_URL; on failure prints why and
  * returns NULL. The session gets client_min_messages=warning and ISO dates. */
 PGconn *admin_connect(const struct admin_opts *opts);

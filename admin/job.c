@@ -15,35 +15,6 @@ static const char job_usage[] =
     "robin, so a job of weight 3 sends three messages for every one of a job of\n"
     "weight 1. The job need not have mail queued yet.\n";
 
-static int
-parse_opts(int argc, char **argv, struct admin_opts *o)
-{
-    static const struct option longopts[] = {{"db", required_argument, NULL, 'd'},
-                                             {"json", no_argument, NULL, 'j'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
-    *o = admin_global;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->db = optarg;
-            break;
-        case 'j':
-            o->json = true;
-            break;
-        case 'h':
-            fputs(job_usage, stdout);
-            return ADMIN_EXIT_OK;
-        default:
-            fputs(job_usage, stderr);
-            return ADMIN_EXIT_USAGE;
-        }
-    }
-    return -1;
-}
-
 /* "1" .. "100", nothing else. */
 static bool
 parse_weight(const char *s, long *out)
@@ -60,7 +31,7 @@ int
 admin_cmd_job(int argc, char **argv)
 {
     struct admin_opts opts;
-    int st = parse_opts(argc, argv, &opts);
+    int st = admin_parse_opts(argc, argv, job_usage, &opts);
     if (st >= 0)
         return st;
     if (optind >= argc)

@@ -3,6 +3,7 @@
  * command's function from the table below. */
 #include "admin.h"
 
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,35 @@ admin_usage_error(const char *usage, const char *fmt, const char *arg)
     admin_err(fmt, arg);
     fputs(usage, stderr);
     return ADMIN_EXIT_USAGE;
+}
+
+int
+admin_parse_opts(int argc, char **argv, const char *usage, struct admin_opts *o)
+{
+    static const struct option longopts[] = {{"db", required_argument, NULL, 'd'},
+                                             {"json", no_argument, NULL, 'j'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    *o = admin_global;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            o->db = optarg;
+            break;
+        case 'j':
+            o->json = true;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return ADMIN_EXIT_OK;
+        default:
+            fputs(usage, stderr);
+            return ADMIN_EXIT_USAGE;
+        }
+    }
+    return -1;
 }
 
 static int

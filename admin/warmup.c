@@ -20,35 +20,6 @@ static const char warmup_usage[] =
     "DAILY/HOURLY pair per day starting at day 1 (e.g. 500/50,1000/100). hold\n"
     "pauses a plan (it neither limits nor advances); resume restarts it.\n";
 
-static int
-parse_opts(int argc, char **argv, struct admin_opts *o)
-{
-    static const struct option longopts[] = {{"db", required_argument, NULL, 'd'},
-                                             {"json", no_argument, NULL, 'j'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
-    *o = admin_global;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->db = optarg;
-            break;
-        case 'j':
-            o->json = true;
-            break;
-        case 'h':
-            fputs(warmup_usage, stdout);
-            return ADMIN_EXIT_OK;
-        default:
-            fputs(warmup_usage, stderr);
-            return ADMIN_EXIT_USAGE;
-        }
-    }
-    return -1;
-}
-
 /* "500/50,1000/100" as two PostgreSQL array literals; false when malformed. */
 static bool
 parse_days(const char *s, struct buf *daily, struct buf *hourly)
@@ -80,7 +51,7 @@ admin_cmd_warmup(int argc, char **argv)
         return admin_usage_error(warmup_usage, "warmup: %s", "missing verb");
     const char *verb = argv[1];
     struct admin_opts o;
-    int rc = parse_opts(argc - 1, argv + 1, &o);
+    int rc = admin_parse_opts(argc - 1, argv + 1, warmup_usage, &o);
     if (rc >= 0)
         return rc;
     char **pos = argv + 1 + optind;
