@@ -80,16 +80,19 @@ $$;
 
 -- Locks the bucket for the rest of the transaction, creating it full if it
 -- is missing; reads and changes nothing else (mta.bucket_refill does).
+-- p_what names the caller in the error for invalid arguments.
+DROP FUNCTION IF EXISTS mta.bucket_lock(text, text, text, int, int);
 CREATE OR REPLACE FUNCTION mta.bucket_lock(p_domain text, p_vmta text, p_kind text,
-                                           p_limit int, p_period_ms int)
+                                           p_limit int, p_period_ms int,
+                                           p_what text DEFAULT 'bucket_lock')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_vmta text := coalesce(p_vmta, '');
 BEGIN
     IF p_domain IS NULL OR p_kind IS NULL OR p_kind NOT IN ('msg', 'connect')
        OR p_limit IS NULL OR p_limit < 1 OR p_period_ms IS NULL OR p_period_ms < 1 THEN
-        RAISE EXCEPTION 'bucket_lock: invalid arguments (domain %, kind %, limit %, period_ms %)',
-            p_domain, p_kind, p_limit, p_period_ms
+        RAISE EXCEPTION '%: invalid arguments (domain %, kind %, limit %, period_ms %)',
+            p_what, p_domain, p_kind, p_limit, p_period_ms
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM 1 FROM mta.rate_bucket b
@@ -122,28 +125,12 @@ DECLARE
     v_at timestamptz;
     v_now timestamptz;
 BEGIN
-    IF p_domain IS NULL OR p_kind IS NULL OR p_kind NOT IN ('msg', 'connect')
-       OR p_limit IS NULL OR p_limit < 1 OR p_period_ms IS NULL OR p_period_ms < 1 THEN
-        RAISE EXCEPTION 'take_tokens: invalid arguments (domain %, kind %, limit %, period_ms %)',
-            p_domain, p_kind, p_limit, p_period_ms
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM mta.bucket_lock(p_domain, p_vmta, p_kind, p_limit, p_period_ms, 'take_tokens');
     rate := p_limit::float8 / p_period_ms;
     v_cap := greatest(1.0, p_limit::float8 * least(p_period_ms, 1000) / p_period_ms);
-
     SELECT b.tokens, b.refilled_at INTO tokens, v_at
       FROM mta.rate_bucket b
-     WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO mta.rate_bucket AS b (domain, vmta, kind, tokens, refilled_at)
-        VALUES (p_domain, v_vmta, p_kind, v_cap, clock_timestamp())
-        ON CONFLICT DO NOTHING;
-        SELECT b.tokens, b.refilled_at INTO tokens, v_at
-          FROM mta.rate_bucket b
-         WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind
-           FOR UPDATE;
-    END IF;
+     WHERE b.domain = p_domain AND b.vmta = v_vmta AND b.kind = p_kind;
 
     v_now := clock_timestamp();
     IF v_now > v_at THEN
