@@ -81,6 +81,9 @@ def make_ca_cert(d, ca, ca_key, name, sans, days=2):
 
 
 class PolicyHandler(http.server.BaseHTTPRequestHandler):
+    """Serves policies[domain] for Host mta-sts.<domain> and counts the
+    requests per Host; a subclass may serve a table of its own."""
+    policies = POLICIES
     counts = {}
     lock = threading.Lock()
     dns = None
@@ -100,7 +103,7 @@ class PolicyHandler(http.server.BaseHTTPRequestHandler):
             time.sleep(0.3)  # the MX answer has come: it waits for this one
         if domain == "hang.test":
             RELEASE_HANG.wait(20)
-        status, body = POLICIES.get(domain, (404, "no such policy\n"))
+        status, body = self.policies.get(domain, (404, "no such policy\n"))
         if self.path != "/.well-known/mta-sts.txt":
             status, body = 404, "not here\n"
         data = body.encode()
